@@ -1,0 +1,114 @@
+"""Authorization decisions (SPEC section 5) as pure functions of a principal and an object.
+
+A principal is a user plus what its token narrows it to: the access key it logged in with
+and the operations scope it asked for. Narrowing only ever removes rights: every rule below
+first requires what the user has, then additionally what the key and the scope allow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from backup_repository.domain.identity import (
+    COLLECTION,
+    AccessKey,
+    Collection,
+    ObjectGrant,
+    User,
+)
+from backup_repository.domain.roles import Role, grants
+
+
+class CollectionAction(StrEnum):
+    UPLOAD = "upload"
+    DOWNLOAD = "download"
+    LIST_VERSIONS = "listVersions"
+    UPLOAD_OUTSIDE_WINDOW = "uploadOutsideWindow"
+
+
+# Any one of the roles suffices for the action.
+_ACTION_ROLES: dict[CollectionAction, tuple[Role, ...]] = {
+    CollectionAction.UPLOAD: (Role.BACKUP_UPLOADER,),
+    CollectionAction.DOWNLOAD: (Role.BACKUP_DOWNLOADER,),
+    CollectionAction.LIST_VERSIONS: (Role.BACKUP_UPLOADER, Role.BACKUP_DOWNLOADER),
+    CollectionAction.UPLOAD_OUTSIDE_WINDOW: (Role.UPLOADS_ANYTIME,),
+}
+
+
+@dataclass(frozen=True)
+class Principal:
+    user: User
+    access_key: AccessKey | None = None
+    # Elements of the operations scope the token was issued with; empty: not scoped.
+    scope: tuple[ObjectGrant, ...] = ()
+
+    @property
+    def access_key_name(self) -> str:
+        return self.access_key.name if self.access_key else ""
+
+    @property
+    def is_narrowed(self) -> bool:
+        """True when the token was issued for an access key or with an operations scope."""
+        return self.access_key is not None or bool(self.scope)
+
+
+def roles_allow(roles: Iterable[Role], action: CollectionAction) -> bool:
+    held = frozenset(roles)
+    return any(grants(held, needed) for needed in _ACTION_ROLES[action])
+
+
+def _grant_roles(grants_: Iterable[ObjectGrant], object_type: str, name: str) -> frozenset[Role]:
+    roles: set[Role] = set()
+    for grant in grants_:
+        if grant.type == object_type and grant.name == name:
+            roles |= grant.roles
+    return frozenset(roles)
+
+
+def may_act_on_collection(
+    principal: Principal, collection: Collection, action: CollectionAction
+) -> bool:
+    """The three rules of SPEC section 5; all must hold."""
+    name = collection.name
+    if principal.access_key is not None and not roles_allow(
+        _grant_roles(principal.access_key.objects, COLLECTION, name), action
+    ):
+        return False
+    if principal.scope and not roles_allow(_grant_roles(principal.scope, COLLECTION, name), action):
+        return False
+    return roles_allow(principal.user.roles, action) or roles_allow(
+        collection.roles_of(principal.user.name), action
+    )
+
+
+def _has_global_role(principal: Principal, role: Role) -> bool:
+    # Access keys and scopes name collections only, so a narrowed token never carries a
+    # user-wide management right, whatever roles the user itself holds.
+    return not principal.is_narrowed and grants(principal.user.roles, role)
+
+
+def may_view_user(principal: Principal, user_name: str) -> bool:
+    """Profiles: one's own, or any for a userManager."""
+    return principal.user.name == user_name or _has_global_role(principal, Role.USER_MANAGER)
+
+
+def may_list_sessions_of(principal: Principal, user_name: str) -> bool:
+    """Session listings: one's own, or any user's for a systemAdmin."""
+    return principal.user.name == user_name or _has_global_role(principal, Role.SYSTEM_ADMIN)
+
+
+def may_revoke_session(principal: Principal, owner: str, owner_access_key: str) -> bool:
+    """Revoking: a session of one's own, or any for a systemAdmin.
+
+    A narrowed token may revoke only sessions of its own access key, so that a leaked upload
+    key cannot log its owner out everywhere.
+    """
+    if _has_global_role(principal, Role.SYSTEM_ADMIN):
+        return True
+    if principal.user.name != owner:
+        return False
+    if principal.is_narrowed:
+        return owner_access_key == principal.access_key_name
+    return True

@@ -1,0 +1,38 @@
+"""The domain's error hierarchy. The HTTP layer maps each class to a status code in one place
+(``backup_repository.http.errors``); services raise these and never build responses."""
+
+
+class DomainError(Exception):
+    """Base of every error a service may raise on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(DomainError):
+    """The request is malformed or carries values that cannot be accepted (400)."""
+
+
+class AuthenticationFailed(DomainError):
+    """Credentials or token are missing, wrong, expired or revoked (401)."""
+
+
+class Forbidden(DomainError):
+    """The caller is known but may not do this (403)."""
+
+
+class NotFound(DomainError):
+    """The addressed object does not exist (404)."""
+
+
+class Conflict(DomainError):
+    """The request conflicts with work in progress (409)."""
+
+
+class PayloadTooLarge(DomainError):
+    """The body exceeds what is allowed (413)."""
+
+
+class DependencyUnavailable(DomainError):
+    """A dependency (database, storage, configuration) is down (503)."""
