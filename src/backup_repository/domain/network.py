@@ -10,6 +10,8 @@ from dataclasses import dataclass
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+_IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
 
 @dataclass(frozen=True)
 class AddressRules:
@@ -27,7 +29,7 @@ class AddressRules:
             if not entry:
                 continue
             try:
-                networks.append(ipaddress.ip_network(entry, strict=False))
+                networks.append(_as_ipv4_if_mapped(ipaddress.ip_network(entry, strict=False)))
             except ValueError:
                 hostnames.append(entry.lower().rstrip("."))
         return cls(tuple(networks), tuple(hostnames))
@@ -52,6 +54,20 @@ class AddressRules:
                 if other is not None and other == address:
                     return True
         return False
+
+
+def _as_ipv4_if_mapped(network: IPNetwork) -> IPNetwork:
+    # Clients are compared in IPv4 form when they arrive as ::ffff:a.b.c.d (parse_address),
+    # so a rule written in that form must be IPv4 as well, or it could never match.
+    if (
+        isinstance(network, ipaddress.IPv6Network)
+        and network.prefixlen >= _IPV4_MAPPED.prefixlen
+        and network.subnet_of(_IPV4_MAPPED)
+    ):
+        mapped = network.network_address.ipv4_mapped
+        assert mapped is not None
+        return ipaddress.IPv4Network((mapped, network.prefixlen - _IPV4_MAPPED.prefixlen))
+    return network
 
 
 def parse_address(text: str) -> IPAddress | None:

@@ -85,3 +85,8 @@ class SessionRepository(Protocol):
 class DatabaseHealth(Protocol):
     async def ping(self) -> None:
         """Raise when the database cannot answer a trivial query."""
+
+
+class HostResolver(Protocol):
+    async def resolve(self, host: str) -> frozenset[str]:
+        """Addresses a host name resolves to; empty when it does not resolve."""

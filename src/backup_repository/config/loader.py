@@ -1,0 +1,652 @@
+"""From YAML text to a :class:`ConfigSnapshot`, without any I/O.
+
+Two steps, so that every provider can share the second one:
+
+1. :func:`parse_yaml` turns one file (its name and text) into :class:`Document` objects;
+2. :func:`build` turns all documents into a snapshot of usable users and collections,
+   resolving ``passwordFromRef`` and ``healthSecretRef`` against the Secrets.
+
+Nothing here raises on bad input. Every broken object becomes one or more
+:class:`ConfigProblem` (naming the file, the object and the dotted field path) and is left
+out of the snapshot, so that it refuses every request instead of running on a guess.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import argon2
+import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+from backup_repository.config.models import (
+    KIND_COLLECTION,
+    KIND_SECRET,
+    KIND_USER,
+    AccessKeySpec,
+    BackupCollection,
+    BackupUser,
+    ObjectGrantSpec,
+    Secret,
+    SecretRef,
+)
+from backup_repository.domain.identity import (
+    AccessControlEntry,
+    AccessKey,
+    BackupWindow,
+    Collection,
+    ObjectGrant,
+    RotationStrategy,
+    User,
+)
+from backup_repository.domain.password_format import InvalidPasswordHash, decode_stored_hash
+from backup_repository.services.ports import ConfigProblem, ConfigSnapshot
+
+_M = TypeVar("_M", bound=BaseModel)
+
+# --- YAML --------------------------------------------------------------------------------------
+
+try:
+    from yaml import CSafeLoader as _SafeLoader
+except ImportError:  # PyYAML built without libyaml
+    from yaml import SafeLoader as _SafeLoader  # type: ignore[assignment]
+
+
+class _StrictLoader(_SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (as kubectl does): silently
+    keeping the last ``deactivated:`` or ``roles:`` would hide a mistake."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:
+                continue  # unhashable key: the base class reports it
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"found duplicate key {key!r}",
+                    key_node.start_mark,
+                )
+        result: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return result
+
+
+@dataclass(frozen=True)
+class Document:
+    """One YAML document (one object) and where it came from."""
+
+    source: str
+    index: int  # position in its file, from 1
+    body: Mapping[str, Any]
+
+    @property
+    def kind(self) -> str:
+        kind = self.body.get("kind")
+        return kind if isinstance(kind, str) else ""
+
+    @property
+    def api_version(self) -> str:
+        value = self.body.get("apiVersion")
+        return value if isinstance(value, str) else ""
+
+    @property
+    def name(self) -> str:
+        metadata = self.body.get("metadata")
+        if isinstance(metadata, Mapping):
+            name = metadata.get("name")
+            if isinstance(name, str):
+                return name
+        return ""
+
+    @property
+    def namespace(self) -> str:
+        metadata = self.body.get("metadata")
+        if isinstance(metadata, Mapping):
+            namespace = metadata.get("namespace")
+            if isinstance(namespace, str):
+                return namespace
+        return ""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """What a file of the reference layout must hold: one object of ``kind`` named like the
+    file (``backupusers/admin.yaml`` holds BackupUser ``admin``) in ``namespace``."""
+
+    kind: str
+    name: str
+    namespace: str
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    source: str
+    text: str
+    placement: Placement | None = None
+
+
+@dataclass(frozen=True)
+class ParsedFile:
+    documents: tuple[Document, ...]
+    problems: tuple[ConfigProblem, ...]
+
+
+def parse_yaml(source: str, text: str, placement: Placement | None = None) -> ParsedFile:
+    """The documents of one file. Bad YAML anywhere in the file is one problem for the file
+    and none of its documents is used. Empty documents are skipped; a ``kind: List`` is
+    unpacked into its ``items``."""
+    try:
+        raw = list(yaml.load_all(text, Loader=_StrictLoader))
+    except yaml.YAMLError as exc:
+        message = " ".join(str(exc).split())
+        return ParsedFile((), (ConfigProblem(source=source, message=f"invalid YAML: {message}"),))
+
+    bodies: list[Mapping[str, Any]] = []
+    for item in raw:
+        if isinstance(item, Mapping) and item.get("kind") == "List":
+            items = item.get("items")
+            if isinstance(items, list):
+                bodies.extend(entry for entry in items if isinstance(entry, Mapping))
+        elif isinstance(item, Mapping):
+            bodies.append(item)
+        # Scalars, lists and empty documents are not objects: nothing to load.
+
+    documents: list[Document] = []
+    problems: list[ConfigProblem] = []
+    for position, body in enumerate(bodies, start=1):
+        document = Document(source=source, index=position, body=body)
+        misplaced = _check_placement(document, placement) if placement else None
+        if misplaced is not None:
+            problems.append(misplaced)
+        else:
+            documents.append(document)
+    return ParsedFile(tuple(documents), tuple(problems))
+
+
+def _check_placement(document: Document, placement: Placement) -> ConfigProblem | None:
+    if _classify(document) is None:
+        return None  # other kinds are ignored wherever they are
+    problem = _problem_for(document)
+    if document.kind != placement.kind:
+        return problem(
+            f"this folder holds {placement.kind} objects, but the document is a {document.kind}",
+            "kind",
+        )
+    if document.name and document.name != placement.name:
+        return problem(
+            f"metadata.name {document.name!r} does not match the file name: in this layout "
+            f"the file must be named {document.name}.yaml",
+            "metadata.name",
+        )
+    if document.namespace and document.namespace != placement.namespace:
+        return problem(
+            f"metadata.namespace {document.namespace!r} contradicts the folder of namespace "
+            f"{placement.namespace!r}",
+            "metadata.namespace",
+        )
+    return None
+
+
+# --- building a snapshot -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    snapshot: ConfigSnapshot
+    secrets: int = 0  # usable Secrets
+    ignored: int = 0  # documents of other kinds
+    other_namespace: int = 0  # our kinds, declared in another namespace, skipped
+
+    def summary(self) -> str:
+        snap = self.snapshot
+        text = (
+            f"{len(snap.users)} users, {len(snap.collections)} collections, "
+            f"{self.secrets} secrets loaded; {len(snap.problems)} problems"
+        )
+        if self.ignored:
+            text += f"; {self.ignored} documents of other kinds ignored"
+        if self.other_namespace:
+            text += f"; {self.other_namespace} objects of other namespaces skipped"
+        return text
+
+
+def load_files(
+    files: Iterable[SourceFile],
+    namespace: str | None = None,
+    problems: Iterable[ConfigProblem] = (),
+) -> BuildResult:
+    """Parse every file and build the snapshot from all of them together. ``problems`` found
+    while reading the files (unreadable ones) come first in the snapshot's problems."""
+    found = list(problems)
+    documents: list[Document] = []
+    for file in files:
+        parsed = parse_yaml(file.source, file.text, file.placement)
+        documents.extend(parsed.documents)
+        found.extend(parsed.problems)
+    return build(documents, found, namespace=namespace)
+
+
+def build_snapshot(
+    documents: Iterable[Document],
+    problems: Iterable[ConfigProblem] = (),
+    *,
+    namespace: str | None = None,
+) -> ConfigSnapshot:
+    return build(documents, problems, namespace=namespace).snapshot
+
+
+def build(
+    documents: Iterable[Document],
+    problems: Iterable[ConfigProblem] = (),
+    *,
+    namespace: str | None = None,
+) -> BuildResult:
+    """The snapshot of every usable object among ``documents``; ``problems`` found earlier
+    (unreadable files, bad YAML) are carried into it. With ``namespace``, objects that
+    declare another ``metadata.namespace`` are skipped."""
+    return _Builder(list(problems), namespace).run(documents)
+
+
+def _classify(document: Document) -> str | None:
+    """Our kind for the document, or None for anything we do not load."""
+    kind = document.kind
+    # A wrong apiVersion on one of our kinds is reported by the model, not skipped.
+    return kind if kind in (KIND_USER, KIND_COLLECTION, KIND_SECRET) else None
+
+
+def _problem_for(document: Document) -> _ProblemFactory:
+    return _ProblemFactory(document)
+
+
+@dataclass(frozen=True)
+class _ProblemFactory:
+    document: Document
+
+    def __call__(self, message: str, field: str = "") -> ConfigProblem:
+        doc = self.document
+        name = doc.name
+        if not name:
+            message = f"document {doc.index}: {message}"
+        return ConfigProblem(
+            source=doc.source, message=message, kind=doc.kind, name=name, field=field
+        )
+
+
+@dataclass
+class _Builder:
+    problems: list[ConfigProblem]
+    namespace: str | None
+    secrets: dict[str, Secret] = field(default_factory=dict)
+    # Secret names that exist but cannot be used, with the reason.
+    unusable_secrets: dict[str, str] = field(default_factory=dict)
+    ignored: int = 0
+    other_namespace: int = 0
+
+    def run(self, documents: Iterable[Document]) -> BuildResult:
+        ours: list[tuple[str, Document]] = []
+        for document in documents:
+            kind = _classify(document)
+            if kind is None:
+                self.ignored += 1
+            elif self.namespace and document.namespace not in ("", self.namespace):
+                self.other_namespace += 1
+            else:
+                ours.append((kind, document))
+
+        duplicated = self._find_duplicates(ours)
+        kept = [(k, d) for k, d in ours if (k, d.name) not in duplicated]
+
+        for kind, document in kept:
+            if kind == KIND_SECRET:
+                self._add_secret(document)
+        users: dict[str, User] = {}
+        collections: dict[str, Collection] = {}
+        for kind, document in kept:
+            if kind == KIND_USER:
+                user = self._user(document)
+                if user is not None:
+                    users[user.name] = user
+            elif kind == KIND_COLLECTION:
+                collection = self._collection(document)
+                if collection is not None:
+                    collections[collection.name] = collection
+
+        snapshot = ConfigSnapshot(
+            users=users, collections=collections, problems=tuple(self.problems)
+        )
+        return BuildResult(
+            snapshot=snapshot,
+            secrets=len(self.secrets),
+            ignored=self.ignored,
+            other_namespace=self.other_namespace,
+        )
+
+    def _find_duplicates(self, ours: Sequence[tuple[str, Document]]) -> set[tuple[str, str]]:
+        counts = Counter((kind, doc.name) for kind, doc in ours if doc.name)
+        duplicated = {key for key, count in counts.items() if count > 1}
+        for kind, doc in ours:
+            if (kind, doc.name) not in duplicated:
+                continue
+            others = [
+                f"{o.source} (document {o.index})" if o.source == doc.source else o.source
+                for k, o in ours
+                if (k, o.name) == (kind, doc.name) and o is not doc
+            ]
+            self.problems.append(
+                _problem_for(doc)(
+                    f"{kind} {doc.name!r} is also defined in {', '.join(others)}; "
+                    "none of the copies is used until only one is left",
+                    "metadata.name",
+                )
+            )
+            if kind == KIND_SECRET:
+                self.unusable_secrets[doc.name] = "is defined more than once"
+        return duplicated
+
+    def _validate(self, model: type[_M], document: Document) -> _M | None:
+        try:
+            return model.model_validate(dict(document.body))
+        except ValidationError as exc:
+            problem = _problem_for(document)
+            for error in exc.errors():
+                self.problems.append(problem(_error_message(error), _dotted(error["loc"])))
+            return None
+
+    # Secrets
+
+    def _add_secret(self, document: Document) -> None:
+        secret = self._validate(Secret, document)
+        if secret is None:
+            if document.name:
+                self.unusable_secrets[document.name] = "is broken (see its own problems)"
+            return
+        self.secrets[secret.metadata.name] = secret
+
+    def _resolve(self, ref: SecretRef) -> tuple[str | None, str]:
+        """The value a reference points to, or None and why not."""
+        if ref.name in self.unusable_secrets:
+            return None, f"Secret {ref.name!r} {self.unusable_secrets[ref.name]}"
+        secret = self.secrets.get(ref.name)
+        if secret is None:
+            return None, f"Secret {ref.name!r} does not exist"
+        value = secret.value(ref.entry)
+        if value is None:
+            return None, f"Secret {ref.name!r} has no entry {ref.entry!r}"
+        if not value:
+            return None, f"entry {ref.entry!r} of Secret {ref.name!r} is empty"
+        return value, ""
+
+    def _password(
+        self,
+        inline: str,
+        ref: SecretRef | None,
+        field_prefix: str,
+        problem: _ProblemFactory,
+    ) -> str | None:
+        """The encoded password hash: from the reference when given (it wins over an inline
+        value, which the reference examples fill with a placeholder), else inline."""
+        if ref is not None:
+            value, why = self._resolve(ref)
+            if value is None:
+                self.problems.append(problem(why, f"{field_prefix}passwordFromRef"))
+                return None
+            where = f"{field_prefix}passwordFromRef"
+            described = f"the value of entry {ref.entry!r} in Secret {ref.name!r}"
+        elif inline:
+            value, where, described = inline, f"{field_prefix}password", "the password"
+        else:
+            self.problems.append(
+                problem("no password: set passwordFromRef (or password)", f"{field_prefix}password")
+            )
+            return None
+        invalid = password_hash_problem(value)
+        if invalid:
+            self.problems.append(problem(f"{described} {invalid}", where))
+            return None
+        return value
+
+    # Users
+
+    def _user(self, document: Document) -> User | None:
+        model = self._validate(BackupUser, document)
+        if model is None:
+            return None
+        problem = _problem_for(document)
+        before = len(self.problems)
+        name = model.metadata.name
+        naming = _user_name_problem(name)
+        if naming:
+            self.problems.append(problem(naming, "metadata.name"))
+        spec = model.spec
+        password_hash = self._password(spec.password, spec.password_from_ref, "spec.", problem)
+        keys: list[AccessKey] = []
+        seen: set[str] = set()
+        for position, key_spec in enumerate(spec.access_keys):
+            prefix = f"spec.accessKeys[{position}]."
+            key_naming = _access_key_name_problem(key_spec.name)
+            if key_naming:
+                self.problems.append(problem(key_naming, prefix + "name"))
+            elif key_spec.name in seen:
+                self.problems.append(
+                    problem(f"access key name {key_spec.name!r} is used twice", prefix + "name")
+                )
+            seen.add(key_spec.name)
+            key = self._access_key(key_spec, prefix, problem)
+            if key is not None:
+                keys.append(key)
+        if len(self.problems) > before or password_hash is None:
+            return None
+        return User(
+            name=name,
+            email=spec.email,
+            password_hash=password_hash,
+            roles=frozenset(spec.roles),
+            deactivated=spec.deactivated,
+            organization=spec.organization,
+            about=spec.about,
+            restrict_by_ip=spec.restrict_by_ip,
+            access_keys=tuple(keys),
+        )
+
+    def _access_key(
+        self, spec: AccessKeySpec, prefix: str, problem: _ProblemFactory
+    ) -> AccessKey | None:
+        password_hash = self._password(spec.password, spec.password_from_ref, prefix, problem)
+        if password_hash is None:
+            return None
+        return AccessKey(
+            name=spec.name,
+            password_hash=password_hash,
+            objects=tuple(grant_from_spec(g) for g in spec.objects),
+        )
+
+    # Collections
+
+    def _collection(self, document: Document) -> Collection | None:
+        model = self._validate(BackupCollection, document)
+        if model is None:
+            return None
+        problem = _problem_for(document)
+        before = len(self.problems)
+        name = model.metadata.name
+        if not _COLLECTION_NAME.match(name):
+            self.problems.append(
+                problem(
+                    f"collection name {name!r} must be 1-253 letters, digits, '.', '-' or '_', "
+                    "starting and ending with a letter or digit (it is used in URLs and "
+                    "storage keys)",
+                    "metadata.name",
+                )
+            )
+        spec = model.spec
+        if spec.max_one_version_size > spec.max_collection_size:
+            self.problems.append(
+                problem(
+                    f"maxOneVersionSize ({spec.max_one_version_size} bytes) is larger than "
+                    f"maxCollectionSize ({spec.max_collection_size} bytes)",
+                    "spec.maxOneVersionSize",
+                )
+            )
+        strategy = spec.strategy_spec
+        if (
+            spec.strategy_name == "fifo-plus-older"
+            and strategy.keep_last_older_not_more_than is None
+        ):
+            self.problems.append(
+                problem(
+                    "strategyName fifo-plus-older needs keepLastOlderNotMoreThan "
+                    "(how far apart the older copies are kept, e.g. 5d)",
+                    "spec.strategySpec.keepLastOlderNotMoreThan",
+                )
+            )
+        health_secret: str | None = None
+        if spec.health_secret_ref is not None:
+            ref = spec.health_secret_ref
+            value, why = self._resolve(ref)
+            if value is None:
+                self.problems.append(problem(why, "spec.healthSecretRef"))
+            elif not _SHA256_HEX.match(value):
+                self.problems.append(
+                    problem(
+                        f"the value of entry {ref.entry!r} in Secret {ref.name!r} must be the "
+                        "SHA-256 of the health code as 64 hex digits (echo -n CODE | sha256sum)",
+                        "spec.healthSecretRef",
+                    )
+                )
+            else:
+                health_secret = value.lower()
+        if len(self.problems) > before:
+            return None
+        return Collection(
+            name=name,
+            description=spec.description,
+            filename_template=spec.filename_template,
+            max_backups_count=spec.max_backups_count,
+            max_one_version_size=spec.max_one_version_size,
+            max_collection_size=spec.max_collection_size,
+            strategy=RotationStrategy(
+                name=spec.strategy_name,
+                keep_last_older_not_more_than=strategy.keep_last_older_not_more_than,
+                max_older_copies=strategy.max_older_copies,
+            ),
+            windows=tuple(BackupWindow(cron=w.from_, duration=w.duration) for w in spec.windows),
+            health_secret=health_secret,
+            access_control=tuple(
+                AccessControlEntry(user=entry.user, roles=frozenset(entry.roles))
+                for entry in spec.access_control
+            ),
+        )
+
+
+# --- single values -----------------------------------------------------------------------------
+
+_SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
+_COLLECTION_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
+_FORBIDDEN_IN_LOGIN = re.compile(r"[\s/\x00-\x1f\x7f]")
+
+
+def _user_name_problem(name: str) -> str:
+    if "$" in name:
+        return (
+            f"user name {name!r} must not contain '$' (it separates the user from the access "
+            "key in a login)"
+        )
+    if len(name) > 253 or _FORBIDDEN_IN_LOGIN.search(name):
+        return f"user name {name!r} must be at most 253 characters without spaces or '/'"
+    return ""
+
+
+def _access_key_name_problem(name: str) -> str:
+    if not name.strip():
+        return "an access key needs a name"
+    if "$" in name:
+        return f"access key name {name!r} must not contain '$' (the login is user$key)"
+    if len(name) > 253 or _FORBIDDEN_IN_LOGIN.search(name):
+        return f"access key name {name!r} must be at most 253 characters without spaces or '/'"
+    return ""
+
+
+def password_hash_problem(value: str) -> str:
+    """Empty when ``value`` is an encoded password hash as the reference writes it (base64 of
+    an Argon2 PHC string) or a bare PHC string; else what is wrong with it."""
+    try:
+        phc = decode_stored_hash(value)
+    except InvalidPasswordHash:
+        return (
+            "is not an encoded Argon2 password hash (make one with "
+            "`backup-repository --encode-password=SECRET`)"
+        )
+    try:
+        argon2.extract_parameters(phc)
+    except argon2.exceptions.InvalidHashError:
+        return "is a malformed Argon2 hash (its parameters, salt or hash cannot be read)"
+    return ""
+
+
+def grant_from_spec(spec: ObjectGrantSpec) -> ObjectGrant:
+    return ObjectGrant(type=spec.type, name=spec.name, roles=frozenset(spec.roles))
+
+
+class GrantError(ValueError):
+    """An object grant (access key object or operations scope element) that cannot be read;
+    ``field`` is the dotted path of the offending part, relative to the grant."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.message = message
+
+
+def parse_object_grant(raw: object) -> ObjectGrant:
+    """One ``{type: collection, name, roles}`` element, validated like an access key's
+    object (known roles, type ``collection``); raises :class:`GrantError`."""
+    try:
+        return grant_from_spec(ObjectGrantSpec.model_validate(raw))
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise GrantError(_dotted(error["loc"]), _error_message(error)) from None
+
+
+# --- pydantic errors in operator words ---------------------------------------------------------
+
+
+def _dotted(loc: Iterable[int | str]) -> str:
+    path = ""
+    for part in loc:
+        if part == "[key]":
+            continue
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def _error_message(error: ErrorDetails) -> str:
+    kind = error["type"]
+    if kind == "value_error":
+        ctx = error.get("ctx") or {}
+        cause = ctx.get("error")
+        if cause is not None:
+            return str(cause)
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "extra_forbidden":
+        return "unknown field (misspelt fields are refused, not ignored)"
+    message = error["msg"]
+    if kind.endswith("_type"):
+        got = type(error.get("input")).__name__
+        message = f"{message}, got {got}"
+        if kind == "string_type" and got in ("int", "float", "bool"):
+            message += " (put the value in quotes)"
+    return message

@@ -1,0 +1,348 @@
+"""Pydantic models of the configuration objects as they are written in YAML (SPEC 3.1-3.3).
+
+The models check the shape of one object and parse the values that can be parsed on their
+own (roles, sizes, durations, cron expressions, address entries). Rules that need more than
+one field or more than one object (password references, size ordering, unique access key
+names) live in :mod:`backup_repository.config.loader`, which also turns the models into the
+domain's objects.
+
+Field names are the YAML spellings (aliases). Unknown fields are tolerated at the top level
+and in ``metadata`` (labels, annotations, ``type`` of a Secret...), but refused inside
+``spec``: a misspelt ``restrictByIp`` or ``deactivate`` must not be silently ignored.
+An explicit ``null`` counts as "not set".
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from croniter import CroniterError, croniter
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
+
+from backup_repository.domain.identity import COLLECTION
+from backup_repository.domain.roles import Role, parse_role
+from backup_repository.domain.units import parse_duration, parse_size
+
+API_GROUP = "backups.riotkit.org"
+API_VERSION = f"{API_GROUP}/v1alpha1"
+KIND_USER = "BackupUser"
+KIND_COLLECTION = "BackupCollection"
+KIND_SECRET = "Secret"  # noqa: S105 - a kind name, not a password
+
+# The roles a collection's accessControl may hand out (the reference CRD's enum).
+COLLECTION_ROLES = frozenset(
+    {Role.COLLECTION_MANAGER, Role.BACKUP_UPLOADER, Role.BACKUP_DOWNLOADER, Role.UPLOADS_ANYTIME}
+)
+
+VERSION_PLACEHOLDER = "${version}"
+
+
+# --- value parsers (each raises ValueError with a message meant for the operator) -------------
+
+
+def _non_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+def _role(value: object) -> Role:
+    if not isinstance(value, str):
+        raise ValueError(f"a role must be a name, got {type(value).__name__}")
+    return parse_role(value)
+
+
+def _collection_role(value: Role) -> Role:
+    if value not in COLLECTION_ROLES:
+        allowed = ", ".join(sorted(r.value for r in COLLECTION_ROLES))
+        raise ValueError(
+            f"role {value.value!r} cannot be given on a collection (allowed here: {allowed})"
+        )
+    return value
+
+
+def _grant_type(value: str) -> str:
+    if value != COLLECTION:
+        raise ValueError(
+            f"type must be {COLLECTION!r} (the only kind of object that can be granted), "
+            f"got {value!r}"
+        )
+    return value
+
+
+def _acl_type(value: str) -> str:
+    if value != "user":
+        raise ValueError(f"type must be 'user', got {value!r}")
+    return value
+
+
+def _size(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(
+            f"a size must be a number with an optional unit such as 512K, 1M or 10G, "
+            f"got {type(value).__name__}"
+        )
+    size = parse_size(value)
+    if size <= 0:
+        raise ValueError("a size must be greater than zero")
+    return size
+
+
+def _duration(value: object) -> timedelta:
+    if not isinstance(value, str):
+        raise ValueError(
+            f"a duration must be text such as 30m, 1h30m or 5d, got {type(value).__name__}"
+        )
+    return parse_duration(value)
+
+
+def _positive_duration(value: object) -> timedelta:
+    duration = _duration(value)
+    if duration <= timedelta(0):
+        raise ValueError("a duration must be greater than zero")
+    return duration
+
+
+# Any fixed moment works: the check only asks whether the expression ever fires.
+_CRON_PROBE = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def check_cron(value: str) -> str:
+    """A 5-field cron expression (minute hour day-of-month month day-of-week) that fires at
+    least once a year; returned with its fields separated by single spaces."""
+    fields = value.split()
+    if len(fields) != 5:
+        raise ValueError(
+            f"{value!r} is not a 5-field cron expression "
+            "(minute hour day-of-month month day-of-week, e.g. '30 0 * * *')"
+        )
+    expression = " ".join(fields)
+    try:
+        iterator = croniter(expression, _CRON_PROBE)
+        iterator.get_prev(datetime)
+        iterator.get_next(datetime)
+    except (CroniterError, ValueError, KeyError) as exc:
+        raise ValueError(f"invalid cron expression {value!r}: {exc}") from None
+    return expression
+
+
+def check_filename_template(value: str) -> str:
+    if VERSION_PLACEHOLDER not in value:
+        raise ValueError(f"must contain {VERSION_PLACEHOLDER} (replaced by the version number)")
+    if "/" in value or "\\" in value:
+        raise ValueError("must not contain a path separator ('/' or '\\')")
+    if ".." in value:
+        raise ValueError("must not contain '..'")
+    if '"' in value or any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        # The file name ends up in a Content-Disposition header.
+        raise ValueError("must not contain quotes or control characters")
+    return value
+
+
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+_LOOKS_NUMERIC = re.compile(r"^[0-9./]+$")
+
+
+def check_address_entry(value: str) -> str:
+    """An IP address, a CIDR network or a host name (``restrictByIP``)."""
+    entry = value.strip()
+    if not entry:
+        raise ValueError("an address entry must not be empty")
+    try:
+        ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        pass
+    else:
+        return entry
+    if ":" in entry or _LOOKS_NUMERIC.match(entry):
+        raise ValueError(f"{entry!r} is not a valid IP address or CIDR network")
+    host = entry.rstrip(".")
+    labels = host.split(".")
+    if len(host) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
+        raise ValueError(f"{entry!r} is not an IP address, a CIDR network or a host name")
+    return entry
+
+
+RoleName = Annotated[Role, BeforeValidator(_role)]
+CollectionRoleName = Annotated[Role, BeforeValidator(_role), AfterValidator(_collection_role)]
+Size = Annotated[int, BeforeValidator(_size)]
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+PositiveDuration = Annotated[timedelta, BeforeValidator(_positive_duration)]
+NonBlank = Annotated[str, AfterValidator(_non_blank)]
+CronExpression = Annotated[str, AfterValidator(check_cron)]
+FilenameTemplate = Annotated[str, AfterValidator(check_filename_template)]
+AddressEntry = Annotated[str, AfterValidator(check_address_entry)]
+StrictBool = Annotated[bool, Field(strict=True)]
+GrantType = Annotated[str, AfterValidator(_grant_type)]
+AclType = Annotated[str, AfterValidator(_acl_type)]
+
+
+# --- base classes ------------------------------------------------------------------------------
+
+
+def _drop_nulls(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {key: value for key, value in data.items() if value is not None}
+    return data
+
+
+class _Loose(BaseModel):
+    """Unknown fields are ignored (top level, metadata)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_unset(cls, data: Any) -> Any:
+        return _drop_nulls(data)
+
+
+class _Strict(BaseModel):
+    """Unknown fields are errors (everything under ``spec``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_unset(cls, data: Any) -> Any:
+        return _drop_nulls(data)
+
+
+class ObjectMeta(_Loose):
+    name: NonBlank
+    namespace: str = ""
+
+
+class SecretRef(_Strict):
+    """``{name: <Secret name>, entry: <key in its data or stringData>}``."""
+
+    name: NonBlank
+    entry: NonBlank
+
+
+# --- BackupUser --------------------------------------------------------------------------------
+
+
+class ObjectGrantSpec(_Strict):
+    """One object an access key (or an operations scope) may act on."""
+
+    name: NonBlank
+    type: GrantType
+    roles: tuple[RoleName, ...] = ()
+
+
+class AccessKeySpec(_Strict):
+    name: str
+    password: str = ""
+    password_from_ref: SecretRef | None = Field(default=None, alias="passwordFromRef")
+    objects: tuple[ObjectGrantSpec, ...] = ()
+
+
+class BackupUserSpec(_Strict):
+    email: str = ""
+    deactivated: StrictBool = False
+    organization: str = ""
+    about: str = ""
+    password: str = ""
+    password_from_ref: SecretRef | None = Field(default=None, alias="passwordFromRef")
+    restrict_by_ip: tuple[AddressEntry, ...] = Field(default=(), alias="restrictByIP")
+    roles: tuple[RoleName, ...] = ()
+    access_keys: tuple[AccessKeySpec, ...] = Field(default=(), alias="accessKeys")
+
+
+class BackupUser(_Loose):
+    api_version: Literal["backups.riotkit.org/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["BackupUser"]
+    metadata: ObjectMeta
+    spec: BackupUserSpec
+
+
+# --- BackupCollection --------------------------------------------------------------------------
+
+
+class WindowSpec(_Strict):
+    """Uploads are allowed for ``duration`` from every start given by the cron ``from``."""
+
+    from_: CronExpression = Field(alias="from")
+    duration: PositiveDuration
+
+
+class StrategySpec(_Strict):
+    keep_last_older_not_more_than: PositiveDuration | None = Field(
+        default=None, alias="keepLastOlderNotMoreThan"
+    )
+    max_older_copies: Annotated[int, Field(strict=True, ge=0)] = Field(
+        default=0, alias="maxOlderCopies"
+    )
+
+
+class AccessControlEntrySpec(_Strict):
+    """Either ``{name: alice, type: user, roles: [...]}`` or the older
+    ``{userName: alice, roles: [...]}``."""
+
+    name: NonBlank | None = None
+    type: AclType | None = None
+    user_name: NonBlank | None = Field(default=None, alias="userName")
+    roles: tuple[CollectionRoleName, ...] = ()
+
+    @model_validator(mode="after")
+    def _one_user(self) -> AccessControlEntrySpec:
+        if self.name is not None and self.user_name is not None:
+            raise ValueError("give either name (with type: user) or userName, not both")
+        if self.name is None and self.user_name is None:
+            raise ValueError("the user is missing: give name (with type: user) or userName")
+        return self
+
+    @property
+    def user(self) -> str:
+        return self.user_name if self.user_name is not None else (self.name or "")
+
+
+class BackupCollectionSpec(_Strict):
+    description: str = ""
+    filename_template: FilenameTemplate = Field(alias="filenameTemplate")
+    max_backups_count: Annotated[int, Field(strict=True, ge=1)] = Field(alias="maxBackupsCount")
+    max_one_version_size: Size = Field(alias="maxOneVersionSize")
+    max_collection_size: Size = Field(alias="maxCollectionSize")
+    windows: tuple[WindowSpec, ...] = ()
+    strategy_name: Literal["fifo", "fifo-plus-older"] = Field(default="fifo", alias="strategyName")
+    strategy_spec: StrategySpec = Field(default_factory=StrategySpec, alias="strategySpec")
+    health_secret_ref: SecretRef | None = Field(default=None, alias="healthSecretRef")
+    access_control: tuple[AccessControlEntrySpec, ...] = Field(default=(), alias="accessControl")
+
+
+class BackupCollection(_Loose):
+    api_version: Literal["backups.riotkit.org/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["BackupCollection"]
+    metadata: ObjectMeta
+    spec: BackupCollectionSpec
+
+
+# --- Secret ------------------------------------------------------------------------------------
+
+
+class Secret(_Loose):
+    """Values are used exactly as written in ``data`` (no base64 decoding, as the reference
+    project does) or in ``stringData``; ``stringData`` wins when both hold an entry, as in
+    Kubernetes."""
+
+    api_version: Literal["v1"] = Field(alias="apiVersion")
+    kind: Literal["Secret"]
+    metadata: ObjectMeta
+    data: dict[str, str] = Field(default_factory=dict)
+    string_data: dict[str, str] = Field(default_factory=dict, alias="stringData")
+
+    def value(self, entry: str) -> str | None:
+        if entry in self.string_data:
+            return self.string_data[entry]
+        return self.data.get(entry)

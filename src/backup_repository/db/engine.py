@@ -1,0 +1,150 @@
+"""Engines and schema migrations.
+
+Engines are created by the composition root, one per process, and disposed of at shutdown;
+nothing here creates one at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Final
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from backup_repository.db.urls import normalize_database_url
+
+MIGRATIONS_DIR: Final = Path(__file__).resolve().parent / "migrations"
+
+# How long a SQLite writer waits for another one before "database is locked".
+SQLITE_BUSY_TIMEOUT_MS: Final = 10_000
+
+# Key of the PostgreSQL advisory lock held while migrating, so that replicas starting
+# together run the migrations one after another. Any fixed 64-bit number works; this one
+# is the ASCII of "brmigrat".
+MIGRATION_LOCK_KEY: Final = 0x62726D6967726174
+
+# PostgreSQL connection pool: small per replica, since a deployment runs several replicas
+# against one server whose max_connections (100 by default) they share.
+POSTGRES_POOL_SIZE: Final = 5
+POSTGRES_MAX_OVERFLOW: Final = 10
+POSTGRES_POOL_RECYCLE_S: Final = 1800
+POSTGRES_CONNECT_TIMEOUT_S: Final = 10.0
+
+# Execution option naming the statement that opens a SQLite transaction (see _on_begin).
+_SQLITE_BEGIN_OPTION: Final = "br_sqlite_begin"
+_SQLITE_BEGIN_STATEMENTS: Final = frozenset({"BEGIN"})
+
+
+def create_engine(url: str) -> AsyncEngine:
+    """An async engine for ``url`` (any form :func:`normalize_database_url` accepts).
+
+    SQLite: the file's folder is created, and every connection runs in WAL mode with foreign
+    keys on and a busy timeout. PostgreSQL: a pre-pinged, recycled connection pool.
+    """
+    parsed = make_url(normalize_database_url(url))
+    if parsed.get_backend_name() == "sqlite":
+        return _create_sqlite_engine(parsed)
+    return _create_postgres_engine(parsed)
+
+
+async def migrate(engine: AsyncEngine) -> None:
+    """Bring the schema to the newest revision (Alembic ``upgrade head``).
+
+    The whole upgrade runs in one transaction. On PostgreSQL that transaction first takes
+    an advisory lock, on SQLite it starts with ``BEGIN IMMEDIATE``; either way concurrent
+    callers wait for each other, and the later ones find nothing left to do.
+    """
+    async with engine.connect() as connection:
+        if engine.dialect.name == "sqlite":
+            await connection.execution_options(**{_SQLITE_BEGIN_OPTION: "BEGIN"})
+        async with connection.begin():
+            if engine.dialect.name == "postgresql":
+                await connection.execute(text("SELECT :key"), {"key": MIGRATION_LOCK_KEY})
+            await connection.run_sync(_upgrade_to_head)
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """An Alembic configuration built in code: no ``alembic.ini``, no dependence on the
+    working directory. ``connection``, when given, is the one the migrations run on."""
+    config = Config()
+    config.set_main_option("script_location", config_path(MIGRATIONS_DIR))
+    config.set_main_option("path_separator", "os")
+    # Revision files are named "0002_add_something.py"; percent signs are doubled for
+    # ConfigParser interpolation.
+    config.set_main_option("file_template", "%%(rev)s_%%(slug)s")
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def config_path(path: Path) -> str:
+    """``path`` escaped for an Alembic option value (ConfigParser interpolates ``%``)."""
+    return str(path).replace("%", "%%")
+
+
+def _upgrade_to_head(connection: Connection) -> None:
+    command.upgrade(alembic_config(connection), "head")
+
+
+def _create_sqlite_engine(url: URL) -> AsyncEngine:
+    database = url.database or ""
+    in_memory = database in ("", ":memory:") or url.query.get("mode") == "memory"
+    if not in_memory and not database.startswith("file:"):
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(url)
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        # Take BEGIN away from the sqlite3 module (which skips it before DDL and SELECT,
+        # so migrations would not be atomic) and emit it ourselves in _on_begin.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS:d}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            if not in_memory:
+                cursor.execute("PRAGMA journal_mode = WAL")
+                cursor.execute("PRAGMA synchronous = NORMAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(sync_engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        statement = connection.get_execution_options().get(_SQLITE_BEGIN_OPTION, "BEGIN")
+        if statement not in _SQLITE_BEGIN_STATEMENTS:
+            raise ValueError(f"unsupported SQLite BEGIN statement {statement!r}")
+        connection.exec_driver_sql(statement)
+
+    return engine
+
+
+def _create_postgres_engine(url: URL) -> AsyncEngine:
+    # Query values are strings; asyncpg wants numbers for its timeouts.
+    query = dict(url.query)
+    connect_args: dict[str, Any] = {"timeout": POSTGRES_CONNECT_TIMEOUT_S}
+    for name in ("timeout", "command_timeout"):
+        value = query.pop(name, None)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise ValueError(f"database URL option {name!r} is given more than once")
+        try:
+            connect_args[name] = float(value)
+        except ValueError:
+            raise ValueError(
+                f"database URL option {name!r} must be a number of seconds, not {value!r}"
+            ) from None
+    return create_async_engine(
+        url.set(query=query),
+        connect_args=connect_args,
+        pool_pre_ping=True,
+        pool_size=POSTGRES_POOL_SIZE,
+        max_overflow=POSTGRES_MAX_OVERFLOW,
+        pool_recycle=POSTGRES_POOL_RECYCLE_S,
+    )

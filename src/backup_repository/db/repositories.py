@@ -1,0 +1,154 @@
+"""SQL implementations of the service ports. Every method runs in its own short
+transaction; nothing holds a connection between calls."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from sqlalchemy import RowMapping, String, insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from backup_repository.db.tables import GrantedAccess
+from backup_repository.services.ports import SessionRecord
+
+_SESSION_COLUMNS: Final = (
+    GrantedAccess.id,
+    GrantedAccess.user_name,
+    GrantedAccess.access_key_name,
+    GrantedAccess.requester_ip,
+    GrantedAccess.description,
+    GrantedAccess.expires_at,
+    GrantedAccess.deactivated,
+    GrantedAccess.created_at,
+    GrantedAccess.updated_at,
+)
+
+
+class SqlSessionRepository:
+    """Issued tokens in the ``granted_accesses`` table.
+
+    Rows with ``deleted_at`` set (soft-deleted, as the reference project does) are treated
+    as if they did not exist.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def add(self, session: SessionRecord) -> None:
+        """Store a new session. ``created_at`` and ``updated_at`` default to now (UTC).
+
+        Raises :class:`ValueError` for naive datetimes or values longer than their column
+        (checked here so that SQLite, which does not enforce lengths, behaves like
+        PostgreSQL), and SQLAlchemy's ``IntegrityError`` when the id already exists.
+        """
+        _check_session(session)
+        now = _utcnow()
+        created_at = session.created_at or now
+        values: dict[str, Any] = {
+            "id": session.id,
+            "user_name": session.user,
+            "access_key_name": session.access_key_name,
+            "requester_ip": session.requester_ip,
+            "description": session.description,
+            "expires_at": session.expires_at,
+            "deactivated": session.deactivated,
+            "created_at": created_at,
+            "updated_at": session.updated_at or created_at,
+        }
+        async with self._engine.begin() as connection:
+            await connection.execute(insert(GrantedAccess).values(**values))
+
+    async def get(self, session_id: str) -> SessionRecord | None:
+        statement = select(*_SESSION_COLUMNS).where(
+            GrantedAccess.id == session_id, GrantedAccess.deleted_at.is_(None)
+        )
+        async with self._engine.begin() as connection:
+            row = (await connection.execute(statement)).mappings().one_or_none()
+        return None if row is None else _to_record(row)
+
+    async def list_for_user(self, user: str) -> list[SessionRecord]:
+        """Sessions of ``user``, newest first (ties broken by id, so the order is stable)."""
+        statement = (
+            select(*_SESSION_COLUMNS)
+            .where(GrantedAccess.user_name == user, GrantedAccess.deleted_at.is_(None))
+            .order_by(GrantedAccess.created_at.desc(), GrantedAccess.id.desc())
+        )
+        async with self._engine.begin() as connection:
+            rows = (await connection.execute(statement)).mappings().all()
+        return [_to_record(row) for row in rows]
+
+    async def deactivate(self, session_id: str) -> bool:
+        """Mark a session revoked. True when it exists (also when it was revoked before)."""
+        statement = (
+            update(GrantedAccess)
+            .where(GrantedAccess.id == session_id, GrantedAccess.deleted_at.is_(None))
+            .values(deactivated=True, updated_at=_utcnow())
+        )
+        async with self._engine.begin() as connection:
+            result = await connection.execute(statement)
+        return result.rowcount > 0
+
+
+class SqlDatabaseHealth:
+    """The readiness check of the database (the reference's ``DbValidator``)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def ping(self) -> None:
+        """Run ``SELECT 1``; raise whatever the driver raises when that fails."""
+        async with self._engine.connect() as connection:
+            value = (await connection.execute(text("SELECT 1"))).scalar_one()
+        if value != 1:
+            raise RuntimeError(f"database answered {value!r} to SELECT 1")
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _check_session(session: SessionRecord) -> None:
+    for name in ("expires_at", "created_at", "updated_at"):
+        value: datetime | None = getattr(session, name)
+        if value is not None and value.utcoffset() is None:
+            raise ValueError(f"session {name} must be a timezone-aware datetime")
+    for name, limit in _TEXT_LIMITS.items():
+        length = len(getattr(session, name))
+        if length > limit:
+            raise ValueError(f"session {name} is {length} characters long, at most {limit}")
+
+
+def _text_limits() -> dict[str, int]:
+    """Longest value of each text field of SessionRecord, read from the table's columns."""
+    columns = GrantedAccess.__table__.c
+    limits: dict[str, int] = {}
+    for field, column in (
+        ("id", "id"),
+        ("user", "user_name"),
+        ("access_key_name", "access_key_name"),
+        ("requester_ip", "requester_ip"),
+        ("description", "description"),
+    ):
+        column_type = columns[column].type
+        if not isinstance(column_type, String) or column_type.length is None:
+            raise TypeError(f"column {column} is not a bounded String")
+        limits[field] = column_type.length
+    return limits
+
+
+_TEXT_LIMITS: Final = _text_limits()
+
+
+def _to_record(row: RowMapping) -> SessionRecord:
+    return SessionRecord(
+        id=row["id"],
+        user=row["user_name"],
+        access_key_name=row["access_key_name"],
+        requester_ip=row["requester_ip"],
+        description=row["description"],
+        expires_at=row["expires_at"],
+        deactivated=row["deactivated"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )

@@ -1,0 +1,91 @@
+"""The composition root: ``create_app(settings)`` builds every part from one Settings object.
+Nothing is created at import time."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from backup_repository import __version__
+from backup_repository.config.filesystem import FilesystemProvider
+from backup_repository.db.engine import create_engine, migrate
+from backup_repository.db.repositories import SqlDatabaseHealth, SqlSessionRepository
+from backup_repository.db.urls import render_url_safely
+from backup_repository.http import errors
+from backup_repository.http.deps import Services
+from backup_repository.http.middleware import (
+    BodyLimitMiddleware,
+    ClientAddressMiddleware,
+    RateLimitMiddleware,
+)
+from backup_repository.http.ratelimit import RateLimiter
+from backup_repository.http.routers import auth, health
+from backup_repository.services.auth import AuthService
+from backup_repository.services.health import ConfigurationProviderValidator, DbValidator
+from backup_repository.services.passwords import PasswordHasher
+from backup_repository.services.resolver import CachingResolver
+from backup_repository.services.tokens import TokenCodec
+from backup_repository.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, on_started: Callable[[], None] | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings.db_url)
+        provider = FilesystemProvider(settings.config_local_path, settings.namespace)
+        hasher = PasswordHasher(settings.password_hash_concurrency)
+        try:
+            logger.info("database: %s", render_url_safely(settings.db_url))
+            await migrate(engine)
+            await provider.start()
+            database_health = SqlDatabaseHealth(engine)
+            app.state.services = Services(
+                settings=settings,
+                auth=AuthService(
+                    config=provider,
+                    sessions=SqlSessionRepository(engine),
+                    hasher=hasher,
+                    tokens=TokenCodec(settings.jwt_secret_key, settings.jwt_lifetime),
+                    resolver=CachingResolver(),
+                ),
+                readiness=[
+                    DbValidator(database_health),
+                    ConfigurationProviderValidator(provider),
+                ],
+            )
+            if on_started is not None:
+                on_started()
+            yield
+        finally:
+            await provider.close()
+            hasher.close()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Backup Repository",
+        version=__version__,
+        description="Storage server for end-to-end encrypted (OpenPGP) backups.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(auth.router)
+
+    limiter = RateLimiter(
+        default_per_second=settings.rate_default_limit,
+        auth_per_minute=settings.rate_auth_limit,
+        collection_health_per_minute=settings.rate_collection_health_limit,
+        server_health_per_minute=settings.rate_server_health_limit,
+        redis_url=settings.redis_url,
+    )
+    # Added innermost first: the client address is known before the rate limit is checked,
+    # and the rate limit is checked before any body is read.
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_body)
+    app.add_middleware(RateLimitMiddleware, limiter=limiter)
+    app.add_middleware(ClientAddressMiddleware, trusted_proxies=settings.trusted_proxies)
+    return app

@@ -1,0 +1,55 @@
+"""Request-scoped dependencies (``Annotated`` style): the services container, the client's
+address and the authenticated caller."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from backup_repository.domain.errors import AuthenticationFailed
+from backup_repository.services.auth import AuthContext, AuthService
+from backup_repository.services.health import ReadinessCheck
+from backup_repository.settings import Settings
+
+
+@dataclass
+class Services:
+    """Everything the handlers may call, built once by the composition root."""
+
+    settings: Settings
+    auth: AuthService
+    readiness: list[ReadinessCheck]
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def get_client_ip(request: Request) -> str:
+    ip = request.scope.get("state", {}).get("client_ip")
+    if ip is None:
+        client = request.client
+        ip = client.host if client else ""
+    return str(ip)
+
+
+def bearer_token(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationFailed("missing or malformed Authorization header, expected Bearer")
+    return token.strip()
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+ClientIP = Annotated[str, Depends(get_client_ip)]
+
+
+async def get_auth(request: Request, services: ServicesDep, client_ip: ClientIP) -> AuthContext:
+    return await services.auth.authenticate(bearer_token(request), client_ip)
+
+
+Auth = Annotated[AuthContext, Depends(get_auth)]

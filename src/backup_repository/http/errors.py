@@ -1,0 +1,99 @@
+"""The one place where errors become status codes. Handlers never build error responses."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from backup_repository.domain import errors as domain
+from backup_repository.http.envelope import error
+
+logger = logging.getLogger(__name__)
+
+_STATUS: list[tuple[type[domain.DomainError], int]] = [
+    (domain.InvalidInput, 400),
+    (domain.AuthenticationFailed, 401),
+    (domain.Forbidden, 403),
+    (domain.NotFound, 404),
+    (domain.Conflict, 409),
+    (domain.PayloadTooLarge, 413),
+    (domain.DependencyUnavailable, 503),
+]
+
+_HTTP_MESSAGES = {
+    404: "not found",
+    405: "method not allowed",
+    413: "request body too large",
+}
+
+
+class BodyTooLarge(Exception):
+    """Raised while reading a request body that exceeds the configured limit."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body too large: at most {limit} bytes are accepted here")
+        self.limit = limit
+
+
+def status_for(exc: domain.DomainError) -> int:
+    for cls, status in _STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def describe_validation_error(errors: Sequence[Mapping[str, Any]]) -> str:
+    """One readable line from pydantic's error list, e.g. ``username: Input should be a
+    valid string``."""
+    parts: list[str] = []
+    for err in list(errors)[:5]:
+        if err.get("type") == "json_invalid":
+            return "malformed JSON in request body"
+        location = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        message = str(err.get("msg", "invalid value"))
+        parts.append(f"{location}: {message}" if location else message)
+    return "invalid request: " + "; ".join(parts)
+
+
+async def _domain_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, domain.DomainError)
+    status = status_for(exc)
+    headers = {"WWW-Authenticate": 'Bearer realm="backup-repository"'} if status == 401 else {}
+    return error(status, exc.message, headers=headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    return error(400, describe_validation_error(exc.errors()))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    detail: Any = exc.detail
+    message = detail if isinstance(detail, str) and detail else None
+    if message is None or message in {"Not Found", "Method Not Allowed"}:
+        message = _HTTP_MESSAGES.get(exc.status_code, "request failed")
+    return error(exc.status_code, message, headers=exc.headers)
+
+
+async def _body_too_large(request: Request, exc: Exception) -> Response:
+    return error(413, str(exc), headers={"Connection": "close"})
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error(500, "internal server error")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(domain.DomainError, _domain_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(BodyTooLarge, _body_too_large)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,49 @@
+"""``/health`` (liveness) and ``/ready`` (readiness with dependency checks)."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+
+from backup_repository.http.deps import ServicesDep
+from backup_repository.http.envelope import error, ok
+from backup_repository.services.health import run_checks
+
+router = APIRouter(tags=["health"])
+
+HEALTH_CODE_INVALID = (
+    "health code invalid. Should be provided within 'Authorization' header or 'code' query "
+    "string. Must match --health-check-key value"
+)
+
+
+@router.get("/health")
+async def health() -> JSONResponse:
+    return ok(
+        {
+            "msg": "The server is up and running. Dependent services are not shown there. "
+            "Take a look at /ready endpoint"
+        }
+    )
+
+
+@router.get("/ready")
+async def ready(
+    request: Request,
+    services: ServicesDep,
+    code: Annotated[str | None, Query(max_length=1024)] = None,
+) -> JSONResponse:
+    expected = services.settings.health_check_key
+    if expected:
+        given = request.headers.get("authorization") or code or ""
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            return error(403, HEALTH_CODE_INVALID)
+    timeout = services.settings.storage_health_timeout.total_seconds()
+    results = await run_checks(services.readiness, timeout)
+    data = {"health": [r.as_dict() for r in results]}
+    if not all(r.status for r in results):
+        return error(500, "one of checks failed", data)
+    return ok(data)

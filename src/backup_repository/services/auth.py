@@ -1,0 +1,238 @@
+"""Login, sessions and request authentication (SPEC sections 4 and 7)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from backup_repository.domain import authz
+from backup_repository.domain.errors import AuthenticationFailed, Forbidden, InvalidInput, NotFound
+from backup_repository.domain.identity import COLLECTION, Login, ObjectGrant, User
+from backup_repository.domain.network import AddressRules
+from backup_repository.domain.roles import UnknownRole, parse_roles
+from backup_repository.services.passwords import PasswordHasher
+from backup_repository.services.ports import (
+    ConfigurationProvider,
+    HostResolver,
+    SessionRecord,
+    SessionRepository,
+)
+from backup_repository.services.tokens import IssuedToken, TokenCodec, session_id_of
+
+logger = logging.getLogger(__name__)
+
+BAD_CREDENTIALS = "incorrect Username or Password"
+MISSING_CREDENTIALS = "missing Username or Password"
+SESSION_NOT_FOUND = "cannot find specified session"
+USER_NOT_FOUND = "cannot find specified user"
+NO_PERMISSION_VIEW_USER = "no permissions to view that user account"
+NO_PERMISSION_OTHER_USER = "no permissions to act as other user"
+NO_PERMISSION_REVOKE = "you don't have permissions to revoke session of other user"
+MAX_SCOPE_ELEMENTS = 100
+
+
+@dataclass(frozen=True)
+class ScopeElementInput:
+    type: str
+    name: str
+    roles: Sequence[str]
+
+
+@dataclass(frozen=True)
+class AuthContext:
+    """Who is calling, with which token, narrowed to what."""
+
+    principal: authz.Principal
+    session: SessionRecord
+    token: str
+    claims_issued_at: datetime
+    claims_expires_at: datetime
+
+    @property
+    def user(self) -> User:
+        return self.principal.user
+
+
+class AuthService:
+    def __init__(
+        self,
+        config: ConfigurationProvider,
+        sessions: SessionRepository,
+        hasher: PasswordHasher,
+        tokens: TokenCodec,
+        resolver: HostResolver,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._config = config
+        self._sessions = sessions
+        self._hasher = hasher
+        self._tokens = tokens
+        self._resolver = resolver
+        self._clock = clock
+
+    # -- login ------------------------------------------------------------------------------
+
+    async def login(
+        self,
+        username: str,
+        password: str,
+        client_ip: str,
+        scope: Sequence[ScopeElementInput] | None = None,
+        ttl: timedelta | None = None,
+    ) -> tuple[IssuedToken, SessionRecord]:
+        if not username or not password:
+            raise AuthenticationFailed(MISSING_CREDENTIALS)
+        grants = self._parse_scope(scope or ())
+        lifetime = self._lifetime(ttl)
+        login = Login.parse(username)
+        user = self._config.snapshot().users.get(login.user)
+        stored_hash: str | None = None
+        if user is not None:
+            if login.access_key:
+                key = user.access_key(login.access_key)
+                stored_hash = key.password_hash if key else None
+            else:
+                stored_hash = user.password_hash
+        # Always verify (a decoy when there is nothing to verify against): the time taken
+        # must not tell which user names exist.
+        password_ok = await self._hasher.verify(stored_hash, password)
+        if user is None or not password_ok or user.deactivated:
+            logger.info("login refused for %r from %s", username, client_ip)
+            raise AuthenticationFailed(BAD_CREDENTIALS)
+        if not await self._ip_allowed(user, client_ip):
+            logger.info("login refused for %r: address %s not allowed", username, client_ip)
+            raise AuthenticationFailed(BAD_CREDENTIALS)
+        issued = self._tokens.issue(login.user, login.access_key, grants, lifetime, self._clock())
+        record = await self._store(issued, login, client_ip, "Login")
+        logger.info("login of %r from %s, session %s", username, client_ip, record.id[:12])
+        return issued, record
+
+    async def refresh(self, ctx: AuthContext, client_ip: str) -> tuple[IssuedToken, SessionRecord]:
+        """A new token with the same user, access key, scope and lifetime as the caller's."""
+        lifetime = max(ctx.claims_expires_at - ctx.claims_issued_at, timedelta(seconds=1))
+        issued = self._tokens.issue(
+            ctx.user.name,
+            ctx.principal.access_key_name,
+            ctx.principal.scope,
+            lifetime,
+            self._clock(),
+        )
+        login = Login(ctx.user.name, ctx.principal.access_key_name)
+        record = await self._store(issued, login, client_ip, f"Refresh of {ctx.session.id}")
+        return issued, record
+
+    # -- authentication of requests ---------------------------------------------------------
+
+    async def authenticate(self, token: str, client_ip: str) -> AuthContext:
+        claims = self._tokens.decode(token)
+        session = await self._sessions.get(session_id_of(token))
+        if session is None or session.deactivated:
+            raise AuthenticationFailed("session was revoked or does not exist")
+        if session.expires_at <= self._clock() or session.user != claims.login:
+            raise AuthenticationFailed("invalid or expired token")
+        user = self._config.snapshot().users.get(claims.login)
+        if user is None or user.deactivated:
+            raise AuthenticationFailed("user does not exist or is deactivated")
+        key = None
+        if claims.access_key_name:
+            key = user.access_key(claims.access_key_name)
+            if key is None:
+                raise AuthenticationFailed("access key no longer exists")
+        if not await self._ip_allowed(user, client_ip):
+            raise AuthenticationFailed("requests from this address are not allowed")
+        return AuthContext(
+            principal=authz.Principal(user=user, access_key=key, scope=claims.scope),
+            session=session,
+            token=token,
+            claims_issued_at=claims.issued_at,
+            claims_expires_at=claims.expires_at,
+        )
+
+    # -- sessions and users -----------------------------------------------------------------
+
+    async def logout(self, ctx: AuthContext, session_id: str | None) -> str:
+        """Revoke the caller's session, or another one by id. Returns the revoked id."""
+        if session_id is None or session_id == ctx.session.id:
+            await self._sessions.deactivate(ctx.session.id)
+            return ctx.session.id
+        target = await self._sessions.get(session_id)
+        if target is None:
+            raise NotFound(SESSION_NOT_FOUND)
+        if not authz.may_revoke_session(ctx.principal, target.user, target.access_key_name):
+            raise Forbidden(NO_PERMISSION_REVOKE)
+        await self._sessions.deactivate(session_id)
+        return session_id
+
+    async def list_sessions(self, ctx: AuthContext, user_name: str | None) -> list[SessionRecord]:
+        name = ctx.user.name if user_name is None else user_name
+        if not authz.may_list_sessions_of(ctx.principal, name):
+            raise Forbidden(NO_PERMISSION_OTHER_USER)
+        return await self._sessions.list_for_user(name)
+
+    def lookup_user(self, ctx: AuthContext, name: str) -> User:
+        if not authz.may_view_user(ctx.principal, name):
+            raise Forbidden(NO_PERMISSION_VIEW_USER)
+        user = self._config.snapshot().users.get(name)
+        if user is None:
+            raise NotFound(USER_NOT_FOUND)
+        return user
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _lifetime(self, ttl: timedelta | None) -> timedelta:
+        if ttl is None:
+            return self._tokens.lifetime
+        if ttl <= timedelta(0):
+            raise InvalidInput("ttl must be a positive duration, e.g. 1h or 3600")
+        if ttl > self._tokens.lifetime:
+            raise InvalidInput(
+                f"ttl must not be longer than the server's token lifetime "
+                f"({int(self._tokens.lifetime.total_seconds())}s)"
+            )
+        return ttl
+
+    @staticmethod
+    def _parse_scope(elements: Sequence[ScopeElementInput]) -> tuple[ObjectGrant, ...]:
+        if len(elements) > MAX_SCOPE_ELEMENTS:
+            raise InvalidInput(f"operationsScope may hold at most {MAX_SCOPE_ELEMENTS} elements")
+        grants: list[ObjectGrant] = []
+        for index, element in enumerate(elements):
+            if element.type != COLLECTION:
+                raise InvalidInput(
+                    f"operationsScope.elements[{index}].type: only {COLLECTION!r} is supported"
+                )
+            if not element.name:
+                raise InvalidInput(f"operationsScope.elements[{index}].name must not be empty")
+            try:
+                roles = parse_roles(element.roles)
+            except UnknownRole as exc:
+                raise InvalidInput(f"operationsScope.elements[{index}].roles: {exc}") from None
+            if not roles:
+                raise InvalidInput(f"operationsScope.elements[{index}].roles must not be empty")
+            grants.append(ObjectGrant(type=element.type, name=element.name, roles=roles))
+        return tuple(grants)
+
+    async def _ip_allowed(self, user: User, client_ip: str) -> bool:
+        rules = AddressRules.parse(user.restrict_by_ip)
+        if rules.is_empty:
+            return True
+        resolved = {host: await self._resolver.resolve(host) for host in rules.hostnames}
+        return rules.allows(client_ip, resolved)
+
+    async def _store(
+        self, issued: IssuedToken, login: Login, client_ip: str, description: str
+    ) -> SessionRecord:
+        record = SessionRecord(
+            id=issued.session_id,
+            user=login.user,
+            access_key_name=login.access_key,
+            requester_ip=client_ip,
+            description=description[:255],
+            expires_at=issued.expires_at,
+            deactivated=False,
+        )
+        await self._sessions.add(record)
+        stored = await self._sessions.get(record.id)
+        return stored or record

@@ -1,0 +1,137 @@
+"""One validated Settings object, built once from the command line and ``BR_*`` variables
+(``cli/server.py``) and handed to the composition root. Nothing reads the environment after
+this point."""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from backup_repository.db.urls import normalize_database_url
+from backup_repository.domain.network import IPNetwork
+
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+MIN_JWT_SECRET_LENGTH = 16
+
+
+class SettingsError(ValueError):
+    """A setting is missing or invalid; the message names the flag and its variable."""
+
+
+class Listen(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    host: str
+    port: int = Field(ge=0, le=65535)
+
+    @classmethod
+    def parse(cls, text: str) -> Listen:
+        """``:8080``, ``0.0.0.0:8080``, ``127.0.0.1:8080``, ``[::1]:8080``, ``localhost:80``."""
+        raw = text.strip()
+        host, sep, port = raw.rpartition(":")
+        if not sep or not port.isdigit():
+            raise SettingsError(
+                f"--listen (BR_LISTEN): {text!r} is not an address, expected e.g. ':8080' or "
+                "'127.0.0.1:8080'"
+            )
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        return cls(host=host or "0.0.0.0", port=int(port))  # noqa: S104 (Go's ":8080")
+
+    def url(self) -> str:
+        host = "localhost" if self.host in {"0.0.0.0", "::", ""} else self.host  # noqa: S104
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    listen: Listen = Listen(host="0.0.0.0", port=8080)  # noqa: S104
+    db_url: str
+    jwt_secret_key: str = Field(repr=False)
+    jwt_lifetime: timedelta = timedelta(hours=8760)
+    health_check_key: str = Field(default="", repr=False)
+    storage_url: str
+    storage_io_timeout: timedelta = timedelta(hours=2)
+    storage_health_timeout: timedelta = timedelta(seconds=5)
+    http_upload_timeout: timedelta = timedelta(minutes=180)
+    http_download_timeout: timedelta = timedelta(minutes=180)
+    # Requests per second (default) and per minute (the three others); 0 disables a limit.
+    rate_default_limit: int = Field(default=5, ge=0)
+    rate_auth_limit: int = Field(default=10, ge=0)
+    rate_collection_health_limit: int = Field(default=10, ge=0)
+    rate_server_health_limit: int = Field(default=160, ge=0)
+    provider: Literal["filesystem"] = "filesystem"
+    config_local_path: Path
+    namespace: str = "backup-repository"
+    log_level: LogLevel = "info"
+    redis_url: str | None = None
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    # Argon2 hashes computed at once; each takes 64 MiB with the reference parameters.
+    password_hash_concurrency: int = Field(default=2, ge=1, le=64)
+    # Largest JSON/form body accepted by endpoints other than uploads.
+    max_request_body: int = Field(default=64 * 1024, ge=1024)
+    dev_mode: bool = False
+
+    @field_validator("db_url")
+    @classmethod
+    def _db_url(cls, value: str) -> str:
+        try:
+            return normalize_database_url(value)
+        except ValueError as exc:
+            raise SettingsError(f"--db-url (BR_DB_URL): {exc}") from None
+
+    @field_validator("jwt_lifetime", "storage_health_timeout", "storage_io_timeout")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise SettingsError("durations must be positive")
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxies(cls, value: object) -> tuple[IPNetwork, ...]:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise SettingsError("--trusted-proxies: expected a comma-separated list")
+        networks: list[IPNetwork] = []
+        for item in value:
+            if isinstance(item, ipaddress.IPv4Network | ipaddress.IPv6Network):
+                networks.append(item)
+                continue
+            try:
+                networks.append(ipaddress.ip_network(str(item).strip(), strict=False))
+            except ValueError:
+                raise SettingsError(
+                    f"--trusted-proxies (BR_TRUSTED_PROXIES): {item!r} is not an IP address "
+                    "or CIDR network"
+                ) from None
+        return tuple(networks)
+
+    @model_validator(mode="after")
+    def _secure_defaults(self) -> Settings:
+        if not self.jwt_secret_key:
+            raise SettingsError(
+                "--jwt-secret-key (BR_JWT_SECRET_KEY) is required: tokens are signed with it"
+            )
+        if len(self.jwt_secret_key) < MIN_JWT_SECRET_LENGTH and not self.dev_mode:
+            raise SettingsError(
+                f"--jwt-secret-key (BR_JWT_SECRET_KEY) must be at least "
+                f"{MIN_JWT_SECRET_LENGTH} characters long"
+            )
+        scheme = self.storage_url.split("://", 1)[0] if "://" in self.storage_url else ""
+        if scheme not in {"file", "s3", "gs", "azblob", "memory"}:
+            raise SettingsError(
+                f"--storage-url (BR_STORAGE_DRIVER_URL): {self.storage_url!r} is not a storage "
+                "URL; expected file:///path, s3://bucket, gs://bucket, azblob://container or "
+                "memory://"
+            )
+        return self

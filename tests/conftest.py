@@ -1,0 +1,124 @@
+"""Fixtures shared by the whole suite.
+
+Tests that need an outside service (PostgreSQL, ...) skip when it is missing, unless
+``BR_REQUIRE_SERVICES=1`` is set (CI sets it), in which case they fail instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from backup_repository.db.engine import create_engine, migrate
+from backup_repository.db.urls import render_url_safely
+
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+POSTGRES_CONNECT_TIMEOUT_S = 3.0
+
+T = TypeVar("T")
+
+
+def require_service(name: str, reason: str) -> NoReturn:
+    """Skip the test because ``name`` is unavailable, or fail it under BR_REQUIRE_SERVICES=1."""
+    if os.environ.get("BR_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{name} is required (BR_REQUIRE_SERVICES=1) but unavailable: {reason}")
+    pytest.skip(reason)
+
+
+def _run_in_thread(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to completion on a private event loop in another thread, so that
+    synchronous fixtures can use asyncpg without touching the test's own event loop."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(lambda: asyncio.run(factory())).result()
+
+
+def _asyncpg_dsn(url: str) -> str:
+    """The URL in the plain ``postgresql://`` form asyncpg.connect() accepts."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def _execute(dsn: str, *statements: str) -> None:
+    connection = await asyncpg.connect(dsn, timeout=POSTGRES_CONNECT_TIMEOUT_S)
+    try:
+        for statement in statements:
+            await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+async def _drop_database(dsn: str, name: str) -> None:
+    """Drop ``name``, ending connections a test may have leaked so the drop cannot hang."""
+    connection = await asyncpg.connect(dsn, timeout=POSTGRES_CONNECT_TIMEOUT_S)
+    try:
+        try:
+            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        except asyncpg.PostgresSyntaxError:  # PostgreSQL before 13 has no FORCE
+            await connection.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = $1 AND pid <> pg_backend_pid()",
+                name,
+            )
+            await connection.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> str:
+    """A PostgreSQL URL allowed to create databases (BR_TEST_POSTGRES_URL)."""
+    url = os.environ.get("BR_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+    try:
+        dsn = _asyncpg_dsn(url)
+        _run_in_thread(lambda: _execute(dsn, "SELECT 1"))
+    except Exception as exc:
+        require_service(
+            "PostgreSQL", f"PostgreSQL at {render_url_safely(url)} is not usable: {exc!r}"
+        )
+    return url
+
+
+@pytest.fixture
+def postgres_url(postgres_admin_url: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    name = f"br_test_{uuid.uuid4().hex[:16]}"
+    admin_dsn = _asyncpg_dsn(postgres_admin_url)
+    _run_in_thread(lambda: _execute(admin_dsn, f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(postgres_admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        _run_in_thread(lambda: _drop_database(admin_dsn, name))
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+    ]
+)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database, once SQLite (a file in tmp_path) and once PostgreSQL."""
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("postgres_url")
+        return url
+    return f"sqlite:///{tmp_path / 'backup-repository.db'}"
+
+
+@pytest.fixture
+async def db_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on a migrated ``database_url``, disposed of after the test."""
+    engine = create_engine(database_url)
+    try:
+        await migrate(engine)
+        yield engine
+    finally:
+        await engine.dispose()

@@ -1,0 +1,343 @@
+"""The database layer against real databases: every test runs on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, inspect, select, text, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from backup_repository.db.autogen import autogenerate_options
+from backup_repository.db.engine import alembic_config, create_engine, migrate
+from backup_repository.db.repositories import SqlDatabaseHealth, SqlSessionRepository
+from backup_repository.db.revision import create_revision
+from backup_repository.db.tables import Base, GrantedAccess
+from backup_repository.services.ports import SessionRecord
+
+HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
+T0 = datetime(2024, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+
+
+def _session(
+    number: int = 1,
+    *,
+    user: str = "admin",
+    created_at: datetime | None = None,
+    expires_at: datetime = T0 + timedelta(days=365),
+    **changes: object,
+) -> SessionRecord:
+    fields: dict[str, object] = {
+        "id": f"{number:064x}",
+        "user": user,
+        "access_key_name": "",
+        "requester_ip": "192.0.2.10",
+        "description": f"login {number}",
+        "expires_at": expires_at,
+        "created_at": created_at,
+    }
+    fields.update(changes)
+    return SessionRecord(**fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def fresh_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on an empty, not yet migrated database."""
+    engine = create_engine(database_url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+def sessions(db_engine: AsyncEngine) -> SqlSessionRepository:
+    return SqlSessionRepository(db_engine)
+
+
+async def _tables_and_version(engine: AsyncEngine) -> tuple[set[str], str | None]:
+    def read(connection: Connection) -> tuple[set[str], str | None]:
+        tables = set(inspect(connection).get_table_names())
+        return tables, MigrationContext.configure(connection).get_current_revision()
+
+    async with engine.connect() as connection:
+        return await connection.run_sync(read)
+
+
+# Migrations
+
+
+async def test_migrate_creates_the_schema_on_an_empty_database(fresh_engine: AsyncEngine) -> None:
+    assert await _tables_and_version(fresh_engine) == (set(), None)
+    await migrate(fresh_engine)
+    assert await _tables_and_version(fresh_engine) == (
+        {"alembic_version", "granted_accesses"},
+        HEAD,
+    )
+
+
+async def test_migrate_twice_is_a_no_op(fresh_engine: AsyncEngine) -> None:
+    await migrate(fresh_engine)
+    sessions = SqlSessionRepository(fresh_engine)
+    await sessions.add(_session(1))
+    await migrate(fresh_engine)
+    assert await _tables_and_version(fresh_engine) == (
+        {"alembic_version", "granted_accesses"},
+        HEAD,
+    )
+    assert await sessions.get(_session(1).id) is not None
+
+
+async def test_concurrent_migrations_all_succeed(database_url: str) -> None:
+    # Separate engines, like replicas starting at the same moment.
+    engines = [create_engine(database_url) for _ in range(4)]
+    try:
+        await asyncio.gather(*(migrate(engine) for engine in engines))
+        for engine in engines:
+            assert await _tables_and_version(engine) == (
+                {"alembic_version", "granted_accesses"},
+                HEAD,
+            )
+    finally:
+        for engine in engines:
+            await engine.dispose()
+
+
+async def test_migrated_schema_matches_the_models(db_engine: AsyncEngine) -> None:
+    """What ``alembic check`` does: autogenerate must find nothing to change."""
+
+    def differences(connection: Connection) -> list[object]:
+        context = MigrationContext.configure(connection, opts=autogenerate_options())
+        return list(compare_metadata(context, Base.metadata))
+
+    async with db_engine.connect() as connection:
+        assert await connection.run_sync(differences) == []
+
+
+async def test_revision_tool_writes_nothing_when_models_match(
+    database_url: str, tmp_path: Path
+) -> None:
+    output = tmp_path / "versions"
+    output.mkdir()
+    assert await create_revision("nothing", database_url, output_dir=output) is None
+    assert list(output.iterdir()) == []
+
+
+async def test_revision_tool_numbers_an_empty_revision_after_head(tmp_path: Path) -> None:
+    output = tmp_path / "versions"
+    output.mkdir()
+    database_url = f"sqlite:///{tmp_path / 'revision.db'}"
+    path = await create_revision(
+        "add something", database_url, autogenerate=False, output_dir=output
+    )
+    assert HEAD is not None
+    expected_id = f"{int(HEAD) + 1:04d}"
+    assert path == output / f"{expected_id}_add_something.py"
+    source = path.read_text()
+    assert f'revision: str = "{expected_id}"' in source
+    assert f'= "{HEAD}"' in source
+    compile(source, str(path), "exec")
+
+
+# Sessions
+
+
+async def test_add_then_get_returns_every_field(sessions: SqlSessionRepository) -> None:
+    record = _session(
+        7,
+        user="backup-bot",
+        access_key_name="ci",
+        requester_ip="2001:db8::1",
+        description="nightly job",
+        created_at=T0,
+    )
+    await sessions.add(record)
+    stored = await sessions.get(record.id)
+    assert stored == SessionRecord(
+        id=record.id,
+        user="backup-bot",
+        access_key_name="ci",
+        requester_ip="2001:db8::1",
+        description="nightly job",
+        expires_at=record.expires_at,
+        deactivated=False,
+        created_at=T0,
+        updated_at=T0,
+    )
+
+
+async def test_add_stamps_creation_time_in_utc(sessions: SqlSessionRepository) -> None:
+    before = datetime.now(UTC)
+    await sessions.add(_session(1))
+    after = datetime.now(UTC)
+    stored = await sessions.get(_session(1).id)
+    assert stored is not None
+    assert stored.created_at is not None
+    assert stored.created_at.tzinfo is UTC
+    assert before <= stored.created_at <= after
+    assert stored.updated_at == stored.created_at
+
+
+async def test_get_unknown_id_is_none(sessions: SqlSessionRepository) -> None:
+    await sessions.add(_session(1))
+    assert await sessions.get(_session(2).id) is None
+
+
+async def test_datetimes_come_back_aware_in_utc(sessions: SqlSessionRepository) -> None:
+    warsaw_summer = timezone(timedelta(hours=2))
+    expires = datetime(2031, 6, 1, 12, 0, tzinfo=warsaw_summer)
+    created = datetime(2030, 6, 1, 8, 30, 15, 123456, tzinfo=warsaw_summer)
+    await sessions.add(_session(1, expires_at=expires, created_at=created))
+    stored = await sessions.get(_session(1).id)
+    assert stored is not None
+    for value, original in (
+        (stored.expires_at, expires),
+        (stored.created_at, created),
+        (stored.updated_at, created),
+    ):
+        assert value is not None
+        assert value.tzinfo is UTC
+        assert value == original
+    assert stored.expires_at.hour == 10
+
+
+async def test_naive_datetimes_are_refused(sessions: SqlSessionRepository) -> None:
+    with pytest.raises(ValueError, match="expires_at must be a timezone-aware"):
+        await sessions.add(_session(1, expires_at=datetime(2031, 1, 1)))
+    assert await sessions.get(_session(1).id) is None
+
+
+async def test_over_long_values_are_refused_on_every_backend(
+    sessions: SqlSessionRepository,
+) -> None:
+    with pytest.raises(ValueError, match="description is 256 characters long, at most 255"):
+        await sessions.add(_session(1, description="x" * 256))
+    await sessions.add(_session(2, description="x" * 255))
+    stored = await sessions.get(_session(2).id)
+    assert stored is not None
+    assert stored.description == "x" * 255
+
+
+async def test_adding_an_existing_id_fails(sessions: SqlSessionRepository) -> None:
+    await sessions.add(_session(1))
+    with pytest.raises(IntegrityError):
+        await sessions.add(_session(1, description="again"))
+    stored = await sessions.get(_session(1).id)
+    assert stored is not None
+    assert stored.description == "login 1"
+
+
+async def test_list_for_user_is_newest_first_and_only_that_user(
+    sessions: SqlSessionRepository,
+) -> None:
+    await sessions.add(_session(1, created_at=T0))
+    await sessions.add(_session(2, created_at=T0 + timedelta(hours=2)))
+    await sessions.add(_session(3, created_at=T0 + timedelta(hours=1)))
+    await sessions.add(_session(4, user="someone-else", created_at=T0 + timedelta(hours=3)))
+    listed = await sessions.list_for_user("admin")
+    assert [record.id for record in listed] == [_session(n).id for n in (2, 3, 1)]
+    assert await sessions.list_for_user("nobody") == []
+
+
+async def test_deactivate_marks_the_session_revoked(sessions: SqlSessionRepository) -> None:
+    await sessions.add(_session(1, created_at=T0))
+    await sessions.add(_session(2, created_at=T0))
+    assert await sessions.deactivate(_session(1).id) is True
+    revoked = await sessions.get(_session(1).id)
+    untouched = await sessions.get(_session(2).id)
+    assert revoked is not None
+    assert untouched is not None
+    assert revoked.deactivated is True
+    assert revoked.updated_at is not None
+    assert revoked.updated_at > T0
+    assert untouched.deactivated is False
+    assert untouched.updated_at == T0
+    # Revoking again still finds the session.
+    assert await sessions.deactivate(_session(1).id) is True
+
+
+async def test_deactivate_unknown_session_is_false(sessions: SqlSessionRepository) -> None:
+    assert await sessions.deactivate(_session(9).id) is False
+
+
+async def test_soft_deleted_sessions_are_absent(
+    db_engine: AsyncEngine, sessions: SqlSessionRepository
+) -> None:
+    await sessions.add(_session(1, created_at=T0))
+    await sessions.add(_session(2, created_at=T0))
+    async with db_engine.begin() as connection:
+        await connection.execute(
+            update(GrantedAccess)
+            .where(GrantedAccess.id == _session(1).id)
+            .values(deleted_at=datetime.now(UTC))
+        )
+    assert await sessions.get(_session(1).id) is None
+    assert [record.id for record in await sessions.list_for_user("admin")] == [_session(2).id]
+    assert await sessions.deactivate(_session(1).id) is False
+    async with db_engine.connect() as connection:
+        deactivated = await connection.scalar(
+            select(GrantedAccess.deactivated).where(GrantedAccess.id == _session(1).id)
+        )
+    assert deactivated is False
+
+
+async def test_defaults_apply_to_rows_written_by_other_tools(
+    db_engine: AsyncEngine, sessions: SqlSessionRepository
+) -> None:
+    """Server-side defaults, as the reference project's rows may lack these columns."""
+    async with db_engine.begin() as connection:
+        await connection.execute(
+            text(
+                "INSERT INTO granted_accesses (id, user_name, requester_ip, description,"
+                " expires_at, created_at, updated_at)"
+                " VALUES (:id, 'admin', '', '', :at, :at, :at)"
+            ),
+            {"id": _session(5).id, "at": T0},
+        )
+    stored = await sessions.get(_session(5).id)
+    assert stored is not None
+    assert stored.access_key_name == ""
+    assert stored.deactivated is False
+    assert stored.expires_at == T0
+
+
+# Health
+
+
+async def test_ping_succeeds(db_engine: AsyncEngine) -> None:
+    await SqlDatabaseHealth(db_engine).ping()
+
+
+def _closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+async def test_ping_raises_when_the_server_is_unreachable() -> None:
+    engine = create_engine(f"postgresql://br:pw@127.0.0.1:{_closed_port()}/br")
+    try:
+        with pytest.raises((OSError, DBAPIError)):
+            await SqlDatabaseHealth(engine).ping()
+    finally:
+        await engine.dispose()
+
+
+async def test_ping_raises_when_the_sqlite_file_cannot_be_opened(tmp_path: Path) -> None:
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    engine = create_engine(f"sqlite:///{folder}")
+    try:
+        with pytest.raises(DBAPIError, match="unable to open database file"):
+            await SqlDatabaseHealth(engine).ping()
+    finally:
+        await engine.dispose()

@@ -1,0 +1,239 @@
+"""Shared test helpers: configuration folders written by the tests, and the real server
+started as a separate process on a loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from backup_repository.services.passwords import PasswordHasher
+
+JWT_SECRET = "test-secret-key-that-is-long-enough-for-hs256"
+
+
+@functools.cache
+def password_hash(password: str) -> str:
+    """Reference-format hash (base64 of the PHC string), computed once per password."""
+    return PasswordHasher(1).hash_sync(password)
+
+
+def user_doc(
+    name: str,
+    password: str,
+    roles: Iterable[str] = (),
+    *,
+    email: str | None = None,
+    deactivated: bool = False,
+    restrict_by_ip: Iterable[str] | None = None,
+    access_keys: Iterable[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "email": email or f"{name}@example.org",
+        "deactivated": deactivated,
+        "password": password_hash(password),
+        "roles": list(roles),
+    }
+    if restrict_by_ip is not None:
+        spec["restrictByIP"] = list(restrict_by_ip)
+    keys = [
+        {
+            "name": key["name"],
+            "password": password_hash(key["password"]),
+            "objects": key.get("objects", []),
+        }
+        for key in access_keys
+    ]
+    if keys:
+        spec["accessKeys"] = keys
+    return {
+        "apiVersion": "backups.riotkit.org/v1alpha1",
+        "kind": "BackupUser",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def collection_doc(name: str, acl: Iterable[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    return {
+        "apiVersion": "backups.riotkit.org/v1alpha1",
+        "kind": "BackupCollection",
+        "metadata": {"name": name},
+        "spec": {
+            "description": f"{name} backups",
+            "filenameTemplate": f"{name}-${{version}}.tar.gz",
+            "maxBackupsCount": 3,
+            "maxOneVersionSize": "1M",
+            "maxCollectionSize": "5M",
+            "strategyName": "fifo",
+            "strategySpec": {},
+            "accessControl": list(acl),
+        },
+    }
+
+
+def default_documents() -> list[dict[str, Any]]:
+    """A small world: an admin, a user manager, an uploader with an access key, a plain
+    user, a deactivated user, and one collection."""
+    return [
+        user_doc("admin", "admin-pass", ["systemAdmin"]),
+        user_doc("manager", "manager-pass", ["usersManager"]),
+        user_doc(
+            "uploader",
+            "uploader-pass",
+            [],
+            access_keys=[
+                {
+                    "name": "ci",
+                    "password": "ci-pass",
+                    "objects": [{"name": "db", "type": "collection", "roles": ["backupUploader"]}],
+                }
+            ],
+        ),
+        user_doc("plain", "plain-pass", []),
+        user_doc("sleeper", "sleeper-pass", [], deactivated=True),
+        collection_doc(
+            "db", acl=[{"name": "uploader", "type": "user", "roles": ["backupUploader"]}]
+        ),
+    ]
+
+
+def write_config(folder: Path, documents: Iterable[Mapping[str, Any]]) -> Path:
+    """Write objects as one multi-document file (atomically, so a watcher never reads half
+    a file)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / "objects.yaml"
+    tmp = folder / ".objects.yaml.tmp"
+    tmp.write_text(yaml.safe_dump_all(list(documents), sort_keys=False))
+    os.replace(tmp, target)
+    return target
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    args: list[str] = field(default_factory=list)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        return int(self.process.returncode)
+
+
+def server_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "backup_repository", *args]
+
+
+def start_server(
+    workdir: Path,
+    config_dir: Path,
+    *,
+    db_url: str | None = None,
+    extra_args: Iterable[str] = (),
+    env: Mapping[str, str] | None = None,
+    unlimited: bool = True,
+    timeout: float = 30.0,
+) -> ServerProcess:
+    """Start ``python -m backup_repository`` on a free loopback port and wait for /health.
+
+    ``db_url``: None for a SQLite file in ``workdir``, "" to pass no ``--db-url`` at all.
+    """
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    args = [f"--listen=127.0.0.1:{port}", f"--jwt-secret-key={JWT_SECRET}"]
+    if db_url != "":
+        args += ["--db-url", db_url or f"sqlite:///{workdir / 'server.db'}"]
+    args += [
+        "--config-local-path",
+        str(config_dir),
+        "--storage-url",
+        (workdir / "storage").as_uri(),
+        "--log-level=info",
+    ]
+    if unlimited:
+        args += [
+            "--rate-default-limit=0",
+            "--rate-auth-limit=0",
+            "--rate-collection-health-limit=0",
+            "--rate-server-health-limit=0",
+        ]
+    args += list(extra_args)
+    log_path = workdir / f"server-{port}.log"
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BR_")}
+    full_env.update(env or {})
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            server_command(*args),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+            env=full_env,
+        )
+    server = ServerProcess(f"http://127.0.0.1:{port}", process, log_path, args)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
+        try:
+            if httpx.get(server.url + "/health", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"server did not become healthy within {timeout}s:\n{server.log()}")
+
+
+def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+async def eventually(predicate: Any, within: float = 10.0, interval: float = 0.05) -> Any:
+    """Async ``wait_until``: awaits ``predicate()`` (sync or async) until it is truthy."""
+    deadline = time.monotonic() + within
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {within}s")
+        await asyncio.sleep(interval)
