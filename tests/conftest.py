@@ -35,6 +35,13 @@ def require_service(name: str, reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses PostgreSQL fixtures, so ``-m "not postgres"`` skips them."""
+    for item in items:
+        if "postgres_admin_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgres)
+
+
 def _run_in_thread(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run a coroutine to completion on a private event loop in another thread, so that
     synchronous fixtures can use asyncpg without touching the test's own event loop."""
@@ -122,3 +129,28 @@ async def db_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
         yield engine
     finally:
         await engine.dispose()
+
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A Redis URL with an empty key space for the test's own prefix; skip (or fail under
+    BR_REQUIRE_SERVICES=1) when Redis is not reachable."""
+    import redis
+
+    url = os.environ.get("BR_TEST_REDIS_URL", DEFAULT_REDIS_URL)
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        client.close()
+        require_service("Redis", f"Redis is not reachable at {url}: {exc}")
+    try:
+        # Rate limit counters of earlier runs would leak into this test.
+        for key in client.scan_iter("br-rate*"):
+            client.delete(key)
+        yield url
+    finally:
+        client.close()

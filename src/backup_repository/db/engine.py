@@ -6,17 +6,21 @@ nothing here creates one at import time.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Final
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from backup_repository.db.urls import normalize_database_url
+
+logger = logging.getLogger(__name__)
 
 MIGRATIONS_DIR: Final = Path(__file__).resolve().parent / "migrations"
 
@@ -37,7 +41,7 @@ POSTGRES_CONNECT_TIMEOUT_S: Final = 10.0
 
 # Execution option naming the statement that opens a SQLite transaction (see _on_begin).
 _SQLITE_BEGIN_OPTION: Final = "br_sqlite_begin"
-_SQLITE_BEGIN_STATEMENTS: Final = frozenset({"BEGIN"})
+_SQLITE_BEGIN_STATEMENTS: Final = frozenset({"BEGIN", "BEGIN IMMEDIATE"})
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -57,14 +61,18 @@ async def migrate(engine: AsyncEngine) -> None:
 
     The whole upgrade runs in one transaction. On PostgreSQL that transaction first takes
     an advisory lock, on SQLite it starts with ``BEGIN IMMEDIATE``; either way concurrent
-    callers wait for each other, and the later ones find nothing left to do.
+    callers wait for each other, and the later ones find nothing left to do. (Alembic keeps
+    the running migration in module globals, so callers in one process depend on these
+    locks too.)
     """
     async with engine.connect() as connection:
         if engine.dialect.name == "sqlite":
-            await connection.execution_options(**{_SQLITE_BEGIN_OPTION: "BEGIN"})
+            await connection.execution_options(**{_SQLITE_BEGIN_OPTION: "BEGIN IMMEDIATE"})
         async with connection.begin():
             if engine.dialect.name == "postgresql":
-                await connection.execute(text("SELECT :key"), {"key": MIGRATION_LOCK_KEY})
+                await connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                )
             await connection.run_sync(_upgrade_to_head)
 
 
@@ -88,7 +96,13 @@ def config_path(path: Path) -> str:
 
 
 def _upgrade_to_head(connection: Connection) -> None:
+    before = MigrationContext.configure(connection).get_current_revision()
     command.upgrade(alembic_config(connection), "head")
+    after = MigrationContext.configure(connection).get_current_revision()
+    if before != after:
+        logger.info("database schema upgraded from revision %s to %s", before, after)
+    else:
+        logger.debug("database schema is current (revision %s)", after)
 
 
 def _create_sqlite_engine(url: URL) -> AsyncEngine:
@@ -104,15 +118,23 @@ def _create_sqlite_engine(url: URL) -> AsyncEngine:
         # Take BEGIN away from the sqlite3 module (which skips it before DDL and SELECT,
         # so migrations would not be atomic) and emit it ourselves in _on_begin.
         dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS:d}")
-            cursor.execute("PRAGMA foreign_keys = ON")
-            if not in_memory:
-                cursor.execute("PRAGMA journal_mode = WAL")
-                cursor.execute("PRAGMA synchronous = NORMAL")
-        finally:
-            cursor.close()
+        _sqlite_pragma(dbapi_connection, f"busy_timeout = {SQLITE_BUSY_TIMEOUT_MS:d}")
+        _sqlite_pragma(dbapi_connection, "foreign_keys = ON")
+        if in_memory:
+            return
+        if _sqlite_pragma(dbapi_connection, "journal_mode") != "wal":
+            try:
+                _sqlite_pragma(dbapi_connection, "journal_mode = WAL")
+            except Exception as exc:
+                # Switching needs an exclusive lock and SQLite answers "locked" at once,
+                # without waiting, while another connection reads. The mode belongs to the
+                # file, so the next connection switches it; this one still works.
+                if "locked" not in str(exc):
+                    raise
+                logger.info("SQLite file busy, WAL mode is left to the next connection")
+        if _sqlite_pragma(dbapi_connection, "journal_mode") == "wal":
+            # With WAL, NORMAL never corrupts the file; a power cut may lose the last commits.
+            _sqlite_pragma(dbapi_connection, "synchronous = NORMAL")
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(connection: Connection) -> None:
@@ -122,6 +144,17 @@ def _create_sqlite_engine(url: URL) -> AsyncEngine:
         connection.exec_driver_sql(statement)
 
     return engine
+
+
+def _sqlite_pragma(dbapi_connection: Any, pragma: str) -> str | None:
+    """Run ``PRAGMA <pragma>`` and return the first column of its answer, lower-cased."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA {pragma}")
+        row = cursor.fetchone()
+    finally:
+        cursor.close()
+    return None if row is None else str(row[0]).lower()
 
 
 def _create_postgres_engine(url: URL) -> AsyncEngine:

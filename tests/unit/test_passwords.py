@@ -1,0 +1,111 @@
+"""Password hashes: the reference project's test vectors, its stored form, and bounded
+hashing off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import threading
+
+import pytest
+
+from backup_repository.domain.password_format import (
+    InvalidPasswordHash,
+    decode_stored_hash,
+    encode_for_storage,
+)
+from backup_repository.services.passwords import PasswordHasher
+
+# From the reference project's examples (SPEC section 4).
+ADMIN = (
+    "JGFyZ29uMmlkJHY9MTkkbT02NTUzNix0PTEscD00JHpuVy9IT2Y4Q3RkdStvNSttYlR2REE9PSRaZlVpRGl2QWV2T2"
+    "RZNndKYWJBb0FQdmM1a1hsemxDNkg2OFY2dGVmNUY0PQ=="
+)
+TEST = (
+    "JGFyZ29uMmlkJHY9MTkkbT02NTUzNix0PTEscD00JERzUzlPTzFOc0JVREhvR1RmQ01wemc9PSRrcXh4bFliS3A4Um"
+    "81MXZEb0FQaUdBeFhkNTgrY1ZzdERyZ3p3NG16bjFVPQ=="
+)
+
+
+@pytest.fixture(scope="module")
+def hasher() -> PasswordHasher:
+    return PasswordHasher(2)
+
+
+@pytest.mark.parametrize(("stored", "password"), [(ADMIN, "admin"), (TEST, "test")])
+def test_reference_vectors_verify(hasher: PasswordHasher, stored: str, password: str) -> None:
+    assert hasher.verify_sync(stored, password)
+    assert not hasher.verify_sync(stored, password + "x")
+    assert not hasher.verify_sync(stored, "")
+
+
+def test_reference_vectors_carry_padding_that_is_removed() -> None:
+    phc = base64.b64decode(ADMIN).decode()
+    assert phc.startswith("$argon2id$v=19$m=65536,t=1,p=4$")
+    assert "=$" in phc
+    assert phc.endswith("=")
+    decoded = decode_stored_hash(ADMIN)
+    salt, digest = decoded.split("$")[-2:]
+    assert not salt.endswith("=")
+    assert not digest.endswith("=")
+
+
+def test_bare_phc_string_is_accepted(hasher: PasswordHasher) -> None:
+    bare = base64.b64decode(TEST).decode()
+    assert hasher.verify_sync(bare, "test")
+
+
+def test_new_hashes_use_the_reference_form_and_parameters(hasher: PasswordHasher) -> None:
+    stored = hasher.hash_sync("s3cret")
+    phc = base64.b64decode(stored).decode()
+    assert phc.startswith("$argon2id$v=19$m=65536,t=1,p=4$")
+    assert hasher.verify_sync(stored, "s3cret")
+    assert encode_for_storage(phc) == stored
+    assert hasher.hash_sync("s3cret") != stored  # a fresh salt every time
+
+
+@pytest.mark.parametrize(
+    "stored",
+    ["", "hashed", "JGFyZ29u", base64.b64encode(b"$2b$12$bcrypt-hash").decode(), "$argon2id$x"],
+)
+def test_unusable_stored_values_never_verify(hasher: PasswordHasher, stored: str) -> None:
+    assert not hasher.verify_sync(stored, "hashed")
+    assert not hasher.verify_sync(stored, "")
+
+
+@pytest.mark.parametrize("stored", ["hashed", "not base64 !", base64.b64encode(b"plain").decode()])
+def test_decode_rejects_what_is_not_argon2(stored: str) -> None:
+    with pytest.raises(InvalidPasswordHash):
+        decode_stored_hash(stored)
+
+
+def test_missing_user_is_checked_against_a_decoy(hasher: PasswordHasher) -> None:
+    assert not hasher.verify_sync(None, "anything")
+
+
+async def test_hashing_runs_off_the_event_loop_with_bounded_concurrency() -> None:
+    hasher = PasswordHasher(2)
+    seen: set[str] = set()
+    peak = 0
+    loop_thread = threading.current_thread().name
+
+    async def watch() -> None:
+        nonlocal peak
+        while True:
+            names = {t.name for t in threading.enumerate() if t.name.startswith("argon2")}
+            seen.update(names)
+            peak = max(peak, len(names))
+            await asyncio.sleep(0.005)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        results = await asyncio.gather(*(hasher.verify(ADMIN, "admin") for _ in range(8)))
+    finally:
+        watcher.cancel()
+        hasher.close()
+    assert all(results)
+    # The loop kept running (the watcher observed worker threads) and never more than two
+    # hashing threads existed.
+    assert seen, "no hashing thread was observed: hashing ran on the event loop"
+    assert loop_thread not in seen
+    assert 1 <= peak <= 2

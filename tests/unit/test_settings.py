@@ -1,0 +1,139 @@
+"""Settings built from the command line: defaults, PostgreSQL flags, validation."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backup_repository.cli.server import build_settings, main
+from backup_repository.settings import Listen, SettingsError
+
+SECRET = "settings-test-secret-long-enough"
+
+
+def options(**overrides: Any) -> dict[str, Any]:
+    """What click hands to ``main`` with no flags given, plus overrides."""
+    values: dict[str, Any] = {
+        "listen": None,
+        "db_url": None,
+        "db_hostname": None,
+        "db_port": 5432,
+        "db_user": None,
+        "db_password": None,
+        "db_name": None,
+        "jwt_secret_key": SECRET,
+        "jwt_lifetime": timedelta(hours=8760),
+        "health_check_key": "",
+        "storage_url": None,
+        "storage_io_timeout": timedelta(hours=2),
+        "storage_health_timeout": timedelta(seconds=5),
+        "http_upload_timeout": timedelta(minutes=180),
+        "http_download_timeout": timedelta(minutes=180),
+        "rate_default_limit": 5,
+        "rate_auth_limit": 10,
+        "rate_collection_health_limit": 10,
+        "rate_server_health_limit": 160,
+        "provider": "filesystem",
+        "config_local_path": None,
+        "namespace": "backup-repository",
+        "log_level": "info",
+        "redis_url": None,
+        "trusted_proxies": "",
+        "password_hash_concurrency": 2,
+        "encode_password": None,
+        "hash_jwt": None,
+        "dev_mode": False,
+    }
+    values.update(overrides)
+    return values
+
+
+def test_main_takes_every_option_the_tests_assume() -> None:
+    names = {p.name for p in main.params}
+    assert names == set(options())
+
+
+def test_defaults() -> None:
+    settings = build_settings(options())
+    assert settings.listen == Listen(host="0.0.0.0", port=8080)
+    assert settings.db_url == "sqlite+aiosqlite:///data/backup-repository.db"
+    assert settings.storage_url.startswith("file:///")
+    assert settings.config_local_path == Path("~/.backup-repository").expanduser()
+    assert settings.rate_default_limit == 5
+    assert settings.jwt_lifetime == timedelta(hours=8760)
+
+
+def test_postgres_flags_build_an_async_url_with_quoting() -> None:
+    settings = build_settings(
+        options(
+            db_hostname="db.internal",
+            db_port=6432,
+            db_user="backups",
+            db_password="p@ss/w:rd",
+            db_name="br",
+        )
+    )
+    assert settings.db_url.startswith("postgresql+asyncpg://backups:")
+    assert "db.internal:6432/br" in settings.db_url
+    assert "p@ss/w:rd" not in settings.db_url  # quoted
+
+
+def test_db_url_and_postgres_flags_conflict() -> None:
+    with pytest.raises(SettingsError, match="either --db-url"):
+        build_settings(options(db_url="sqlite:///x.db", db_hostname="pg", db_name="x"))
+
+
+def test_postgres_flags_need_host_and_name() -> None:
+    with pytest.raises(SettingsError, match="--db-hostname and --db-name"):
+        build_settings(options(db_user="x"))
+
+
+def test_dev_mode_generates_and_keeps_a_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    first = build_settings(options(jwt_secret_key=None, dev_mode=True))
+    second = build_settings(options(jwt_secret_key=None, dev_mode=True))
+    assert first.jwt_secret_key == second.jwt_secret_key
+    assert len(first.jwt_secret_key) >= 32
+    assert first.listen.host == "127.0.0.1"
+    assert first.config_local_path == Path("examples/config")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "phrase"),
+    [
+        ({"jwt_secret_key": None}, "--jwt-secret-key (BR_JWT_SECRET_KEY) is required"),
+        ({"jwt_secret_key": "short"}, "at least 16"),
+        ({"db_url": "oracle://x"}, "--db-url"),
+        ({"storage_url": "/var/lib/x"}, "--storage-url"),
+        ({"trusted_proxies": "10.0.0.0/8, nope"}, "--trusted-proxies"),
+        ({"listen": "8080"}, "--listen"),
+    ],
+)
+def test_invalid_settings(overrides: dict[str, Any], phrase: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        build_settings(options(**overrides))
+    assert phrase in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "host", "port", "url"),
+    [
+        (":8080", "0.0.0.0", 8080, "http://localhost:8080"),
+        ("127.0.0.1:9000", "127.0.0.1", 9000, "http://127.0.0.1:9000"),
+        ("[::1]:8080", "::1", 8080, "http://[::1]:8080"),
+        ("localhost:80", "localhost", 80, "http://localhost:80"),
+    ],
+)
+def test_listen_parse(text: str, host: str, port: int, url: str) -> None:
+    listen = Listen.parse(text)
+    assert (listen.host, listen.port, listen.url()) == (host, port, url)
+
+
+def test_trusted_proxies_parse() -> None:
+    settings = build_settings(options(trusted_proxies="10.0.0.0/8, 192.168.1.7,::1"))
+    assert [str(n) for n in settings.trusted_proxies] == ["10.0.0.0/8", "192.168.1.7/32", "::1/128"]

@@ -1,0 +1,117 @@
+"""JWT issuing and decoding."""
+
+from __future__ import annotations
+
+import base64
+import json
+import warnings
+from datetime import UTC, datetime, timedelta
+
+import jwt
+import pytest
+from jwt.warnings import InsecureKeyLengthWarning
+
+from backup_repository.domain.errors import AuthenticationFailed
+from backup_repository.domain.identity import ObjectGrant
+from backup_repository.domain.roles import Role
+from backup_repository.services.tokens import TokenCodec, decode_scope, encode_scope, session_id_of
+
+SECRET = "unit-test-secret-that-is-long-enough-for-hs256"
+SCOPE = (ObjectGrant("collection", "db", frozenset({Role.BACKUP_DOWNLOADER})),)
+
+
+def codec() -> TokenCodec:
+    return TokenCodec(SECRET, timedelta(hours=1))
+
+
+def test_issue_and_decode_round_trip() -> None:
+    now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    issued = codec().issue("alice", "ci", SCOPE, timedelta(minutes=30), now=now)
+    assert issued.session_id == session_id_of(issued.token)
+    assert issued.expires_at == now + timedelta(minutes=30)
+    claims = jwt.decode(issued.token, SECRET, algorithms=["HS256"], options={"verify_exp": False})
+    assert claims["login"] == "alice"
+    assert claims["accessKeyName"] == "ci"
+    assert claims["orig_iat"] == int(now.timestamp())
+    scope = json.loads(base64.b64decode(claims["operationsScope"]))
+    assert scope == {
+        "elements": [{"type": "collection", "name": "db", "roles": ["backupDownloader"]}]
+    }
+
+
+def test_decode_gives_back_what_was_issued() -> None:
+    issued = codec().issue("alice", "", SCOPE, timedelta(minutes=5))
+    decoded = codec().decode(issued.token)
+    assert decoded.login == "alice"
+    assert decoded.access_key_name == ""
+    assert decoded.scope == SCOPE
+    assert decoded.expires_at == issued.expires_at
+
+
+def test_same_second_logins_differ() -> None:
+    now = datetime.now(UTC)
+    first = codec().issue("alice", "", (), timedelta(hours=1), now=now)
+    second = codec().issue("alice", "", (), timedelta(hours=1), now=now)
+    assert first.token != second.token
+    assert first.session_id != second.session_id
+
+
+def test_expired_token_is_refused() -> None:
+    past = datetime.now(UTC) - timedelta(hours=2)
+    issued = codec().issue("alice", "", (), timedelta(hours=1), now=past)
+    with pytest.raises(AuthenticationFailed):
+        codec().decode(issued.token)
+
+
+def test_other_algorithms_and_secrets_are_refused() -> None:
+    claims = {"login": "alice", "exp": 4102444800, "jti": "x", "accessKeyName": ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureKeyLengthWarning)  # the point is the algorithm
+        hs512 = jwt.encode(claims, SECRET, algorithm="HS512")
+    with pytest.raises(AuthenticationFailed):
+        codec().decode(hs512)
+    with pytest.raises(AuthenticationFailed):
+        codec().decode(jwt.encode(claims, SECRET + "-other", algorithm="HS256"))
+    with pytest.raises(AuthenticationFailed):
+        codec().decode(jwt.encode(claims, None, algorithm="none"))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"exp": 4102444800, "jti": "x"},
+        {"login": "", "exp": 4102444800, "jti": "x"},
+        {"login": 5, "exp": 4102444800, "jti": "x"},
+        {"login": "alice", "jti": "x"},
+        {"login": "alice", "exp": 4102444800},
+        {"login": "alice", "exp": 4102444800, "jti": "x", "accessKeyName": ["k"]},
+    ],
+)
+def test_incomplete_claims_are_refused(claims: dict[str, object]) -> None:
+    with pytest.raises(AuthenticationFailed):
+        codec().decode(jwt.encode(claims, SECRET, algorithm="HS256"))
+
+
+@pytest.mark.parametrize(
+    "claim",
+    [
+        "not base64!",
+        base64.b64encode(b"not json").decode(),
+        base64.b64encode(b'{"elements": []}').decode(),
+        base64.b64encode(b'{"elements": [{"type": "collection"}]}').decode(),
+        base64.b64encode(
+            b'{"elements": [{"type": "collection", "name": "db", "roles": ["root"]}]}'
+        ).decode(),
+        42,
+    ],
+)
+def test_unreadable_scope_invalidates_the_token(claim: object) -> None:
+    # An unreadable scope must never be read as "no scope", which would widen the token.
+    with pytest.raises(AuthenticationFailed):
+        decode_scope(claim)
+
+
+def test_empty_scope_round_trip() -> None:
+    assert encode_scope(()) == ""
+    assert decode_scope("") == ()
+    assert decode_scope(None) == ()
