@@ -9,9 +9,11 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import jwt
 import pytest
+from sqlalchemy.engine import make_url
 
 from backup_repository.http.app import create_app
 from backup_repository.services.tokens import session_id_of
@@ -550,3 +552,51 @@ async def test_ready_reports_broken_objects_and_a_missing_folder(
             ]
             assert check["status"] is False
             assert "configuration provider is not usable" in check["message"]
+
+
+async def test_database_outage_gives_503_and_recovers(
+    tmp_path: Path, postgres_url: str, config_dir: Path
+) -> None:
+    """While the database is unreachable, requests needing it answer 503 in the envelope and
+    /ready names the failing check; when it returns, everything works again by itself."""
+    url = make_url(postgres_url)
+    name = str(url.database)
+    admin_dsn = url.set(drivername="postgresql", database="postgres").render_as_string(
+        hide_password=False
+    )
+    app = create_app(make_settings(tmp_path, postgres_url))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            token = await login(c, "plain", "plain-pass")
+            admin = await asyncpg.connect(admin_dsn)
+            try:
+                await admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                    name,
+                )
+                await admin.execute(f'ALTER DATABASE "{name}" RENAME TO "{name}_away"')
+                try:
+                    response = await c.get("/api/stable/auth/whoami", headers=bearer(token))
+                    assert response.status_code == 503
+                    assert response.json()["error"] == "database is unavailable, try again later"
+                    response = await c.post(
+                        "/api/stable/auth/login",
+                        json={"username": "plain", "password": "plain-pass"},
+                    )
+                    assert response.status_code == 503
+                    ready = await c.get("/ready")
+                    assert ready.status_code == 500
+                    checks = {x["name"]: x for x in ready.json()["data"]["health"]}
+                    assert checks["DbValidator"]["status"] is False
+                finally:
+                    await admin.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                        f"{name}_away",
+                    )
+                    await admin.execute(f'ALTER DATABASE "{name}_away" RENAME TO "{name}"')
+            finally:
+                await admin.close()
+            response = await c.get("/api/stable/auth/whoami", headers=bearer(token))
+            assert response.status_code == 200
+            assert (await c.get("/ready")).status_code == 200

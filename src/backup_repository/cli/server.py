@@ -334,6 +334,9 @@ def _configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if level != "debug":
+        # Alembic announces every plugin and context at INFO; its own summary line suffices.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _banner(settings: Settings) -> None:

@@ -3,14 +3,21 @@ transaction; nothing holds a connection between calls."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from sqlalchemy import RowMapping, String, insert, select, text, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from backup_repository.db.tables import GrantedAccess
+from backup_repository.domain.errors import DependencyUnavailable
 from backup_repository.services.ports import SessionRecord
+
+logger = logging.getLogger(__name__)
 
 _SESSION_COLUMNS: Final = (
     GrantedAccess.id,
@@ -56,14 +63,14 @@ class SqlSessionRepository:
             "created_at": created_at,
             "updated_at": session.updated_at or created_at,
         }
-        async with self._engine.begin() as connection:
+        async with _transaction(self._engine) as connection:
             await connection.execute(insert(GrantedAccess).values(**values))
 
     async def get(self, session_id: str) -> SessionRecord | None:
         statement = select(*_SESSION_COLUMNS).where(
             GrantedAccess.id == session_id, GrantedAccess.deleted_at.is_(None)
         )
-        async with self._engine.begin() as connection:
+        async with _transaction(self._engine) as connection:
             row = (await connection.execute(statement)).mappings().one_or_none()
         return None if row is None else _to_record(row)
 
@@ -74,7 +81,7 @@ class SqlSessionRepository:
             .where(GrantedAccess.user_name == user, GrantedAccess.deleted_at.is_(None))
             .order_by(GrantedAccess.created_at.desc(), GrantedAccess.id.desc())
         )
-        async with self._engine.begin() as connection:
+        async with _transaction(self._engine) as connection:
             rows = (await connection.execute(statement)).mappings().all()
         return [_to_record(row) for row in rows]
 
@@ -85,7 +92,7 @@ class SqlSessionRepository:
             .where(GrantedAccess.id == session_id, GrantedAccess.deleted_at.is_(None))
             .values(deactivated=True, updated_at=_utcnow())
         )
-        async with self._engine.begin() as connection:
+        async with _transaction(self._engine) as connection:
             result = await connection.execute(statement)
         return result.rowcount > 0
 
@@ -102,6 +109,37 @@ class SqlDatabaseHealth:
             value = (await connection.execute(text("SELECT 1"))).scalar_one()
         if value != 1:
             raise RuntimeError(f"database answered {value!r} to SELECT 1")
+
+
+DATABASE_UNAVAILABLE = "database is unavailable, try again later"
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True for errors that mean the database cannot be reached (as opposed to a bad
+    statement): connection refused or lost, pool exhausted, database gone."""
+    if isinstance(exc, OSError | TimeoutError | sa_exc.TimeoutError):
+        return True
+    if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
+        return True
+    # asyncpg errors without a more specific mapping (e.g. the database was dropped)
+    # arrive as the DBAPIError base class itself.
+    return isinstance(exc, sa_exc.DBAPIError) and (
+        exc.connection_invalidated or type(exc) is sa_exc.DBAPIError
+    )
+
+
+@asynccontextmanager
+async def _transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A short transaction; an unreachable database becomes ``DependencyUnavailable`` (503)
+    instead of an unexplained server error."""
+    try:
+        async with engine.begin() as connection:
+            yield connection
+    except Exception as exc:
+        if is_unavailable(exc):
+            logger.warning("database unavailable: %s", exc)
+            raise DependencyUnavailable(DATABASE_UNAVAILABLE) from exc
+        raise
 
 
 def _utcnow() -> datetime:
