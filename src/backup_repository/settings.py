@@ -63,6 +63,8 @@ class Settings(BaseModel):
     storage_health_timeout: timedelta = timedelta(seconds=5)
     http_upload_timeout: timedelta = timedelta(minutes=180)
     http_download_timeout: timedelta = timedelta(minutes=180)
+    # How long a collection's upload lock outlives a replica that died while uploading.
+    upload_lock_lease: timedelta = timedelta(seconds=30)
     # Requests per second (default) and per minute (the three others); 0 disables a limit.
     rate_default_limit: int = Field(default=5, ge=0)
     rate_auth_limit: int = Field(default=10, ge=0)
@@ -88,7 +90,14 @@ class Settings(BaseModel):
         except ValueError as exc:
             raise SettingsError(f"--db-url (BR_DB_URL): {exc}") from None
 
-    @field_validator("jwt_lifetime", "storage_health_timeout", "storage_io_timeout")
+    @field_validator(
+        "jwt_lifetime",
+        "storage_health_timeout",
+        "storage_io_timeout",
+        "http_upload_timeout",
+        "http_download_timeout",
+        "upload_lock_lease",
+    )
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:
         if value <= timedelta(0):

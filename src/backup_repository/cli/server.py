@@ -142,6 +142,14 @@ def _option(*names: str, env: str, **kwargs: Any) -> Callable[[F], F]:
     help="Longest time a download request may take",
 )
 @_option(
+    "--upload-lock-lease",
+    env="BR_UPLOAD_LOCK_LEASE",
+    default="30s",
+    show_default=True,
+    callback=_duration("--upload-lock-lease"),
+    help="How long the upload lock of a replica that died stays held",
+)
+@_option(
     "--rate-default-limit",
     env="BR_RATE_DEFAULT_LIMIT",
     default=5,
@@ -289,6 +297,7 @@ def build_settings(options: dict[str, Any]) -> Settings:
         "storage_health_timeout": options["storage_health_timeout"],
         "http_upload_timeout": options["http_upload_timeout"],
         "http_download_timeout": options["http_download_timeout"],
+        "upload_lock_lease": options["upload_lock_lease"],
         "rate_default_limit": options["rate_default_limit"],
         "rate_auth_limit": options["rate_auth_limit"],
         "rate_collection_health_limit": options["rate_collection_health_limit"],

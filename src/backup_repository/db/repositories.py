@@ -63,14 +63,14 @@ class SqlSessionRepository:
             "created_at": created_at,
             "updated_at": session.updated_at or created_at,
         }
-        async with _transaction(self._engine) as connection:
+        async with transaction(self._engine) as connection:
             await connection.execute(insert(GrantedAccess).values(**values))
 
     async def get(self, session_id: str) -> SessionRecord | None:
         statement = select(*_SESSION_COLUMNS).where(
             GrantedAccess.id == session_id, GrantedAccess.deleted_at.is_(None)
         )
-        async with _transaction(self._engine) as connection:
+        async with transaction(self._engine) as connection:
             row = (await connection.execute(statement)).mappings().one_or_none()
         return None if row is None else _to_record(row)
 
@@ -81,7 +81,7 @@ class SqlSessionRepository:
             .where(GrantedAccess.user_name == user, GrantedAccess.deleted_at.is_(None))
             .order_by(GrantedAccess.created_at.desc(), GrantedAccess.id.desc())
         )
-        async with _transaction(self._engine) as connection:
+        async with transaction(self._engine) as connection:
             rows = (await connection.execute(statement)).mappings().all()
         return [_to_record(row) for row in rows]
 
@@ -92,7 +92,7 @@ class SqlSessionRepository:
             .where(GrantedAccess.id == session_id, GrantedAccess.deleted_at.is_(None))
             .values(deactivated=True, updated_at=_utcnow())
         )
-        async with _transaction(self._engine) as connection:
+        async with transaction(self._engine) as connection:
             result = await connection.execute(statement)
         return result.rowcount > 0
 
@@ -129,7 +129,7 @@ def is_unavailable(exc: BaseException) -> bool:
 
 
 @asynccontextmanager
-async def _transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """A short transaction; an unreachable database becomes ``DependencyUnavailable`` (503)
     instead of an unexplained server error."""
     try:

@@ -6,7 +6,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from sqlalchemy import Boolean, DateTime, Dialect, MetaData, String, false
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    Integer,
+    MetaData,
+    String,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -69,3 +79,39 @@ class GrantedAccess(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class CollectionState(Base):
+    """Per-collection bookkeeping shared by all replicas: the version counter (never goes
+    back, so numbers are never reused) and the upload lock, a lease with an owner and an
+    expiry that the uploading replica renews while it works."""
+
+    __tablename__ = "collection_states"
+
+    collection_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    last_version_number: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    lock_owner: Mapped[str | None] = mapped_column(String(64))
+    lock_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class BackupVersion(Base):
+    """One uploaded file of a collection. Rotated versions keep their row with
+    ``deleted_at`` set (history); ``purged_at`` is set once the stored object is gone."""
+
+    __tablename__ = "backup_versions"
+    __table_args__ = (UniqueConstraint("collection_id", "version_number"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    collection_id: Mapped[str] = mapped_column(String(255), index=True)
+    version_number: Mapped[int] = mapped_column(Integer)
+    filename: Mapped[str] = mapped_column(String(512))
+    storage_key: Mapped[str] = mapped_column(String(1024))
+    filesize: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    uploaded_by_session_id: Mapped[str] = mapped_column(String(64))
+    user_name: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

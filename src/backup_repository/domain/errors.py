@@ -34,5 +34,17 @@ class PayloadTooLarge(DomainError):
     """The body exceeds what is allowed (413)."""
 
 
+class RequestTimeout(DomainError):
+    """The request took longer than its time limit (408)."""
+
+
 class DependencyUnavailable(DomainError):
     """A dependency (database, storage, configuration) is down (503)."""
+
+
+class RangeNotSatisfiable(InvalidInput):
+    """A download asked for bytes outside the file (416)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__("requested range not satisfiable")
+        self.size = size

@@ -3,6 +3,8 @@ Nothing is created at import time."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -14,6 +16,7 @@ from backup_repository.config.filesystem import FilesystemProvider
 from backup_repository.db.engine import create_engine, migrate
 from backup_repository.db.repositories import SqlDatabaseHealth, SqlSessionRepository
 from backup_repository.db.urls import render_url_safely
+from backup_repository.db.versions import SqlVersionRepository
 from backup_repository.http import errors
 from backup_repository.http.deps import Services
 from backup_repository.http.middleware import (
@@ -22,13 +25,20 @@ from backup_repository.http.middleware import (
     RateLimitMiddleware,
 )
 from backup_repository.http.ratelimit import RateLimiter
-from backup_repository.http.routers import auth, health
+from backup_repository.http.routers import auth, collections, health
 from backup_repository.services.auth import AuthService
-from backup_repository.services.health import ConfigurationProviderValidator, DbValidator
+from backup_repository.services.backups import BackupService
+from backup_repository.services.health import (
+    ConfigurationProviderValidator,
+    DbValidator,
+    StorageAvailabilityValidator,
+)
 from backup_repository.services.passwords import PasswordHasher
 from backup_repository.services.resolver import CachingResolver
 from backup_repository.services.tokens import TokenCodec
 from backup_repository.settings import Settings
+from backup_repository.storage.objectstore import open_blob_store
+from backup_repository.storage.urls import redact_storage_url
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +49,25 @@ def create_app(settings: Settings, on_started: Callable[[], None] | None = None)
         engine = create_engine(settings.db_url)
         provider = FilesystemProvider(settings.config_local_path, settings.namespace)
         hasher = PasswordHasher(settings.password_hash_concurrency)
+        store = open_blob_store(
+            settings.storage_url, io_timeout=settings.storage_io_timeout.total_seconds()
+        )
         try:
             logger.info("database: %s", render_url_safely(settings.db_url))
+            logger.info("storage: %s", redact_storage_url(settings.storage_url))
             await migrate(engine)
             await provider.start()
             database_health = SqlDatabaseHealth(engine)
+            backups = BackupService(
+                config=provider,
+                versions=SqlVersionRepository(engine),
+                store=store,
+                io_timeout=settings.storage_io_timeout.total_seconds(),
+                lock_lease=settings.upload_lock_lease.total_seconds(),
+            )
+            # In the background: an unreachable storage must not keep the server from
+            # starting (and from reporting the problem in /ready).
+            cleanup = asyncio.create_task(backups.clean_all(), name="start-up clean-up")
             app.state.services = Services(
                 settings=settings,
                 auth=AuthService(
@@ -53,16 +77,22 @@ def create_app(settings: Settings, on_started: Callable[[], None] | None = None)
                     tokens=TokenCodec(settings.jwt_secret_key, settings.jwt_lifetime),
                     resolver=CachingResolver(),
                 ),
+                backups=backups,
                 readiness=[
                     DbValidator(database_health),
+                    StorageAvailabilityValidator(store),
                     ConfigurationProviderValidator(provider),
                 ],
             )
             if on_started is not None:
                 on_started()
             yield
+            cleanup.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await cleanup
         finally:
             await provider.close()
+            await store.close()
             hasher.close()
             await engine.dispose()
 
@@ -75,6 +105,7 @@ def create_app(settings: Settings, on_started: Callable[[], None] | None = None)
     errors.install(app)
     app.include_router(health.router)
     app.include_router(auth.router)
+    app.include_router(collections.router)
 
     limiter = RateLimiter(
         default_per_second=settings.rate_default_limit,

@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 
 from backup_repository.domain.errors import AuthenticationFailed
 from backup_repository.services.auth import AuthContext, AuthService
+from backup_repository.services.backups import BackupService
 from backup_repository.services.health import ReadinessCheck
 from backup_repository.settings import Settings
 
@@ -20,6 +21,7 @@ class Services:
 
     settings: Settings
     auth: AuthService
+    backups: BackupService
     readiness: list[ReadinessCheck]
 
 

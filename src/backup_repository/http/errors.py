@@ -16,13 +16,16 @@ from backup_repository.http.envelope import error
 
 logger = logging.getLogger(__name__)
 
+# Subclasses before their bases: the first match wins.
 _STATUS: list[tuple[type[domain.DomainError], int]] = [
+    (domain.RangeNotSatisfiable, 416),
     (domain.InvalidInput, 400),
     (domain.AuthenticationFailed, 401),
     (domain.Forbidden, 403),
     (domain.NotFound, 404),
     (domain.Conflict, 409),
     (domain.PayloadTooLarge, 413),
+    (domain.RequestTimeout, 408),
     (domain.DependencyUnavailable, 503),
 ]
 
@@ -64,7 +67,14 @@ def describe_validation_error(errors: Sequence[Mapping[str, Any]]) -> str:
 async def _domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, domain.DomainError)
     status = status_for(exc)
-    headers = {"WWW-Authenticate": 'Bearer realm="backup-repository"'} if status == 401 else {}
+    headers: dict[str, str] = {}
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="backup-repository"'
+    elif isinstance(exc, domain.RangeNotSatisfiable):
+        headers["Content-Range"] = f"bytes */{exc.size}"
+    elif status == 413:
+        # The rest of the body is not read; the connection cannot be reused.
+        headers["Connection"] = "close"
     return error(status, exc.message, headers=headers)
 
 

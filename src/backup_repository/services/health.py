@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from backup_repository.services.ports import ConfigurationProvider, DatabaseHealth
+from backup_repository.storage.base import BlobStore
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,23 @@ class DbValidator:
             logger.warning("database check failed: %s", exc)
             return CheckResult(self.name, False, f"database is not reachable: {type(exc).__name__}")
         return CheckResult(self.name, True, "database is reachable")
+
+
+class StorageAvailabilityValidator:
+    """Writes, reads back and deletes a small object."""
+
+    name = "StorageAvailabilityValidator"
+
+    def __init__(self, store: BlobStore) -> None:
+        self._store = store
+
+    async def run(self) -> CheckResult:
+        try:
+            await self._store.probe()
+        except Exception as exc:
+            logger.warning("storage check failed: %s", exc)
+            return CheckResult(self.name, False, f"storage is not usable: {exc}")
+        return CheckResult(self.name, True, "storage accepts writes, reads and deletes")
 
 
 class ConfigurationProviderValidator:

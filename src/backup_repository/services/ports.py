@@ -3,7 +3,7 @@ and are wired together in the composition root (``http/app.py``)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -90,3 +90,60 @@ class DatabaseHealth(Protocol):
 class HostResolver(Protocol):
     async def resolve(self, host: str) -> frozenset[str]:
         """Addresses a host name resolves to; empty when it does not resolve."""
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """A stored version of a collection as recorded in the database."""
+
+    id: str
+    collection_id: str
+    number: int
+    filename: str
+    storage_key: str
+    size: int
+    sha256: str
+    session_id: str
+    user: str
+    created_at: datetime
+    updated_at: datetime
+    deleted_at: datetime | None = None
+
+
+class LockLost(Exception):
+    """The upload lock of a collection is no longer held by this uploader."""
+
+
+class VersionRepository(Protocol):
+    async def try_lock(self, collection_id: str, owner: str, lease_seconds: float) -> int | None:
+        """Take the collection's upload lock if it is free or its lease ran out. Returns the
+        last version number ever given in the collection, or None when someone else holds
+        the lock."""
+
+    async def renew_lock(self, collection_id: str, owner: str, lease_seconds: float) -> bool:
+        """Extend the lease; False when the lock is no longer ours."""
+
+    async def release_lock(self, collection_id: str, owner: str) -> None: ...
+
+    async def live_versions(self, collection_id: str) -> list[VersionRecord]:
+        """Versions not rotated out, oldest first."""
+
+    async def get_version(self, collection_id: str, number: int) -> VersionRecord | None:
+        """A live version by number."""
+
+    async def latest_version(self, collection_id: str) -> VersionRecord | None: ...
+
+    async def commit_version(
+        self, version: VersionRecord, owner: str, rotated_ids: Sequence[str]
+    ) -> None:
+        """In one transaction: check the lock is still ``owner``'s and the number is the next
+        one, advance the counter, record the version and mark the rotated ones deleted.
+        Raises LockLost (and records nothing) when the lock was taken over."""
+
+    async def deleted_unpurged(self, collection_id: str) -> list[VersionRecord]:
+        """Rotated versions whose stored object may still exist."""
+
+    async def mark_purged(self, version_ids: Sequence[str]) -> None: ...
+
+    async def usage(self) -> dict[str, tuple[int, int]]:
+        """Per collection: (number of live versions, bytes they use)."""

@@ -1,0 +1,243 @@
+"""Collections and versions (SPEC section 6): upload, download, listings, health."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+
+from backup_repository.domain.errors import InvalidInput, RequestTimeout
+from backup_repository.http.bodies import upload_stream
+from backup_repository.http.deps import Auth, ServicesDep
+from backup_repository.http.envelope import error, ok, rfc3339
+from backup_repository.services.backups import Download, Usage
+from backup_repository.services.ports import VersionRecord
+
+router = APIRouter(tags=["collections"])
+
+CollectionId = Annotated[str, Path(max_length=255)]
+VersionRef = Annotated[str, Path(max_length=32)]
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_CONTENT_LENGTH = re.compile(r"^\d{1,19}$")
+
+UPLOAD_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "The encrypted file: a raw body (any content type, chunked or not), "
+        "or a form with the file in the field `file`.",
+        "content": {
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
+            },
+        },
+    }
+}
+
+
+def version_json(version: VersionRecord) -> dict[str, Any]:
+    return {
+        "id": version.id,
+        "collectionId": version.collection_id,
+        "versionNumber": version.number,
+        "filename": version.filename,
+        "filesize": version.size,
+        "sha256": version.sha256,
+        "uploadedBySessionId": version.session_id,
+        "user": version.user,
+        "CreatedAt": rfc3339(version.created_at),
+        "UpdatedAt": rfc3339(version.updated_at),
+        "DeletedAt": rfc3339(version.deleted_at),
+    }
+
+
+def usage_json(usage: Usage) -> dict[str, Any]:
+    return {
+        "versions": usage.versions,
+        "bytesUsed": usage.bytes_used,
+        "maxBackupsCount": usage.max_backups_count,
+        "maxOneVersionSize": usage.max_one_version_size,
+        "maxCollectionSize": usage.max_collection_size,
+    }
+
+
+async def _with_deadline(chunks: AsyncIterator[bytes], seconds: float) -> AsyncIterator[bytes]:
+    deadline = asyncio.get_running_loop().time() + seconds
+    async for chunk in chunks:
+        if asyncio.get_running_loop().time() > deadline:
+            raise RequestTimeout("Request took too long")
+        yield chunk
+
+
+@router.post("/api/stable/repository/collection/{collectionId}/version", openapi_extra=UPLOAD_DOC)
+@router.post(
+    "/api/alpha/repository/collection/{collectionId}/version",
+    openapi_extra=UPLOAD_DOC,
+    include_in_schema=False,
+)
+async def upload(
+    request: Request, collectionId: CollectionId, auth: Auth, services: ServicesDep
+) -> JSONResponse:
+    length_header = request.headers.get("content-length")
+    if length_header is not None and not _CONTENT_LENGTH.match(length_header):
+        raise InvalidInput("invalid Content-Length header")
+    content_length = int(length_header) if length_header is not None else None
+    if content_length == 0:
+        raise InvalidInput("sent empty data")
+    body = upload_stream(request.headers.get("content-type", ""), request.stream())
+    limit = services.settings.http_upload_timeout.total_seconds()
+    try:
+        async with asyncio.timeout(limit):
+            version = await services.backups.upload(
+                auth,
+                collectionId,
+                body,
+                content_length if _is_raw(request) else None,
+            )
+    except TimeoutError:
+        raise RequestTimeout("Request took too long") from None
+    return ok({"version": version_json(version)})
+
+
+def _is_raw(request: Request) -> bool:
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    return media not in {"multipart/form-data", "application/x-www-form-urlencoded"}
+
+
+@router.get("/api/stable/repository/collection/{collectionId}/version")
+@router.get("/api/alpha/repository/collection/{collectionId}/version", include_in_schema=False)
+async def list_versions(
+    collectionId: CollectionId, auth: Auth, services: ServicesDep
+) -> JSONResponse:
+    collection, versions, usage = await services.backups.list_versions(auth, collectionId)
+    return ok(
+        {
+            "collectionId": collection.name,
+            "versions": [version_json(v) for v in versions],
+            "usage": usage_json(usage),
+        }
+    )
+
+
+@router.get("/api/stable/repository/collection")
+@router.get("/api/alpha/repository/collection", include_in_schema=False)
+async def list_collections(auth: Auth, services: ServicesDep) -> JSONResponse:
+    found = await services.backups.list_collections(auth)
+    return ok(
+        {
+            "collections": [
+                {
+                    "id": c.name,
+                    "description": c.description,
+                    "filenameTemplate": c.filename_template,
+                    "strategyName": c.strategy.name,
+                    "windows": [
+                        {"from": w.cron, "duration": int(w.duration.total_seconds())}
+                        for w in c.windows
+                    ],
+                    "usage": usage_json(u),
+                }
+                for c, u in found
+            ]
+        }
+    )
+
+
+def _parse_range(header: str | None) -> tuple[int | None, int | None] | None:
+    """A single ``bytes=`` range; anything else (several ranges, other units) is ignored
+    and the whole file is sent, as RFC 9110 allows."""
+    if not header:
+        return None
+    match = _RANGE.match(header.strip())
+    if match is None or (not match.group(1) and not match.group(2)):
+        return None
+    first = int(match.group(1)) if match.group(1) else None
+    last = int(match.group(2)) if match.group(2) else None
+    return first, last
+
+
+def _download_headers(download: Download) -> dict[str, str]:
+    version = download.version
+    digest = base64.b64encode(bytes.fromhex(version.sha256)).decode()
+    headers = {
+        "Content-Disposition": f'attachment; filename="{version.filename}"',
+        "Content-Length": str(download.length),
+        "ETag": f'"{version.sha256}"',
+        "Digest": f"sha-256={digest}",
+        "Repr-Digest": f"sha-256=:{digest}:",
+        "X-Content-SHA256": version.sha256,
+        "Accept-Ranges": "bytes",
+        "Last-Modified": version.created_at.strftime("%a, %d %b %Y %H:%M:%S GMT"),
+        "Cache-Control": "private, no-transform",
+    }
+    if download.partial:
+        headers["Content-Range"] = f"bytes {download.start}-{download.end - 1}/{version.size}"
+    return headers
+
+
+@router.api_route(
+    "/api/stable/repository/collection/{collectionId}/version/{version}",
+    methods=["GET", "HEAD"],
+    response_class=StreamingResponse,
+)
+@router.api_route(
+    "/api/alpha/repository/collection/{collectionId}/version/{version}",
+    methods=["GET", "HEAD"],
+    include_in_schema=False,
+)
+async def download(
+    request: Request,
+    collectionId: CollectionId,
+    version: VersionRef,
+    auth: Auth,
+    services: ServicesDep,
+) -> Response:
+    if_none_match = request.headers.get("if-none-match")
+    prepared = await services.backups.prepare_download(
+        auth, collectionId, version, _parse_range(request.headers.get("range"))
+    )
+    headers = _download_headers(prepared)
+    status = 206 if prepared.partial else 200
+    if if_none_match and if_none_match.strip() in {headers["ETag"], "*"}:
+        return Response(status_code=304, headers={"ETag": headers["ETag"]})
+    await services.backups.ensure_object(prepared)
+    if request.method == "HEAD":
+        return Response(status_code=status, headers=headers, media_type="application/octet-stream")
+    if prepared.local_path is not None and not prepared.partial:
+        # Sent by the server itself (zero-copy where it supports the ASGI path-send extension).
+        del headers["Content-Length"]
+        return FileResponse(
+            prepared.local_path, headers=headers, media_type="application/octet-stream"
+        )
+    limit = services.settings.http_download_timeout.total_seconds()
+    return StreamingResponse(
+        _with_deadline(services.backups.stream(prepared), limit),
+        status_code=status,
+        headers=headers,
+        media_type="application/octet-stream",
+    )
+
+
+@router.get("/api/stable/repository/collection/{collectionId}/health")
+@router.get("/api/alpha/repository/collection/{collectionId}/health", include_in_schema=False)
+async def collection_health(
+    request: Request,
+    collectionId: CollectionId,
+    services: ServicesDep,
+    code: Annotated[str | None, Query(max_length=1024)] = None,
+) -> JSONResponse:
+    given = code if code is not None else request.headers.get("authorization", "")
+    results = await services.backups.health(collectionId, given)
+    data = {"health": [r.as_dict() for r in results]}
+    if not all(r.status for r in results):
+        return error(500, "one of checks failed", data)
+    return ok(data)

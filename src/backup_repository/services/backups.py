@@ -1,0 +1,508 @@
+"""Collections and their versions (SPEC section 6): the upload pipeline, downloads,
+listings and the collection health report."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import secrets
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from backup_repository.domain import authz
+from backup_repository.domain.authz import CollectionAction
+from backup_repository.domain.errors import (
+    Conflict,
+    DependencyUnavailable,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    RangeNotSatisfiable,
+)
+from backup_repository.domain.identity import Collection
+from backup_repository.domain.openpgp import OpenPGPStreamChecker
+from backup_repository.domain.quota import max_upload_size
+from backup_repository.domain.rotation import versions_to_rotate
+from backup_repository.domain.versions import StoredVersion
+from backup_repository.domain.windows import is_window_open, upload_matches_windows
+from backup_repository.services.auth import AuthContext
+from backup_repository.services.health import CheckResult
+from backup_repository.services.ports import (
+    ConfigurationProvider,
+    LockLost,
+    VersionRecord,
+    VersionRepository,
+)
+from backup_repository.storage.base import BlobNotFound, BlobStore, StorageError
+
+logger = logging.getLogger(__name__)
+
+COLLECTION_NOT_FOUND = "cannot find specified collection"
+VERSION_NOT_FOUND = "cannot find specified version"
+NOT_AUTHORIZED_UPLOAD = "not authorized to upload versions to this collection"
+NOT_AUTHORIZED_DOWNLOAD = "not authorized to download versions from this collection"
+NOT_AUTHORIZED_LIST = "not authorized to list versions"
+WINDOW_CLOSED = "backup window does not allow you to send a backup at this time"
+PARALLEL_UPLOAD = "cannot upload to same collection in parallel"
+QUOTA_EXCEEDED = "filesize reached allowed limit"
+HEALTH_CODE_INVALID = "not authorized - invalid value of 'code' parameter"
+STORAGE_UNAVAILABLE = "storage is unavailable, try again later"
+
+# The upload lock is a lease renewed (every third of it) while the upload runs, so the lock
+# of a replica that died frees itself within the lease.
+DEFAULT_LOCK_LEASE = 30.0
+
+
+@dataclass(frozen=True)
+class Usage:
+    versions: int
+    bytes_used: int
+    max_backups_count: int
+    max_one_version_size: int
+    max_collection_size: int
+
+
+@dataclass(frozen=True)
+class Download:
+    version: VersionRecord
+    start: int
+    end: int  # exclusive
+    partial: bool
+    local_path: str | None
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+
+def stored(version: VersionRecord) -> StoredVersion:
+    return StoredVersion(number=version.number, size=version.size, created_at=version.created_at)
+
+
+def parse_version_ref(text: str) -> int | None:
+    """``7``, ``v7`` or ``latest`` (None); anything else is a 404 for the caller."""
+    ref = text.strip()
+    if ref == "latest":
+        return None
+    if ref[:1] in {"v", "V"}:
+        ref = ref[1:]
+    if not ref.isascii() or not ref.isdigit() or len(ref) > 9:
+        raise NotFound(VERSION_NOT_FOUND)
+    return int(ref)
+
+
+class BackupService:
+    def __init__(
+        self,
+        config: ConfigurationProvider,
+        versions: VersionRepository,
+        store: BlobStore,
+        io_timeout: float,
+        lock_lease: float = DEFAULT_LOCK_LEASE,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._config = config
+        self._versions = versions
+        self._store = store
+        self._io_timeout = io_timeout
+        self._clock = clock
+        self._lock_lease = lock_lease
+        # Distinguishes this process's locks from other replicas' in the lock table.
+        self._instance = secrets.token_hex(8)
+
+    # -- lookups -------------------------------------------------------------------------
+
+    def collection(self, collection_id: str) -> Collection:
+        found = self._config.snapshot().collections.get(collection_id)
+        if found is None:
+            raise NotFound(COLLECTION_NOT_FOUND)
+        return found
+
+    def _authorize(
+        self, ctx: AuthContext, collection: Collection, action: CollectionAction, message: str
+    ) -> None:
+        if not authz.may_act_on_collection(ctx.principal, collection, action):
+            raise Forbidden(message)
+
+    async def usage_of(self, collection: Collection) -> Usage:
+        live = await self._versions.live_versions(collection.name)
+        return Usage(
+            versions=len(live),
+            bytes_used=sum(v.size for v in live),
+            max_backups_count=collection.max_backups_count,
+            max_one_version_size=collection.max_one_version_size,
+            max_collection_size=collection.max_collection_size,
+        )
+
+    # -- listing -------------------------------------------------------------------------
+
+    async def list_versions(
+        self, ctx: AuthContext, collection_id: str
+    ) -> tuple[Collection, list[VersionRecord], Usage]:
+        collection = self.collection(collection_id)
+        self._authorize(ctx, collection, CollectionAction.LIST_VERSIONS, NOT_AUTHORIZED_LIST)
+        live = await self._versions.live_versions(collection.name)
+        usage = Usage(
+            len(live),
+            sum(v.size for v in live),
+            collection.max_backups_count,
+            collection.max_one_version_size,
+            collection.max_collection_size,
+        )
+        return collection, list(reversed(live)), usage
+
+    async def list_collections(self, ctx: AuthContext) -> list[tuple[Collection, Usage]]:
+        visible = [
+            c
+            for c in sorted(self._config.snapshot().collections.values(), key=lambda c: c.name)
+            if any(
+                authz.may_act_on_collection(ctx.principal, c, action)
+                for action in (
+                    CollectionAction.LIST_VERSIONS,
+                    CollectionAction.UPLOAD,
+                    CollectionAction.DOWNLOAD,
+                )
+            )
+        ]
+        usage = await self._versions.usage()
+        return [
+            (
+                c,
+                Usage(
+                    *usage.get(c.name, (0, 0)),
+                    c.max_backups_count,
+                    c.max_one_version_size,
+                    c.max_collection_size,
+                ),
+            )
+            for c in visible
+        ]
+
+    # -- download ------------------------------------------------------------------------
+
+    async def prepare_download(
+        self,
+        ctx: AuthContext,
+        collection_id: str,
+        version_ref: str,
+        byte_range: tuple[int | None, int | None] | None,
+    ) -> Download:
+        """Resolve and authorize a download; ``byte_range`` is a parsed single Range
+        ``(first, last)`` as in ``bytes=first-last`` (either may be None)."""
+        collection = self.collection(collection_id)
+        self._authorize(ctx, collection, CollectionAction.DOWNLOAD, NOT_AUTHORIZED_DOWNLOAD)
+        number = parse_version_ref(version_ref)
+        if number is None:
+            version = await self._versions.latest_version(collection.name)
+        else:
+            version = await self._versions.get_version(collection.name, number)
+        if version is None:
+            raise NotFound(VERSION_NOT_FOUND)
+        start, end, partial = 0, version.size, False
+        if byte_range is not None:
+            start, end = resolve_range(byte_range, version.size)
+            partial = True
+        path = self._store.local_path(version.storage_key)
+        return Download(version, start, end, partial, str(path) if path else None)
+
+    async def stream(self, download: Download) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._store.read(
+                download.version.storage_key, download.start, download.end
+            ):
+                yield chunk
+        except BlobNotFound:
+            logger.error(
+                "stored object of %s v%d is missing",
+                download.version.collection_id,
+                download.version.number,
+            )
+            raise
+        except StorageError as exc:
+            raise DependencyUnavailable(STORAGE_UNAVAILABLE) from exc
+
+    async def ensure_object(self, download: Download) -> None:
+        """Refuse a download whose object vanished with a clear error rather than a stream
+        that breaks after the headers were sent."""
+        try:
+            info = await self._store.stat(download.version.storage_key)
+        except StorageError as exc:
+            raise DependencyUnavailable(STORAGE_UNAVAILABLE) from exc
+        if info is None:
+            raise DependencyUnavailable(
+                "the stored object of this version is missing; the collection health report "
+                "shows which"
+            )
+
+    # -- upload --------------------------------------------------------------------------
+
+    async def upload(
+        self,
+        ctx: AuthContext,
+        collection_id: str,
+        body: AsyncIterable[bytes],
+        content_length: int | None,
+    ) -> VersionRecord:
+        collection = self.collection(collection_id)
+        self._authorize(ctx, collection, CollectionAction.UPLOAD, NOT_AUTHORIZED_UPLOAD)
+        now = self._clock()
+        if not is_window_open(collection.windows, now) and not authz.may_act_on_collection(
+            ctx.principal, collection, CollectionAction.UPLOAD_OUTSIDE_WINDOW
+        ):
+            raise Forbidden(WINDOW_CLOSED)
+
+        owner = f"{self._instance}:{uuid.uuid4().hex[:16]}"
+        last_number = await self._versions.try_lock(collection.name, owner, self._lock_lease)
+        if last_number is None:
+            raise Conflict(PARALLEL_UPLOAD)
+        renewer = asyncio.create_task(self._keep_lock(collection.name, owner))
+        try:
+            await self._clean_leftovers(collection, last_number)
+            return await self._upload_locked(
+                ctx, collection, owner, last_number, body, content_length
+            )
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+            await asyncio.shield(self._release(collection.name, owner))
+
+    async def _release(self, collection_id: str, owner: str) -> None:
+        try:
+            await self._versions.release_lock(collection_id, owner)
+        except Exception:
+            # The lease runs out by itself; log and go on.
+            logger.exception("could not release the upload lock of %s", collection_id)
+
+    async def _keep_lock(self, collection_id: str, owner: str) -> None:
+        while True:
+            await asyncio.sleep(self._lock_lease / 3)
+            try:
+                if not await self._versions.renew_lock(collection_id, owner, self._lock_lease):
+                    logger.error("upload lock of %s was lost", collection_id)
+                    return
+            except Exception:
+                logger.exception("could not renew the upload lock of %s", collection_id)
+
+    async def _upload_locked(
+        self,
+        ctx: AuthContext,
+        collection: Collection,
+        owner: str,
+        last_number: int,
+        body: AsyncIterable[bytes],
+        content_length: int | None,
+    ) -> VersionRecord:
+        now = self._clock()
+        live = await self._versions.live_versions(collection.name)
+        by_number = {v.number: v for v in live}
+        rotated = versions_to_rotate(collection, [stored(v) for v in live], now)
+        rotated_numbers = {r.number for r in rotated}
+        remaining = [stored(v) for v in live if v.number not in rotated_numbers]
+        limit = max_upload_size(collection, remaining)
+        if content_length is not None and content_length > limit:
+            raise PayloadTooLarge(QUOTA_EXCEEDED)
+
+        number = last_number + 1
+        filename = collection.filename_for(number)
+        key = f"{collection.name}/{filename}"
+        digest = hashlib.sha256()
+        checker = OpenPGPStreamChecker()
+        size = 0
+
+        async def checked() -> AsyncIterator[bytes]:
+            nonlocal size
+            async for chunk in body:
+                if not chunk:
+                    continue
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(QUOTA_EXCEEDED)
+                checker.feed(chunk)
+                digest.update(chunk)
+                yield chunk
+            checker.finish()
+
+        try:
+            async with asyncio.timeout(self._io_timeout):
+                await self._store.put_stream(key, checked())
+        except (InvalidInput, PayloadTooLarge):
+            raise
+        except StorageError as exc:
+            logger.warning("storage failed during upload to %s: %s", key, exc)
+            raise DependencyUnavailable(STORAGE_UNAVAILABLE) from exc
+
+        record = VersionRecord(
+            id=str(uuid.uuid4()),
+            collection_id=collection.name,
+            number=number,
+            filename=filename,
+            storage_key=key,
+            size=size,
+            sha256=digest.hexdigest(),
+            session_id=ctx.session.id,
+            user=ctx.user.name,
+            created_at=now,
+            updated_at=now,
+        )
+        rotated_records = [by_number[r.number] for r in rotated]
+        try:
+            await self._versions.commit_version(record, owner, [r.id for r in rotated_records])
+        except BaseException as exc:
+            # Not recorded: the object must not stay behind as an orphan.
+            await asyncio.shield(self._delete_quietly(key))
+            if isinstance(exc, LockLost):
+                raise Conflict(PARALLEL_UPLOAD) from exc
+            raise
+        logger.info("stored %s v%d (%d bytes) for %s", collection.name, number, size, ctx.user.name)
+        await self._purge(rotated_records)
+        return record
+
+    async def _purge(self, versions: Sequence[VersionRecord]) -> None:
+        """Delete the objects of rotated versions (already marked deleted), then mark them
+        purged. A failure leaves them for the next upload's clean-up."""
+        purged: list[str] = []
+        for version in versions:
+            try:
+                await self._store.delete(version.storage_key)
+                purged.append(version.id)
+            except StorageError as exc:
+                logger.warning("could not delete rotated %s: %s", version.storage_key, exc)
+        await self._versions.mark_purged(purged)
+
+    async def _delete_quietly(self, key: str) -> None:
+        try:
+            await self._store.delete(key)
+        except Exception:
+            logger.exception("could not delete unrecorded object %s", key)
+
+    async def _clean_leftovers(self, collection: Collection, last_number: int) -> None:
+        """With the collection's lock held nothing else writes to it, so whatever an
+        interrupted upload or rotation left behind can go: staging data, an object stored
+        but never recorded (the next number), and objects of rotated versions."""
+        try:
+            await self._store.remove_incomplete_writes(f"{collection.name}/")
+            unrecorded = f"{collection.name}/{collection.filename_for(last_number + 1)}"
+            await self._store.delete(unrecorded)
+            await self._purge(await self._versions.deleted_unpurged(collection.name))
+        except StorageError as exc:
+            raise DependencyUnavailable(STORAGE_UNAVAILABLE) from exc
+
+    async def clean_all(self) -> int:
+        """Start-up clean-up of every collection whose lock is free. Returns how many
+        collections were cleaned; failures are logged, never raised (the next upload to a
+        collection cleans it again)."""
+        cleaned = 0
+        owner = f"{self._instance}:cleanup"
+        for collection in list(self._config.snapshot().collections.values()):
+            try:
+                last = await self._versions.try_lock(collection.name, owner, self._lock_lease)
+                if last is None:
+                    continue
+                try:
+                    await self._clean_leftovers(collection, last)
+                    cleaned += 1
+                finally:
+                    await self._release(collection.name, owner)
+            except Exception as exc:
+                logger.warning("start-up clean-up of %s failed: %s", collection.name, exc)
+        logger.info("start-up clean-up done for %d collections", cleaned)
+        return cleaned
+
+    # -- collection health ---------------------------------------------------------------
+
+    async def health(self, collection_id: str, code: str) -> list[CheckResult]:
+        collection = self.collection(collection_id)
+        if collection.health_secret is not None:
+            given = hashlib.sha256(code.encode()).hexdigest()
+            if not hmac.compare_digest(given, collection.health_secret.lower()):
+                raise Forbidden(HEALTH_CODE_INVALID)
+        now = self._clock()
+        live = await self._versions.live_versions(collection.name)
+        latest = live[-1] if live else None
+        results = [
+            self._window_check(collection, latest, now),
+            self._size_check(collection, live),
+            self._sum_check(collection, live),
+            await self._objects_check(live),
+        ]
+        return results
+
+    @staticmethod
+    def _window_check(
+        collection: Collection, latest: VersionRecord | None, now: datetime
+    ) -> CheckResult:
+        name = "BackupWindowValidator"
+        ok = upload_matches_windows(collection.windows, latest.created_at if latest else None, now)
+        if not collection.windows:
+            return CheckResult(name, True, "no backup windows defined")
+        if ok:
+            return CheckResult(name, True, "the latest version was uploaded in time")
+        return CheckResult(name, False, "no version was uploaded in the most recent backup window")
+
+    @staticmethod
+    def _size_check(collection: Collection, live: Sequence[VersionRecord]) -> CheckResult:
+        name = "VersionsSizeValidator"
+        over = [v for v in live if v.size > collection.max_one_version_size]
+        if over:
+            numbers = ", ".join(f"v{v.number} ({v.size} bytes)" for v in over)
+            return CheckResult(
+                name,
+                False,
+                f"versions over maxOneVersionSize ({collection.max_one_version_size} bytes): "
+                f"{numbers}",
+            )
+        return CheckResult(name, True, "every version is within maxOneVersionSize")
+
+    @staticmethod
+    def _sum_check(collection: Collection, live: Sequence[VersionRecord]) -> CheckResult:
+        name = "SumOfVersionsValidator"
+        total = sum(v.size for v in live)
+        if total > collection.max_collection_size:
+            return CheckResult(
+                name,
+                False,
+                f"versions use {total} bytes, over maxCollectionSize "
+                f"({collection.max_collection_size} bytes)",
+            )
+        return CheckResult(
+            name, True, f"versions use {total} of {collection.max_collection_size} bytes"
+        )
+
+    async def _objects_check(self, live: Sequence[VersionRecord]) -> CheckResult:
+        name = "StoredObjectsValidator"
+        problems: list[str] = []
+        try:
+            for version in live:
+                info = await self._store.stat(version.storage_key)
+                if info is None:
+                    problems.append(f"v{version.number}: stored object is missing")
+                elif info.size != version.size:
+                    problems.append(
+                        f"v{version.number}: stored object has {info.size} bytes, "
+                        f"{version.size} recorded"
+                    )
+        except StorageError as exc:
+            return CheckResult(name, False, f"storage is unavailable: {type(exc).__name__}")
+        if problems:
+            return CheckResult(name, False, "; ".join(problems), tuple(problems))
+        return CheckResult(name, True, f"{len(live)} stored objects present with recorded sizes")
+
+
+def resolve_range(byte_range: tuple[int | None, int | None], size: int) -> tuple[int, int]:
+    """``[start, end)`` for a parsed ``bytes=first-last``; raises RangeNotSatisfiable."""
+    first, last = byte_range
+    if first is None:
+        if last is None or last == 0:
+            raise RangeNotSatisfiable(size)
+        return max(0, size - last), size
+    if first >= size or (last is not None and last < first):
+        raise RangeNotSatisfiable(size)
+    end = size if last is None else min(last + 1, size)
+    return first, end
