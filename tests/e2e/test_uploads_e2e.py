@@ -1,0 +1,148 @@
+"""Uploads against the real server process over loopback: a client that goes away
+mid-upload, and a server killed with SIGKILL mid-upload and restarted."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gpg_fixtures import GpgHome
+from support import ServerProcess, collection_doc, start_server, user_doc, wait_until, write_config
+
+pytestmark = pytest.mark.e2e
+
+BASE = "/api/stable/repository/collection"
+
+
+def config(folder: Path) -> Path:
+    docs = [
+        user_doc("uploader", "uploader-pass", ["collectionManager"]),
+        collection_doc("db"),
+    ]
+    docs[1]["spec"].update(maxBackupsCount=5, maxOneVersionSize="20M", maxCollectionSize="100M")
+    write_config(folder, docs)
+    return folder
+
+
+def login(server: ServerProcess) -> dict[str, str]:
+    response = httpx.post(
+        server.url + "/api/stable/auth/login",
+        json={"username": "uploader", "password": "uploader-pass"},
+    )
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['data']['token']}"}
+
+
+def upload(server: ServerProcess, auth: dict[str, str], data: bytes) -> httpx.Response:
+    return httpx.post(f"{server.url}{BASE}/db/version", content=data, headers=auth, timeout=60)
+
+
+def listed(server: ServerProcess, auth: dict[str, str]) -> list[int]:
+    response = httpx.get(f"{server.url}{BASE}/db/version", headers=auth)
+    assert response.status_code == 200, response.text
+    return [v["versionNumber"] for v in response.json()["data"]["versions"]]
+
+
+def partial_upload(
+    server: ServerProcess, auth: dict[str, str], head: bytes, total: int
+) -> socket.socket:
+    """Open a raw connection announcing ``total`` bytes and send only ``head``."""
+    port = int(server.url.rsplit(":", 1)[1])
+    sock = socket.create_connection(("127.0.0.1", port))
+    request = (
+        f"POST {BASE}/db/version HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: {auth['Authorization']}\r\n"
+        f"Content-Type: application/octet-stream\r\nContent-Length: {total}\r\n\r\n"
+    ).encode()
+    sock.sendall(request + head)
+    return sock
+
+
+def stored_files(storage: Path) -> list[str]:
+    return sorted(
+        str(p.relative_to(storage))
+        for p in storage.rglob("*")
+        if p.is_file() and not p.relative_to(storage).parts[0].startswith(".")
+    )
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    config(tmp_path / "config")
+    return tmp_path
+
+
+def start(workdir: Path, **kwargs: Any) -> ServerProcess:
+    return start_server(
+        workdir, workdir / "config", extra_args=["--upload-lock-lease=2s"], **kwargs
+    )
+
+
+def test_client_going_away_mid_upload_leaves_nothing(workdir: Path, gpg_home: GpgHome) -> None:
+    server = start(workdir)
+    try:
+        auth = login(server)
+        first = gpg_home.encrypt(b"first" * 1000)
+        assert upload(server, auth, first).status_code == 200
+        big = gpg_home.encrypt(bytes(3 * 1024 * 1024), compress=False)
+        sock = partial_upload(server, auth, big[: len(big) // 2], len(big))
+        time.sleep(0.5)
+        sock.close()
+        # The lock is released at once: the next upload is not refused with 409.
+        second = gpg_home.encrypt(b"second" * 1000)
+        response = wait_until(lambda: _not_conflict(upload(server, auth, second)), timeout=10)
+        assert response.status_code == 200, response.text
+        assert listed(server, auth) == [2, 1]
+        assert stored_files(workdir / "storage") == ["db/db-1.tar.gz", "db/db-2.tar.gz"]
+    finally:
+        server.stop()
+
+
+def _not_conflict(response: httpx.Response) -> httpx.Response | None:
+    return None if response.status_code == 409 else response
+
+
+def test_sigkill_mid_upload_then_restart(workdir: Path, gpg_home: GpgHome) -> None:
+    server = start(workdir)
+    bodies: dict[int, bytes] = {}
+    try:
+        auth = login(server)
+        for i in (1, 2):
+            data = gpg_home.encrypt(f"version {i}".encode() * 500)
+            response = upload(server, auth, data)
+            assert response.status_code == 200
+            bodies[response.json()["data"]["version"]["versionNumber"]] = data
+        big = gpg_home.encrypt(bytes(4 * 1024 * 1024), compress=False)
+        sock = partial_upload(server, auth, big[: len(big) // 2], len(big))
+        time.sleep(1.0)
+        server.process.kill()
+        server.process.wait(timeout=10)
+        sock.close()
+    finally:
+        server.stop()
+
+    restarted = start(workdir)
+    try:
+        auth = login(restarted)
+        assert listed(restarted, auth) == [2, 1]
+        for number, data in bodies.items():
+            response = httpx.get(f"{restarted.url}{BASE}/db/version/{number}", headers=auth)
+            assert response.status_code == 200
+            assert hashlib.sha256(response.content).hexdigest() == hashlib.sha256(data).hexdigest()
+        # Once the dead server's lease ran out, uploads go on with the next number and the
+        # interrupted upload's leftovers are cleaned up.
+        third = gpg_home.encrypt(b"third")
+        response = wait_until(lambda: _not_conflict(upload(restarted, auth, third)), timeout=15)
+        assert response.status_code == 200, response.text
+        assert response.json()["data"]["version"]["versionNumber"] == 3
+        files = stored_files(workdir / "storage")
+        assert files == ["db/db-1.tar.gz", "db/db-2.tar.gz", "db/db-3.tar.gz"], json.dumps(files)
+    finally:
+        restarted.stop()
