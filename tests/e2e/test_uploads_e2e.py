@@ -146,3 +146,43 @@ def test_sigkill_mid_upload_then_restart(workdir: Path, gpg_home: GpgHome) -> No
         assert files == ["db/db-1.tar.gz", "db/db-2.tar.gz", "db/db-3.tar.gz"], json.dumps(files)
     finally:
         restarted.stop()
+
+
+def test_two_replicas_one_upload_at_a_time(
+    tmp_path: Path, gpg_home: GpgHome, postgres_url: str, s3_storage_url: Any
+) -> None:
+    """Two server processes on one PostgreSQL database and one S3 bucket: of two uploads to
+    the same collection at the same moment exactly one proceeds; numbers never collide."""
+    config(tmp_path / "config")
+    storage = s3_storage_url.url_for(f"replicas-{tmp_path.name[-12:]}")
+    replicas = [
+        start_server(
+            tmp_path / name,
+            tmp_path / "config",
+            db_url=postgres_url,
+            extra_args=["--storage-url", storage, "--upload-lock-lease=5s"],
+            env=s3_storage_url.env,
+        )
+        for name in ("a", "b")
+    ]
+    try:
+        auths = [login(r) for r in replicas]
+        big = gpg_home.encrypt(bytes(2 * 1024 * 1024), compress=False)
+        sock = partial_upload(replicas[0], auths[0], big[: len(big) // 2], len(big))
+        try:
+            time.sleep(0.5)
+            response = upload(replicas[1], auths[1], gpg_home.encrypt(b"other replica"))
+            assert response.status_code == 409, response.text
+            assert "cannot upload to same collection in parallel" in response.json()["error"]
+            sock.sendall(big[len(big) // 2 :])
+            reply = sock.recv(65536)
+            assert b" 200 " in reply.split(b"\r\n", 1)[0], reply[:200]
+        finally:
+            sock.close()
+        response = upload(replicas[1], auths[1], gpg_home.encrypt(b"after"))
+        assert response.status_code == 200, response.text
+        assert listed(replicas[0], auths[0]) == [2, 1]
+        assert listed(replicas[1], auths[1]) == [2, 1]
+    finally:
+        for replica in replicas:
+            replica.stop()

@@ -564,3 +564,26 @@ async def test_ready_fails_on_unreachable_storage(tmp_path: Path, config_dir: Pa
             checks = {x["name"]: x for x in response.json()["data"]["health"]}
             assert checks["StorageAvailabilityValidator"]["status"] is False
             assert checks["DbValidator"]["status"] is True
+
+
+async def test_upload_timeout_is_408_and_frees_the_lock(
+    tmp_path: Path, config_dir: Path, gpg_home: GpgHome
+) -> None:
+    backend = Backend(f"sqlite:///{tmp_path / 'db.sqlite'}", (tmp_path / "storage").as_uri())
+    app = create_app(make_settings(tmp_path, backend, http_upload_timeout=timedelta(seconds=1)))
+    data = gpg_home.encrypt(b"slow")
+
+    async def stalled() -> AsyncIterator[bytes]:
+        yield data[:50]
+        await asyncio.sleep(30)
+        yield data[50:]
+
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            auth = await token(c, UPLOADER)
+            response = await upload(c, auth, stalled())  # type: ignore[arg-type]
+            assert response.status_code == 408
+            assert response.json()["error"] == "Request took too long"
+            assert (await upload(c, auth, data)).status_code == 200
+            assert await versions(c, auth) == [1]
