@@ -196,37 +196,23 @@ class TestFiles:
 # --------------------------------------------------------------------------- fairness
 
 
-class PageCachePrimer:
-    """Puts both servers' uploads on the same footing before each timed upload.
+def settle() -> None:
+    """Called before every timed upload: write back all dirty pages, so that neither server
+    competes with the writeback of the previous transfer for the two cores."""
+    os.sync()
 
-    Every upload grows the page cache by the file's size, and how much that costs depends
-    on the state of the machine rather than on the server: dirty pages of the previous
-    transfer still being written back compete for the two cores, and on a virtual machine
-    with free page reporting (virtio-balloon) memory freed more than a moment ago has been
-    handed back to the host and is slow to touch again (measured here: a 512 MiB write ran
-    at ~3.3 GiB/s into just-freed memory and at 0.7-1.3 GiB/s into reported memory, for
-    nginx and the server alike). So, untimed: write back everything (sync), then write and
-    delete a scratch file a little larger than the upload, so the upload takes pages that
-    were in use a moment ago. On a machine without page reporting this only costs time.
+
+def drop_copy(path: Path) -> None:
+    """Delete a copy a round left behind, outside the timed requests.
+
+    Keeping the page cache from growing round after round keeps the uploads comparable:
+    on this kind of virtual machine (virtio-balloon with free page reporting) memory that
+    the page cache takes for the first time, or takes back after the host reclaimed it, is
+    much slower to fill (measured: nginx wrote a new 512 MiB file at ~2.7 GiB/s when the
+    previous copy had just been deleted, at 0.9-1.8 GiB/s when copies accumulated).
     """
-
-    BLOCK = 8 * MiB
-    MARGIN = 64 * MiB
-
-    def __init__(self, path: Path, *, enabled: bool) -> None:
-        self.path = path
-        self.enabled = enabled
-        self._zeros = bytes(self.BLOCK) if enabled else b""
-
-    def __call__(self, size: int) -> None:
-        os.sync()
-        if not self.enabled:
-            return
-        with self.path.open("wb") as scratch:
-            for _ in range(0, size + self.MARGIN, self.BLOCK):
-                scratch.write(self._zeros)
-        os.sync()
-        self.path.unlink()
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
 
 
 # --------------------------------------------------------------------------- curl
@@ -469,8 +455,9 @@ def wait_http(
 
 
 class Server:
-    def __init__(self, workdir: Path, password_hash: str) -> None:
+    def __init__(self, workdir: Path, password_hash: str, versions: int = 3) -> None:
         self.workdir = workdir
+        self.versions = max(3, versions)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
@@ -540,9 +527,9 @@ class Server:
                 "spec": {
                     "description": "throughput benchmark",
                     "filenameTemplate": "bench-${version}.gpg",
-                    "maxBackupsCount": 3,
+                    "maxBackupsCount": self.versions,
                     "maxOneVersionSize": "2G",
-                    "maxCollectionSize": "6G",
+                    "maxCollectionSize": f"{2 * self.versions}G",
                     "strategyName": "fifo",
                     "strategySpec": {},
                     "accessControl": [],
@@ -570,6 +557,10 @@ class Server:
     @property
     def upload_url(self) -> str:
         return f"{self.url}/api/stable/repository/collection/{COLLECTION}/version"
+
+    def stored(self, version: int) -> list[Path]:
+        """The file:// storage's file(s) of a version (the bench's template names them)."""
+        return list((self.workdir / "storage").rglob(f"bench-{version}.gpg"))
 
     def stop(self) -> None:
         stop_process(self.process, signal.SIGTERM)
@@ -697,12 +688,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="sizes for the peak-RSS-vs-size check, each on a fresh server "
         "(default 64M,1G; empty to skip)",
     )
-    parser.add_argument(
-        "--no-prime",
-        dest="prime",
-        action="store_false",
-        help="do not prime the page cache before each timed upload (see PageCachePrimer)",
-    )
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument(
         "--keep",
@@ -785,21 +770,25 @@ def run(
     password_hash = encode_password()
 
     nginx.start()
-    server = Server(root / "server", password_hash)
+    # Room for every round: no timed upload replaces anything (see the README).
+    server = Server(root / "server", password_hash, versions=args.repeat)
     servers.append(server)
     server.start()
     print(f"  nginx {nginx.version} on {nginx.url}; server (pid {server.pid}) on {server.url}")
 
-    prime = PageCachePrimer(root / "prime", enabled=args.prime)
     last: Upload | None = None
+    leftovers: list[Path] = []
     for round_ in range(1, args.repeat + 1):
-        # nginx keeps the last three copies like the server's collection does, so from the
-        # fourth round on both replace their oldest copy inside the timed request.
-        name = f"bench-{round_ % 3}.gpg"
+        for path in leftovers:
+            drop_copy(path)
+        # A new object on both sides every round: nothing is deleted or overwritten inside
+        # a timed request (unlinking a cached 512 MiB file costs ~0.2 s here, which nginx
+        # would pay on an overwrite and the server on a rotation).
+        name = f"bench-{round_}.gpg"
         # Alternate who goes first so neither always meets the other's writeback.
         order = ("nginx", "server") if round_ % 2 else ("server", "nginx")
         for who in order:
-            prime(test.size)
+            settle()
             if who == "nginx":
                 nginx_up = upload_nginx(nginx, test, name)
             else:
@@ -816,6 +805,7 @@ def run(
         ours_down, cpu = download_ours(server, last.version)
         results.ours_down.append(ours_down.speed)
         results.ours_down_cpu.append(cpu)
+        leftovers = [nginx.prefix / "webdav" / name, *server.stored(last.version)]
         print(
             f"  round {round_}/{args.repeat}: up nginx {nginx_up.speed / MiB:7.1f} MiB/s, "
             f"ours {last.transfer.speed / MiB:7.1f} MiB/s (peak RSS {human(last.rss_peak)}); "
@@ -847,7 +837,7 @@ def run(
         fresh = Server(root / f"server-rss-{rss_size}", password_hash)
         servers.append(fresh)
         fresh.start()
-        prime(rss_test.size)
+        settle()
         done = upload_ours(fresh, rss_test, root)
         got, _ = curl_sha256([*fresh.auth, f"{fresh.upload_url}/{done.version}"])
         results.checks.append(

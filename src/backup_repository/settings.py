@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from backup_repository.db.urls import normalize_database_url
 from backup_repository.domain.network import IPNetwork
+from backup_repository.storage.urls import parse_storage_url
 
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
@@ -136,11 +137,8 @@ class Settings(BaseModel):
                 f"--jwt-secret-key (BR_JWT_SECRET_KEY) must be at least "
                 f"{MIN_JWT_SECRET_LENGTH} characters long"
             )
-        scheme = self.storage_url.split("://", 1)[0] if "://" in self.storage_url else ""
-        if scheme not in {"file", "s3", "gs", "azblob", "memory"}:
-            raise SettingsError(
-                f"--storage-url (BR_STORAGE_DRIVER_URL): {self.storage_url!r} is not a storage "
-                "URL; expected file:///path, s3://bucket, gs://bucket, azblob://container or "
-                "memory://"
-            )
+        try:
+            parse_storage_url(self.storage_url)
+        except ValueError as exc:
+            raise SettingsError(f"--storage-url (BR_STORAGE_DRIVER_URL): {exc}") from None
         return self

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -101,6 +102,10 @@ async def keys(store: BlobStore, prefix: str) -> list[str]:
 
 def staging_files(root: Path) -> list[Path]:
     return [path for path in root.rglob("*") if STAGING.search(path.name)]
+
+
+def remove_tree(folder: Path) -> None:
+    shutil.rmtree(folder)
 
 
 def names_under(folder: Path) -> list[str]:
@@ -369,6 +374,37 @@ async def test_wrong_credentials_raise_storage_unavailable(
     with pytest.raises(StorageUnavailable) as raised:
         await broken.probe()
     assert "not-the-secret-key" not in str(raised.value)
+
+
+async def test_storage_failure_during_a_write(
+    storage_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Storage refusing the write is StorageUnavailable, the caller's stream is no longer
+    pulled, and nothing is left: on S3 the credentials are refused from the first request,
+    on file:// the target folder vanishes while the parts are being written."""
+    if storage_url.startswith("s3://"):
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret-key")
+    store = open_blob_store(storage_url)
+    pulled = 0
+
+    async def stream() -> AsyncIterator[bytes]:
+        nonlocal pulled
+        for _ in range(64):
+            pulled += 1
+            if pulled == 10 and isinstance(store.location, FileLocation):
+                remove_tree(store.location.root / "c")
+            yield os.urandom(1 * MiB)
+
+    with pytest.raises(StorageUnavailable, match="write of 'c/f' failed") as raised:
+        await store.put_stream("c/f", stream())
+    assert "not-the-secret-key" not in str(raised.value)
+    if isinstance(store.location, FileLocation):
+        assert pulled == 64  # the folder is only missed when the staging file is renamed
+        assert staging_files(root_of(store)) == []
+    else:
+        assert pulled <= 2 * DEFAULT_PART_SIZE // MiB + 1
+    monkeypatch.undo()
+    await assert_nothing_left(open_blob_store(storage_url), "c/f")
 
 
 # -- keys, local paths -----------------------------------------------------------------------

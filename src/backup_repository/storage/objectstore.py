@@ -192,9 +192,11 @@ class ObstoreBlobStore:
                 max_concurrency=self._upload_concurrency,
             )
         except (ObstoreError, OSError) as exc:
+            feed.abort()  # stop a pull obstore may have left waiting on the caller's stream
             if feed.error is None:
                 raise _unavailable("write", key, exc) from exc
         except BaseException:
+            feed.abort()
             if feed.error is None:
                 raise
         if feed.error is not None:
