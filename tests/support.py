@@ -237,3 +237,24 @@ async def eventually(predicate: Any, within: float = 10.0, interval: float = 0.0
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {within}s")
         await asyncio.sleep(interval)
+
+
+def make_settings(
+    tmp_path: Path, database_url: str, storage_url: str | None = None, **overrides: Any
+) -> Any:
+    """Settings for an in-process app: the configuration folder ``tmp_path / "config"``,
+    storage under ``tmp_path / "storage"`` unless given, no rate limits."""
+    from backup_repository.settings import Settings
+
+    values: dict[str, Any] = {
+        "db_url": database_url,
+        "jwt_secret_key": JWT_SECRET,
+        "storage_url": storage_url or (tmp_path / "storage").as_uri(),
+        "config_local_path": tmp_path / "config",
+        "rate_default_limit": 0,
+        "rate_auth_limit": 0,
+        "rate_collection_health_limit": 0,
+        "rate_server_health_limit": 0,
+    }
+    values.update(overrides)
+    return Settings(**values)

@@ -17,25 +17,16 @@ from sqlalchemy.engine import make_url
 
 from backup_repository.http.app import create_app
 from backup_repository.services.tokens import session_id_of
-from backup_repository.settings import Settings
-from support import JWT_SECRET, default_documents, eventually, user_doc, write_config
+from support import (
+    JWT_SECRET,
+    default_documents,
+    eventually,
+    make_settings,
+    user_doc,
+    write_config,
+)
 
 Client = httpx.AsyncClient
-
-
-def make_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "db_url": database_url,
-        "jwt_secret_key": JWT_SECRET,
-        "storage_url": (tmp_path / "storage").as_uri(),
-        "config_local_path": tmp_path / "config",
-        "rate_default_limit": 0,
-        "rate_auth_limit": 0,
-        "rate_collection_health_limit": 0,
-        "rate_server_health_limit": 0,
-    }
-    values.update(overrides)
-    return Settings(**values)
 
 
 @pytest.fixture

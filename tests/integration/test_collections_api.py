@@ -21,9 +21,9 @@ from backup_repository.http.app import create_app
 from backup_repository.settings import Settings
 from gpg_fixtures import SAMPLES_DIR, GpgHome, pad_to
 from support import (
-    JWT_SECRET,
     collection_doc,
     eventually,
+    make_settings,
     user_doc,
     write_config,
 )
@@ -113,24 +113,13 @@ def config_dir(tmp_path: Path) -> Path:
     return tmp_path / "config"
 
 
-def make_settings(tmp_path: Path, backend: Backend, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "db_url": backend.database_url,
-        "jwt_secret_key": JWT_SECRET,
-        "storage_url": backend.storage_url,
-        "config_local_path": tmp_path / "config",
-        "rate_default_limit": 0,
-        "rate_auth_limit": 0,
-        "rate_collection_health_limit": 0,
-        "rate_server_health_limit": 0,
-    }
-    values.update(overrides)
-    return Settings(**values)
+def settings_for(tmp_path: Path, backend: Backend, **overrides: Any) -> Settings:
+    return make_settings(tmp_path, backend.database_url, backend.storage_url, **overrides)
 
 
 @pytest.fixture
 async def client(tmp_path: Path, backend: Backend, config_dir: Path) -> AsyncIterator[Client]:
-    app = create_app(make_settings(tmp_path, backend))
+    app = create_app(settings_for(tmp_path, backend))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
@@ -555,7 +544,7 @@ async def test_ready_fails_on_unreachable_storage(tmp_path: Path, config_dir: Pa
         f"sqlite:///{tmp_path / 'db.sqlite'}",
         "s3://bucket?endpoint=127.0.0.1:9&disableSSL=true&s3ForcePathStyle=true&region=us-east-1",
     )
-    app = create_app(make_settings(tmp_path, backend, storage_health_timeout=3))
+    app = create_app(settings_for(tmp_path, backend, storage_health_timeout=3))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
@@ -570,7 +559,7 @@ async def test_upload_timeout_is_408_and_frees_the_lock(
     tmp_path: Path, config_dir: Path, gpg_home: GpgHome
 ) -> None:
     backend = Backend(f"sqlite:///{tmp_path / 'db.sqlite'}", (tmp_path / "storage").as_uri())
-    app = create_app(make_settings(tmp_path, backend, http_upload_timeout=timedelta(seconds=1)))
+    app = create_app(settings_for(tmp_path, backend, http_upload_timeout=timedelta(seconds=1)))
     data = gpg_home.encrypt(b"slow")
 
     async def stalled() -> AsyncIterator[bytes]:

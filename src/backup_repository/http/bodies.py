@@ -36,6 +36,32 @@ async def _non_empty(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
             yield chunk
 
 
+async def _drive(
+    parser: MultipartParser | QuerystringParser,
+    chunks: AsyncIterator[bytes],
+    pending: list[bytes],
+) -> AsyncIterator[bytes]:
+    """Feed the parser chunk by chunk and pass on what its callbacks collected in
+    ``pending`` (the file's bytes) after each chunk."""
+    async for chunk in chunks:
+        try:
+            parser.write(chunk)
+        except FormParserError:
+            raise InvalidInput(MALFORMED_FORM) from None
+        for piece in pending:
+            if piece:
+                yield piece
+        pending.clear()
+    try:
+        parser.finalize()
+    except FormParserError:
+        raise InvalidInput(MALFORMED_FORM) from None
+    for piece in pending:
+        if piece:
+            yield piece
+    pending.clear()
+
+
 @dataclass
 class _MultipartState:
     header: bytes = b""
@@ -91,19 +117,8 @@ async def _multipart_file(boundary: bytes, chunks: AsyncIterator[bytes]) -> Asyn
         },
         max_header_count=16,
     )
-    async for chunk in chunks:
-        try:
-            parser.write(chunk)
-        except FormParserError:
-            raise InvalidInput(MALFORMED_FORM) from None
-        for piece in state.pending:
-            if piece:
-                yield piece
-        state.pending.clear()
-    try:
-        parser.finalize()
-    except FormParserError:
-        raise InvalidInput(MALFORMED_FORM) from None
+    async for piece in _drive(parser, chunks, state.pending):
+        yield piece
     if not state.found:
         raise InvalidInput(NO_FILE_FIELD)
     if not state.done:
@@ -188,21 +203,7 @@ async def _urlencoded_file(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]
             "on_field_end": state.on_field_end,
         }
     )
-    async for chunk in chunks:
-        try:
-            parser.write(chunk)
-        except FormParserError:
-            raise InvalidInput(MALFORMED_FORM) from None
-        for piece in state.pending:
-            if piece:
-                yield piece
-        state.pending.clear()
-    try:
-        parser.finalize()
-    except FormParserError:
-        raise InvalidInput(MALFORMED_FORM) from None
-    for piece in state.pending:
-        if piece:
-            yield piece
+    async for piece in _drive(parser, chunks, state.pending):
+        yield piece
     if not state.found:
         raise InvalidInput(NO_FILE_FIELD)
