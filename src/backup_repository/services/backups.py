@@ -40,6 +40,7 @@ from backup_repository.services.ports import (
     VersionRepository,
 )
 from backup_repository.storage.base import BlobNotFound, BlobStore, StorageError
+from backup_repository.streams import ChunkWorker
 
 logger = logging.getLogger(__name__)
 
@@ -318,16 +319,23 @@ class BackupService:
 
         async def checked() -> AsyncIterator[bytes]:
             nonlocal size
-            async for chunk in body:
-                if not chunk:
-                    continue
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge(QUOTA_EXCEEDED)
-                checker.feed(chunk)
-                digest.update(chunk)
-                yield chunk
-            checker.finish()
+            # SHA-256 runs in a thread of its own, overlapping the network and the storage.
+            hasher = ChunkWorker(digest.update, name="upload-sha256")
+            try:
+                async for chunk in body:
+                    if not chunk:
+                        continue
+                    size += len(chunk)
+                    if size > limit:
+                        raise PayloadTooLarge(QUOTA_EXCEEDED)
+                    checker.feed(chunk)
+                    await hasher.submit(chunk)
+                    yield chunk
+                checker.finish()
+                await hasher.finish()
+            except BaseException:
+                await hasher.abort()
+                raise
 
         try:
             async with asyncio.timeout(self._io_timeout):

@@ -28,8 +28,9 @@ import re
 import secrets
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 import obstore
 from obstore.exceptions import BaseError as ObstoreError
@@ -52,6 +53,7 @@ from backup_repository.storage.urls import (
     parse_storage_url,
     redact_storage_url,
 )
+from backup_repository.streams import ChunkWorker
 
 if TYPE_CHECKING:
     from obstore import GetOptions, ObjectMeta
@@ -170,6 +172,9 @@ class ObstoreBlobStore:
 
     async def put_stream(self, key: str, chunks: AsyncIterable[bytes]) -> int:
         validate_key(key)
+        target = self.local_path(key)
+        if target is not None:
+            return await self._put_local(key, target, chunks)
         feed = _Feed(chunks)
         put = asyncio.ensure_future(self._put(key, feed))
         try:
@@ -204,6 +209,32 @@ class ObstoreBlobStore:
             # aborted the upload: the caller gets its own exception back, unwrapped.
             raise feed.error
         return feed.size
+
+    async def _put_local(self, key: str, target: Path, chunks: AsyncIterable[bytes]) -> int:
+        """file://: write a staging file ``<name>#<n>`` (the name obstore's LocalStore uses,
+        so the clean-up of interrupted writes is the same) from a thread of its own, fsync
+        it, and rename it over the target. Faster than obstore's local store and durable:
+        a version recorded after a power loss is complete on disk."""
+        staging = target.with_name(f"{target.name}#{secrets.randbelow(10**9) + 1}")
+        try:
+            handle = await asyncio.to_thread(_open_staging, staging)
+        except OSError as exc:
+            raise _unavailable("write", key, exc) from exc
+        writer = ChunkWorker(partial(_write_all, handle), depth=8, name="storage-write")
+        size = 0
+        try:
+            async for chunk in chunks:
+                size += len(chunk)
+                await writer.submit(chunk)
+            await writer.finish()
+            await asyncio.to_thread(_commit_staging, handle, staging, target)
+        except BaseException as exc:
+            await writer.abort()
+            await asyncio.shield(asyncio.to_thread(_discard_staging, handle, staging))
+            if isinstance(exc, OSError):
+                raise _unavailable("write", key, exc) from exc
+            raise
+        return size
 
     async def _abort_put(self, key: str, put: asyncio.Future[int], feed: _Feed) -> None:
         """Make the running upload fail from the iterator side so obstore aborts it, and
@@ -576,6 +607,39 @@ def _unavailable(action: str, key: str, exc: BaseException) -> StorageUnavailabl
     if isinstance(exc, StorageError):
         return StorageUnavailable(str(exc))
     return StorageUnavailable(f"storage {action} of {key!r} failed: {_first_line(exc)}")
+
+
+def _open_staging(staging: Path) -> BinaryIO:
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    return staging.open("xb", buffering=0)
+
+
+def _write_all(handle: BinaryIO, chunk: bytes) -> None:
+    view = memoryview(chunk)
+    while view:
+        written = handle.write(view)
+        if written is None:  # pragma: no cover - only non-blocking files return None
+            continue
+        view = view[written:]
+
+
+def _commit_staging(handle: BinaryIO, staging: Path, target: Path) -> None:
+    try:
+        os.fsync(handle.fileno())
+    finally:
+        handle.close()
+    os.replace(staging, target)
+    directory = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def _discard_staging(handle: BinaryIO, staging: Path) -> None:
+    handle.close()
+    with contextlib.suppress(FileNotFoundError):
+        staging.unlink()
 
 
 def _remove_staging_files(root: Path, prefix: str) -> int:
