@@ -262,17 +262,26 @@ class BackupService:
         last_number = await self._versions.try_lock(collection.name, owner, self._lock_lease)
         if last_number is None:
             raise Conflict(PARALLEL_UPLOAD)
-        renewer = asyncio.create_task(self._keep_lock(collection.name, owner))
+        upload_task = asyncio.current_task()
+        lost = asyncio.Event()
+        renewer = asyncio.create_task(self._keep_lock(collection.name, owner, upload_task, lost))
         try:
             await self._clean_leftovers(collection, last_number)
             return await self._upload_locked(
                 ctx, collection, owner, last_number, body, content_length
             )
+        except asyncio.CancelledError:
+            if lost.is_set() and upload_task is not None and upload_task.uncancel() == 0:
+                # Cancelled by the renewer because the lease was lost (a stall longer than
+                # the lease): another upload may be running now; this one must stop.
+                raise Conflict(PARALLEL_UPLOAD) from None
+            raise
         finally:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
-            await asyncio.shield(self._release(collection.name, owner))
+            if not lost.is_set():
+                await asyncio.shield(self._release(collection.name, owner))
 
     async def _release(self, collection_id: str, owner: str) -> None:
         try:
@@ -281,15 +290,28 @@ class BackupService:
             # The lease runs out by itself; log and go on.
             logger.exception("could not release the upload lock of %s", collection_id)
 
-    async def _keep_lock(self, collection_id: str, owner: str) -> None:
+    async def _keep_lock(
+        self,
+        collection_id: str,
+        owner: str,
+        upload: asyncio.Task[object] | None,
+        lost: asyncio.Event,
+    ) -> None:
+        """Renew the lease every third of it; when it turns out to be lost, stop the upload
+        at once (its object must not appear over what the next holder stored)."""
         while True:
             await asyncio.sleep(self._lock_lease / 3)
             try:
-                if not await self._versions.renew_lock(collection_id, owner, self._lock_lease):
-                    logger.error("upload lock of %s was lost", collection_id)
-                    return
+                still_ours = await self._versions.renew_lock(collection_id, owner, self._lock_lease)
             except Exception:
                 logger.exception("could not renew the upload lock of %s", collection_id)
+                continue
+            if not still_ours:
+                logger.error("upload lock of %s was lost; stopping the upload", collection_id)
+                lost.set()
+                if upload is not None:
+                    upload.cancel()
+                return
 
     async def _upload_locked(
         self,
@@ -333,6 +355,10 @@ class BackupService:
                     yield chunk
                 checker.finish()
                 await hasher.finish()
+                # Last chance before the object becomes visible under its final name: if the
+                # lease was lost meanwhile, that name may now belong to another upload.
+                if not await self._versions.renew_lock(collection.name, owner, self._lock_lease):
+                    raise LockLost(f"upload lock of {collection.name} was lost")
             except BaseException:
                 await hasher.abort()
                 raise
@@ -342,6 +368,8 @@ class BackupService:
                 await self._store.put_stream(key, checked())
         except (InvalidInput, PayloadTooLarge):
             raise
+        except LockLost as exc:
+            raise Conflict(PARALLEL_UPLOAD) from exc
         except StorageError as exc:
             logger.warning("storage failed during upload to %s: %s", key, exc)
             raise DependencyUnavailable(STORAGE_UNAVAILABLE) from exc
@@ -362,11 +390,13 @@ class BackupService:
         rotated_records = [by_number[r.number] for r in rotated]
         try:
             await self._versions.commit_version(record, owner, [r.id for r in rotated_records])
-        except BaseException as exc:
+        except LockLost as exc:
+            # The name may now be the next holder's: leave it alone (its clean-up removes
+            # the object if nobody records it).
+            raise Conflict(PARALLEL_UPLOAD) from exc
+        except BaseException:
             # Not recorded: the object must not stay behind as an orphan.
             await asyncio.shield(self._delete_quietly(key))
-            if isinstance(exc, LockLost):
-                raise Conflict(PARALLEL_UPLOAD) from exc
             raise
         logger.info("stored %s v%d (%d bytes) for %s", collection.name, number, size, ctx.user.name)
         await self._purge(rotated_records)
