@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 from backup_repository.domain import errors as domain
 from backup_repository.http.envelope import error
@@ -75,12 +79,56 @@ async def _domain_error(request: Request, exc: Exception) -> Response:
     elif status == 413:
         # The rest of the body is not read; the connection cannot be reused.
         headers["Connection"] = "close"
-    return error(status, exc.message, headers=headers)
+    unread = getattr(request.state, "unread_body", False)
+    if unread:
+        # Answered before the upload's body was read to its end: say the connection ends,
+        # then read and drop the rest (bounded), so the socket is not closed with unread
+        # data (a reset, which makes clients that send the whole body first lose the answer).
+        headers["Connection"] = "close"
+    response = error(status, exc.message, headers=headers)
+    if unread:
+        response.background = BackgroundTask(_drain, request)
+    return response
+
+
+DRAIN_SECONDS = 10.0
+DRAIN_BYTES = 64 * 1024 * 1024
+
+
+async def _drain(request: Request) -> None:
+    """What is left of a request body, read and dropped: at most DRAIN_BYTES during at most
+    DRAIN_SECONDS, enough for clients that send a whole (moderate) body before reading the
+    answer, without letting a refused upload keep the server busy."""
+    drained = 0
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(DRAIN_SECONDS):
+            while drained <= DRAIN_BYTES:
+                message = await request.receive()
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    return
+                drained += len(message.get("body", b""))
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     return error(400, describe_validation_error(exc.errors()))
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the path supports. Starlette names only those of the first route that
+    matched the path, but GET and POST on one path are two routes here."""
+    allowed = [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL
+            for route in request.app.router.routes
+        )
+    ]
+    return ", ".join(allowed)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -89,7 +137,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     message = detail if isinstance(detail, str) and detail else None
     if message is None or message in {"Not Found", "Method Not Allowed"}:
         message = _HTTP_MESSAGES.get(exc.status_code, "request failed")
-    return error(exc.status_code, message, headers=exc.headers)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
+    return error(exc.status_code, message, headers=headers)
 
 
 async def _body_too_large(request: Request, exc: Exception) -> Response:

@@ -219,6 +219,7 @@ class BackupService:
             ):
                 yield chunk
         except BlobNotFound:
+            await self._raise_if_rotated(download)
             logger.error(
                 "stored object of %s v%d is missing",
                 download.version.collection_id,
@@ -228,6 +229,13 @@ class BackupService:
         except StorageError as exc:
             raise DependencyUnavailable(STORAGE_UNAVAILABLE) from exc
 
+    async def _raise_if_rotated(self, download: Download) -> None:
+        """A missing object of a version that is no longer live was rotated away after the
+        download resolved it: answer 404, as a moment later."""
+        version = download.version
+        if await self._versions.get_version(version.collection_id, version.number) is None:
+            raise NotFound(VERSION_NOT_FOUND)
+
     async def ensure_object(self, download: Download) -> None:
         """Refuse a download whose object vanished with a clear error rather than a stream
         that breaks after the headers were sent."""
@@ -236,6 +244,7 @@ class BackupService:
         except StorageError as exc:
             raise DependencyUnavailable(STORAGE_UNAVAILABLE) from exc
         if info is None:
+            await self._raise_if_rotated(download)
             raise DependencyUnavailable(
                 "the stored object of this version is missing; the collection health report "
                 "shows which"

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -15,13 +17,16 @@ from backup_repository.domain.errors import InvalidInput, RequestTimeout
 from backup_repository.http.bodies import upload_stream
 from backup_repository.http.deps import Auth, ServicesDep
 from backup_repository.http.envelope import error, ok, rfc3339
+from backup_repository.http.routers import responses as docs
 from backup_repository.services.backups import Download, Usage
 from backup_repository.services.ports import VersionRecord
 
 router = APIRouter(tags=["collections"])
 
-CollectionId = Annotated[str, Path(max_length=255)]
-VersionRef = Annotated[str, Path(max_length=32)]
+CollectionId = Annotated[str, Path(max_length=255, examples=["db-prod"])]
+VersionRef = Annotated[
+    str, Path(max_length=32, description="a number, vN or latest", examples=["latest", "v1"])
+]
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _CONTENT_LENGTH = re.compile(r"^\d{1,19}$")
 
@@ -41,6 +46,23 @@ UPLOAD_DOC: dict[str, Any] = {
             },
         },
     }
+}
+
+
+_BINARY = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The whole file", "content": _BINARY},
+    206: {"description": "The requested range (Content-Range)", "content": _BINARY},
+    304: {"description": "If-None-Match matched the ETag"},
+    **docs.errors(403, 404, 416),
+}
+HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **docs.ok(docs.HealthEnvelope, "Every check passed"),
+    **docs.errors(403, 404, unauthorized=False),
+    500: {
+        "model": docs.FailedHealthEnvelope | docs.ErrorEnvelope,
+        "description": "One of the checks failed (each is listed), or a server fault",
+    },
 }
 
 
@@ -78,7 +100,14 @@ async def _with_deadline(chunks: AsyncIterator[bytes], seconds: float) -> AsyncI
         yield chunk
 
 
-@router.post("/api/stable/repository/collection/{collectionId}/version", openapi_extra=UPLOAD_DOC)
+@router.post(
+    "/api/stable/repository/collection/{collectionId}/version",
+    openapi_extra=UPLOAD_DOC,
+    responses={
+        **docs.ok(docs.UploadEnvelope, "Stored as a new version"),
+        **docs.errors(403, 404, 408, 409),
+    },
+)
 @router.post(
     "/api/alpha/repository/collection/{collectionId}/version",
     openapi_extra=UPLOAD_DOC,
@@ -93,7 +122,15 @@ async def upload(
     content_length = int(length_header) if length_header is not None else None
     if content_length == 0:
         raise InvalidInput("sent empty data")
-    body = upload_stream(request.headers.get("content-type", ""), request.stream())
+    # Until the body has been read to its end, an error answer drains it (http/errors.py).
+    request.state.unread_body = True
+
+    async def tracked() -> AsyncIterator[bytes]:
+        async for chunk in request.stream():
+            yield chunk
+        request.state.unread_body = False
+
+    body = upload_stream(request.headers.get("content-type", ""), tracked())
     limit = services.settings.http_upload_timeout.total_seconds()
     try:
         async with asyncio.timeout(limit):
@@ -113,7 +150,10 @@ def _is_raw(request: Request) -> bool:
     return media not in {"multipart/form-data", "application/x-www-form-urlencoded"}
 
 
-@router.get("/api/stable/repository/collection/{collectionId}/version")
+@router.get(
+    "/api/stable/repository/collection/{collectionId}/version",
+    responses={**docs.ok(docs.VersionsEnvelope), **docs.errors(403, 404)},
+)
 @router.get("/api/alpha/repository/collection/{collectionId}/version", include_in_schema=False)
 async def list_versions(
     collectionId: CollectionId, auth: Auth, services: ServicesDep
@@ -128,7 +168,10 @@ async def list_versions(
     )
 
 
-@router.get("/api/stable/repository/collection")
+@router.get(
+    "/api/stable/repository/collection",
+    responses={**docs.ok(docs.CollectionsEnvelope), **docs.errors()},
+)
 @router.get("/api/alpha/repository/collection", include_in_schema=False)
 async def list_collections(auth: Auth, services: ServicesDep) -> JSONResponse:
     found = await services.backups.list_collections(auth)
@@ -165,11 +208,20 @@ def _parse_range(header: str | None) -> tuple[int | None, int | None] | None:
     return first, last
 
 
+def content_disposition(filename: str) -> str:
+    """``attachment`` with the file name; a name that is not plain ASCII (header values are
+    Latin-1 bytes) is sent as RFC 6266 ``filename*`` with an ASCII fallback."""
+    if filename.isascii():
+        return f'attachment; filename="{filename}"'
+    fallback = "".join(ch if ch.isascii() else "_" for ch in filename)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
 def _download_headers(download: Download) -> dict[str, str]:
     version = download.version
     digest = base64.b64encode(bytes.fromhex(version.sha256)).decode()
     headers = {
-        "Content-Disposition": f'attachment; filename="{version.filename}"',
+        "Content-Disposition": content_disposition(version.filename),
         "Content-Length": str(download.length),
         "ETag": f'"{version.sha256}"',
         "Digest": f"sha-256={digest}",
@@ -184,10 +236,16 @@ def _download_headers(download: Download) -> dict[str, str]:
     return headers
 
 
-@router.api_route(
+# GET and HEAD as two routes: one route with both methods gives both the same operation id.
+@router.get(
     "/api/stable/repository/collection/{collectionId}/version/{version}",
-    methods=["GET", "HEAD"],
     response_class=StreamingResponse,
+    responses=DOWNLOAD_RESPONSES,
+)
+@router.head(
+    "/api/stable/repository/collection/{collectionId}/version/{version}",
+    response_class=StreamingResponse,
+    responses=DOWNLOAD_RESPONSES,
 )
 @router.api_route(
     "/api/alpha/repository/collection/{collectionId}/version/{version}",
@@ -214,20 +272,39 @@ async def download(
         return Response(status_code=status, headers=headers, media_type="application/octet-stream")
     if prepared.local_path is not None and "range" not in request.headers:
         # Sent by the server itself (zero-copy where it supports the ASGI path-send extension).
+        # Stat here, not in FileResponse: a rotation may have deleted the file since
+        # ensure_object, and here that still becomes a clean 404 (or 503 if still live).
+        try:
+            stat_result = await asyncio.to_thread(os.stat, prepared.local_path)
+        except FileNotFoundError:
+            await services.backups.ensure_object(prepared)
+            raise
         del headers["Content-Length"]
         return FileResponse(
-            prepared.local_path, headers=headers, media_type="application/octet-stream"
+            prepared.local_path,
+            headers=headers,
+            media_type="application/octet-stream",
+            stat_result=stat_result,
         )
     limit = services.settings.http_download_timeout.total_seconds()
+    # The first chunk before the headers: a missing object is still a clean 404/503.
+    chunks = services.backups.stream(prepared)
+    first = await anext(chunks, b"")
+
+    async def whole() -> AsyncIterator[bytes]:
+        yield first
+        async for chunk in chunks:
+            yield chunk
+
     return StreamingResponse(
-        _with_deadline(services.backups.stream(prepared), limit),
+        _with_deadline(whole(), limit),
         status_code=status,
         headers=headers,
         media_type="application/octet-stream",
     )
 
 
-@router.get("/api/stable/repository/collection/{collectionId}/health")
+@router.get("/api/stable/repository/collection/{collectionId}/health", responses=HEALTH_RESPONSES)
 @router.get("/api/alpha/repository/collection/{collectionId}/health", include_in_schema=False)
 async def collection_health(
     request: Request,
