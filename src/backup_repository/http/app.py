@@ -22,6 +22,7 @@ from backup_repository.http.deps import Services
 from backup_repository.http.middleware import (
     BodyLimitMiddleware,
     ClientAddressMiddleware,
+    HeaderLimitMiddleware,
     RateLimitMiddleware,
 )
 from backup_repository.http.ratelimit import RateLimiter
@@ -42,6 +43,8 @@ from backup_repository.storage.urls import redact_storage_url
 
 logger = logging.getLogger(__name__)
 
+STORAGE_IDLE_TIMEOUT = 60.0
+
 
 def create_app(settings: Settings, on_started: Callable[[], None] | None = None) -> FastAPI:
     @asynccontextmanager
@@ -49,8 +52,11 @@ def create_app(settings: Settings, on_started: Callable[[], None] | None = None)
         engine = create_engine(settings.db_url)
         provider = FilesystemProvider(settings.config_local_path, settings.namespace)
         hasher = PasswordHasher(settings.password_hash_concurrency)
+        # The storage client waits at most STORAGE_IDLE_TIMEOUT for any single answer; the
+        # whole transfer of a file is bounded by --storage-io-timeout in the services.
         store = open_blob_store(
-            settings.storage_url, io_timeout=settings.storage_io_timeout.total_seconds()
+            settings.storage_url,
+            io_timeout=min(STORAGE_IDLE_TIMEOUT, settings.storage_io_timeout.total_seconds()),
         )
         try:
             logger.info("database: %s", render_url_safely(settings.db_url))
@@ -119,4 +125,5 @@ def create_app(settings: Settings, on_started: Callable[[], None] | None = None)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_body)
     app.add_middleware(RateLimitMiddleware, limiter=limiter)
     app.add_middleware(ClientAddressMiddleware, trusted_proxies=settings.trusted_proxies)
+    app.add_middleware(HeaderLimitMiddleware)
     return app

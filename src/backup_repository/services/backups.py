@@ -403,12 +403,21 @@ class BackupService:
             # The name may now be the next holder's: leave it alone (its clean-up removes
             # the object if nobody records it).
             raise Conflict(PARALLEL_UPLOAD) from exc
+        except (DependencyUnavailable, asyncio.CancelledError):
+            # The connection broke or the request was cancelled while committing: the
+            # version may well be recorded, so its object stays. If it was not, the next
+            # clean-up under the lock removes it (the counter tells which).
+            raise
         except BaseException:
-            # Not recorded: the object must not stay behind as an orphan.
+            # Certainly not recorded: the object must not stay behind as an orphan.
             await asyncio.shield(self._delete_quietly(key))
             raise
         logger.info("stored %s v%d (%d bytes) for %s", collection.name, number, size, ctx.user.name)
-        await self._purge(rotated_records)
+        try:
+            await self._purge(rotated_records)
+        except Exception:
+            # Recorded and answered as stored; the next clean-up purges what is left.
+            logger.exception("could not purge the rotated versions of %s", collection.name)
         return record
 
     async def _purge(self, versions: Sequence[VersionRecord]) -> None:

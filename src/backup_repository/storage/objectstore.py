@@ -155,6 +155,8 @@ class ObstoreBlobStore:
         self._part_size = part_size
         self._upload_concurrency = upload_concurrency
         self._probe_timeout = probe_timeout
+        self._probe_key = f"{PROBE_PREFIX}{secrets.token_hex(16)}"
+        self._probe_lock = asyncio.Lock()
         self._abort_timeout = abort_timeout
 
     def __repr__(self) -> str:
@@ -341,10 +343,13 @@ class ObstoreBlobStore:
     # -- operations --------------------------------------------------------------------------
 
     async def probe(self) -> None:
-        key = f"{PROBE_PREFIX}{secrets.token_hex(16)}"
+        # One key per store instance, probes one at a time: a probe cut off by a timeout
+        # may still land its write later, and the next successful probe removes it, so
+        # hung storage leaves at most one object under .health/ per replica.
+        key = self._probe_key
         payload = secrets.token_bytes(64)
         try:
-            async with asyncio.timeout(self._probe_timeout):
+            async with asyncio.timeout(self._probe_timeout), self._probe_lock:
                 await self._round_trip(key, payload)
         except TimeoutError:
             raise StorageUnavailable(
