@@ -1,0 +1,124 @@
+"""Plain-text tables and sizes for ``versions`` and ``collections``: stable output for
+people and for ``grep``/``awk`` (``--json`` gives the server's data unchanged)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+_FRACTION = re.compile(r"\.[0-9]+(?=Z|[+-][0-9]{2}:?[0-9]{2}$|$)")
+
+
+def human_size(size: object) -> str:
+    """``1536`` -> ``1.5 KiB``; anything that is not a number of bytes -> ``-``."""
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        return "-"
+    value = float(size)
+    for unit in _UNITS:
+        if value < 1024 or unit == _UNITS[-1]:
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, right: int = 0) -> str:
+    """Columns separated by two spaces; the first ``right`` columns are right-aligned."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for index, cell in enumerate(row):
+            widths[index] = max(widths[index], len(cell))
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [
+            cell.rjust(widths[i]) if i < right else cell.ljust(widths[i])
+            for i, cell in enumerate(cells)
+        ]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([line(headers), *(line(row) for row in rows)])
+
+
+def _text(value: object) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
+def _when(value: object) -> str:
+    """``2026-11-27T01:00:00.123456Z`` -> ``2026-11-27 01:00:00Z`` (shorter, still UTC)."""
+    if not isinstance(value, str) or not value:
+        return "-"
+    return _FRACTION.sub("", value).replace("T", " ", 1)
+
+
+def _short_sha(value: object) -> str:
+    return value[:16] if isinstance(value, str) and value else "-"
+
+
+def usage_line(collection_id: str, usage: Mapping[str, Any]) -> str:
+    count = usage.get("versions")
+    return (
+        f"collection {collection_id}: {_text(count)} version(s), "
+        f"{human_size(usage.get('bytesUsed'))} used of {human_size(usage.get('maxCollectionSize'))}"
+        f" (at most {_text(usage.get('maxBackupsCount'))} versions of "
+        f"{human_size(usage.get('maxOneVersionSize'))} each)"
+    )
+
+
+def versions_table(data: Mapping[str, Any]) -> str:
+    """The listing of one collection, newest first, as the server sends it."""
+    versions: Sequence[Mapping[str, Any]] = data.get("versions") or []
+    rows = [
+        [
+            _text(v.get("versionNumber")),
+            human_size(v.get("filesize")),
+            _when(v.get("CreatedAt")),
+            _short_sha(v.get("sha256")),
+            _text(v.get("user")),
+            _text(v.get("filename")),
+        ]
+        for v in versions
+    ]
+    table = format_table(
+        ["VERSION", "SIZE", "CREATED (UTC)", "SHA-256", "USER", "FILENAME"], rows, right=2
+    )
+    usage = data.get("usage")
+    header = (
+        usage_line(str(data.get("collectionId", "?")), usage) if isinstance(usage, Mapping) else ""
+    )
+    return f"{header}\n{table}" if header else table
+
+
+def collections_table(data: Mapping[str, Any]) -> str:
+    collections: Sequence[Mapping[str, Any]] = data.get("collections") or []
+    rows = []
+    for c in collections:
+        usage = c.get("usage") if isinstance(c.get("usage"), Mapping) else {}
+        assert isinstance(usage, Mapping)
+        windows = c.get("windows") or []
+        rows.append(
+            [
+                _text(c.get("id")),
+                f"{_text(usage.get('versions'))}/{_text(usage.get('maxBackupsCount'))}",
+                human_size(usage.get("bytesUsed")),
+                human_size(usage.get("maxCollectionSize")),
+                human_size(usage.get("maxOneVersionSize")),
+                _text(c.get("strategyName")),
+                ", ".join(_text(w.get("from")) for w in windows if isinstance(w, Mapping))
+                or "any time",
+                _text(c.get("description")),
+            ]
+        )
+    return format_table(
+        [
+            "ID",
+            "VERSIONS",
+            "USED",
+            "MAX TOTAL",
+            "MAX VERSION",
+            "STRATEGY",
+            "WINDOWS",
+            "DESCRIPTION",
+        ],
+        rows,
+    )
