@@ -136,6 +136,15 @@ def check_cron(value: str) -> str:
     return expression
 
 
+# A file name may have at most 255 bytes on common file systems; the version number is
+# counted with 20 digits, more than any collection will reach.
+MAX_FILENAME_BYTES = 255
+_LONGEST_VERSION = "9" * 20
+# obstore writes a local object through a staging file "<name>#<digits>" and treats names
+# of that shape as unfinished writes, so a file name must not look like one.
+_STAGING_SUFFIX = re.compile(r"#[0-9]+\Z")
+
+
 def check_filename_template(value: str) -> str:
     if VERSION_PLACEHOLDER not in value:
         raise ValueError(f"must contain {VERSION_PLACEHOLDER} (replaced by the version number)")
@@ -146,6 +155,16 @@ def check_filename_template(value: str) -> str:
     if '"' in value or any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
         # The file name ends up in a Content-Disposition header.
         raise ValueError("must not contain quotes or control characters")
+    longest = value.replace(VERSION_PLACEHOLDER, _LONGEST_VERSION)
+    if len(longest.encode("utf-8", "surrogatepass")) > MAX_FILENAME_BYTES:
+        raise ValueError(
+            f"is too long: a file name may have at most {MAX_FILENAME_BYTES} bytes (UTF-8, "
+            f"with the version number counted as {len(_LONGEST_VERSION)} digits)"
+        )
+    if _STAGING_SUFFIX.search(value.replace(VERSION_PLACEHOLDER, "1")):
+        raise ValueError(
+            "must not end with '#' and digits (the storage's name for an unfinished write)"
+        )
     return value
 
 

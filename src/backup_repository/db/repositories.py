@@ -67,6 +67,8 @@ class SqlSessionRepository:
             await connection.execute(insert(GrantedAccess).values(**values))
 
     async def get(self, session_id: str) -> SessionRecord | None:
+        if not _storable(session_id):
+            return None
         statement = select(*_SESSION_COLUMNS).where(
             GrantedAccess.id == session_id, GrantedAccess.deleted_at.is_(None)
         )
@@ -76,6 +78,8 @@ class SqlSessionRepository:
 
     async def list_for_user(self, user: str) -> list[SessionRecord]:
         """Sessions of ``user``, newest first (ties broken by id, so the order is stable)."""
+        if not _storable(user):
+            return []
         statement = (
             select(*_SESSION_COLUMNS)
             .where(GrantedAccess.user_name == user, GrantedAccess.deleted_at.is_(None))
@@ -87,6 +91,8 @@ class SqlSessionRepository:
 
     async def deactivate(self, session_id: str) -> bool:
         """Mark a session revoked. True when it exists (also when it was revoked before)."""
+        if not _storable(session_id):
+            return False
         statement = (
             update(GrantedAccess)
             .where(GrantedAccess.id == session_id, GrantedAccess.deleted_at.is_(None))
@@ -144,6 +150,13 @@ async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _storable(value: str) -> bool:
+    """PostgreSQL text cannot hold NUL and refuses a statement carrying one, an error that
+    would pass for an outage (503). No stored row can match such a value (user names are
+    validated, session ids are hex), so lookups answer "nothing" without asking."""
+    return "\x00" not in value
 
 
 def _check_session(session: SessionRecord) -> None:

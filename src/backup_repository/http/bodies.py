@@ -9,7 +9,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from python_multipart.exceptions import FormParserError
-from python_multipart.multipart import MultipartParser, QuerystringParser, parse_options_header
+from python_multipart.multipart import (
+    MAX_BOUNDARY_LENGTH,
+    MultipartParser,
+    QuerystringParser,
+    parse_options_header,
+)
 
 from backup_repository.domain.errors import InvalidInput
 
@@ -24,6 +29,11 @@ def upload_stream(content_type: str, chunks: AsyncIterator[bytes]) -> AsyncItera
         boundary = params.get(b"boundary")
         if not boundary:
             raise InvalidInput("multipart/form-data without a boundary")
+        if len(boundary) > MAX_BOUNDARY_LENGTH:
+            # The parser would refuse it with its own exception, inside the upload (a 500).
+            raise InvalidInput(
+                f"multipart/form-data boundary longer than {MAX_BOUNDARY_LENGTH} characters"
+            )
         return _multipart_file(boundary, chunks)
     if media == b"application/x-www-form-urlencoded":
         return _urlencoded_file(chunks)

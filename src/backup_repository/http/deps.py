@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from backup_repository.domain.errors import AuthenticationFailed
 from backup_repository.services.auth import AuthContext, AuthService
@@ -50,7 +51,17 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 ClientIP = Annotated[str, Depends(get_client_ip)]
 
 
-async def get_auth(request: Request, services: ServicesDep, client_ip: ClientIP) -> AuthContext:
+# Declares the Bearer scheme in the OpenAPI description (and marks the operations that need
+# it); the header itself is checked by ``bearer_token``, which answers 401 in the envelope.
+_BEARER_SCHEME = HTTPBearer(
+    auto_error=False, scheme_name="bearerAuth", description="A token from /api/stable/auth/login"
+)
+BearerDoc = Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER_SCHEME)]
+
+
+async def get_auth(
+    request: Request, services: ServicesDep, client_ip: ClientIP, _scheme: BearerDoc
+) -> AuthContext:
     return await services.auth.authenticate(bearer_token(request), client_ip)
 
 

@@ -15,6 +15,7 @@ from backup_repository.domain.units import parse_ttl
 from backup_repository.http.deps import Auth, ClientIP, ServicesDep
 from backup_repository.http.envelope import ok, rfc3339
 from backup_repository.http.errors import describe_validation_error
+from backup_repository.http.routers import responses as docs
 from backup_repository.services.auth import MISSING_CREDENTIALS, ScopeElementInput
 from backup_repository.services.ports import SessionRecord
 from backup_repository.services.tokens import IssuedToken
@@ -52,11 +53,30 @@ class LoginRequest(BaseModel):
             raise InvalidInput(f"ttl: {exc}") from None
 
 
+def _inline_definitions(schema: Any, definitions: dict[str, Any] | None = None) -> Any:
+    """The JSON schema with its ``$defs`` references replaced by their definitions: inside an
+    OpenAPI document ``#/$defs/...`` would point at the document's root, where there is none."""
+    if definitions is None and isinstance(schema, dict):
+        definitions = schema.get("$defs", {})
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/") and definitions:
+            return _inline_definitions(definitions[ref.removeprefix("#/$defs/")], definitions)
+        return {
+            key: _inline_definitions(value, definitions)
+            for key, value in schema.items()
+            if key != "$defs"
+        }
+    if isinstance(schema, list):
+        return [_inline_definitions(item, definitions) for item in schema]
+    return schema
+
+
 _LOGIN_BODY_DOC: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": LoginRequest.model_json_schema()},
+            "application/json": {"schema": _inline_definitions(LoginRequest.model_json_schema())},
             "application/x-www-form-urlencoded": {
                 "schema": {
                     "type": "object",
@@ -83,7 +103,7 @@ async def _read_login(request: Request) -> LoginRequest:
         if scope:
             try:
                 raw["operationsScope"] = json.loads(scope)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):
                 raise InvalidInput("operationsScope: malformed JSON") from None
     else:
         body = await request.body()
@@ -91,7 +111,10 @@ async def _read_login(request: Request) -> LoginRequest:
             raise AuthenticationFailed(MISSING_CREDENTIALS)
         try:
             raw = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, RecursionError):
+            # Beyond JSONDecodeError and UnicodeDecodeError (both ValueErrors): a number of
+            # more than 4300 digits is a plain ValueError, and nesting deeper than the
+            # parser's limit ("[[[[..." fits 64 KiB) a RecursionError.
             raise InvalidInput("malformed JSON in request body") from None
     if not isinstance(raw, dict):
         raise InvalidInput("request body must be a JSON object")
@@ -125,7 +148,14 @@ def session_json(session: SessionRecord) -> dict[str, Any]:
     }
 
 
-@router.post("/login", openapi_extra=_LOGIN_BODY_DOC)
+@router.post(
+    "/login",
+    openapi_extra=_LOGIN_BODY_DOC,
+    responses={
+        **docs.ok(docs.TokenEnvelope, "Logged in"),
+        **docs.errors(408),
+    },
+)
 async def login(request: Request, services: ServicesDep, client_ip: ClientIP) -> JSONResponse:
     form = await _read_login(request)
     scope = [
@@ -138,13 +168,16 @@ async def login(request: Request, services: ServicesDep, client_ip: ClientIP) ->
     return ok({**_token_data(issued), "msg": "logged in"})
 
 
-@router.get("/refresh_token")
+@router.get(
+    "/refresh_token",
+    responses={**docs.ok(docs.TokenEnvelope, "A new token and session"), **docs.errors()},
+)
 async def refresh_token(auth: Auth, services: ServicesDep, client_ip: ClientIP) -> JSONResponse:
     issued, _ = await services.auth.refresh(auth, client_ip)
     return ok({**_token_data(issued), "msg": "token refreshed"})
 
 
-@router.get("/whoami")
+@router.get("/whoami", responses={**docs.ok(docs.WhoAmIEnvelope), **docs.errors()})
 async def whoami(auth: Auth) -> JSONResponse:
     return ok(
         {
@@ -158,7 +191,7 @@ async def whoami(auth: Auth) -> JSONResponse:
     )
 
 
-@router.delete("/logout")
+@router.delete("/logout", responses={**docs.ok(docs.LogoutEnvelope), **docs.errors(403, 404)})
 async def logout(
     auth: Auth,
     services: ServicesDep,
@@ -168,7 +201,7 @@ async def logout(
     return ok({"message": "JWT was revoked", "sessionId": revoked})
 
 
-@router.get("/token")
+@router.get("/token", responses={**docs.ok(docs.SessionsEnvelope), **docs.errors(403)})
 async def tokens(
     auth: Auth,
     services: ServicesDep,
@@ -178,7 +211,7 @@ async def tokens(
     return ok({"grantedAccesses": [session_json(s) for s in sessions]})
 
 
-@router.get("/user/{name}")
+@router.get("/user/{name}", responses={**docs.ok(docs.UserEnvelope), **docs.errors(403, 404)})
 async def user(name: str, auth: Auth, services: ServicesDep) -> JSONResponse:
     found = services.auth.lookup_user(auth, name)
     return ok({"email": found.email, "permissions": sorted(r.value for r in found.roles)})

@@ -203,9 +203,18 @@ def _parse_range(header: str | None) -> tuple[int | None, int | None] | None:
     match = _RANGE.match(header.strip())
     if match is None or (not match.group(1) and not match.group(2)):
         return None
-    first = int(match.group(1)) if match.group(1) else None
-    last = int(match.group(2)) if match.group(2) else None
-    return first, last
+    return _position(match.group(1)), _position(match.group(2))
+
+
+# Past the end of any file. Longer numbers are not converted: int() refuses more than 4300
+# digits (a 500), and a Range header may hold thousands.
+_BEYOND_ANY_FILE = 2**63
+
+
+def _position(digits: str) -> int | None:
+    if not digits:
+        return None
+    return int(digits) if len(digits) <= 19 else _BEYOND_ANY_FILE
 
 
 def content_disposition(filename: str) -> str:

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 
 from backup_repository.http.deps import ServicesDep
 from backup_repository.http.envelope import error, ok
+from backup_repository.http.routers import responses as docs
 from backup_repository.services.health import run_checks
 
 router = APIRouter(tags=["health"])
@@ -20,7 +21,10 @@ HEALTH_CODE_INVALID = (
 )
 
 
-@router.get("/health")
+@router.get(
+    "/health",
+    responses={**docs.ok(docs.AliveEnvelope), **docs.errors(unauthorized=False)},
+)
 async def health() -> JSONResponse:
     return ok(
         {
@@ -30,7 +34,17 @@ async def health() -> JSONResponse:
     )
 
 
-@router.get("/ready")
+@router.get(
+    "/ready",
+    responses={
+        **docs.ok(docs.HealthEnvelope, "Every check passed"),
+        **docs.errors(403, unauthorized=False),
+        500: {
+            "model": docs.FailedHealthEnvelope | docs.ErrorEnvelope,
+            "description": "One of the checks failed (each is listed), or a server fault",
+        },
+    },
+)
 async def ready(
     request: Request,
     services: ServicesDep,

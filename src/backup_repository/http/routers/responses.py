@@ -1,0 +1,257 @@
+"""Response documentation for the OpenAPI description: the envelope of every answer, the
+``data`` of each endpoint, and the error statuses an operation can answer with.
+
+These models only describe; handlers still build their JSON with :mod:`..envelope`. The
+schemathesis suite (``tests/security/test_schemathesis.py``) checks that every response
+matches what is written here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Doc(BaseModel):
+    # Descriptions of JSON the handlers write; later fields may be added without breaking
+    # clients, so extra properties are allowed.
+    model_config = ConfigDict(extra="allow")
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+class ErrorEnvelope(_Doc):
+    """Every error: ``status`` false and a readable ``error``; ``data`` is empty except for
+    failed health reports."""
+
+    status: Literal[False]
+    error: str
+    data: dict[str, Any]
+
+
+class UnauthorizedEnvelope(ErrorEnvelope):
+    """401: the reference's clients read the reason from ``message``."""
+
+    code: Literal[401]
+    message: str
+
+
+# -- auth ------------------------------------------------------------------------------------
+
+
+class GrantedAccess(_Doc):
+    """A session (an issued token), as the reference's ``GrantedAccess``."""
+
+    id: str = Field(description="SHA-256 hex of the token")
+    expiresAt: str
+    deactivated: bool
+    description: str
+    requesterIP: str
+    user: str
+    accessKeyName: str
+    CreatedAt: str | None
+    UpdatedAt: str | None
+    DeletedAt: None
+
+
+class TokenData(_Doc):
+    token: str
+    sessionId: str
+    expire: str = Field(description="RFC 3339")
+    msg: str
+
+
+class TokenEnvelope(_Doc):
+    status: Literal[True]
+    data: TokenData
+
+
+class WhoAmIData(_Doc):
+    email: str
+    permissions: list[str]
+    sessionId: str
+    grantedAccess: GrantedAccess
+    user: str
+    accessKeyName: str
+
+
+class WhoAmIEnvelope(_Doc):
+    status: Literal[True]
+    data: WhoAmIData
+
+
+class LogoutData(_Doc):
+    message: Literal["JWT was revoked"]
+    sessionId: str
+
+
+class LogoutEnvelope(_Doc):
+    status: Literal[True]
+    data: LogoutData
+
+
+class SessionsData(_Doc):
+    grantedAccesses: list[GrantedAccess]
+
+
+class SessionsEnvelope(_Doc):
+    status: Literal[True]
+    data: SessionsData
+
+
+class UserData(_Doc):
+    email: str
+    permissions: list[str]
+
+
+class UserEnvelope(_Doc):
+    status: Literal[True]
+    data: UserData
+
+
+# -- collections -----------------------------------------------------------------------------
+
+
+class Version(_Doc):
+    id: str
+    collectionId: str
+    versionNumber: int
+    filename: str
+    filesize: int
+    sha256: str
+    uploadedBySessionId: str
+    user: str
+    CreatedAt: str | None
+    UpdatedAt: str | None
+    DeletedAt: str | None
+
+
+class UploadData(_Doc):
+    version: Version
+
+
+class UploadEnvelope(_Doc):
+    status: Literal[True]
+    data: UploadData
+
+
+class Usage(_Doc):
+    versions: int
+    bytesUsed: int
+    maxBackupsCount: int
+    maxOneVersionSize: int
+    maxCollectionSize: int
+
+
+class VersionsData(_Doc):
+    collectionId: str
+    versions: list[Version]
+    usage: Usage
+
+
+class VersionsEnvelope(_Doc):
+    status: Literal[True]
+    data: VersionsData
+
+
+class Window(_Doc):
+    from_: str = Field(alias="from", description="5-field cron expression of the start")
+    duration: int = Field(description="seconds")
+
+
+class CollectionInfo(_Doc):
+    id: str
+    description: str
+    filenameTemplate: str
+    strategyName: str
+    windows: list[Window]
+    usage: Usage
+
+
+class CollectionsData(_Doc):
+    collections: list[CollectionInfo]
+
+
+class CollectionsEnvelope(_Doc):
+    status: Literal[True]
+    data: CollectionsData
+
+
+# -- health ----------------------------------------------------------------------------------
+
+
+class Check(_Doc):
+    name: str
+    status: bool
+    statusText: str
+    message: str
+    details: list[str] | None = None
+
+
+class HealthData(_Doc):
+    health: list[Check]
+
+
+class HealthEnvelope(_Doc):
+    status: Literal[True]
+    data: HealthData
+
+
+class FailedHealthEnvelope(_Doc):
+    status: Literal[False]
+    error: Literal["one of checks failed"]
+    data: HealthData
+
+
+class AliveData(_Doc):
+    msg: str
+
+
+class AliveEnvelope(_Doc):
+    status: Literal[True]
+    data: AliveData
+
+
+# -- error statuses per operation --------------------------------------------------------------
+
+_ERROR_TEXT: dict[int | str, str] = {
+    400: "Malformed request: bad JSON, wrong types, values over their limits, a bad "
+    "Content-Length header",
+    401: "Missing, malformed, forged, expired or revoked token; bad credentials; client "
+    "address outside the user's restrictByIP",
+    403: "Authenticated but not allowed",
+    404: "Unknown collection, version, user or session",
+    408: "The request took longer than its time limit (an upload: --http-upload-timeout; "
+    "another body: 30 s)",
+    409: "Another upload to this collection is in progress (on any replica)",
+    413: "Request body over its limit (64 KiB on every endpoint but uploads; the quota on uploads)",
+    416: "Requested range not satisfiable",
+    429: "Rate limit of the client's address exceeded; Retry-After says when to retry",
+    431: "Request headers over 32 KiB",
+    500: "A real server fault (logged; the body never holds a stack trace)",
+    503: "A dependency (database, storage) is unavailable",
+    "4XX": "Any other client error (e.g. 405 for a method the path does not support)",
+}
+
+# Every operation can answer these: the header and body limits and the Content-Length check
+# run before routing, the rate limit too, and a dependency can fail at any time.
+_COMMON: tuple[int | str, ...] = (400, 413, 429, 431, 500, 503, "4XX")
+
+
+def errors(*statuses: int | str, unauthorized: bool = True) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` entries for the error statuses of one operation: the common ones, the
+    given ones, and 401 unless the operation never refuses a caller as unauthenticated."""
+    wanted = [*_COMMON, *statuses]
+    if unauthorized:
+        wanted.append(401)
+    result: dict[int | str, dict[str, Any]] = {}
+    for status in sorted(set(wanted), key=str):
+        model = UnauthorizedEnvelope if status == 401 else ErrorEnvelope
+        result[status] = {"model": model, "description": _ERROR_TEXT[status]}
+    return result
+
+
+def ok(model: type[BaseModel], description: str = "Success") -> dict[int | str, dict[str, Any]]:
+    return {200: {"model": model, "description": description}}
