@@ -46,8 +46,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the padding helper and the gpg keyring
 
@@ -59,12 +57,12 @@ from throughput import (  # noqa: E402 - a sibling module of this script
     descendants,
     free_port,
     human,
+    launch_server,
     machine_line,
     read_status,
     reset_peak_rss,
     stop_process,
     tail,
-    wait_http,
 )
 
 MiB = 1024 * 1024
@@ -201,45 +199,19 @@ class Server:
         return self.process.pid
 
     def start(self, docs: list[dict[str, Any]]) -> None:
-        config = self.workdir / "config"
-        config.mkdir(parents=True)
-        self.storage.mkdir()
-        (config / "objects.yaml").write_text(yaml.safe_dump_all(docs, sort_keys=False))
-        command = [
-            sys.executable,
-            "-m",
-            "backup_repository",
-            f"--listen=127.0.0.1:{self.port}",
-            "--db-url",
-            f"sqlite:///{self.workdir / 'db.sqlite'}",
-            "--jwt-secret-key",
-            JWT_SECRET,
-            "--config-local-path",
-            str(config),
-            "--storage-url",
-            self.storage.as_uri(),
-            # Rate limits off except /health, which the load reaches through a trusted
-            # proxy on behalf of one client address to show 429 under load.
+        self.storage.mkdir(parents=True)
+        # Rate limits off except /health, which the load reaches through a trusted proxy on
+        # behalf of one client address to show 429 under load.
+        extra = [
             "--rate-default-limit=0",
             "--rate-auth-limit=0",
             "--rate-collection-health-limit=0",
             f"--rate-server-health-limit={RATE_LIMIT_PER_MINUTE}",
             "--trusted-proxies=127.0.0.1",
-            "--log-level=warning",
         ]
         if self.hash_concurrency is not None:
-            command.append(f"--password-hash-concurrency={self.hash_concurrency}")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BR_")}
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen(
-                command,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.workdir,
-                env=env,
-                start_new_session=True,
-            )
-        wait_http(self.url + "/health", self.process, self.log)
+            extra.append(f"--password-hash-concurrency={self.hash_concurrency}")
+        self.process = launch_server(self.workdir, self.port, docs, self.storage, self.log, extra)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -454,6 +454,57 @@ def wait_http(
 # --------------------------------------------------------------------------- our server
 
 
+NO_RATE_LIMITS = (
+    "--rate-default-limit=0",
+    "--rate-auth-limit=0",
+    "--rate-collection-health-limit=0",
+    "--rate-server-health-limit=0",
+)
+
+
+def launch_server(
+    workdir: Path,
+    port: int,
+    documents: list[dict[str, Any]],
+    storage: Path,
+    log: Path,
+    extra_args: Sequence[str] = (),
+) -> subprocess.Popen[bytes]:
+    """Start ``python -m backup_repository`` on a loopback port with SQLite, file://
+    storage and ``documents`` as its configuration, and wait until /health answers."""
+    config = workdir / "config"
+    config.mkdir(parents=True)
+    (config / "objects.yaml").write_text(yaml.safe_dump_all(documents, sort_keys=False))
+    command = [
+        sys.executable,
+        "-m",
+        "backup_repository",
+        f"--listen=127.0.0.1:{port}",
+        "--db-url",
+        f"sqlite:///{workdir / 'db.sqlite'}",
+        "--jwt-secret-key",
+        JWT_SECRET,
+        "--config-local-path",
+        str(config),
+        "--storage-url",
+        storage.as_uri(),
+        "--log-level=warning",
+        *extra_args,
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BR_")}
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+            env=env,
+            start_new_session=True,
+        )
+    wait_http(f"http://127.0.0.1:{port}/health", process, log)
+    return process
+
+
 class Server:
     def __init__(self, workdir: Path, password_hash: str, versions: int = 3) -> None:
         self.workdir = workdir
@@ -471,40 +522,11 @@ class Server:
         return self.process.pid
 
     def start(self) -> None:
-        config = self.workdir / "config"
-        config.mkdir(parents=True)
-        (config / "objects.yaml").write_text(yaml.safe_dump_all(self.documents(), sort_keys=False))
-        command = [
-            sys.executable,
-            "-m",
-            "backup_repository",
-            f"--listen=127.0.0.1:{self.port}",
-            "--db-url",
-            f"sqlite:///{self.workdir / 'db.sqlite'}",
-            "--jwt-secret-key",
-            JWT_SECRET,
-            "--config-local-path",
-            str(config),
-            "--storage-url",
-            (self.workdir / "storage").as_uri(),
-            "--rate-default-limit=0",
-            "--rate-auth-limit=0",
-            "--rate-collection-health-limit=0",
-            "--rate-server-health-limit=0",
-            "--log-level=warning",
-        ]
-        (self.workdir / "storage").mkdir()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BR_")}
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen(
-                command,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.workdir,
-                env=env,
-                start_new_session=True,
-            )
-        wait_http(self.url + "/health", self.process, self.log)
+        storage = self.workdir / "storage"
+        storage.mkdir(parents=True)
+        self.process = launch_server(
+            self.workdir, self.port, self.documents(), storage, self.log, NO_RATE_LIMITS
+        )
         self.token = self.login()
 
     def documents(self) -> list[dict[str, Any]]:
