@@ -61,6 +61,7 @@ from throughput import (  # noqa: E402 - a sibling module of this script
     machine_line,
     read_status,
     reset_peak_rss,
+    stop_on_signals,
     stop_process,
     tail,
 )
@@ -500,12 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: gpg is not installed", file=sys.stderr)
         return 2
 
-    def on_signal(signum: int, _frame: object) -> None:
-        raise Interrupted(signal.Signals(signum).name)
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
-    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    stop_on_signals()
 
     root = Path(tempfile.mkdtemp(prefix="br-load-"))
     state: dict[str, Any] = {}

@@ -64,6 +64,18 @@ class Interrupted(BaseException):
     """A signal asked the run to stop (raised from the handler, like KeyboardInterrupt)."""
 
 
+def stop_on_signals() -> None:
+    """SIGINT, SIGTERM and SIGHUP raise Interrupted, so the run cleans up on the way out;
+    output is line-buffered so a log shows progress as it happens."""
+
+    def on_signal(signum: int, _frame: object) -> None:
+        raise Interrupted(signal.Signals(signum).name)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+
+
 def parse_size(text: str) -> int:
     match = _SIZE.match(text)
     if not match:
@@ -726,13 +738,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {tool} is not installed", file=sys.stderr)
             return 2
 
-    def on_signal(signum: int, _frame: object) -> None:
-        raise Interrupted(signal.Signals(signum).name)
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
-
-    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    stop_on_signals()
     root = Path(tempfile.mkdtemp(prefix="br-bench-"))
     files = TestFiles(root / "files")
     nginx = Nginx(root / "nginx")
