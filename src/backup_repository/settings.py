@@ -71,10 +71,19 @@ class Settings(BaseModel):
     rate_auth_limit: int = Field(default=10, ge=0)
     rate_collection_health_limit: int = Field(default=10, ge=0)
     rate_server_health_limit: int = Field(default=160, ge=0)
-    provider: Literal["filesystem"] = "filesystem"
+    provider: Literal["filesystem", "kubernetes"] = "filesystem"
     config_local_path: Path
     namespace: str = "backup-repository"
+    # --provider=kubernetes: a kubeconfig file; None tries the in-cluster service account,
+    # then $KUBECONFIG / ~/.kube/config.
+    kubeconfig: Path | None = None
     log_level: LogLevel = "info"
+    # JSON lines for log collectors, or readable lines (make run).
+    log_format: Literal["json", "console"] = "json"
+    # Re-read every stored version this often and record the result; None: never.
+    verify_interval: timedelta | None = None
+    # /metrics requires the health check key (as /ready does) when set.
+    metrics_protected: bool = False
     redis_url: str | None = None
     trusted_proxies: tuple[IPNetwork, ...] = ()
     # Argon2 hashes computed at once; each takes 64 MiB with the reference parameters.

@@ -59,7 +59,16 @@ def _option(*names: str, env: str, **kwargs: Any) -> Callable[[F], F]:
     return decorator
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(
+    context_settings=CONTEXT_SETTINGS,
+    invoke_without_command=True,
+    # The reference's server takes flags only; the subcommands are ours.
+    subcommand_metavar="[COMMAND [ARGS]...]",
+)
+@click.pass_context
 @_option("--listen", env="BR_LISTEN", default=None, help="Address to listen on, e.g. :8080")
 @_option(
     "--db-url",
@@ -187,8 +196,15 @@ def _option(*names: str, env: str, **kwargs: Any) -> Callable[[F], F]:
     env="BR_CONFIG_PROVIDER",
     default="filesystem",
     show_default=True,
-    type=click.Choice(["filesystem"]),
+    type=click.Choice(["filesystem", "kubernetes"]),
     help="Where users and collections come from",
+)
+@_option(
+    "--kubeconfig",
+    env="BR_KUBECONFIG",
+    default=None,
+    help="kubeconfig file for --provider=kubernetes [default: in-cluster service account, "
+    "then $KUBECONFIG or ~/.kube/config]",
 )
 @_option(
     "--config-local-path",
@@ -210,6 +226,28 @@ def _option(*names: str, env: str, **kwargs: Any) -> Callable[[F], F]:
     default="info",
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error", "critical"], case_sensitive=False),
+)
+@_option(
+    "--log-format",
+    env="BR_LOG_FORMAT",
+    default=None,
+    type=click.Choice(["json", "console"]),
+    help="Log lines as JSON or readable text [default: json; console with --dev]",
+)
+@_option(
+    "--verify-interval",
+    env="BR_VERIFY_INTERVAL",
+    default="0",
+    show_default=True,
+    callback=_duration("--verify-interval"),
+    help="Re-read and check every stored version this often (e.g. 24h); 0: never",
+)
+@_option(
+    "--metrics-protected/--metrics-public",
+    env="BR_METRICS_PROTECTED",
+    default=False,
+    show_default=True,
+    help="Require the --health-check-key on /metrics",
 )
 @_option(
     "--redis-url",
@@ -243,8 +281,12 @@ def _option(*names: str, env: str, **kwargs: Any) -> Callable[[F], F]:
     default=False,
     help="Development defaults (make run): example configuration, generated JWT secret",
 )
-def main(**options: Any) -> None:
-    """Backup Repository: a storage server for end-to-end encrypted (OpenPGP) backups."""
+def main(ctx: click.Context, /, **options: Any) -> None:
+    """Backup Repository: a storage server for end-to-end encrypted (OpenPGP) backups.
+
+    Without a command, runs the server with the options given."""
+    if ctx.invoked_subcommand is not None:
+        return
     if options["encode_password"] is not None:
         click.echo(PasswordHasher(1).hash_sync(options["encode_password"]))
         return
@@ -260,8 +302,8 @@ def main(**options: Any) -> None:
     run_server(settings)
 
 
-def build_settings(options: dict[str, Any]) -> Settings:
-    dev: bool = options["dev_mode"]
+def resolve_db_url(options: dict[str, Any]) -> str:
+    """The database URL from ``--db-url`` or the ``--db-hostname``/``--db-*`` set."""
     postgres_parts = [options[k] for k in ("db_hostname", "db_user", "db_name", "db_password")]
     if any(postgres_parts):
         if options["db_url"]:
@@ -277,14 +319,24 @@ def build_settings(options: dict[str, Any]) -> Settings:
         )
     else:
         db_url = options["db_url"] or DEFAULT_DB_URL
+    return str(db_url)
 
+
+def resolve_storage_url(options: dict[str, Any]) -> str:
+    return str(options["storage_url"] or (Path.cwd() / "data" / "storage").as_uri())
+
+
+def build_settings(options: dict[str, Any]) -> Settings:
+    dev: bool = options["dev_mode"]
+    db_url = resolve_db_url(options)
     jwt_secret = options["jwt_secret_key"] or ""
     if not jwt_secret and dev:
         jwt_secret = _dev_secret()
     config_path = options["config_local_path"] or (
         str(DEV_CONFIG_PATH) if dev else "~/.backup-repository"
     )
-    storage_url = options["storage_url"] or (Path.cwd() / "data" / "storage").as_uri()
+    storage_url = resolve_storage_url(options)
+    verify_interval = options.get("verify_interval")
     listen = options["listen"] or ("127.0.0.1:8080" if dev else ":8080")
     values: dict[str, Any] = {
         "listen": Listen.parse(listen),
@@ -305,7 +357,13 @@ def build_settings(options: dict[str, Any]) -> Settings:
         "provider": options["provider"],
         "config_local_path": Path(config_path).expanduser(),
         "namespace": options["namespace"],
+        "kubeconfig": Path(options["kubeconfig"]).expanduser()
+        if options.get("kubeconfig")
+        else None,
         "log_level": options["log_level"].lower(),
+        "log_format": options.get("log_format") or ("console" if dev else "json"),
+        "verify_interval": verify_interval if verify_interval else None,
+        "metrics_protected": bool(options.get("metrics_protected", False)),
         "redis_url": options["redis_url"] or None,
         "trusted_proxies": options["trusted_proxies"],
         "password_hash_concurrency": options["password_hash_concurrency"],

@@ -29,6 +29,7 @@ from backup_repository.http.ratelimit import RateLimiter
 from backup_repository.http.routers import auth, collections, health
 from backup_repository.services.auth import AuthService
 from backup_repository.services.backups import BackupService
+from backup_repository.services.events import FanOut
 from backup_repository.services.health import (
     ConfigurationProviderValidator,
     DbValidator,
@@ -64,12 +65,15 @@ def create_app(settings: Settings, on_started: Callable[[], None] | None = None)
             await migrate(engine)
             await provider.start()
             database_health = SqlDatabaseHealth(engine)
+            # Every listener of what happens (audit log, metrics) joins this fan-out.
+            events = FanOut([])
             backups = BackupService(
                 config=provider,
                 versions=SqlVersionRepository(engine),
                 store=store,
                 io_timeout=settings.storage_io_timeout.total_seconds(),
                 lock_lease=settings.upload_lock_lease.total_seconds(),
+                events=events,
             )
             # In the background: an unreachable storage must not keep the server from
             # starting (and from reporting the problem in /ready).
@@ -82,8 +86,10 @@ def create_app(settings: Settings, on_started: Callable[[], None] | None = None)
                     hasher=hasher,
                     tokens=TokenCodec(settings.jwt_secret_key, settings.jwt_lifetime),
                     resolver=CachingResolver(),
+                    events=events,
                 ),
                 backups=backups,
+                events=events,
                 readiness=[
                     DbValidator(database_health),
                     StorageAvailabilityValidator(store),

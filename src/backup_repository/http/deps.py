@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from backup_repository.domain.errors import AuthenticationFailed
 from backup_repository.services.auth import AuthContext, AuthService
 from backup_repository.services.backups import BackupService
+from backup_repository.services.events import FanOut
 from backup_repository.services.health import ReadinessCheck
 from backup_repository.settings import Settings
 
@@ -23,6 +24,7 @@ class Services:
     settings: Settings
     auth: AuthService
     backups: BackupService
+    events: FanOut
     readiness: list[ReadinessCheck]
 
 
@@ -66,3 +68,19 @@ async def get_auth(
 
 
 Auth = Annotated[AuthContext, Depends(get_auth)]
+
+
+async def get_upload_auth(
+    request: Request, services: ServicesDep, client_ip: ClientIP, _scheme: BearerDoc
+) -> AuthContext:
+    """As :func:`get_auth`, and an upload refused for want of a valid token is told to the
+    event sink (audit log, metrics) as refused for ``auth``."""
+    try:
+        return await services.auth.authenticate(bearer_token(request), client_ip)
+    except AuthenticationFailed as exc:
+        collection_id = str(request.path_params.get("collectionId", ""))
+        await services.backups.upload_refused(None, collection_id, exc, client_ip=client_ip)
+        raise
+
+
+UploadAuth = Annotated[AuthContext, Depends(get_upload_auth)]

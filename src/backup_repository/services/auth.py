@@ -8,10 +8,24 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from backup_repository.domain import authz
-from backup_repository.domain.errors import AuthenticationFailed, Forbidden, InvalidInput, NotFound
+from backup_repository.domain.errors import (
+    AuthenticationFailed,
+    DomainError,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+)
 from backup_repository.domain.identity import COLLECTION, Login, ObjectGrant, User
 from backup_repository.domain.network import AddressRules
 from backup_repository.domain.roles import UnknownRole, parse_roles
+from backup_repository.services.events import (
+    Action,
+    Event,
+    EventSink,
+    NullSink,
+    Outcome,
+    short_session,
+)
 from backup_repository.services.passwords import PasswordHasher
 from backup_repository.services.ports import (
     ConfigurationProvider,
@@ -49,6 +63,7 @@ class AuthContext:
     token: str
     claims_issued_at: datetime
     claims_expires_at: datetime
+    client_ip: str = ""
 
     @property
     def user(self) -> User:
@@ -64,7 +79,9 @@ class AuthService:
         tokens: TokenCodec,
         resolver: HostResolver,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        events: EventSink | None = None,
     ) -> None:
+        self._events: EventSink = events or NullSink()
         self._config = config
         self._sessions = sessions
         self._hasher = hasher
@@ -81,6 +98,41 @@ class AuthService:
         client_ip: str,
         scope: Sequence[ScopeElementInput] | None = None,
         ttl: timedelta | None = None,
+    ) -> tuple[IssuedToken, SessionRecord]:
+        login = Login.parse(username) if username else Login("", "")
+        try:
+            issued, record = await self._login(username, password, client_ip, scope, ttl)
+        except DomainError as exc:
+            await self._events.emit(
+                Event(
+                    Action.LOGIN,
+                    Outcome.FAILURE,
+                    user=login.user[:255],
+                    access_key=login.access_key[:255],
+                    client_ip=client_ip,
+                    detail=exc.message,
+                )
+            )
+            raise
+        await self._events.emit(
+            Event(
+                Action.LOGIN,
+                Outcome.SUCCESS,
+                user=login.user,
+                access_key=login.access_key,
+                client_ip=client_ip,
+                session=short_session(record.id),
+            )
+        )
+        return issued, record
+
+    async def _login(
+        self,
+        username: str,
+        password: str,
+        client_ip: str,
+        scope: Sequence[ScopeElementInput] | None,
+        ttl: timedelta | None,
     ) -> tuple[IssuedToken, SessionRecord]:
         if not username or not password:
             raise AuthenticationFailed(MISSING_CREDENTIALS)
@@ -121,6 +173,17 @@ class AuthService:
         )
         login = Login(ctx.user.name, ctx.principal.access_key_name)
         record = await self._store(issued, login, client_ip, f"Refresh of {ctx.session.id}")
+        await self._events.emit(
+            Event(
+                Action.TOKEN_REFRESH,
+                Outcome.SUCCESS,
+                user=ctx.user.name,
+                access_key=ctx.principal.access_key_name,
+                client_ip=client_ip,
+                session=short_session(ctx.session.id),
+                detail=f"new session {short_session(record.id)}",
+            )
+        )
         return issued, record
 
     # -- authentication of requests ---------------------------------------------------------
@@ -148,14 +211,16 @@ class AuthService:
             token=token,
             claims_issued_at=claims.issued_at,
             claims_expires_at=claims.expires_at,
+            client_ip=client_ip,
         )
 
     # -- sessions and users -----------------------------------------------------------------
 
-    async def logout(self, ctx: AuthContext, session_id: str | None) -> str:
+    async def logout(self, ctx: AuthContext, session_id: str | None, client_ip: str = "") -> str:
         """Revoke the caller's session, or another one by id. Returns the revoked id."""
         if session_id is None or session_id == ctx.session.id:
             await self._sessions.deactivate(ctx.session.id)
+            await self._revoked(ctx, ctx.session, client_ip)
             return ctx.session.id
         target = await self._sessions.get(session_id)
         if target is None:
@@ -163,7 +228,22 @@ class AuthService:
         if not authz.may_revoke_session(ctx.principal, target.user, target.access_key_name):
             raise Forbidden(NO_PERMISSION_REVOKE)
         await self._sessions.deactivate(session_id)
+        await self._revoked(ctx, target, client_ip)
         return session_id
+
+    async def _revoked(self, ctx: AuthContext, target: SessionRecord, client_ip: str) -> None:
+        owner = target.user + (f"${target.access_key_name}" if target.access_key_name else "")
+        await self._events.emit(
+            Event(
+                Action.TOKEN_REVOKE,
+                Outcome.SUCCESS,
+                user=ctx.user.name,
+                access_key=ctx.principal.access_key_name,
+                client_ip=client_ip,
+                session=short_session(target.id),
+                detail=f"revoked session {short_session(target.id)} of {owner}",
+            )
+        )
 
     async def list_sessions(self, ctx: AuthContext, user_name: str | None) -> list[SessionRecord]:
         name = ctx.user.name if user_name is None else user_name

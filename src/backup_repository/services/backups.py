@@ -17,21 +17,33 @@ from datetime import UTC, datetime
 from backup_repository.domain import authz
 from backup_repository.domain.authz import CollectionAction
 from backup_repository.domain.errors import (
+    AuthenticationFailed,
     Conflict,
     DependencyUnavailable,
+    DomainError,
     Forbidden,
     InvalidInput,
     NotFound,
     PayloadTooLarge,
     RangeNotSatisfiable,
+    RequestTimeout,
 )
 from backup_repository.domain.identity import Collection
-from backup_repository.domain.openpgp import OpenPGPStreamChecker
+from backup_repository.domain.openpgp import NotOpenPGP, OpenPGPStreamChecker
 from backup_repository.domain.quota import max_upload_size
 from backup_repository.domain.rotation import versions_to_rotate
 from backup_repository.domain.versions import StoredVersion
 from backup_repository.domain.windows import is_window_open, upload_matches_windows
 from backup_repository.services.auth import AuthContext
+from backup_repository.services.events import (
+    Action,
+    Event,
+    EventSink,
+    NullSink,
+    Outcome,
+    RefusalReason,
+    short_session,
+)
 from backup_repository.services.health import CheckResult
 from backup_repository.services.ports import (
     ConfigurationProvider,
@@ -107,7 +119,9 @@ class BackupService:
         io_timeout: float,
         lock_lease: float = DEFAULT_LOCK_LEASE,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        events: EventSink | None = None,
     ) -> None:
+        self._events: EventSink = events or NullSink()
         self._config = config
         self._versions = versions
         self._store = store
@@ -195,7 +209,56 @@ class BackupService:
         byte_range: tuple[int | None, int | None] | None,
     ) -> Download:
         """Resolve and authorize a download; ``byte_range`` is a parsed single Range
-        ``(first, last)`` as in ``bytes=first-last`` (either may be None)."""
+        ``(first, last)`` as in ``bytes=first-last`` (either may be None). The download is
+        told to the event sink (as refused, with the error, when it is)."""
+        try:
+            download = await self._prepare_download(ctx, collection_id, version_ref, byte_range)
+        except DomainError as exc:
+            await self._events.emit(
+                self._event(
+                    ctx, Action.DOWNLOAD, Outcome.FAILURE, collection_id, detail=exc.message
+                )
+            )
+            raise
+        await self._events.emit(
+            self._event(
+                ctx,
+                Action.DOWNLOAD,
+                Outcome.SUCCESS,
+                collection_id,
+                version=download.version.number,
+                size=download.length,
+                detail="range" if download.partial else "",
+            )
+        )
+        return download
+
+    def _event(
+        self,
+        ctx: AuthContext,
+        action: Action,
+        outcome: Outcome,
+        collection_id: str,
+        **details: object,
+    ) -> Event:
+        return Event(
+            action,
+            outcome,
+            user=ctx.user.name,
+            access_key=ctx.principal.access_key_name,
+            client_ip=ctx.client_ip,
+            collection=collection_id[:255],
+            session=short_session(ctx.session.id),
+            **details,  # type: ignore[arg-type]
+        )
+
+    async def _prepare_download(
+        self,
+        ctx: AuthContext,
+        collection_id: str,
+        version_ref: str,
+        byte_range: tuple[int | None, int | None] | None,
+    ) -> Download:
         collection = self.collection(collection_id)
         self._authorize(ctx, collection, CollectionAction.DOWNLOAD, NOT_AUTHORIZED_DOWNLOAD)
         number = parse_version_ref(version_ref)
@@ -253,6 +316,78 @@ class BackupService:
     # -- upload --------------------------------------------------------------------------
 
     async def upload(
+        self,
+        ctx: AuthContext,
+        collection_id: str,
+        body: AsyncIterable[bytes],
+        content_length: int | None,
+    ) -> VersionRecord:
+        """Store ``body`` as the next version. Accepted and refused uploads are told to the
+        event sink with the bytes received and, when refused, the reason."""
+        received = 0
+
+        async def counted() -> AsyncIterator[bytes]:
+            nonlocal received
+            async for chunk in body:
+                received += len(chunk)
+                yield chunk
+
+        try:
+            record = await self._upload(ctx, collection_id, counted(), content_length)
+        except asyncio.CancelledError:
+            # The request's own time limit (told by the HTTP layer) or a shutdown.
+            raise
+        except BaseException as exc:
+            await self.upload_refused(ctx, collection_id, exc, received or content_length)
+            raise
+        await self._events.emit(
+            self._event(
+                ctx,
+                Action.UPLOAD,
+                Outcome.SUCCESS,
+                collection_id,
+                version=record.number,
+                size=record.size,
+            )
+        )
+        return record
+
+    async def upload_refused(
+        self,
+        ctx: AuthContext | None,
+        collection_id: str,
+        exc: BaseException,
+        size: int | None = None,
+        client_ip: str = "",
+    ) -> None:
+        """Tell the event sink an upload was refused; also called by the HTTP layer for what
+        it refuses before the service sees the upload (no valid token, bad headers, a
+        request that took too long)."""
+        reason = refusal_reason(exc)
+        detail = exc.message if isinstance(exc, DomainError) else type(exc).__name__
+        if ctx is not None:
+            event = self._event(
+                ctx,
+                Action.UPLOAD,
+                Outcome.FAILURE,
+                collection_id,
+                size=size,
+                reason=reason.value,
+                detail=detail,
+            )
+        else:
+            event = Event(
+                Action.UPLOAD,
+                Outcome.FAILURE,
+                client_ip=client_ip,
+                collection=collection_id[:255],
+                size=size,
+                reason=reason.value,
+                detail=detail,
+            )
+        await self._events.emit(event)
+
+    async def _upload(
         self,
         ctx: AuthContext,
         collection_id: str,
@@ -413,6 +548,18 @@ class BackupService:
             await asyncio.shield(self._delete_quietly(key))
             raise
         logger.info("stored %s v%d (%d bytes) for %s", collection.name, number, size, ctx.user.name)
+        for gone in rotated_records:
+            await self._events.emit(
+                self._event(
+                    ctx,
+                    Action.ROTATION_DELETE,
+                    Outcome.SUCCESS,
+                    collection.name,
+                    version=gone.number,
+                    size=gone.size,
+                    detail=f"rotated out by v{number} ({collection.strategy.name})",
+                )
+            )
         try:
             await self._purge(rotated_records)
         except Exception:
@@ -549,6 +696,29 @@ class BackupService:
         if problems:
             return CheckResult(name, False, "; ".join(problems), tuple(problems))
         return CheckResult(name, True, f"{len(live)} stored objects present with recorded sizes")
+
+
+def refusal_reason(exc: BaseException) -> RefusalReason:
+    """Why an upload failed, from the error that ended it."""
+    if isinstance(exc, AuthenticationFailed):
+        return RefusalReason.AUTH
+    if isinstance(exc, Forbidden):
+        return RefusalReason.WINDOW if exc.message == WINDOW_CLOSED else RefusalReason.AUTH
+    if isinstance(exc, Conflict):
+        return RefusalReason.LOCK
+    if isinstance(exc, PayloadTooLarge):
+        return RefusalReason.QUOTA
+    if isinstance(exc, NotOpenPGP):
+        return RefusalReason.OPENPGP
+    if isinstance(exc, NotFound):
+        return RefusalReason.NOT_FOUND
+    if isinstance(exc, InvalidInput):
+        return RefusalReason.INVALID
+    if isinstance(exc, RequestTimeout | TimeoutError):
+        return RefusalReason.TIMEOUT
+    if isinstance(exc, DependencyUnavailable | StorageError):
+        return RefusalReason.STORAGE
+    return RefusalReason.ABORTED
 
 
 def resolve_range(byte_range: tuple[int | None, int | None], size: int) -> tuple[int, int]:

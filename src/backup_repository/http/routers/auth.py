@@ -195,9 +195,10 @@ async def whoami(auth: Auth) -> JSONResponse:
 async def logout(
     auth: Auth,
     services: ServicesDep,
+    client_ip: ClientIP,
     session_id: Annotated[str | None, Query(alias="sessionId", max_length=128)] = None,
 ) -> JSONResponse:
-    revoked = await services.auth.logout(auth, session_id)
+    revoked = await services.auth.logout(auth, session_id, client_ip)
     return ok({"message": "JWT was revoked", "sessionId": revoked})
 
 

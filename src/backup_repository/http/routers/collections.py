@@ -13,9 +13,9 @@ from urllib.parse import quote
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
-from backup_repository.domain.errors import InvalidInput, RequestTimeout
+from backup_repository.domain.errors import DomainError, InvalidInput, RequestTimeout
 from backup_repository.http.bodies import upload_stream
-from backup_repository.http.deps import Auth, ServicesDep
+from backup_repository.http.deps import Auth, ServicesDep, UploadAuth
 from backup_repository.http.envelope import error, ok, rfc3339
 from backup_repository.http.routers import responses as docs
 from backup_repository.services.backups import Download, Usage
@@ -114,14 +114,20 @@ async def _with_deadline(chunks: AsyncIterator[bytes], seconds: float) -> AsyncI
     include_in_schema=False,
 )
 async def upload(
-    request: Request, collectionId: CollectionId, auth: Auth, services: ServicesDep
+    request: Request, collectionId: CollectionId, auth: UploadAuth, services: ServicesDep
 ) -> JSONResponse:
+    async def refused(exc: DomainError) -> DomainError:
+        # What is refused here, before or around the service, is told from here; the
+        # service tells everything else.
+        await services.backups.upload_refused(auth, collectionId, exc)
+        return exc
+
     length_header = request.headers.get("content-length")
     if length_header is not None and not _CONTENT_LENGTH.match(length_header):
-        raise InvalidInput("invalid Content-Length header")
+        raise await refused(InvalidInput("invalid Content-Length header"))
     content_length = int(length_header) if length_header is not None else None
     if content_length == 0:
-        raise InvalidInput("sent empty data")
+        raise await refused(InvalidInput("sent empty data"))
     # Until the body has been read to its end, an error answer drains it (http/errors.py).
     request.state.unread_body = True
 
@@ -141,7 +147,7 @@ async def upload(
                 content_length if _is_raw(request) else None,
             )
     except TimeoutError:
-        raise RequestTimeout("Request took too long") from None
+        raise await refused(RequestTimeout("Request took too long")) from None
     return ok({"version": version_json(version)})
 
 

@@ -1,0 +1,108 @@
+"""What happened, told once by the services and heard by whoever listens: the audit log
+(``services/audit.py``) and the metrics (``http/metrics.py``) are both ``EventSink``s.
+
+The services build an :class:`Event` at each action that matters to an operator (logins,
+token refreshes and revocations, uploads accepted or refused and why, downloads, rotation
+deletions, integrity results) and hand it to the one sink they were given; the
+composition root gives them a :class:`FanOut` of the real listeners. A listener must never
+make the action fail: :class:`FanOut` logs a listener's error and goes on.
+
+Events never carry secrets: no passwords, no tokens; sessions are named by the first 12
+characters of their id (the SHA-256 of the token), as in the logs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Protocol
+
+logger = logging.getLogger(__name__)
+
+
+class Action(StrEnum):
+    LOGIN = "login"
+    TOKEN_REFRESH = "token.refresh"  # noqa: S105 (an action name)
+    TOKEN_REVOKE = "token.revoke"  # noqa: S105 (an action name)
+    UPLOAD = "upload"
+    DOWNLOAD = "download"
+    ROTATION_DELETE = "rotation.delete"
+    VERIFY = "verify"
+
+
+class Outcome(StrEnum):
+    SUCCESS = "success"
+    FAILURE = "failure"
+
+
+class RefusalReason(StrEnum):
+    """Why an upload was refused (the ``reason`` of a failed upload event)."""
+
+    AUTH = "auth"  # no valid token, or no right to upload to this collection
+    WINDOW = "window"  # outside every backup window
+    LOCK = "lock"  # another upload to the collection is running
+    QUOTA = "quota"  # over maxOneVersionSize / maxCollectionSize
+    OPENPGP = "openpgp"  # not an OpenPGP message
+    NOT_FOUND = "not_found"  # no such collection
+    INVALID = "invalid"  # malformed request (empty body, bad Content-Length, bad form)
+    TIMEOUT = "timeout"  # the client was too slow
+    STORAGE = "storage"  # the storage or the database failed
+    ABORTED = "aborted"  # the client went away
+
+
+def short_session(session_id: str) -> str:
+    return session_id[:12]
+
+
+@dataclass(frozen=True)
+class Event:
+    action: Action
+    outcome: Outcome
+    user: str = ""  # the user name, without the access key
+    access_key: str = ""
+    client_ip: str = ""
+    collection: str = ""
+    version: int | None = None
+    size: int | None = None  # bytes uploaded, downloaded or deleted
+    reason: str = ""  # a RefusalReason value for uploads; free text otherwise
+    session: str = ""  # short_session() of the session acting (or revoked, for revocations)
+    detail: str = ""  # a human-readable message (an error text, what was revoked)
+    at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+class EventSink(Protocol):
+    async def emit(self, event: Event) -> None:
+        """Record or count the event. Should not raise; :class:`FanOut` guards anyway."""
+
+
+class NullSink:
+    async def emit(self, event: Event) -> None:
+        return None
+
+
+class RecordingSink:
+    """Keeps every event in memory (for tests of the services)."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    async def emit(self, event: Event) -> None:
+        self.events.append(event)
+
+
+class FanOut:
+    def __init__(self, sinks: Sequence[EventSink]) -> None:
+        self._sinks = list(sinks)
+
+    def add(self, sink: EventSink) -> None:
+        self._sinks.append(sink)
+
+    async def emit(self, event: Event) -> None:
+        for sink in self._sinks:
+            try:
+                await sink.emit(event)
+            except Exception:
+                logger.exception("event listener %s failed", type(sink).__name__)
