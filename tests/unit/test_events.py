@@ -1,0 +1,71 @@
+"""The event fan-out and the refusal reasons of uploads (services/events.py, backups.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from backup_repository.domain.errors import (
+    AuthenticationFailed,
+    Conflict,
+    DependencyUnavailable,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+)
+from backup_repository.domain.openpgp import EmptyUpload, NotOpenPGP
+from backup_repository.services.backups import (
+    NOT_AUTHORIZED_UPLOAD,
+    WINDOW_CLOSED,
+    refusal_reason,
+)
+from backup_repository.services.events import (
+    Action,
+    Event,
+    FanOut,
+    Outcome,
+    RecordingSink,
+    RefusalReason,
+)
+from backup_repository.storage.base import StorageError
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (AuthenticationFailed("expired"), RefusalReason.AUTH),
+        (Forbidden(NOT_AUTHORIZED_UPLOAD), RefusalReason.AUTH),
+        (Forbidden(WINDOW_CLOSED), RefusalReason.WINDOW),
+        (Conflict("cannot upload to same collection in parallel"), RefusalReason.LOCK),
+        (PayloadTooLarge("filesize reached allowed limit"), RefusalReason.QUOTA),
+        (NotOpenPGP("there is no OpenPGP packet"), RefusalReason.OPENPGP),
+        (NotFound("cannot find specified collection"), RefusalReason.NOT_FOUND),
+        (EmptyUpload(), RefusalReason.INVALID),
+        (InvalidInput("invalid Content-Length header"), RefusalReason.INVALID),
+        (RequestTimeout("Request took too long"), RefusalReason.TIMEOUT),
+        (DependencyUnavailable("storage is unavailable"), RefusalReason.STORAGE),
+        (StorageError("disk full"), RefusalReason.STORAGE),
+        (ConnectionResetError(), RefusalReason.ABORTED),
+    ],
+)
+def test_refusal_reason(error: BaseException, reason: RefusalReason) -> None:
+    assert refusal_reason(error) is reason
+
+
+class Failing:
+    async def emit(self, event: Event) -> None:
+        raise RuntimeError("listener broke")
+
+
+def test_a_failing_listener_does_not_stop_the_others(caplog: pytest.LogCaptureFixture) -> None:
+    first, last = RecordingSink(), RecordingSink()
+    fan = FanOut([first, Failing()])
+    fan.add(last)
+    event = Event(Action.LOGIN, Outcome.FAILURE, user="admin", client_ip="10.0.0.1")
+    asyncio.run(fan.emit(event))
+    assert first.events == [event]
+    assert last.events == [event]
+    assert "event listener Failing failed" in caplog.text
