@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-slow check lint typecheck format clean
+.PHONY: run test test-slow check lint typecheck format clean crds image
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,14 @@ check: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
+
+# The Helm chart carries copies of deploy/crds/ (tests/deploy checks they are identical).
+crds:
+	cp deploy/crds/backups.riotkit.org_*.yaml deploy/helm/backup-repository/crds/
+
+# Needs a Docker engine (none runs on the development machines of this project).
+image:
+	docker build -t backup-repository:$$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml) .
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

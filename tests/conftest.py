@@ -195,3 +195,23 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 # -- OpenPGP samples made by the real gpg ------------------------------------------------------
 
 from gpg_fixtures import gpg_home_fixture  # noqa: E402, F401 - registers the gpg_home fixture
+
+# -- no secret in any server log ---------------------------------------------------------------
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The log of every server the run started is searched for the JWT secret, the
+    passwords the tests configured and token-shaped strings (tests/log_scan.py, one pass per
+    file); anything found fails the run. test_no_secrets_in_logs.py is the thorough check."""
+    from log_scan import scan_logs
+    from support import JWT_SECRET, KNOWN_PASSWORDS, SERVER_LOGS
+
+    problems = scan_logs(SERVER_LOGS, JWT_SECRET, KNOWN_PASSWORDS)
+    if not problems:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_sep("=", "secrets found in server logs", red=True)
+        for problem in problems:
+            reporter.write_line(problem)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

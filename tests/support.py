@@ -23,11 +23,16 @@ import yaml
 from backup_repository.services.passwords import PasswordHasher
 
 JWT_SECRET = "test-secret-key-that-is-long-enough-for-hs256"
+# For the check at the end of the run (conftest.py) that no server log holds a secret: the
+# log of every server start_server() started, and every password given to user_doc().
+SERVER_LOGS: list[Path] = []
+KNOWN_PASSWORDS: set[str] = set()
 
 
 @functools.cache
 def password_hash(password: str) -> str:
     """Reference-format hash (base64 of the PHC string), computed once per password."""
+    KNOWN_PASSWORDS.add(password)
     return PasswordHasher(1).hash_sync(password)
 
 
@@ -188,6 +193,7 @@ def start_server(
         ]
     args += list(extra_args)
     log_path = workdir / f"server-{port}.log"
+    SERVER_LOGS.append(log_path)
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("BR_")}
     full_env.update(env or {})
     with log_path.open("wb") as log_file:

@@ -150,4 +150,9 @@ class Settings(BaseModel):
             parse_storage_url(self.storage_url)
         except ValueError as exc:
             raise SettingsError(f"--storage-url (BR_STORAGE_DRIVER_URL): {exc}") from None
+        if self.metrics_protected and not self.health_check_key:
+            raise SettingsError(
+                "--metrics-protected (BR_METRICS_PROTECTED) needs --health-check-key "
+                "(BR_HEALTH_CHECK_KEY): /metrics is protected by that key"
+            )
         return self

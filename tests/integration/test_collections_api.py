@@ -500,6 +500,7 @@ async def test_collection_health(client: Client, gpg_home: GpgHome, backend: Bac
         "VersionsSizeValidator",
         "SumOfVersionsValidator",
         "StoredObjectsValidator",
+        "VersionsIntegrityValidator",
     }
     assert all(c["status"] for c in checks.values())
     response = await client.get(url, headers={"Authorization": HEALTH_CODE})

@@ -19,8 +19,11 @@ from typing import Any, TypeVar
 import click
 from pydantic import ValidationError
 
+from backup_repository.cli.import_reference import import_reference
+from backup_repository.cli.verify import verify
 from backup_repository.db.urls import build_postgres_url
 from backup_repository.domain.units import parse_duration
+from backup_repository.logs import configure_logging
 from backup_repository.services.passwords import PasswordHasher
 from backup_repository.services.tokens import session_id_of
 from backup_repository.settings import Listen, Settings, SettingsError
@@ -298,8 +301,12 @@ def main(ctx: click.Context, /, **options: Any) -> None:
     except SettingsError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    _configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     run_server(settings)
+
+
+main.add_command(import_reference)
+main.add_command(verify)
 
 
 def resolve_db_url(options: dict[str, Any]) -> str:
@@ -395,19 +402,12 @@ def _dev_secret() -> str:
     return secret
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if level != "debug":
-        # Alembic announces every plugin and context at INFO; its own summary line suffices.
-        logging.getLogger("alembic").setLevel(logging.WARNING)
-
-
 def _banner(settings: Settings) -> None:
     url = settings.listen.url()
+    if settings.log_format == "json":
+        # Collectors read the output as JSON lines: one line instead of the drawing.
+        logger.info("Backup Repository is listening on %s", url)
+        return
     lines = [
         "",
         "=" * 78,

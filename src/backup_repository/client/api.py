@@ -160,13 +160,17 @@ class RepositoryClient:
         *,
         ttl: str | None = None,
         scope: list[dict[str, Any]] | None = None,
+        single_use: str | None = None,
     ) -> dict[str, Any]:
-        """``{token, sessionId, expire, ...}`` of a new session."""
+        """``{token, sessionId, expire, ...}`` of a new session; with ``single_use`` (a
+        collection) a token for one upload there."""
         body: dict[str, Any] = {"username": username, "password": password}
         if ttl:
             body["ttl"] = ttl
         if scope:
             body["operationsScope"] = {"elements": scope}
+        if single_use is not None:
+            body["singleUseUpload"] = single_use
         what = "login failed"
         with self.errors(what):
             response = self._http.post(f"{API}/auth/login", json=body)

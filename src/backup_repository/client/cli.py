@@ -303,6 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="narrow the token to a collection and roles (repeatable), e.g. "
         "db-prod=backupUploader",
     )  # fmt: skip
+    login.add_argument(
+        "--single-use", metavar="COLLECTION",
+        help="a token for exactly one upload to this collection, revoked by that upload",
+    )  # fmt: skip
     login.add_argument("--save-token", metavar="PATH", help="write the token to this file")
 
     versions = add(
@@ -606,7 +610,13 @@ def cmd_login(args: Arguments) -> int:
     secret = _password(args, sys.stdin)
     scope = parse_scope(args.flag("scope") or [])
     with _connection(args, token=False).open() as client:
-        data = client.login(str(username), secret, ttl=args.flag("ttl"), scope=scope)
+        data = client.login(
+            str(username),
+            secret,
+            ttl=args.flag("ttl"),
+            scope=scope,
+            single_use=args.flag("single_use"),
+        )
     token = str(data["token"])
     expire = data.get("expire", "?")
     save = args.flag("save_token")

@@ -29,6 +29,7 @@ _SESSION_COLUMNS: Final = (
     GrantedAccess.deactivated,
     GrantedAccess.created_at,
     GrantedAccess.updated_at,
+    GrantedAccess.single_use_collection,
 )
 
 
@@ -62,6 +63,7 @@ class SqlSessionRepository:
             "deactivated": session.deactivated,
             "created_at": created_at,
             "updated_at": session.updated_at or created_at,
+            "single_use_collection": session.single_use_collection,
         }
         async with transaction(self._engine) as connection:
             await connection.execute(insert(GrantedAccess).values(**values))
@@ -165,7 +167,7 @@ def _check_session(session: SessionRecord) -> None:
         if value is not None and value.utcoffset() is None:
             raise ValueError(f"session {name} must be a timezone-aware datetime")
     for name, limit in _TEXT_LIMITS.items():
-        length = len(getattr(session, name))
+        length = len(getattr(session, name) or "")
         if length > limit:
             raise ValueError(f"session {name} is {length} characters long, at most {limit}")
 
@@ -180,6 +182,7 @@ def _text_limits() -> dict[str, int]:
         ("access_key_name", "access_key_name"),
         ("requester_ip", "requester_ip"),
         ("description", "description"),
+        ("single_use_collection", "single_use_collection"),
     ):
         column_type = columns[column].type
         if not isinstance(column_type, String) or column_type.length is None:
@@ -202,4 +205,5 @@ def _to_record(row: RowMapping) -> SessionRecord:
         deactivated=row["deactivated"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        single_use_collection=row["single_use_collection"],
     )

@@ -11,6 +11,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Dialect,
+    ForeignKey,
     Integer,
     MetaData,
     String,
@@ -79,6 +80,8 @@ class GrantedAccess(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Single-use upload tokens: the collection of the one upload (migration 0005).
+    single_use_collection: Mapped[str | None] = mapped_column(String(255))
 
 
 class CollectionState(Base):
@@ -115,3 +118,58 @@ class BackupVersion(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class AuditEvent(Base):
+    """One recorded event of the audit log (services/audit.py). Rows are only ever added;
+    the id gives the order of recording (BIGINT on PostgreSQL; on SQLite an INTEGER
+    PRIMARY KEY, which is the 64-bit rowid)."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    action: Mapped[str] = mapped_column(String(32))
+    outcome: Mapped[str] = mapped_column(String(16))
+    user_name: Mapped[str] = mapped_column(String(255), index=True)
+    access_key_name: Mapped[str] = mapped_column(String(255))
+    client_ip: Mapped[str] = mapped_column(String(64))
+    collection_id: Mapped[str] = mapped_column(String(255), index=True)
+    version_number: Mapped[int | None] = mapped_column(Integer)
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    reason: Mapped[str] = mapped_column(String(64))
+    session: Mapped[str] = mapped_column(String(12))
+    detail: Mapped[str] = mapped_column(String(1024))
+
+
+class VersionCheckRow(Base):
+    """The latest integrity check of a version (``backup-repository verify``): one row per
+    version, replaced at each check (migration 0004)."""
+
+    __tablename__ = "version_checks"
+
+    version_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("backup_versions.id", ondelete="CASCADE"), primary_key=True
+    )
+    collection_id: Mapped[str] = mapped_column(String(255), index=True)
+    version_number: Mapped[int] = mapped_column(Integer)
+    checked_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # ok | corrupt | missing | unreadable (domain/integrity.py CheckStatus)
+    status: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str] = mapped_column(String(1024))
+    actual_size: Mapped[int | None] = mapped_column(BigInteger)
+    actual_sha256: Mapped[str | None] = mapped_column(String(64))
+
+
+class MaintenanceLease(Base):
+    """A named lease for work that one replica at a time should do (the scheduled integrity
+    check): taken with a compare-and-set, like the upload lock (migration 0004)."""
+
+    __tablename__ = "maintenance_leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(64))
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

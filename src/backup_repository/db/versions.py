@@ -8,13 +8,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import RowMapping, and_, func, insert, or_, select, update
+from sqlalchemy import RowMapping, and_, false, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from backup_repository.db.repositories import transaction
-from backup_repository.db.tables import BackupVersion, CollectionState
-from backup_repository.services.ports import LockLost, VersionRecord
+from backup_repository.db.tables import BackupVersion, CollectionState, GrantedAccess
+from backup_repository.services.ports import LockLost, SessionConsumed, VersionRecord
 
 _VERSION_COLUMNS: Final = (
     BackupVersion.id,
@@ -138,7 +138,11 @@ class SqlVersionRepository:
         return None if row is None else _to_record(row)
 
     async def commit_version(
-        self, version: VersionRecord, owner: str, rotated_ids: Sequence[str]
+        self,
+        version: VersionRecord,
+        owner: str,
+        rotated_ids: Sequence[str],
+        consume_session_id: str | None = None,
     ) -> None:
         now = _now()
         async with transaction(self._engine) as connection:
@@ -153,6 +157,20 @@ class SqlVersionRepository:
             )
             if advanced.rowcount != 1:
                 raise LockLost(f"upload lock of {version.collection_id} was taken over")
+            if consume_session_id is not None:
+                # A single-use token: whoever deactivates it first records their upload;
+                # raising here rolls the whole transaction back (the counter included).
+                consumed = await connection.execute(
+                    update(GrantedAccess)
+                    .where(
+                        GrantedAccess.id == consume_session_id,
+                        GrantedAccess.deactivated == false(),
+                        GrantedAccess.deleted_at.is_(None),
+                    )
+                    .values(deactivated=True, updated_at=now)
+                )
+                if consumed.rowcount != 1:
+                    raise SessionConsumed(f"session {consume_session_id[:12]} is not active")
             await connection.execute(
                 insert(BackupVersion).values(
                     id=version.id,
@@ -214,6 +232,15 @@ class SqlVersionRepository:
         async with transaction(self._engine) as connection:
             rows = (await connection.execute(statement)).all()
         return {str(r[0]): (int(r[1]), int(r[2])) for r in rows}
+
+    async def last_uploads(self) -> dict[str, datetime]:
+        # Over every recorded version, rotated ones included: the newest is the last upload.
+        statement = select(
+            BackupVersion.collection_id, func.max(BackupVersion.created_at)
+        ).group_by(BackupVersion.collection_id)
+        async with transaction(self._engine) as connection:
+            rows = (await connection.execute(statement)).all()
+        return {str(r[0]): r[1] for r in rows if r[1] is not None}
 
 
 def _to_record(row: RowMapping) -> VersionRecord:

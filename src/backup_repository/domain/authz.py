@@ -28,6 +28,11 @@ class CollectionAction(StrEnum):
     UPLOAD_OUTSIDE_WINDOW = "uploadOutsideWindow"
 
 
+# What a single-use upload token may do, on its one collection only.
+SINGLE_USE_ACTIONS: frozenset[CollectionAction] = frozenset(
+    {CollectionAction.UPLOAD, CollectionAction.UPLOAD_OUTSIDE_WINDOW}
+)
+
 # Any one of the roles suffices for the action.
 _ACTION_ROLES: dict[CollectionAction, tuple[Role, ...]] = {
     CollectionAction.UPLOAD: (Role.BACKUP_UPLOADER,),
@@ -43,6 +48,9 @@ class Principal:
     access_key: AccessKey | None = None
     # Elements of the operations scope the token was issued with; empty: not scoped.
     scope: tuple[ObjectGrant, ...] = ()
+    # The collection a single-use upload token was issued for (read from its session);
+    # None for every other token.
+    single_use_collection: str | None = None
 
     @property
     def access_key_name(self) -> str:
@@ -50,8 +58,13 @@ class Principal:
 
     @property
     def is_narrowed(self) -> bool:
-        """True when the token was issued for an access key or with an operations scope."""
-        return self.access_key is not None or bool(self.scope)
+        """True when the token was issued for an access key, with an operations scope or
+        for a single upload."""
+        return (
+            self.access_key is not None
+            or bool(self.scope)
+            or self.single_use_collection is not None
+        )
 
 
 def roles_allow(roles: Iterable[Role], action: CollectionAction) -> bool:
@@ -70,8 +83,13 @@ def _grant_roles(grants_: Iterable[ObjectGrant], object_type: str, name: str) ->
 def may_act_on_collection(
     principal: Principal, collection: Collection, action: CollectionAction
 ) -> bool:
-    """The three rules of SPEC section 5; all must hold."""
+    """The three rules of SPEC section 5; all must hold. A single-use upload token
+    additionally allows nothing but uploading to its one collection."""
     name = collection.name
+    if principal.single_use_collection is not None and (
+        name != principal.single_use_collection or action not in SINGLE_USE_ACTIONS
+    ):
+        return False
     if principal.access_key is not None and not roles_allow(
         _grant_roles(principal.access_key.objects, COLLECTION, name), action
     ):
@@ -95,16 +113,24 @@ def may_view_user(principal: Principal, user_name: str) -> bool:
 
 
 def may_list_sessions_of(principal: Principal, user_name: str) -> bool:
-    """Session listings: one's own, or any user's for a systemAdmin."""
+    """Session listings: one's own, or any user's for a systemAdmin; never with a single-use
+    upload token."""
+    if principal.single_use_collection is not None:
+        return False
     return principal.user.name == user_name or _has_global_role(principal, Role.SYSTEM_ADMIN)
 
 
-def may_revoke_session(principal: Principal, owner: str, owner_access_key: str) -> bool:
+def may_revoke_session(
+    principal: Principal, owner: str, owner_access_key: str, *, own_session: bool = False
+) -> bool:
     """Revoking: a session of one's own, or any for a systemAdmin.
 
     A narrowed token may revoke only sessions of its own access key, so that a leaked upload
-    key cannot log its owner out everywhere.
+    key cannot log its owner out everywhere; a single-use upload token only itself
+    (``own_session``: the target is the caller's own session).
     """
+    if principal.single_use_collection is not None:
+        return own_session
     if _has_global_role(principal, Role.SYSTEM_ADMIN):
         return True
     if principal.user.name != owner:
@@ -112,3 +138,27 @@ def may_revoke_session(principal: Principal, owner: str, owner_access_key: str) 
     if principal.is_narrowed:
         return owner_access_key == principal.access_key_name
     return True
+
+
+def may_read_audit(principal: Principal) -> bool:
+    """The audit log: a systemAdmin only, and only with a token that is not narrowed (an
+    access key or an operations scope names collections, never the whole server)."""
+    return _has_global_role(principal, Role.SYSTEM_ADMIN)
+
+
+def single_use_upload_scope(
+    principal: Principal, collection: Collection
+) -> tuple[ObjectGrant, ...] | None:
+    """The operations scope of a single-use upload token for ``collection``, issued to
+    ``principal`` (the user, the access key it logs in with and the scope it asks for);
+    None when the principal may not upload there at all.
+
+    The scope holds ``backupUploader`` on that collection, plus ``uploadsAnytime`` when the
+    principal has it there, so it never grants more than the principal had.
+    """
+    if not may_act_on_collection(principal, collection, CollectionAction.UPLOAD):
+        return None
+    roles = {Role.BACKUP_UPLOADER}
+    if may_act_on_collection(principal, collection, CollectionAction.UPLOAD_OUTSIDE_WINDOW):
+        roles.add(Role.UPLOADS_ANYTIME)
+    return (ObjectGrant(type=COLLECTION, name=collection.name, roles=frozenset(roles)),)

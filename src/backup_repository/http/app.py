@@ -13,12 +13,24 @@ from fastapi import FastAPI
 
 from backup_repository import __version__
 from backup_repository.config.filesystem import FilesystemProvider
+from backup_repository.config.kubernetes import KubernetesProvider
+from backup_repository.db.audit import SqlAuditRepository
 from backup_repository.db.engine import create_engine, migrate
+from backup_repository.db.integrity import SqlIntegrityRepository, SqlLeaseRepository
 from backup_repository.db.repositories import SqlDatabaseHealth, SqlSessionRepository
 from backup_repository.db.urls import render_url_safely
 from backup_repository.db.versions import SqlVersionRepository
-from backup_repository.http import errors
+from backup_repository.http import docs_ui, errors
+from backup_repository.http.application import App
 from backup_repository.http.deps import Services
+from backup_repository.http.metrics import (
+    Metrics,
+    MetricsMiddleware,
+    MetricsSink,
+    collection_source,
+    configuration_source,
+    integrity_source,
+)
 from backup_repository.http.middleware import (
     BodyLimitMiddleware,
     ClientAddressMiddleware,
@@ -26,7 +38,10 @@ from backup_repository.http.middleware import (
     RateLimitMiddleware,
 )
 from backup_repository.http.ratelimit import RateLimiter
-from backup_repository.http.routers import auth, collections, health
+from backup_repository.http.request_log import RequestIdMiddleware
+from backup_repository.http.routers import audit, auth, collections, health
+from backup_repository.http.routers import metrics as metrics_router
+from backup_repository.services.audit import AuditLog, AuditService
 from backup_repository.services.auth import AuthService
 from backup_repository.services.backups import BackupService
 from backup_repository.services.events import FanOut
@@ -35,8 +50,11 @@ from backup_repository.services.health import (
     DbValidator,
     StorageAvailabilityValidator,
 )
+from backup_repository.services.integrity import IntegrityService
 from backup_repository.services.passwords import PasswordHasher
+from backup_repository.services.ports import ConfigurationProvider
 from backup_repository.services.resolver import CachingResolver
+from backup_repository.services.stats import StatsService
 from backup_repository.services.tokens import TokenCodec
 from backup_repository.settings import Settings
 from backup_repository.storage.objectstore import open_blob_store
@@ -48,10 +66,17 @@ STORAGE_IDLE_TIMEOUT = 60.0
 
 
 def create_app(settings: Settings, on_started: Callable[[], None] | None = None) -> FastAPI:
+    # Its own registry per app; the scrape-time sources join once the database is open.
+    metrics = Metrics(__version__)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings.db_url)
-        provider = FilesystemProvider(settings.config_local_path, settings.namespace)
+        provider: ConfigurationProvider
+        if settings.provider == "kubernetes":
+            provider = KubernetesProvider(settings.namespace, settings.kubeconfig)
+        else:
+            provider = FilesystemProvider(settings.config_local_path, settings.namespace)
         hasher = PasswordHasher(settings.password_hash_concurrency)
         # The storage client waits at most STORAGE_IDLE_TIMEOUT for any single answer; the
         # whole transfer of a file is bounded by --storage-io-timeout in the services.
@@ -67,6 +92,21 @@ def create_app(settings: Settings, on_started: Callable[[], None] | None = None)
             database_health = SqlDatabaseHealth(engine)
             # Every listener of what happens (audit log, metrics) joins this fan-out.
             events = FanOut([])
+            audit_events = SqlAuditRepository(engine)
+            events.add(AuditLog(audit_events))
+            stats = StatsService(provider, SqlVersionRepository(engine))
+            events.add(MetricsSink(metrics, stats.is_configured))
+            metrics.add_source("collections", collection_source(stats))
+            metrics.add_source("configuration", configuration_source(stats))
+            integrity = IntegrityService(
+                versions=SqlVersionRepository(engine),
+                store=store,
+                results=SqlIntegrityRepository(engine),
+                io_timeout=settings.storage_io_timeout.total_seconds(),
+                events=events,
+                leases=SqlLeaseRepository(engine),
+            )
+            metrics.add_source("integrity", integrity_source(integrity))
             backups = BackupService(
                 config=provider,
                 versions=SqlVersionRepository(engine),
@@ -74,10 +114,20 @@ def create_app(settings: Settings, on_started: Callable[[], None] | None = None)
                 io_timeout=settings.storage_io_timeout.total_seconds(),
                 lock_lease=settings.upload_lock_lease.total_seconds(),
                 events=events,
+                health_checks=[integrity.health_check],
             )
             # In the background: an unreachable storage must not keep the server from
             # starting (and from reporting the problem in /ready).
             cleanup = asyncio.create_task(backups.clean_all(), name="start-up clean-up")
+            # Scheduled integrity checks (--verify-interval), one replica at a time.
+            scrubber = (
+                asyncio.create_task(
+                    integrity.run_periodically(settings.verify_interval.total_seconds()),
+                    name="integrity checks",
+                )
+                if settings.verify_interval
+                else None
+            )
             app.state.services = Services(
                 settings=settings,
                 auth=AuthService(
@@ -89,16 +139,23 @@ def create_app(settings: Settings, on_started: Callable[[], None] | None = None)
                     events=events,
                 ),
                 backups=backups,
+                integrity=integrity,
                 events=events,
+                audit=AuditService(audit_events),
                 readiness=[
                     DbValidator(database_health),
                     StorageAvailabilityValidator(store),
                     ConfigurationProviderValidator(provider),
                 ],
+                metrics=metrics,
             )
             if on_started is not None:
                 on_started()
             yield
+            if scrubber is not None:
+                scrubber.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await scrubber
             cleanup.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await cleanup
@@ -108,16 +165,19 @@ def create_app(settings: Settings, on_started: Callable[[], None] | None = None)
             hasher.close()
             await engine.dispose()
 
-    app = FastAPI(
+    app = App(
         title="Backup Repository",
         version=__version__,
         description="Storage server for end-to-end encrypted (OpenPGP) backups.",
         lifespan=lifespan,
     )
     errors.install(app)
+    docs_ui.install(app)
     app.include_router(health.router)
     app.include_router(auth.router)
     app.include_router(collections.router)
+    app.include_router(audit.router)
+    app.include_router(metrics_router.router)
 
     limiter = RateLimiter(
         default_per_second=settings.rate_default_limit,
@@ -132,4 +192,9 @@ def create_app(settings: Settings, on_started: Callable[[], None] | None = None)
     app.add_middleware(RateLimitMiddleware, limiter=limiter)
     app.add_middleware(ClientAddressMiddleware, trusted_proxies=settings.trusted_proxies)
     app.add_middleware(HeaderLimitMiddleware)
+    # Outermost: every request is counted, those refused by the middleware above included.
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    # Outside even Starlette's error layer: every log line of a request carries its id, and
+    # every response (a 500 too) the X-Request-ID header.
+    app.add_outermost_middleware(RequestIdMiddleware)
     return app

@@ -10,10 +10,13 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from backup_repository.domain.errors import AuthenticationFailed
+from backup_repository.http.metrics import Metrics
+from backup_repository.services.audit import AuditService
 from backup_repository.services.auth import AuthContext, AuthService
 from backup_repository.services.backups import BackupService
 from backup_repository.services.events import FanOut
 from backup_repository.services.health import ReadinessCheck
+from backup_repository.services.integrity import IntegrityService
 from backup_repository.settings import Settings
 
 
@@ -24,8 +27,11 @@ class Services:
     settings: Settings
     auth: AuthService
     backups: BackupService
+    integrity: IntegrityService
     events: FanOut
+    audit: AuditService
     readiness: list[ReadinessCheck]
+    metrics: Metrics
 
 
 def get_services(request: Request) -> Services:

@@ -11,6 +11,7 @@ from granian.constants import Interfaces
 from granian.log import LogLevels
 from granian.server.embed import Server
 
+from backup_repository.logs import granian_log_config
 from backup_repository.settings import Listen
 
 
@@ -21,6 +22,8 @@ async def serve(app: FastAPI, listen: Listen, log_level: str = "info") -> None:
         port=listen.port,
         interface=Interfaces.ASGI,
         log_level=LogLevels(log_level),
+        # Granian's own lines go through our log pipeline (logs.py), in our format.
+        log_dictconfig=granian_log_config(log_level),
         log_access=False,
         websockets=False,
         backlog=1024,

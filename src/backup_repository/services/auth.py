@@ -44,6 +44,10 @@ USER_NOT_FOUND = "cannot find specified user"
 NO_PERMISSION_VIEW_USER = "no permissions to view that user account"
 NO_PERMISSION_OTHER_USER = "no permissions to act as other user"
 NO_PERMISSION_REVOKE = "you don't have permissions to revoke session of other user"
+COLLECTION_NOT_FOUND = "cannot find specified collection"
+SINGLE_USE_NOT_ALLOWED = "singleUseUpload: not authorized to upload versions to this collection"
+SINGLE_USE_NO_REFRESH = "a single-use upload token cannot be refreshed"
+SINGLE_USE_USED = "single-use token was already used or revoked"
 MAX_SCOPE_ELEMENTS = 100
 
 
@@ -98,10 +102,15 @@ class AuthService:
         client_ip: str,
         scope: Sequence[ScopeElementInput] | None = None,
         ttl: timedelta | None = None,
+        single_use_upload: str | None = None,
     ) -> tuple[IssuedToken, SessionRecord]:
+        """Issue a token. ``single_use_upload`` names a collection: the token then allows one
+        upload there and nothing else, and is revoked by that upload."""
         login = Login.parse(username) if username else Login("", "")
         try:
-            issued, record = await self._login(username, password, client_ip, scope, ttl)
+            issued, record = await self._login(
+                username, password, client_ip, scope, ttl, single_use_upload
+            )
         except DomainError as exc:
             await self._events.emit(
                 Event(
@@ -133,11 +142,14 @@ class AuthService:
         client_ip: str,
         scope: Sequence[ScopeElementInput] | None,
         ttl: timedelta | None,
+        single_use_upload: str | None,
     ) -> tuple[IssuedToken, SessionRecord]:
         if not username or not password:
             raise AuthenticationFailed(MISSING_CREDENTIALS)
         grants = self._parse_scope(scope or ())
         lifetime = self._lifetime(ttl)
+        if single_use_upload is not None and not single_use_upload:
+            raise InvalidInput("singleUseUpload must name a collection")
         login = Login.parse(username)
         user = self._config.snapshot().users.get(login.user)
         stored_hash: str | None = None
@@ -156,13 +168,22 @@ class AuthService:
         if not await self._ip_allowed(user, client_ip):
             logger.info("login refused for %r: address %s not allowed", username, client_ip)
             raise AuthenticationFailed(BAD_CREDENTIALS)
+        description = "Login"
+        if single_use_upload is not None:
+            key = user.access_key(login.access_key) if login.access_key else None
+            principal = authz.Principal(user=user, access_key=key, scope=grants)
+            grants = self._single_use_scope(principal, single_use_upload)
+            description = f"Single-use upload to {single_use_upload}"
         issued = self._tokens.issue(login.user, login.access_key, grants, lifetime, self._clock())
-        record = await self._store(issued, login, client_ip, "Login")
+        record = await self._store(issued, login, client_ip, description, single_use_upload)
         logger.info("login of %r from %s, session %s", username, client_ip, record.id[:12])
         return issued, record
 
     async def refresh(self, ctx: AuthContext, client_ip: str) -> tuple[IssuedToken, SessionRecord]:
-        """A new token with the same user, access key, scope and lifetime as the caller's."""
+        """A new token with the same user, access key, scope and lifetime as the caller's.
+        A single-use token is refused: its refresh would be a second token for its upload."""
+        if ctx.session.single_use_collection is not None:
+            raise Forbidden(SINGLE_USE_NO_REFRESH)
         lifetime = max(ctx.claims_expires_at - ctx.claims_issued_at, timedelta(seconds=1))
         issued = self._tokens.issue(
             ctx.user.name,
@@ -191,6 +212,8 @@ class AuthService:
     async def authenticate(self, token: str, client_ip: str) -> AuthContext:
         claims = self._tokens.decode(token)
         session = await self._sessions.get(session_id_of(token))
+        if session is not None and session.deactivated and session.single_use_collection:
+            raise AuthenticationFailed(SINGLE_USE_USED)
         if session is None or session.deactivated:
             raise AuthenticationFailed("session was revoked or does not exist")
         if session.expires_at <= self._clock() or session.user != claims.login:
@@ -206,7 +229,12 @@ class AuthService:
         if not await self._ip_allowed(user, client_ip):
             raise AuthenticationFailed("requests from this address are not allowed")
         return AuthContext(
-            principal=authz.Principal(user=user, access_key=key, scope=claims.scope),
+            principal=authz.Principal(
+                user=user,
+                access_key=key,
+                scope=claims.scope,
+                single_use_collection=session.single_use_collection,
+            ),
             session=session,
             token=token,
             claims_issued_at=claims.issued_at,
@@ -225,7 +253,9 @@ class AuthService:
         target = await self._sessions.get(session_id)
         if target is None:
             raise NotFound(SESSION_NOT_FOUND)
-        if not authz.may_revoke_session(ctx.principal, target.user, target.access_key_name):
+        if not authz.may_revoke_session(
+            ctx.principal, target.user, target.access_key_name, own_session=False
+        ):
             raise Forbidden(NO_PERMISSION_REVOKE)
         await self._sessions.deactivate(session_id)
         await self._revoked(ctx, target, client_ip)
@@ -301,8 +331,24 @@ class AuthService:
         resolved = {host: await self._resolver.resolve(host) for host in rules.hostnames}
         return rules.allows(client_ip, resolved)
 
+    def _single_use_scope(
+        self, principal: authz.Principal, collection_id: str
+    ) -> tuple[ObjectGrant, ...]:
+        collection = self._config.snapshot().collections.get(collection_id)
+        if collection is None:
+            raise NotFound(COLLECTION_NOT_FOUND)
+        scope = authz.single_use_upload_scope(principal, collection)
+        if scope is None:
+            raise Forbidden(SINGLE_USE_NOT_ALLOWED)
+        return scope
+
     async def _store(
-        self, issued: IssuedToken, login: Login, client_ip: str, description: str
+        self,
+        issued: IssuedToken,
+        login: Login,
+        client_ip: str,
+        description: str,
+        single_use_collection: str | None = None,
     ) -> SessionRecord:
         record = SessionRecord(
             id=issued.session_id,
@@ -312,6 +358,7 @@ class AuthService:
             description=description[:255],
             expires_at=issued.expires_at,
             deactivated=False,
+            single_use_collection=single_use_collection,
         )
         await self._sessions.add(record)
         stored = await self._sessions.get(record.id)

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 from backup_repository.domain import authz
 from backup_repository.domain.authz import CollectionAction
@@ -48,6 +49,7 @@ from backup_repository.services.health import CheckResult
 from backup_repository.services.ports import (
     ConfigurationProvider,
     LockLost,
+    SessionConsumed,
     VersionRecord,
     VersionRepository,
 )
@@ -66,6 +68,7 @@ PARALLEL_UPLOAD = "cannot upload to same collection in parallel"
 QUOTA_EXCEEDED = "filesize reached allowed limit"
 HEALTH_CODE_INVALID = "not authorized - invalid value of 'code' parameter"
 STORAGE_UNAVAILABLE = "storage is unavailable, try again later"
+TOKEN_ALREADY_USED = "token was already used"  # noqa: S105 - a message, not a secret
 
 # The upload lock is a lease renewed (every third of it) while the upload runs, so the lock
 # of a replica that died frees itself within the lease.
@@ -110,6 +113,16 @@ def parse_version_ref(text: str) -> int | None:
     return int(ref)
 
 
+class CollectionHealthCheck(Protocol):
+    """A check of the collection health report composed in by the composition root (e.g.
+    ``services/integrity.py``'s ``VersionsIntegrityValidator``); runs after the built-in
+    ones, in the order given."""
+
+    name: str
+
+    async def run(self, collection: Collection, live: Sequence[VersionRecord]) -> CheckResult: ...
+
+
 class BackupService:
     def __init__(
         self,
@@ -120,8 +133,10 @@ class BackupService:
         lock_lease: float = DEFAULT_LOCK_LEASE,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         events: EventSink | None = None,
+        health_checks: Sequence[CollectionHealthCheck] = (),
     ) -> None:
         self._events: EventSink = events or NullSink()
+        self._health_checks = tuple(health_checks)
         self._config = config
         self._versions = versions
         self._store = store
@@ -532,8 +547,20 @@ class BackupService:
             updated_at=now,
         )
         rotated_records = [by_number[r.number] for r in rotated]
+        # A single-use token is consumed in the transaction that records its upload, so two
+        # uploads with it (on any replicas) can never both be recorded.
+        single_use = ctx.session.single_use_collection is not None
         try:
-            await self._versions.commit_version(record, owner, [r.id for r in rotated_records])
+            await self._versions.commit_version(
+                record,
+                owner,
+                [r.id for r in rotated_records],
+                consume_session_id=ctx.session.id if single_use else None,
+            )
+        except SessionConsumed:
+            # Used (or revoked) meanwhile: nothing was recorded; the object goes.
+            await asyncio.shield(self._delete_quietly(key))
+            raise AuthenticationFailed(TOKEN_ALREADY_USED) from None
         except LockLost as exc:
             # The name may now be the next holder's: leave it alone (its clean-up removes
             # the object if nobody records it).
@@ -548,6 +575,18 @@ class BackupService:
             await asyncio.shield(self._delete_quietly(key))
             raise
         logger.info("stored %s v%d (%d bytes) for %s", collection.name, number, size, ctx.user.name)
+        if single_use:
+            await self._events.emit(
+                self._event(
+                    ctx,
+                    Action.TOKEN_REVOKE,
+                    Outcome.SUCCESS,
+                    collection.name,
+                    version=number,
+                    detail=f"single-use token used by v{number}; session "
+                    f"{short_session(ctx.session.id)} revoked",
+                )
+            )
         for gone in rotated_records:
             await self._events.emit(
                 self._event(
@@ -635,6 +674,8 @@ class BackupService:
             self._sum_check(collection, live),
             await self._objects_check(live),
         ]
+        for check in self._health_checks:
+            results.append(await check.run(collection, live))
         return results
 
     @staticmethod

@@ -68,6 +68,9 @@ class SessionRecord:
     deactivated: bool = False
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    # Set for a single-use upload token: the collection of its one upload. Such a session
+    # is deactivated in the transaction that records that upload.
+    single_use_collection: str | None = None
 
 
 class SessionRepository(Protocol):
@@ -114,6 +117,10 @@ class LockLost(Exception):
     """The upload lock of a collection is no longer held by this uploader."""
 
 
+class SessionConsumed(Exception):
+    """The single-use session an upload was to consume was already used or revoked."""
+
+
 class VersionRepository(Protocol):
     async def try_lock(self, collection_id: str, owner: str, lease_seconds: float) -> int | None:
         """Take the collection's upload lock if it is free or its lease ran out. Returns the
@@ -134,11 +141,17 @@ class VersionRepository(Protocol):
     async def latest_version(self, collection_id: str) -> VersionRecord | None: ...
 
     async def commit_version(
-        self, version: VersionRecord, owner: str, rotated_ids: Sequence[str]
+        self,
+        version: VersionRecord,
+        owner: str,
+        rotated_ids: Sequence[str],
+        consume_session_id: str | None = None,
     ) -> None:
         """In one transaction: check the lock is still ``owner``'s and the number is the next
         one, advance the counter, record the version and mark the rotated ones deleted.
-        Raises LockLost (and records nothing) when the lock was taken over."""
+        Raises LockLost (and records nothing) when the lock was taken over. With
+        ``consume_session_id``, also deactivate that session; raises SessionConsumed (and
+        records nothing) when it is no longer active."""
 
     async def deleted_unpurged(self, collection_id: str) -> list[VersionRecord]:
         """Rotated versions whose stored object may still exist."""
@@ -147,3 +160,51 @@ class VersionRepository(Protocol):
 
     async def usage(self) -> dict[str, tuple[int, int]]:
         """Per collection: (number of live versions, bytes they use)."""
+
+    async def last_uploads(self) -> dict[str, datetime]:
+        """Per collection: when its newest version was recorded (rotated versions count)."""
+
+
+@dataclass(frozen=True)
+class VersionCheck:
+    """The result of re-reading a version's stored object (``backup-repository verify``).
+    ``status`` is a ``domain.integrity.CheckStatus`` value; ``actual_*`` is what was found
+    (None when not known: the object is missing, unreadable, or of the wrong size)."""
+
+    version_id: str
+    collection_id: str
+    number: int
+    checked_at: datetime
+    status: str
+    detail: str = ""
+    actual_size: int | None = None
+    actual_sha256: str | None = None
+
+
+class IntegrityRepository(Protocol):
+    async def live_versions(self, collection_ids: Sequence[str] | None) -> list[VersionRecord]:
+        """Live versions of the given collections (None: all), by collection and number."""
+
+    async def record_result(self, check: VersionCheck) -> None:
+        """Keep ``check`` as the latest result of its version (replacing an earlier one)."""
+
+    async def results(self, collection_id: str | None = None) -> list[VersionCheck]:
+        """The latest result of every live version that has one, by collection and number."""
+
+    async def corrupt_counts(self) -> dict[str, int]:
+        """Per collection with a verified live version: how many live versions the latest
+        check found corrupt or missing (0 when none)."""
+
+
+class LeaseRepository(Protocol):
+    """Named leases shared by the replicas (one row each): at most one holder at a time, and
+    a lease that is not released frees itself when it expires."""
+
+    async def try_take(self, name: str, owner: str, lease_seconds: float) -> bool:
+        """Take the lease when it is free or expired; False when it is held."""
+
+    async def renew(self, name: str, owner: str, lease_seconds: float) -> bool:
+        """Extend the lease; False when it is no longer ``owner``'s."""
+
+    async def release(self, name: str, owner: str, until: datetime | None = None) -> None:
+        """Give the lease up, or keep it from everybody (``owner`` included) ``until``."""

@@ -43,6 +43,11 @@ class LoginRequest(BaseModel):
     password: str = Field(default="", max_length=MAX_PASSWORD)
     operationsScope: OperationsScope | None = None
     ttl: StrictStr | StrictInt | None = None
+    singleUseUpload: StrictStr | None = Field(
+        default=None,
+        max_length=255,
+        description="a collection: the token allows one upload there and nothing else",
+    )
 
     def ttl_delta(self) -> timedelta | None:
         if self.ttl is None or self.ttl == "":
@@ -85,6 +90,7 @@ _LOGIN_BODY_DOC: dict[str, Any] = {
                         "password": {"type": "string"},
                         "ttl": {"type": "string"},
                         "operationsScope": {"type": "string", "description": "scope as JSON"},
+                        "singleUseUpload": {"type": "string", "maxLength": 255},
                     },
                 }
             },
@@ -145,6 +151,7 @@ def session_json(session: SessionRecord) -> dict[str, Any]:
         "CreatedAt": rfc3339(session.created_at),
         "UpdatedAt": rfc3339(session.updated_at),
         "DeletedAt": None,
+        "singleUseUpload": session.single_use_collection,
     }
 
 
@@ -153,7 +160,7 @@ def session_json(session: SessionRecord) -> dict[str, Any]:
     openapi_extra=_LOGIN_BODY_DOC,
     responses={
         **docs.ok(docs.TokenEnvelope, "Logged in"),
-        **docs.errors(408),
+        **docs.errors(403, 404, 408),
     },
 )
 async def login(request: Request, services: ServicesDep, client_ip: ClientIP) -> JSONResponse:
@@ -163,14 +170,19 @@ async def login(request: Request, services: ServicesDep, client_ip: ClientIP) ->
         for e in (form.operationsScope.elements if form.operationsScope else [])
     ]
     issued, _ = await services.auth.login(
-        form.username, form.password, client_ip, scope=scope, ttl=form.ttl_delta()
+        form.username,
+        form.password,
+        client_ip,
+        scope=scope,
+        ttl=form.ttl_delta(),
+        single_use_upload=form.singleUseUpload,
     )
     return ok({**_token_data(issued), "msg": "logged in"})
 
 
 @router.get(
     "/refresh_token",
-    responses={**docs.ok(docs.TokenEnvelope, "A new token and session"), **docs.errors()},
+    responses={**docs.ok(docs.TokenEnvelope, "A new token and session"), **docs.errors(403)},
 )
 async def refresh_token(auth: Auth, services: ServicesDep, client_ip: ClientIP) -> JSONResponse:
     issued, _ = await services.auth.refresh(auth, client_ip)

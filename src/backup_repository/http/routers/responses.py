@@ -54,6 +54,10 @@ class GrantedAccess(_Doc):
     CreatedAt: str | None
     UpdatedAt: str | None
     DeletedAt: None
+    singleUseUpload: str | None = Field(
+        description="the collection of a single-use upload token (revoked by its one upload); "
+        "null for other tokens",
+    )
 
 
 class TokenData(_Doc):
@@ -238,6 +242,9 @@ _ERROR_TEXT: dict[int | str, str] = {
 # Every operation can answer these: the header and body limits and the Content-Length check
 # run before routing, the rate limit too, and a dependency can fail at any time.
 _COMMON: tuple[int | str, ...] = (400, 413, 429, 431, 500, 503, "4XX")
+# For the description's completion (http/application.py), which adds them where missing.
+COMMON_ERROR_STATUSES = _COMMON
+ERROR_TEXT = _ERROR_TEXT
 
 
 def errors(*statuses: int | str, unauthorized: bool = True) -> dict[int | str, dict[str, Any]]:

@@ -1,0 +1,108 @@
+"""The audit log in the ``audit_events`` table (the ``AuditRepository`` of
+services/audit.py). Rows are only added; every call runs in its own short transaction."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from sqlalchemy import ColumnElement, RowMapping, String, insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from backup_repository.db.repositories import transaction
+from backup_repository.db.tables import AuditEvent
+from backup_repository.services.audit import AuditEntry, AuditFilters
+from backup_repository.services.events import Event
+
+
+def _limits() -> dict[str, int]:
+    limits: dict[str, int] = {}
+    for column in AuditEvent.__table__.c:
+        if isinstance(column.type, String) and column.type.length is not None:
+            limits[column.name] = column.type.length
+    return limits
+
+
+_LIMITS: Final = _limits()
+
+
+def _text(column: str, value: str) -> str:
+    """``value`` fit for its column: NUL characters dropped (PostgreSQL refuses them) and
+    cut to the column's length (SQLite would not enforce it, PostgreSQL would refuse)."""
+    return value.replace("\x00", "")[: _LIMITS[column]]
+
+
+def event_values(event: Event) -> dict[str, Any]:
+    """The row recording ``event``."""
+    return {
+        "at": event.at,
+        "action": _text("action", event.action.value),
+        "outcome": _text("outcome", event.outcome.value),
+        "user_name": _text("user_name", event.user),
+        "access_key_name": _text("access_key_name", event.access_key),
+        "client_ip": _text("client_ip", event.client_ip),
+        "collection_id": _text("collection_id", event.collection),
+        "version_number": event.version,
+        "size": event.size,
+        "reason": _text("reason", event.reason),
+        "session": _text("session", event.session),
+        "detail": _text("detail", event.detail),
+    }
+
+
+class SqlAuditRepository:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def add(self, event: Event) -> None:
+        async with transaction(self._engine) as connection:
+            await connection.execute(insert(AuditEvent).values(**event_values(event)))
+
+    async def query(
+        self, filters: AuditFilters, limit: int, before_id: int | None = None
+    ) -> list[AuditEntry]:
+        conditions: list[ColumnElement[bool]] = []
+        for column, value in (
+            (AuditEvent.user_name, filters.user),
+            (AuditEvent.collection_id, filters.collection),
+        ):
+            if value is None:
+                continue
+            if "\x00" in value:
+                # No stored text holds NUL (they are dropped on the way in), and PostgreSQL
+                # would refuse the statement.
+                return []
+            conditions.append(column == value)
+        if filters.action is not None:
+            conditions.append(AuditEvent.action == filters.action.value)
+        if filters.outcome is not None:
+            conditions.append(AuditEvent.outcome == filters.outcome.value)
+        if filters.since is not None:
+            conditions.append(AuditEvent.at >= filters.since)
+        if filters.until is not None:
+            conditions.append(AuditEvent.at < filters.until)
+        if before_id is not None:
+            conditions.append(AuditEvent.id < before_id)
+        statement = (
+            select(AuditEvent.__table__).where(*conditions).order_by(AuditEvent.id.desc())
+        ).limit(limit)
+        async with transaction(self._engine) as connection:
+            rows = (await connection.execute(statement)).mappings().all()
+        return [_to_entry(row) for row in rows]
+
+
+def _to_entry(row: RowMapping) -> AuditEntry:
+    return AuditEntry(
+        id=row["id"],
+        at=row["at"],
+        action=row["action"],
+        outcome=row["outcome"],
+        user=row["user_name"],
+        access_key=row["access_key_name"],
+        client_ip=row["client_ip"],
+        collection=row["collection_id"],
+        version=row["version_number"],
+        size=row["size"],
+        reason=row["reason"],
+        session=row["session"],
+        detail=row["detail"],
+    )

@@ -1,0 +1,418 @@
+"""Prometheus metrics (served by ``routers/metrics.py``; every metric is described in
+docs/monitoring.md).
+
+- :class:`Metrics` owns its own registry (never the process-wide one: several apps may run
+  in one process) with the counters and histograms fed while the server runs, and the
+  *scrape sources*: async functions run at each scrape that return metric families read
+  from the database or the configuration (per-collection gauges). A new such gauge is one
+  function given to :meth:`Metrics.add_source`; see :func:`collection_gauge`.
+- :class:`MetricsMiddleware` (pure ASGI, outermost) counts requests and their latency per
+  route template and status, when the response has finished.
+- :class:`MetricsSink` is an ``EventSink``: logins, uploads (bytes, refusals by reason),
+  downloads and rotation deletions reach the counters through the services' events.
+
+Label values are bounded: routes are templates (``<unmatched>`` for everything else),
+methods outside the usual set are ``OTHER``, collections not in the configuration are
+``<unknown>`` and refusal reasons outside :class:`RefusalReason` are ``other``. Nothing a
+client sends can create new series.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.routing import compile_path
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from backup_repository.services.events import Action, Event, Outcome, RefusalReason
+from backup_repository.services.stats import StatsService
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "backup_repository"
+UNMATCHED_ROUTE = "<unmatched>"
+UNKNOWN_COLLECTION = "<unknown>"
+OTHER_METHOD = "OTHER"
+OTHER_REASON = "other"
+# The status of a request whose client went away before any answer was sent (as nginx).
+CLIENT_CLOSED = 499
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Requests range from a health check (milliseconds) to an upload of many gigabytes (hours).
+DURATION_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+    float("inf"),
+)
+# A scrape source that takes longer is left out of this scrape (Prometheus' default scrape
+# timeout is 10 s) and reported with ``backup_repository_scrape_source_up 0``.
+SOURCE_TIMEOUT = 5.0
+
+ScrapeSource = Callable[[], Awaitable[Iterable[Metric]]]
+"""Run at each scrape; returns the metric families to add to it."""
+
+
+class Metrics:
+    def __init__(self, version: str, source_timeout: float = SOURCE_TIMEOUT) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._sources: dict[str, ScrapeSource] = {}
+        self._source_timeout = source_timeout
+        registry = self.registry
+        self.info = Gauge(
+            f"{PREFIX}_info", "The running version (always 1)", ["version"], registry=registry
+        )
+        self.info.labels(version).set(1)
+        self.http_requests = Counter(
+            f"{PREFIX}_http_requests",
+            "HTTP requests answered, by method, route template and status",
+            ["method", "route", "status"],
+            registry=registry,
+        )
+        self.http_duration = Histogram(
+            f"{PREFIX}_http_request_duration_seconds",
+            "Time from the request to the end of its response, by method and route template",
+            ["method", "route"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.logins = Counter(
+            f"{PREFIX}_logins", "Login attempts by outcome", ["outcome"], registry=registry
+        )
+        self.token_operations = Counter(
+            f"{PREFIX}_token_operations",
+            "Token refreshes and revocations by outcome",
+            ["operation", "outcome"],
+            registry=registry,
+        )
+        self.uploads = Counter(
+            f"{PREFIX}_uploads",
+            "Uploads by collection and outcome (success: a version was recorded)",
+            ["collection", "outcome"],
+            registry=registry,
+        )
+        self.uploads_refused = Counter(
+            f"{PREFIX}_uploads_refused",
+            "Refused uploads by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.uploaded_bytes = Counter(
+            f"{PREFIX}_uploaded_bytes",
+            "Bytes of the versions recorded, by collection",
+            ["collection"],
+            registry=registry,
+        )
+        self.downloads = Counter(
+            f"{PREFIX}_downloads",
+            "Downloads by collection and outcome (success: the response began)",
+            ["collection", "outcome"],
+            registry=registry,
+        )
+        self.downloaded_bytes = Counter(
+            f"{PREFIX}_downloaded_bytes",
+            "Bytes of the downloads begun (the response length), by collection",
+            ["collection"],
+            registry=registry,
+        )
+        self.rotated_versions = Counter(
+            f"{PREFIX}_rotated_versions",
+            "Versions deleted by rotation, by collection",
+            ["collection"],
+            registry=registry,
+        )
+        # Series that alerts compute rates of exist from the start, at 0.
+        for outcome in Outcome:
+            self.logins.labels(outcome.value)
+            for operation in ("refresh", "revoke"):
+                self.token_operations.labels(operation, outcome.value)
+        for reason in RefusalReason:
+            self.uploads_refused.labels(reason.value)
+
+    def add_source(self, name: str, source: ScrapeSource) -> None:
+        """Run ``source`` at each scrape (replacing a source of the same name)."""
+        self._sources[name] = source
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.http_requests.labels(method, route, str(status)).inc()
+        self.http_duration.labels(method, route).observe(seconds)
+
+    async def render(self) -> bytes:
+        """The Prometheus text format of every metric, the scrape sources run now."""
+        names = sorted(self._sources)
+        results = await asyncio.gather(*(self._run(n, self._sources[n]) for n in names))
+        up = GaugeMetricFamily(
+            f"{PREFIX}_scrape_source_up",
+            "1 when the source of scrape-time metrics answered in this scrape, else 0",
+            labels=["source"],
+        )
+        families: list[Metric] = [up]
+        for name, result in zip(names, results, strict=True):
+            up.add_metric([name], 0 if result is None else 1)
+            if result is not None:
+                families.extend(result)
+        return generate_latest(_Scrape(self.registry, families))
+
+    async def _run(self, name: str, source: ScrapeSource) -> list[Metric] | None:
+        try:
+            async with asyncio.timeout(self._source_timeout):
+                return list(await source())
+        except Exception:
+            logger.exception("metrics source %s failed", name)
+            return None
+
+
+class _Scrape(Collector):
+    """The registry's metrics followed by those the sources produced for one scrape."""
+
+    def __init__(self, registry: CollectorRegistry, families: list[Metric]) -> None:
+        self._registry = registry
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._registry.collect()
+        yield from self._families
+
+
+# -- scrape sources ------------------------------------------------------------------------
+
+
+def collection_gauge(name: str, documentation: str, values: Mapping[str, float]) -> Metric:
+    """A gauge with one series per collection: the building block of scrape sources."""
+    family = GaugeMetricFamily(name, documentation, labels=["collection"])
+    for collection in sorted(values):
+        family.add_metric([collection], values[collection])
+    return family
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def collection_source(stats: StatsService, clock: Callable[[], datetime] = _utcnow) -> ScrapeSource:
+    """Per configured collection: versions, bytes, limits and the last upload. A collection
+    never uploaded to has no ``last_upload`` series (see docs/monitoring.md for the alert)."""
+
+    async def collections() -> list[Metric]:
+        rows = await stats.collections()
+        now = clock()
+        uploaded = {r.name: r.last_upload_at for r in rows if r.last_upload_at is not None}
+        return [
+            collection_gauge(
+                f"{PREFIX}_collection_versions",
+                "Live versions (not rotated out) of the collection",
+                {r.name: r.versions for r in rows},
+            ),
+            collection_gauge(
+                f"{PREFIX}_collection_bytes",
+                "Bytes used by the live versions of the collection",
+                {r.name: r.bytes for r in rows},
+            ),
+            collection_gauge(
+                f"{PREFIX}_collection_max_bytes",
+                "maxCollectionSize of the collection, in bytes",
+                {r.name: r.max_bytes for r in rows},
+            ),
+            collection_gauge(
+                f"{PREFIX}_collection_max_versions",
+                "maxBackupsCount of the collection",
+                {r.name: r.max_versions for r in rows},
+            ),
+            collection_gauge(
+                f"{PREFIX}_collection_last_upload_timestamp_seconds",
+                "Unix time of the last successful upload (absent: never uploaded)",
+                {name: at.timestamp() for name, at in uploaded.items()},
+            ),
+            collection_gauge(
+                f"{PREFIX}_collection_seconds_since_last_upload",
+                "Seconds since the last successful upload (absent: never uploaded)",
+                {name: max(0.0, (now - at).total_seconds()) for name, at in uploaded.items()},
+            ),
+        ]
+
+    return collections
+
+
+class CorruptCounts(Protocol):
+    async def corrupt_counts(self) -> dict[str, int]: ...
+
+
+def integrity_source(integrity: CorruptCounts) -> ScrapeSource:
+    """Per collection with at least one checked live version: how many failed their latest
+    integrity check (corrupt or missing; an unreadable storage is not counted)."""
+
+    async def corrupt_versions() -> list[Metric]:
+        counts = await integrity.corrupt_counts()
+        return [
+            collection_gauge(
+                f"{PREFIX}_collection_corrupt_versions",
+                "Live versions whose latest integrity check found them corrupt or missing",
+                counts,
+            )
+        ]
+
+    return corrupt_versions
+
+
+def configuration_source(stats: StatsService) -> ScrapeSource:
+    async def configuration() -> list[Metric]:
+        config = stats.configuration()
+        problems = GaugeMetricFamily(
+            f"{PREFIX}_config_problems",
+            "Configuration objects left out because they are broken",
+            value=config.problems,
+        )
+        usable = GaugeMetricFamily(
+            f"{PREFIX}_config_usable",
+            "1 when the configuration source could be read, else 0",
+            value=1 if config.usable else 0,
+        )
+        return [problems, usable]
+
+    return configuration
+
+
+# -- the event sink ------------------------------------------------------------------------
+
+
+_REASONS = frozenset(reason.value for reason in RefusalReason)
+
+
+def reason_label(reason: str) -> str:
+    return reason if reason in _REASONS else OTHER_REASON
+
+
+class MetricsSink:
+    """Counts the services' events. ``is_known`` tells whether a collection is configured:
+    others are counted as ``<unknown>``, so invented names add no series."""
+
+    def __init__(self, metrics: Metrics, is_known: Callable[[str], bool]) -> None:
+        self._metrics = metrics
+        self._is_known = is_known
+
+    def _collection(self, name: str) -> str:
+        return name if name and self._is_known(name) else UNKNOWN_COLLECTION
+
+    async def emit(self, event: Event) -> None:
+        metrics = self._metrics
+        outcome = event.outcome.value
+        success = event.outcome is Outcome.SUCCESS
+        if event.action is Action.LOGIN:
+            metrics.logins.labels(outcome).inc()
+        elif event.action is Action.TOKEN_REFRESH:
+            metrics.token_operations.labels("refresh", outcome).inc()
+        elif event.action is Action.TOKEN_REVOKE:
+            metrics.token_operations.labels("revoke", outcome).inc()
+        elif event.action is Action.UPLOAD:
+            collection = self._collection(event.collection)
+            metrics.uploads.labels(collection, outcome).inc()
+            if success:
+                metrics.uploaded_bytes.labels(collection).inc(event.size or 0)
+            else:
+                metrics.uploads_refused.labels(reason_label(event.reason)).inc()
+        elif event.action is Action.DOWNLOAD:
+            collection = self._collection(event.collection)
+            metrics.downloads.labels(collection, outcome).inc()
+            if success:
+                metrics.downloaded_bytes.labels(collection).inc(event.size or 0)
+        elif event.action is Action.ROTATION_DELETE and success:
+            metrics.rotated_versions.labels(self._collection(event.collection)).inc()
+
+
+# -- the middleware ------------------------------------------------------------------------
+
+
+def method_label(method: str) -> str:
+    return method if method in METHODS else OTHER_METHOD
+
+
+def route_template(scope: Scope) -> str | None:
+    """The path template of the route that answered, when routing chose one."""
+    template = getattr(scope.get("route"), "path_format", None)
+    return template if isinstance(template, str) else None
+
+
+def template_matcher(templates: Iterable[str]) -> Callable[[str], str]:
+    """Maps a path to the first of ``templates`` it fits, or to ``<unmatched>``."""
+    patterns = [(compile_path(template)[0], template) for template in templates]
+
+    def match(path: str) -> str:
+        for regex, template in patterns:
+            if regex.match(path):
+                return template
+        return UNMATCHED_ROUTE
+
+    return match
+
+
+class MetricsMiddleware:
+    """Counts every HTTP request once its response has finished (a streamed download when
+    its last byte was handed to the server); bodies pass through untouched."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+        self._matcher: Callable[[str], str] | None = None
+
+    def _route(self, scope: Scope) -> str:
+        template = route_template(scope)
+        if template is not None:
+            return template
+        # Refused before routing (rate limit, header or body limits) or not found: the
+        # templates of the documented operations tell which route the path was meant for.
+        if self._matcher is None:
+            openapi = getattr(scope.get("app"), "openapi", None)
+            paths = openapi().get("paths", {}) if callable(openapi) else {}
+            self._matcher = template_matcher(paths)
+        return self._matcher(scope["path"])
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 0
+
+        async def observed_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed_send)
+        except BaseException as exc:
+            if not status:
+                status = CLIENT_CLOSED if isinstance(exc, asyncio.CancelledError) else 500
+            raise
+        finally:
+            try:
+                self.metrics.observe_request(
+                    method_label(scope["method"]),
+                    self._route(scope),
+                    status or 500,
+                    time.perf_counter() - started,
+                )
+            except Exception:  # counting must never change what the client got
+                logger.exception("could not count request to %s", scope.get("path"))

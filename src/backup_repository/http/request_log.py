@@ -1,0 +1,148 @@
+"""Request ids and the access log.
+
+:class:`RequestIdMiddleware` is the outermost layer of the app (outside Starlette's own
+error middleware), so that every line logged while a request is handled
+(by any middleware, the handlers, the services, the 500 handler) carries its
+``request_id``, and every response, errors included, carries the ``X-Request-ID`` header.
+(:class:`..application.App` is what puts it outside the error middleware.)
+
+An incoming ``X-Request-ID`` (from a proxy or the client) is kept when it is a sane token
+(:data:`REQUEST_ID`); otherwise a new one is made (32 hex digits). One access line per
+request is written on the logger ``backup_repository.access`` when the response is done:
+method, route template (or path), status, duration, bytes sent, client address. Never the
+query string (``/ready?code=`` carries the health key) nor any header. The health probes
+(``/health``, ``/ready``) are logged at debug level to keep the logs quiet.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# What an incoming request id may look like; anything else is replaced by a new id.
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_HEADER_KEY = REQUEST_ID_HEADER.lower().encode("latin-1")
+# Probes polled every few seconds by orchestrators: logged at debug level only.
+QUIET_PATHS = frozenset({"/health", "/ready"})
+# A path that matched no route is logged as sent, cut to this length.
+MAX_LOGGED_PATH = 256
+
+access_logger = logging.getLogger("backup_repository.access")
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def accepted_request_id(value: str | None) -> str:
+    """The incoming id when it is a sane token, else a new one."""
+    if value is not None and REQUEST_ID.fullmatch(value):
+        return value
+    return new_request_id()
+
+
+def _incoming(scope: Scope) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == _HEADER_KEY:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's template (``/api/stable/repository/collection/{collectionId}``),
+    or the raw path (cut short) when no route matched; never the query string."""
+    route = scope.get("route")
+    template = getattr(route, "path_format", None) or getattr(route, "path", None)
+    if isinstance(template, str) and template:
+        return template
+    path = str(scope.get("path", ""))
+    return path if len(path) <= MAX_LOGGED_PATH else path[:MAX_LOGGED_PATH] + "..."
+
+
+def client_ip(scope: Scope) -> str:
+    state = scope.get("state") or {}
+    address = state.get("client_ip") if isinstance(state, dict) else None
+    if address:
+        return str(address)
+    peer = scope.get("client")
+    return str(peer[0]) if peer else ""
+
+
+class RequestIdMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = accepted_request_id(_incoming(scope))
+        scope.setdefault("state", {})["request_id"] = request_id
+        header = (_HEADER_KEY, request_id.encode("latin-1"))
+        status = 0
+        sent = 0
+        declared_length: int | None = None
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, sent, declared_length
+            kind = message["type"]
+            if kind == "http.response.start":
+                status = int(message["status"])
+                headers: list[Any] = [
+                    (key, value)
+                    for key, value in message.get("headers", ())
+                    if key.lower() != _HEADER_KEY
+                ]
+                headers.append(header)
+                message = {**message, "headers": headers}
+                for key, value in headers:
+                    if key.lower() == b"content-length" and value.isdigit():
+                        declared_length = int(value)
+            elif kind == "http.response.body":
+                sent += len(message.get("body", b""))
+            elif kind == "http.response.pathsend" and declared_length is not None:
+                # Sent by the server from the file (zero-copy): as long as it declared.
+                sent += declared_length
+            await send(message)
+
+        started = time.perf_counter()
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            try:
+                await self.app(scope, receive, send_with_id)
+            except BaseException:
+                # Logged by the error handler already; the access line still says how it ended.
+                self._log(scope, status or 500, started, sent)
+                raise
+            self._log(scope, status, started, sent)
+
+    @staticmethod
+    def _log(scope: Scope, status: int, started: float, sent: int) -> None:
+        path = str(scope.get("path", ""))
+        level = logging.DEBUG if path in QUIET_PATHS else logging.INFO
+        if not access_logger.isEnabledFor(level):
+            return
+        method = str(scope.get("method", ""))
+        route = route_template(scope)
+        duration_ms = round((time.perf_counter() - started) * 1000, 2)
+        access_logger.log(
+            level,
+            "%s %s %s",
+            method,
+            route,
+            status,
+            extra={
+                "method": method,
+                "route": route,
+                "status": status,
+                "duration_ms": duration_ms,
+                "bytes": sent,
+                "client_ip": client_ip(scope),
+            },
+        )

@@ -1,0 +1,72 @@
+"""``/metrics``: the Prometheus text format; with ``--metrics-protected``, only for callers
+that present the health check key (``?code=``, or the ``Authorization`` header as the key
+itself or as ``Bearer <key>``, which is what Prometheus' ``authorization`` setting sends)."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+from backup_repository.http.deps import ServicesDep
+from backup_repository.http.envelope import error
+from backup_repository.http.routers import responses as docs
+
+router = APIRouter(tags=["health"])
+
+METRICS_KEY_MISSING = (
+    "metrics are protected: provide the health check key in the 'Authorization' header "
+    "(the key, or 'Bearer <key>') or the 'code' query string"
+)
+METRICS_KEY_INVALID = "health check key invalid: it must match the --health-check-key value"
+
+
+def presented_keys(authorization: str | None, code: str | None) -> list[str]:
+    """The keys a caller may have meant: the header as it is, the header's Bearer
+    credentials, and the ``code`` query value."""
+    keys: list[str] = []
+    if authorization:
+        keys.append(authorization)
+        scheme, _, credentials = authorization.partition(" ")
+        if scheme.lower() == "bearer" and credentials.strip():
+            keys.append(credentials.strip())
+    if code:
+        keys.append(code)
+    return keys
+
+
+def key_accepted(keys: list[str], expected: str) -> bool:
+    # Every candidate is compared (no early exit), in constant time each.
+    matches = [hmac.compare_digest(key.encode(), expected.encode()) for key in keys]
+    return bool(expected) and any(matches)
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Prometheus text exposition format (version 0.0.4); every metric "
+            "is described in docs/monitoring.md",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        },
+        **docs.errors(403),
+    },
+)
+async def metrics(
+    request: Request,
+    services: ServicesDep,
+    code: Annotated[str | None, Query(max_length=1024)] = None,
+) -> Response:
+    settings = services.settings
+    if settings.metrics_protected:
+        keys = presented_keys(request.headers.get("authorization"), code)
+        if not keys:
+            return error(401, METRICS_KEY_MISSING, headers={"WWW-Authenticate": "Bearer"})
+        if not key_accepted(keys, settings.health_check_key):
+            return error(403, METRICS_KEY_INVALID)
+    body = await services.metrics.render()
+    return Response(body, media_type=CONTENT_TYPE_PLAIN_0_0_4)
