@@ -12,6 +12,7 @@ import pytest
 import yaml
 from deploy_support import (
     CHART_DIR,
+    KUSTOMIZE_DIR,
     NON_BUILTIN,
     POD_NAMESPACE,
     check_env_names,
@@ -19,6 +20,7 @@ from deploy_support import (
     container_env,
     image_env,
     load_documents,
+    load_file,
     settings_for,
     validate_builtin,
 )
@@ -289,6 +291,10 @@ def test_role_is_namespaced_and_read_only(helm: Any) -> None:
         {"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}
     ]
     assert "ClusterRole" not in kinds(documents)
+    # The same rules as the plain manifests' Role, which test_rbac_e2e checks against every
+    # request the server makes.
+    (plain,) = load_file(KUSTOMIZE_DIR / "role.yaml")
+    assert role["rules"] == plain["rules"]
 
 
 def test_filesystem_provider_mounts_the_objects_and_no_token(helm: Any) -> None:

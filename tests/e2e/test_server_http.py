@@ -56,7 +56,7 @@ def test_dev_mode_serves_the_example_configuration(tmp_path: Path) -> None:
         text = "".join(banner)
         assert f"listening on {url}" in text
         assert "admin" in text
-        assert "WARNING" in text
+        assert "DEVELOPMENT MODE" in text  # the warning line of the readable log
         assert (tmp_path / "data" / "backup-repository.db").exists()
         assert (tmp_path / "data" / ".dev-jwt-secret").stat().st_mode & 0o077 == 0
 
