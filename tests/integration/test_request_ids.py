@@ -7,6 +7,7 @@ query string."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -23,7 +24,11 @@ from fastapi import FastAPI
 from backup_repository.http import errors
 from backup_repository.http.app import create_app
 from backup_repository.http.application import App
-from backup_repository.http.request_log import RequestIdMiddleware, accepted_request_id
+from backup_repository.http.request_log import (
+    RequestIdMiddleware,
+    accepted_request_id,
+    route_template,
+)
 from backup_repository.logs import configure_logging
 from support import default_documents, make_settings, write_config
 
@@ -74,6 +79,17 @@ def test_an_incoming_id_is_kept_only_when_it_is_a_sane_token() -> None:
     for bad in (None, "", "a" * 65, "has space", "semi;colon", "new\nline", "ünï"):
         assert GENERATED.fullmatch(accepted_request_id(bad)), bad
     assert accepted_request_id(None) != accepted_request_id(None)
+
+
+def test_the_route_template_is_logged_else_the_path_escaped_and_cut() -> None:
+    class Route:
+        path_format = "/api/stable/auth/user/{name}"
+
+    assert route_template({"path": "/api/stable/auth/user/bob", "route": Route()}) == (
+        "/api/stable/auth/user/{name}"
+    )
+    assert route_template({"path": "/a\nfake line\x00"}) == "/a\\x0afake line\\x00"
+    assert route_template({"path": "/" + "x" * 1000}) == "/" + "x" * 255 + "..."
 
 
 async def test_every_kind_of_response_carries_the_request_id(
@@ -216,3 +232,20 @@ def test_outermost_middleware_cannot_be_added_once_running() -> None:
     app.middleware_stack = app.build_middleware_stack()
     with pytest.raises(RuntimeError):
         app.add_outermost_middleware(RequestIdMiddleware)
+
+
+async def test_a_request_the_client_abandoned_is_logged_as_499(log: io.StringIO) -> None:
+    async def abandoned(scope: Any, receive: Any, send: Any) -> None:
+        raise asyncio.CancelledError
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        raise AssertionError("nothing is sent")
+
+    scope = {"type": "http", "method": "POST", "path": "/x", "headers": [], "client": ("::1", 1)}
+    with pytest.raises(asyncio.CancelledError):
+        await RequestIdMiddleware(abandoned)(scope, receive, send)
+    (line,) = log_lines(log)
+    assert (line["status"], line["client_ip"], line["bytes"]) == (499, "::1", 0)

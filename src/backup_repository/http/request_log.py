@@ -16,6 +16,7 @@ query string (``/ready?code=`` carries the health key) nor any header. The healt
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -33,6 +34,7 @@ _HEADER_KEY = REQUEST_ID_HEADER.lower().encode("latin-1")
 QUIET_PATHS = frozenset({"/health", "/ready"})
 # A path that matched no route is logged as sent, cut to this length.
 MAX_LOGGED_PATH = 256
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 access_logger = logging.getLogger("backup_repository.access")
 
@@ -63,7 +65,10 @@ def route_template(scope: Scope) -> str:
     if isinstance(template, str) and template:
         return template
     path = str(scope.get("path", ""))
-    return path if len(path) <= MAX_LOGGED_PATH else path[:MAX_LOGGED_PATH] + "..."
+    if len(path) > MAX_LOGGED_PATH:
+        path = path[:MAX_LOGGED_PATH] + "..."
+    # A decoded path may hold control characters (%0A): never a fake line in a readable log.
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", path)
 
 
 def client_ip(scope: Scope) -> str:
@@ -116,9 +121,11 @@ class RequestIdMiddleware:
         with structlog.contextvars.bound_contextvars(request_id=request_id):
             try:
                 await self.app(scope, receive, send_with_id)
-            except BaseException:
-                # Logged by the error handler already; the access line still says how it ended.
-                self._log(scope, status or 500, started, sent)
+            except BaseException as exc:
+                # Logged by the error handler already; the access line still says how it
+                # ended: 499 (as nginx writes it) when the client went away before an answer.
+                ended = 499 if isinstance(exc, asyncio.CancelledError) else 500
+                self._log(scope, status or ended, started, sent)
                 raise
             self._log(scope, status, started, sent)
 

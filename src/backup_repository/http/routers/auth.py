@@ -157,6 +157,7 @@ def session_json(session: SessionRecord) -> dict[str, Any]:
 
 @router.post(
     "/login",
+    summary="Log in as a user or an access key; get a token",
     openapi_extra=_LOGIN_BODY_DOC,
     responses={
         **docs.ok(docs.TokenEnvelope, "Logged in"),
@@ -182,6 +183,7 @@ async def login(request: Request, services: ServicesDep, client_ip: ClientIP) ->
 
 @router.get(
     "/refresh_token",
+    summary="Get a new token (a new session) for the caller",
     responses={**docs.ok(docs.TokenEnvelope, "A new token and session"), **docs.errors(403)},
 )
 async def refresh_token(auth: Auth, services: ServicesDep, client_ip: ClientIP) -> JSONResponse:
@@ -189,7 +191,11 @@ async def refresh_token(auth: Auth, services: ServicesDep, client_ip: ClientIP) 
     return ok({**_token_data(issued), "msg": "token refreshed"})
 
 
-@router.get("/whoami", responses={**docs.ok(docs.WhoAmIEnvelope), **docs.errors()})
+@router.get(
+    "/whoami",
+    summary="Who the token belongs to",
+    responses={**docs.ok(docs.WhoAmIEnvelope), **docs.errors()},
+)
 async def whoami(auth: Auth) -> JSONResponse:
     return ok(
         {
@@ -203,7 +209,11 @@ async def whoami(auth: Auth) -> JSONResponse:
     )
 
 
-@router.delete("/logout", responses={**docs.ok(docs.LogoutEnvelope), **docs.errors(403, 404)})
+@router.delete(
+    "/logout",
+    summary="Revoke the caller's token or a session",
+    responses={**docs.ok(docs.LogoutEnvelope), **docs.errors(403, 404)},
+)
 async def logout(
     auth: Auth,
     services: ServicesDep,
@@ -214,7 +224,11 @@ async def logout(
     return ok({"message": "JWT was revoked", "sessionId": revoked})
 
 
-@router.get("/token", responses={**docs.ok(docs.SessionsEnvelope), **docs.errors(403)})
+@router.get(
+    "/token",
+    summary="List the sessions (tokens) of a user",
+    responses={**docs.ok(docs.SessionsEnvelope), **docs.errors(403)},
+)
 async def tokens(
     auth: Auth,
     services: ServicesDep,
@@ -224,7 +238,11 @@ async def tokens(
     return ok({"grantedAccesses": [session_json(s) for s in sessions]})
 
 
-@router.get("/user/{name}", responses={**docs.ok(docs.UserEnvelope), **docs.errors(403, 404)})
+@router.get(
+    "/user/{name}",
+    summary="A user's e-mail and roles",
+    responses={**docs.ok(docs.UserEnvelope), **docs.errors(403, 404)},
+)
 async def user(name: str, auth: Auth, services: ServicesDep) -> JSONResponse:
     found = services.auth.lookup_user(auth, name)
     return ok({"email": found.email, "permissions": sorted(r.value for r in found.roles)})

@@ -102,6 +102,7 @@ async def _with_deadline(chunks: AsyncIterator[bytes], seconds: float) -> AsyncI
 
 @router.post(
     "/api/stable/repository/collection/{collectionId}/version",
+    summary="Upload a new version (OpenPGP-encrypted data)",
     openapi_extra=UPLOAD_DOC,
     responses={
         **docs.ok(docs.UploadEnvelope, "Stored as a new version"),
@@ -158,6 +159,7 @@ def _is_raw(request: Request) -> bool:
 
 @router.get(
     "/api/stable/repository/collection/{collectionId}/version",
+    summary="List the versions of a collection and its usage",
     responses={**docs.ok(docs.VersionsEnvelope), **docs.errors(403, 404)},
 )
 @router.get("/api/alpha/repository/collection/{collectionId}/version", include_in_schema=False)
@@ -176,6 +178,7 @@ async def list_versions(
 
 @router.get(
     "/api/stable/repository/collection",
+    summary="List the collections the caller may use",
     responses={**docs.ok(docs.CollectionsEnvelope), **docs.errors()},
 )
 @router.get("/api/alpha/repository/collection", include_in_schema=False)
@@ -254,11 +257,13 @@ def _download_headers(download: Download) -> dict[str, str]:
 # GET and HEAD as two routes: one route with both methods gives both the same operation id.
 @router.get(
     "/api/stable/repository/collection/{collectionId}/version/{version}",
+    summary="Download a version (whole, or a byte range)",
     response_class=StreamingResponse,
     responses=DOWNLOAD_RESPONSES,
 )
 @router.head(
     "/api/stable/repository/collection/{collectionId}/version/{version}",
+    summary="The headers of a download: size and checksums",
     response_class=StreamingResponse,
     responses=DOWNLOAD_RESPONSES,
 )
@@ -319,7 +324,11 @@ async def download(
     )
 
 
-@router.get("/api/stable/repository/collection/{collectionId}/health", responses=HEALTH_RESPONSES)
+@router.get(
+    "/api/stable/repository/collection/{collectionId}/health",
+    summary="Health of a collection: its checks, for monitoring",
+    responses=HEALTH_RESPONSES,
+)
 @router.get("/api/alpha/repository/collection/{collectionId}/health", include_in_schema=False)
 async def collection_health(
     request: Request,

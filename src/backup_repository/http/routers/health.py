@@ -23,6 +23,7 @@ HEALTH_CODE_INVALID = (
 
 @router.get(
     "/health",
+    summary="Liveness: the server answers",
     responses={**docs.ok(docs.AliveEnvelope), **docs.errors(unauthorized=False)},
 )
 async def health() -> JSONResponse:
@@ -36,6 +37,7 @@ async def health() -> JSONResponse:
 
 @router.get(
     "/ready",
+    summary="Readiness: database, storage and configuration checks",
     responses={
         **docs.ok(docs.HealthEnvelope, "Every check passed"),
         **docs.errors(403, unauthorized=False),
