@@ -169,6 +169,14 @@ class _Handler(logging.StreamHandler[TextIO]):
     """The handler :func:`configure_logging` installs (recognised when called again)."""
 
 
+# Lines that say nothing an operator can act on, by logger: dropped.
+_NOISE = {("_granian", "Embedded server is experimental!")}
+
+
+def _not_noise(record: logging.LogRecord) -> bool:
+    return not isinstance(record.msg, str) or (record.name, record.msg) not in _NOISE
+
+
 def configure_logging(
     level: str = "info", fmt: LogFormat = "json", stream: TextIO | None = None
 ) -> None:
@@ -180,6 +188,7 @@ def configure_logging(
 
     handler = _Handler(target)
     handler.setFormatter(build_formatter(fmt, colors=colors))
+    handler.addFilter(_not_noise)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

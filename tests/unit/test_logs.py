@@ -213,3 +213,9 @@ def test_the_end_of_run_scan_finds_secrets_and_tokens(tmp_path: Path) -> None:
     assert "the JWT secret" in problem
     assert "the password hun..." in problem
     assert "a token (eyJhbGciOiJI...)" in problem
+
+
+def test_granians_experimental_notice_is_dropped(stream: io.StringIO) -> None:
+    logging.getLogger("_granian").warning("Embedded server is experimental!")
+    logging.getLogger("_granian").warning("Killing worker-1")
+    assert [line["message"] for line in lines(stream)] == ["Killing worker-1"]
