@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 import pytest
@@ -21,18 +21,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backup_repository.db.engine import create_engine, migrate
 from backup_repository.db.urls import render_url_safely
+from support import require_service
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 POSTGRES_CONNECT_TIMEOUT_S = 3.0
 
 T = TypeVar("T")
-
-
-def require_service(name: str, reason: str) -> NoReturn:
-    """Skip the test because ``name`` is unavailable, or fail it under BR_REQUIRE_SERVICES=1."""
-    if os.environ.get("BR_REQUIRE_SERVICES") == "1":
-        pytest.fail(f"{name} is required (BR_REQUIRE_SERVICES=1) but unavailable: {reason}")
-    pytest.skip(reason)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

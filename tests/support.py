@@ -15,9 +15,10 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
+import pytest
 import yaml
 
 from backup_repository.services.passwords import PasswordHasher
@@ -27,6 +28,13 @@ JWT_SECRET = "test-secret-key-that-is-long-enough-for-hs256"
 # log of every server start_server() started, and every password given to user_doc().
 SERVER_LOGS: list[Path] = []
 KNOWN_PASSWORDS: set[str] = set()
+
+
+def require_service(name: str, reason: str) -> NoReturn:
+    """Skip the test because ``name`` is unavailable, or fail it under BR_REQUIRE_SERVICES=1."""
+    if os.environ.get("BR_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{name} is required (BR_REQUIRE_SERVICES=1) but unavailable: {reason}")
+    pytest.skip(reason)
 
 
 @functools.cache

@@ -25,7 +25,7 @@ from deploy_support import (
     validate_builtin,
 )
 
-from conftest import require_service
+from support import require_service
 
 try:
     import helm_python

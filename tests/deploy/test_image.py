@@ -15,7 +15,7 @@ from pathlib import Path
 
 from deploy_support import REPO, server_env_vars
 
-from conftest import require_service
+from support import require_service
 
 DOCKERFILE = REPO / "Dockerfile"
 

@@ -11,14 +11,12 @@ The classes behind them are in ``reliability_support.py``.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
 
 import pytest
 from reliability_support import (
@@ -33,22 +31,7 @@ from reliability_support import (
 
 from gpg_fixtures import GpgHome
 from storage_fixtures import SeaweedFSUnavailable, start_seaweedfs
-from support import free_port
-
-
-def _load_root_conftest() -> Any:
-    """The suite's root conftest under a name of its own: ``import conftest`` here would
-    find this very module (pytest imports every conftest.py as ``conftest``)."""
-    path = Path(__file__).resolve().parents[1] / "conftest.py"
-    spec = importlib.util.spec_from_file_location("br_tests_root_conftest", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-require_service: Callable[[str, str], NoReturn] = _load_root_conftest().require_service
+from support import free_port, require_service
 
 # -- a private PostgreSQL ----------------------------------------------------------------------
 
