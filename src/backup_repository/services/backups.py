@@ -73,6 +73,9 @@ TOKEN_ALREADY_USED = "token was already used"  # noqa: S105 - a message, not a s
 # The upload lock is a lease renewed (every third of it) while the upload runs, so the lock
 # of a replica that died frees itself within the lease.
 DEFAULT_LOCK_LEASE = 30.0
+# How often a download of ``latest`` is resolved again when its version was rotated away
+# between resolving it and opening its object.
+LATEST_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,9 @@ class Download:
     end: int  # exclusive
     partial: bool
     local_path: str | None
+    # Asked for as ``latest`` (with this range): may be resolved again if rotated away.
+    latest: bool = False
+    byte_range: tuple[int | None, int | None] | None = None
 
     @property
     def length(self) -> int:
@@ -224,29 +230,21 @@ class BackupService:
         byte_range: tuple[int | None, int | None] | None,
     ) -> Download:
         """Resolve and authorize a download; ``byte_range`` is a parsed single Range
-        ``(first, last)`` as in ``bytes=first-last`` (either may be None). The download is
-        told to the event sink (as refused, with the error, when it is)."""
+        ``(first, last)`` as in ``bytes=first-last`` (either may be None). A refusal is
+        told to the event sink here; the download itself by :meth:`ensure_object`, once
+        the object is known to be there."""
         try:
-            download = await self._prepare_download(ctx, collection_id, version_ref, byte_range)
+            return await self._prepare_download(ctx, collection_id, version_ref, byte_range)
         except DomainError as exc:
-            await self._events.emit(
-                self._event(
-                    ctx, Action.DOWNLOAD, Outcome.FAILURE, collection_id, detail=exc.message
-                )
-            )
+            await self._download_refused(ctx, collection_id, exc)
             raise
+
+    async def _download_refused(
+        self, ctx: AuthContext, collection_id: str, exc: DomainError
+    ) -> None:
         await self._events.emit(
-            self._event(
-                ctx,
-                Action.DOWNLOAD,
-                Outcome.SUCCESS,
-                collection_id,
-                version=download.version.number,
-                size=download.length,
-                detail="range" if download.partial else "",
-            )
+            self._event(ctx, Action.DOWNLOAD, Outcome.FAILURE, collection_id, detail=exc.message)
         )
-        return download
 
     def _event(
         self,
@@ -288,7 +286,15 @@ class BackupService:
             start, end = resolve_range(byte_range, version.size)
             partial = True
         path = self._store.local_path(version.storage_key)
-        return Download(version, start, end, partial, str(path) if path else None)
+        return Download(
+            version,
+            start,
+            end,
+            partial,
+            str(path) if path else None,
+            latest=number is None,
+            byte_range=byte_range,
+        )
 
     async def stream(self, download: Download) -> AsyncIterator[bytes]:
         try:
@@ -314,9 +320,50 @@ class BackupService:
         if await self._versions.get_version(version.collection_id, version.number) is None:
             raise NotFound(VERSION_NOT_FOUND)
 
-    async def ensure_object(self, download: Download) -> None:
+    async def ensure_object(
+        self, ctx: AuthContext, download: Download, *, tell: bool = True
+    ) -> Download:
         """Refuse a download whose object vanished with a clear error rather than a stream
-        that breaks after the headers were sent."""
+        that breaks after the headers were sent, and tell the event sink about the
+        download (unless ``tell`` is False: a HEAD request moves no data).
+
+        ``latest`` resolved to a version that uploads rotated away meanwhile (a slow client
+        and a small ``maxBackupsCount``) is resolved again: there is a newer one. Returns
+        the download to send."""
+        collection_id = download.version.collection_id
+        for attempt in range(LATEST_ATTEMPTS):
+            try:
+                await self._ensure_object(download)
+                break
+            except NotFound as exc:
+                if not download.latest or attempt == LATEST_ATTEMPTS - 1:
+                    await self._download_refused(ctx, collection_id, exc)
+                    raise
+            except DomainError as exc:
+                await self._download_refused(ctx, collection_id, exc)
+                raise
+            try:
+                download = await self._prepare_download(
+                    ctx, collection_id, "latest", download.byte_range
+                )
+            except DomainError as exc:
+                await self._download_refused(ctx, collection_id, exc)
+                raise
+        if tell:
+            await self._events.emit(
+                self._event(
+                    ctx,
+                    Action.DOWNLOAD,
+                    Outcome.SUCCESS,
+                    collection_id,
+                    version=download.version.number,
+                    size=download.length,
+                    detail="range" if download.partial else "",
+                )
+            )
+        return download
+
+    async def _ensure_object(self, download: Download) -> None:
         try:
             info = await self._store.stat(download.version.storage_key)
         except StorageError as exc:

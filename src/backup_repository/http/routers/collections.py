@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import os
 import re
 from collections.abc import AsyncIterator
@@ -235,13 +236,17 @@ def content_disposition(filename: str) -> str:
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
+def _etag(download: Download) -> str:
+    return f'"{download.version.sha256}"'
+
+
 def _download_headers(download: Download) -> dict[str, str]:
     version = download.version
     digest = base64.b64encode(bytes.fromhex(version.sha256)).decode()
     headers = {
         "Content-Disposition": content_disposition(version.filename),
         "Content-Length": str(download.length),
-        "ETag": f'"{version.sha256}"',
+        "ETag": _etag(download),
         "Digest": f"sha-256={digest}",
         "Repr-Digest": f"sha-256=:{digest}:",
         "X-Content-SHA256": version.sha256,
@@ -283,12 +288,13 @@ async def download(
     prepared = await services.backups.prepare_download(
         auth, collectionId, version, _parse_range(request.headers.get("range"))
     )
+    if if_none_match and if_none_match.strip() in {_etag(prepared), "*"}:
+        return Response(status_code=304, headers={"ETag": _etag(prepared)})
+    head = request.method == "HEAD"
+    prepared = await services.backups.ensure_object(auth, prepared, tell=not head)
     headers = _download_headers(prepared)
     status = 206 if prepared.partial else 200
-    if if_none_match and if_none_match.strip() in {headers["ETag"], "*"}:
-        return Response(status_code=304, headers={"ETag": headers["ETag"]})
-    await services.backups.ensure_object(prepared)
-    if request.method == "HEAD":
+    if head:
         return Response(status_code=status, headers=headers, media_type="application/octet-stream")
     if prepared.local_path is not None and "range" not in request.headers:
         # Sent by the server itself (zero-copy where it supports the ASGI path-send extension).
@@ -297,7 +303,10 @@ async def download(
         try:
             stat_result = await asyncio.to_thread(os.stat, prepared.local_path)
         except FileNotFoundError:
-            await services.backups.ensure_object(prepared)
+            # The version was rotated away (404) or its object lost (503) in between.
+            await services.backups.ensure_object(
+                auth, dataclasses.replace(prepared, latest=False), tell=False
+            )
             raise
         del headers["Content-Length"]
         return FileResponse(
