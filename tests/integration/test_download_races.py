@@ -74,6 +74,7 @@ async def test_latest_rotated_away_before_it_is_opened_is_resolved_again(
         await upload(client)
 
     sent = await services.backups.ensure_object(ctx, latest)
+    await services.backups.record_download(ctx, sent)
     assert sent.version.number == 6
     assert sent.length == len(BODY)
     with pytest.raises(NotFound):

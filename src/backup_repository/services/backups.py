@@ -320,21 +320,18 @@ class BackupService:
         if await self._versions.get_version(version.collection_id, version.number) is None:
             raise NotFound(VERSION_NOT_FOUND)
 
-    async def ensure_object(
-        self, ctx: AuthContext, download: Download, *, tell: bool = True
-    ) -> Download:
+    async def ensure_object(self, ctx: AuthContext, download: Download) -> Download:
         """Refuse a download whose object vanished with a clear error rather than a stream
-        that breaks after the headers were sent, and tell the event sink about the
-        download (unless ``tell`` is False: a HEAD request moves no data).
+        that breaks after the headers were sent (a refusal is told to the event sink).
 
         ``latest`` resolved to a version that uploads rotated away meanwhile (a slow client
         and a small ``maxBackupsCount``) is resolved again: there is a newer one. Returns
-        the download to send."""
+        the download to send; call :meth:`record_download` once it is sent."""
         collection_id = download.version.collection_id
         for attempt in range(LATEST_ATTEMPTS):
             try:
                 await self._ensure_object(download)
-                break
+                return download
             except NotFound as exc:
                 if not download.latest or attempt == LATEST_ATTEMPTS - 1:
                     await self._download_refused(ctx, collection_id, exc)
@@ -349,19 +346,22 @@ class BackupService:
             except DomainError as exc:
                 await self._download_refused(ctx, collection_id, exc)
                 raise
-        if tell:
-            await self._events.emit(
-                self._event(
-                    ctx,
-                    Action.DOWNLOAD,
-                    Outcome.SUCCESS,
-                    collection_id,
-                    version=download.version.number,
-                    size=download.length,
-                    detail="range" if download.partial else "",
-                )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def record_download(self, ctx: AuthContext, download: Download) -> None:
+        """Tell the event sink a download is being sent (not for HEAD or 304 answers,
+        which move no data)."""
+        await self._events.emit(
+            self._event(
+                ctx,
+                Action.DOWNLOAD,
+                Outcome.SUCCESS,
+                download.version.collection_id,
+                version=download.version.number,
+                size=download.length,
+                detail="range" if download.partial else "",
             )
-        return download
+        )
 
     async def _ensure_object(self, download: Download) -> None:
         try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import os
 import re
 from collections.abc import AsyncIterator
@@ -14,12 +13,22 @@ from urllib.parse import quote
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
-from backup_repository.domain.errors import DomainError, InvalidInput, RequestTimeout
+from backup_repository.domain.errors import (
+    DependencyUnavailable,
+    DomainError,
+    InvalidInput,
+    RequestTimeout,
+)
 from backup_repository.http.bodies import upload_stream
 from backup_repository.http.deps import Auth, ServicesDep, UploadAuth
 from backup_repository.http.envelope import error, ok, rfc3339
 from backup_repository.http.routers import responses as docs
-from backup_repository.services.backups import Download, Usage
+from backup_repository.services.backups import (
+    LATEST_ATTEMPTS,
+    STORAGE_UNAVAILABLE,
+    Download,
+    Usage,
+)
 from backup_repository.services.ports import VersionRecord
 
 router = APIRouter(tags=["collections"])
@@ -290,35 +299,47 @@ async def download(
     )
     if if_none_match and if_none_match.strip() in {_etag(prepared), "*"}:
         return Response(status_code=304, headers={"ETag": _etag(prepared)})
-    head = request.method == "HEAD"
-    prepared = await services.backups.ensure_object(auth, prepared, tell=not head)
-    headers = _download_headers(prepared)
+    prepared = await services.backups.ensure_object(auth, prepared)
     status = 206 if prepared.partial else 200
-    if head:
-        return Response(status_code=status, headers=headers, media_type="application/octet-stream")
+    if request.method == "HEAD":
+        return Response(
+            status_code=status,
+            headers=_download_headers(prepared),
+            media_type="application/octet-stream",
+        )
     if prepared.local_path is not None and "range" not in request.headers:
         # Sent by the server itself (zero-copy where it supports the ASGI path-send extension).
         # Stat here, not in FileResponse: a rotation may have deleted the file since
-        # ensure_object, and here that still becomes a clean 404 (or 503 if still live).
-        try:
-            stat_result = await asyncio.to_thread(os.stat, prepared.local_path)
-        except FileNotFoundError:
-            # The version was rotated away (404) or its object lost (503) in between.
-            await services.backups.ensure_object(
-                auth, dataclasses.replace(prepared, latest=False), tell=False
-            )
-            raise
+        # ensure_object, and here that still becomes a clean 404 (or 503 if still live; or,
+        # for latest, the newer version).
+        path: str = prepared.local_path
+        stat_result = None
+        for _ in range(LATEST_ATTEMPTS):
+            try:
+                stat_result = await asyncio.to_thread(os.stat, path)
+                break
+            except FileNotFoundError:
+                prepared = await services.backups.ensure_object(auth, prepared)
+                if prepared.local_path is None:
+                    break
+                path = prepared.local_path
+        if stat_result is None:
+            raise DependencyUnavailable(STORAGE_UNAVAILABLE)
+        headers = _download_headers(prepared)
         del headers["Content-Length"]
+        await services.backups.record_download(auth, prepared)
         return FileResponse(
-            prepared.local_path,
+            path,
             headers=headers,
             media_type="application/octet-stream",
             stat_result=stat_result,
         )
+    headers = _download_headers(prepared)
     limit = services.settings.http_download_timeout.total_seconds()
     # The first chunk before the headers: a missing object is still a clean 404/503.
     chunks = services.backups.stream(prepared)
     first = await anext(chunks, b"")
+    await services.backups.record_download(auth, prepared)
 
     async def whole() -> AsyncIterator[bytes]:
         yield first
