@@ -13,7 +13,6 @@ from fastapi import FastAPI
 
 from backup_repository import __version__
 from backup_repository.config.filesystem import FilesystemProvider
-from backup_repository.config.kubernetes import KubernetesProvider
 from backup_repository.db.audit import SqlAuditRepository
 from backup_repository.db.engine import create_engine, migrate
 from backup_repository.db.integrity import SqlIntegrityRepository, SqlLeaseRepository
@@ -74,6 +73,9 @@ def create_app(settings: Settings, on_started: Callable[[], None] | None = None)
         engine = create_engine(settings.db_url)
         provider: ConfigurationProvider
         if settings.provider == "kubernetes":
+            # Imported only when used: the Kubernetes client costs about 35 MiB of memory.
+            from backup_repository.config.kubernetes import KubernetesProvider
+
             provider = KubernetesProvider(settings.namespace, settings.kubeconfig)
         else:
             provider = FilesystemProvider(settings.config_local_path, settings.namespace)
