@@ -12,21 +12,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
-from sqlalchemy.engine import make_url
 
+from backup_repository.cli.options import (
+    CONTEXT_SETTINGS,
+    LOG_LEVELS,
+    database_options,
+    missing_sqlite_file,
+    option,
+    resolve_db_url,
+    resolve_storage_url,
+    storage_options,
+)
 from backup_repository.db.urls import normalize_database_url, render_url_safely
 from backup_repository.domain.errors import DependencyUnavailable
 from backup_repository.domain.identity import Collection
 from backup_repository.domain.importing import Problem
-from backup_repository.domain.units import parse_duration
 from backup_repository.logs import configure_logging
 from backup_repository.services.importer import CollectionReport, ImportRepository, UploadLock
 from backup_repository.services.ports import ConfigSnapshot
@@ -37,9 +45,6 @@ logger = logging.getLogger("backup_repository.import")
 EXIT_OK = 0
 EXIT_INCOMPLETE = 1
 EXIT_USAGE = 2
-
-# Storage client: the longest wait for any single answer (as the server uses).
-STORAGE_IDLE_TIMEOUT = 60.0
 
 
 class UsageProblem(Exception):
@@ -70,59 +75,13 @@ def _unreachable(what: str, url: str, cause: BaseException) -> str:
     return f"cannot reach {what} at {render_url_safely(url)}: {reason}"
 
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _opt(*names: str, env: str, **kwargs: Any) -> Callable[[F], F]:
-    """A flag that also reads the environment variable ``env``."""
-    kwargs.setdefault("show_envvar", True)
-    decorator: Callable[[F], F] = click.option(*names, envvar=env, **kwargs)
-    return decorator
-
-
-def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
-    try:
-        seconds = parse_duration(value).total_seconds()
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-    if seconds <= 0:
-        raise click.BadParameter("must be longer than zero")
-    return seconds
-
-
-@click.command(
-    "import-reference",
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+@click.command("import-reference", context_settings=CONTEXT_SETTINGS)
+@database_options("Database URL of this server")
+@storage_options(
+    url_help="The bucket the reference deployment used (the server then uses it too)",
+    timeout_help="Longest read of one object",
 )
-@_opt("--db-url", env="BR_DB_URL", default=None, help="Database URL of this server")
-@_opt("--db-hostname", env="BR_DB_HOSTNAME", default=None, help="PostgreSQL host")
-@_opt(
-    "--db-port",
-    env="BR_DB_PORT",
-    default=5432,
-    type=click.IntRange(1, 65535),
-    show_default=True,
-    help="PostgreSQL port",
-)
-@_opt("--db-user", env="BR_DB_USERNAME", default=None, help="PostgreSQL user")
-@_opt("--db-password", env="BR_DB_PASSWORD", default=None, help="PostgreSQL password")
-@_opt("--db-name", env="BR_DB_NAME", default=None, help="PostgreSQL database name")
-@_opt(
-    "--storage-url",
-    env="BR_STORAGE_DRIVER_URL",
-    default=None,
-    help="The bucket the reference deployment used (the server then uses it too) "
-    "[default: file://<working dir>/data/storage]",
-)
-@_opt(
-    "--storage-io-timeout",
-    env="BR_STORAGE_IO_TIMEOUT",
-    default="2h",
-    show_default=True,
-    callback=_duration,
-    help="Longest read of one object",
-)
-@_opt(
+@option(
     "-p",
     "--provider",
     env="BR_CONFIG_PROVIDER",
@@ -131,14 +90,14 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
     type=click.Choice(["filesystem", "kubernetes"]),
     help="Where the BackupCollection objects come from",
 )
-@_opt(
+@option(
     "--config-local-path",
     env="BR_CONFIG_LOCAL_PATH",
     default="~/.backup-repository",
     show_default=True,
     help="Configuration folder for --provider=filesystem",
 )
-@_opt(
+@option(
     "-n",
     "--namespace",
     env="BR_NAMESPACE",
@@ -146,20 +105,20 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
     show_default=True,
     help="Namespace of the objects",
 )
-@_opt(
+@option(
     "--kubeconfig",
     env="BR_KUBECONFIG",
     default=None,
     help="kubeconfig file for --provider=kubernetes [default: in-cluster, then $KUBECONFIG]",
 )
-@_opt(
+@option(
     "--reference-db-url",
     env="BR_REFERENCE_DB_URL",
     default=None,
     help="The reference deployment's PostgreSQL database: version numbers, times and "
     "uploaders come from its uploaded_versions table instead of the file names",
 )
-@_opt(
+@option(
     "-c",
     "--collection",
     "collections",
@@ -167,26 +126,26 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
     multiple=True,
     help="Import only this collection (repeatable) [default: every configured collection]",
 )
-@_opt(
+@option(
     "--dry-run",
     env="BR_IMPORT_DRY_RUN",
     is_flag=True,
     default=False,
     help="Read and check everything, print what would be registered, write nothing",
 )
-@_opt(
+@option(
     "--allow-non-openpgp",
     env="BR_IMPORT_ALLOW_NON_OPENPGP",
     is_flag=True,
     default=False,
     help="Register objects that are not encrypted OpenPGP messages too (reported)",
 )
-@_opt(
+@option(
     "--log-level",
     env="BR_LOG_LEVEL",
     default="warning",
     show_default=True,
-    type=click.Choice(["debug", "info", "warning", "error", "critical"], case_sensitive=False),
+    type=LOG_LEVELS,
 )
 def import_reference(**options: Any) -> None:
     """Register the versions already in a reference deployment's bucket.
@@ -196,14 +155,12 @@ def import_reference(**options: Any) -> None:
     --reference-db-url). Each object is read once to compute its SHA-256 and to check it
     is an encrypted OpenPGP message. Running it again registers nothing twice. Run it
     before starting this server on the bucket."""
-    from backup_repository.cli.server import resolve_db_url, resolve_storage_url
-
     configure_logging(str(options["log_level"]).lower(), "console")
     try:
         job = Job(
             db_url=resolve_db_url(options),
             storage_url=resolve_storage_url(options),
-            io_timeout=options["storage_io_timeout"],
+            io_timeout=options["storage_io_timeout"].total_seconds(),
             provider=options["provider"],
             config_path=Path(options["config_local_path"]).expanduser(),
             namespace=options["namespace"],
@@ -247,14 +204,9 @@ class Job:
             return EXIT_INCOMPLETE
 
     async def _configuration(self) -> ConfigSnapshot:
-        if self.provider == "kubernetes":
-            from backup_repository.config.kubernetes import KubernetesProvider
+        from backup_repository.config.providers import open_provider
 
-            provider: Any = KubernetesProvider(self.namespace, kubeconfig=self.kubeconfig)
-        else:
-            from backup_repository.config.filesystem import FilesystemProvider
-
-            provider = FilesystemProvider(self.config_path, self.namespace)
+        provider = open_provider(self.provider, self.config_path, self.namespace, self.kubeconfig)
         try:
             await provider.start()
             snapshot: ConfigSnapshot = provider.snapshot()
@@ -291,18 +243,16 @@ class Job:
         from backup_repository.db.versions import SqlVersionRepository
         from backup_repository.services.importer import ImportService, NoVersions
         from backup_repository.storage.base import StorageError
-        from backup_repository.storage.objectstore import open_blob_store
+        from backup_repository.storage.objectstore import idle_timeout_for, open_blob_store
         from backup_repository.storage.urls import redact_storage_url
 
         _check_db_url(self.db_url, "--db-url")
         if self.reference_db_url:
             _check_db_url(self.reference_db_url, "--reference-db-url")
-            if _missing_sqlite_file(self.reference_db_url):
+            if missing_sqlite_file(self.reference_db_url) is not None:
                 raise UsageProblem("--reference-db-url names a SQLite file that does not exist")
         try:
-            store = open_blob_store(
-                self.storage_url, io_timeout=min(STORAGE_IDLE_TIMEOUT, self.io_timeout)
-            )
+            store = open_blob_store(self.storage_url, io_timeout=idle_timeout_for(self.io_timeout))
         except ValueError as exc:
             raise UsageProblem(f"--storage-url: {exc}") from None
         except StorageError as exc:
@@ -312,7 +262,7 @@ class Job:
         try:
             records: ImportRepository = NoVersions()
             engine = None
-            if not (self.dry_run and _missing_sqlite_file(self.db_url)):
+            if not (self.dry_run and missing_sqlite_file(self.db_url) is not None):
                 engine = create_engine(self.db_url)
                 engines.append(engine)
                 sql_records = SqlImportRepository(engine)
@@ -392,16 +342,6 @@ def _check_db_url(url: str, flag: str) -> None:
         normalize_database_url(url)
     except ValueError as exc:
         raise UsageProblem(f"{flag}: {exc}") from None
-
-
-def _missing_sqlite_file(url: str) -> bool:
-    parsed = make_url(normalize_database_url(url))
-    if parsed.get_backend_name() != "sqlite":
-        return False
-    database = parsed.database or ""
-    if database in ("", ":memory:") or database.startswith("file:"):
-        return False
-    return not Path(database).expanduser().exists()
 
 
 def _when(value: datetime) -> str:

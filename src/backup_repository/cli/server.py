@@ -12,17 +12,24 @@ import asyncio
 import logging
 import secrets
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 from pydantic import ValidationError
 
 from backup_repository.cli.import_reference import import_reference
+from backup_repository.cli.options import (
+    CONTEXT_SETTINGS,
+    LOG_LEVELS,
+    database_options,
+    duration,
+    option,
+    resolve_db_url,
+    resolve_storage_url,
+    storage_options,
+)
 from backup_repository.cli.verify import verify
-from backup_repository.db.urls import build_postgres_url
-from backup_repository.domain.units import parse_duration
 from backup_repository.logs import configure_logging
 from backup_repository.services.passwords import PasswordHasher
 from backup_repository.services.tokens import session_id_of
@@ -30,7 +37,6 @@ from backup_repository.settings import Listen, Settings, SettingsError
 
 logger = logging.getLogger("backup_repository")
 
-DEFAULT_DB_URL = "sqlite:///data/backup-repository.db"
 DEV_CONFIG_PATH = Path("examples/config")
 DEV_SECRET_FILE = Path("data/.dev-jwt-secret")
 DEV_CREDENTIALS = (
@@ -40,31 +46,6 @@ DEV_CREDENTIALS = (
 )
 
 
-def _duration(flag: str) -> Any:
-    def convert(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
-        if value is None:
-            return None
-        try:
-            return parse_duration(value)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc)) from None
-
-    return convert
-
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _option(*names: str, env: str, **kwargs: Any) -> Callable[[F], F]:
-    """A flag that also reads the environment variable ``env``."""
-    kwargs.setdefault("show_envvar", True)
-    decorator: Callable[[F], F] = click.option(*names, envvar=env, **kwargs)
-    return decorator
-
-
-CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
 @click.group(
     context_settings=CONTEXT_SETTINGS,
     invoke_without_command=True,
@@ -72,96 +53,64 @@ CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_
     subcommand_metavar="[COMMAND [ARGS]...]",
 )
 @click.pass_context
-@_option("--listen", env="BR_LISTEN", default=None, help="Address to listen on, e.g. :8080")
-@_option(
-    "--db-url",
-    env="BR_DB_URL",
-    default=None,
-    help=f"Database URL: sqlite:///relative.db, sqlite:////absolute.db or "
-    f"postgresql://user:pass@host:port/db [default: {DEFAULT_DB_URL}]",
-)
-@_option("--db-hostname", env="BR_DB_HOSTNAME", default=None, help="PostgreSQL host")
-@_option(
-    "--db-port",
-    env="BR_DB_PORT",
-    default=5432,
-    type=click.IntRange(1, 65535),
-    show_default=True,
-    help="PostgreSQL port",
-)
-@_option("--db-user", env="BR_DB_USERNAME", default=None, help="PostgreSQL user")
-@_option("--db-password", env="BR_DB_PASSWORD", default=None, help="PostgreSQL password")
-@_option("--db-name", env="BR_DB_NAME", default=None, help="PostgreSQL database name")
-@_option(
+@option("--listen", env="BR_LISTEN", default=None, help="Address to listen on, e.g. :8080")
+@database_options()
+@option(
     "-s",
     "--jwt-secret-key",
     env="BR_JWT_SECRET_KEY",
     default=None,
     help="Secret that signs tokens (required)",
 )
-@_option(
+@option(
     "--jwt-lifetime",
     env="BR_JWT_LIFETIME",
     default="8760h",
     show_default=True,
-    callback=_duration("--jwt-lifetime"),
+    callback=duration,
     help="Lifetime of issued tokens",
 )
-@_option(
+@option(
     "-k",
     "--health-check-key",
     env="BR_HEALTH_CHECK_KEY",
     default="",
     help="Code required by /ready (?code= or Authorization); empty: none",
 )
-@_option(
-    "--storage-url",
-    env="BR_STORAGE_DRIVER_URL",
-    default=None,
-    help="Storage URL: file:///path, s3://bucket?endpoint=..., gs://bucket, "
-    "azblob://container [default: file://<working dir>/data/storage]",
-)
-@_option(
-    "--storage-io-timeout",
-    env="BR_STORAGE_IO_TIMEOUT",
-    default="2h",
-    show_default=True,
-    callback=_duration("--storage-io-timeout"),
-    help="Longest storage read/write of a file",
-)
-@_option(
+@storage_options()
+@option(
     "--storage-health-timeout",
     env="BR_STORAGE_HEALTH_TIMEOUT",
     default="5s",
     show_default=True,
-    callback=_duration("--storage-health-timeout"),
+    callback=duration,
     help="Longest time a /ready check may take",
 )
-@_option(
+@option(
     "--http-upload-timeout",
     env="BR_HTTP_UPLOAD_TIMEOUT",
     default="180m",
     show_default=True,
-    callback=_duration("--http-upload-timeout"),
+    callback=duration,
     help="Longest time an upload request may take",
 )
-@_option(
+@option(
     "--http-download-timeout",
     env="BR_HTTP_DOWNLOAD_TIMEOUT",
     default="180m",
     show_default=True,
-    callback=_duration("--http-download-timeout"),
+    callback=duration,
     help="Longest time a download request may take",
 )
-@_option(
+@option(
     "--upload-lock-lease",
     env="BR_UPLOAD_LOCK_LEASE",
     default="30s",
     show_default=True,
-    callback=_duration("--upload-lock-lease"),
+    callback=duration,
     help="How long the upload lock of a replica that died stays held",
 )
-@_option(
+@option(
     "--rate-default-limit",
     env="BR_RATE_DEFAULT_LIMIT",
     default=5,
@@ -169,7 +118,7 @@ CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_
     type=click.IntRange(min=0),
     help="Requests per second per client IP (0: no limit)",
 )
-@_option(
+@option(
     "--rate-auth-limit",
     env="BR_RATE_AUTH_LIMIT",
     default=10,
@@ -177,7 +126,7 @@ CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_
     type=click.IntRange(min=0),
     help="Logins per minute per client IP",
 )
-@_option(
+@option(
     "--rate-collection-health-limit",
     env="BR_RATE_COLLECTION_HEALTH_LIMIT",
     default=10,
@@ -185,7 +134,7 @@ CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_
     type=click.IntRange(min=0),
     help="Collection health requests per minute per client IP",
 )
-@_option(
+@option(
     "--rate-server-health-limit",
     env="BR_RATE_SERVER_HEALTH_LIMIT",
     default=160,
@@ -193,7 +142,7 @@ CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_
     type=click.IntRange(min=0),
     help="/health and /ready requests per minute per client IP",
 )
-@_option(
+@option(
     "-p",
     "--provider",
     env="BR_CONFIG_PROVIDER",
@@ -202,20 +151,20 @@ CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_
     type=click.Choice(["filesystem", "kubernetes"]),
     help="Where users and collections come from",
 )
-@_option(
+@option(
     "--kubeconfig",
     env="BR_KUBECONFIG",
     default=None,
     help="kubeconfig file for --provider=kubernetes [default: in-cluster service account, "
     "then $KUBECONFIG or ~/.kube/config]",
 )
-@_option(
+@option(
     "--config-local-path",
     env="BR_CONFIG_LOCAL_PATH",
     default=None,
     help="Configuration folder for --provider=filesystem [default: ~/.backup-repository]",
 )
-@_option(
+@option(
     "-n",
     "--namespace",
     env="BR_NAMESPACE",
@@ -223,48 +172,48 @@ CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_
     show_default=True,
     help="Namespace of the objects",
 )
-@_option(
+@option(
     "--log-level",
     env="BR_LOG_LEVEL",
     default="info",
     show_default=True,
-    type=click.Choice(["debug", "info", "warning", "error", "critical"], case_sensitive=False),
+    type=LOG_LEVELS,
 )
-@_option(
+@option(
     "--log-format",
     env="BR_LOG_FORMAT",
     default=None,
     type=click.Choice(["json", "console"]),
     help="Log lines as JSON or readable text [default: json; console with --dev]",
 )
-@_option(
+@option(
     "--verify-interval",
     env="BR_VERIFY_INTERVAL",
     default="0",
     show_default=True,
-    callback=_duration("--verify-interval"),
+    callback=duration,
     help="Re-read and check every stored version this often (e.g. 24h); 0: never",
 )
-@_option(
+@option(
     "--metrics-protected/--metrics-public",
     env="BR_METRICS_PROTECTED",
     default=False,
     show_default=True,
     help="Require the --health-check-key on /metrics",
 )
-@_option(
+@option(
     "--redis-url",
     env="BR_REDIS_URL",
     default=None,
     help="Redis URL to share rate limits across replicas",
 )
-@_option(
+@option(
     "--trusted-proxies",
     env="BR_TRUSTED_PROXIES",
     default="",
     help="Comma-separated IPs/CIDRs of proxies whose X-Forwarded-For is believed",
 )
-@_option(
+@option(
     "--password-hash-concurrency",
     env="BR_PASSWORD_HASH_CONCURRENCY",
     default=2,
@@ -276,7 +225,7 @@ CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_
     "--encode-password", default=None, help="Print the encoded hash of a password and exit"
 )
 @click.option("--hash-jwt", default=None, help="Print the session id (SHA-256) of a token and exit")
-@_option(
+@option(
     "--dev",
     "dev_mode",
     env="BR_DEV_MODE",
@@ -307,30 +256,6 @@ def main(ctx: click.Context, /, **options: Any) -> None:
 
 main.add_command(import_reference)
 main.add_command(verify)
-
-
-def resolve_db_url(options: dict[str, Any]) -> str:
-    """The database URL from ``--db-url`` or the ``--db-hostname``/``--db-*`` set."""
-    postgres_parts = [options[k] for k in ("db_hostname", "db_user", "db_name", "db_password")]
-    if any(postgres_parts):
-        if options["db_url"]:
-            raise SettingsError("give either --db-url or the --db-hostname/--db-* set, not both")
-        if not options["db_hostname"] or not options["db_name"]:
-            raise SettingsError("--db-hostname and --db-name are both needed for PostgreSQL")
-        db_url = build_postgres_url(
-            options["db_hostname"],
-            options["db_port"],
-            options["db_user"] or "",
-            options["db_password"] or "",
-            options["db_name"],
-        )
-    else:
-        db_url = options["db_url"] or DEFAULT_DB_URL
-    return str(db_url)
-
-
-def resolve_storage_url(options: dict[str, Any]) -> str:
-    return str(options["storage_url"] or (Path.cwd() / "data" / "storage").as_uri())
 
 
 def build_settings(options: dict[str, Any]) -> Settings:

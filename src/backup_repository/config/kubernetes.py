@@ -559,7 +559,9 @@ class KubernetesProvider:
 
 def _interrupt(response: urllib3.BaseHTTPResponse) -> None:
     """Make a read blocked on ``response`` in another thread return at once."""
-    # Already released or closed: nothing is blocked on it.
+    # Already released or closed (ValueError, RuntimeError, OSError): nothing is blocked on
+    # it. urllib3's base response class raises NotImplementedError: a response type that
+    # cannot be shut down has no socket to unblock either.
     with contextlib.suppress(ValueError, RuntimeError, OSError, NotImplementedError):
         response.shutdown()
 

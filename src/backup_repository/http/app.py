@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from backup_repository import __version__
-from backup_repository.config.filesystem import FilesystemProvider
+from backup_repository.config.providers import open_provider
 from backup_repository.db.audit import SqlAuditRepository
 from backup_repository.db.engine import create_engine, migrate
 from backup_repository.db.integrity import SqlIntegrityRepository, SqlLeaseRepository
@@ -51,17 +51,14 @@ from backup_repository.services.health import (
 )
 from backup_repository.services.integrity import IntegrityService
 from backup_repository.services.passwords import PasswordHasher
-from backup_repository.services.ports import ConfigurationProvider
 from backup_repository.services.resolver import CachingResolver
 from backup_repository.services.stats import StatsService
 from backup_repository.services.tokens import TokenCodec
 from backup_repository.settings import Settings
-from backup_repository.storage.objectstore import open_blob_store
+from backup_repository.storage.objectstore import idle_timeout_for, open_blob_store
 from backup_repository.storage.urls import redact_storage_url
 
 logger = logging.getLogger(__name__)
-
-STORAGE_IDLE_TIMEOUT = 60.0
 
 
 def create_app(settings: Settings, on_started: Callable[[], None] | None = None) -> FastAPI:
@@ -71,20 +68,13 @@ def create_app(settings: Settings, on_started: Callable[[], None] | None = None)
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings.db_url)
-        provider: ConfigurationProvider
-        if settings.provider == "kubernetes":
-            # Imported only when used: the Kubernetes client costs about 35 MiB of memory.
-            from backup_repository.config.kubernetes import KubernetesProvider
-
-            provider = KubernetesProvider(settings.namespace, settings.kubeconfig)
-        else:
-            provider = FilesystemProvider(settings.config_local_path, settings.namespace)
+        provider = open_provider(
+            settings.provider, settings.config_local_path, settings.namespace, settings.kubeconfig
+        )
         hasher = PasswordHasher(settings.password_hash_concurrency)
-        # The storage client waits at most STORAGE_IDLE_TIMEOUT for any single answer; the
-        # whole transfer of a file is bounded by --storage-io-timeout in the services.
         store = open_blob_store(
             settings.storage_url,
-            io_timeout=min(STORAGE_IDLE_TIMEOUT, settings.storage_io_timeout.total_seconds()),
+            io_timeout=idle_timeout_for(settings.storage_io_timeout.total_seconds()),
         )
         try:
             logger.info("database: %s", render_url_safely(settings.db_url))

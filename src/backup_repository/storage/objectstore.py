@@ -404,6 +404,16 @@ class ObstoreBlobStore:
 # -- construction ----------------------------------------------------------------------------
 
 
+# The server and its commands wait at most this long for any single answer of the storage;
+# the whole transfer of a file is bounded by --storage-io-timeout in the services.
+STORAGE_IDLE_TIMEOUT = 60.0
+
+
+def idle_timeout_for(transfer_seconds: float) -> float:
+    """The storage client's wait for one answer, given the limit for a whole transfer."""
+    return min(STORAGE_IDLE_TIMEOUT, transfer_seconds)
+
+
 def open_blob_store(
     url: str,
     *,
