@@ -511,6 +511,11 @@ async def test_ready_requires_the_health_code(keyed_app_factory: Callable[..., A
             assert (await c.get("/ready", params={"code": "s3cret-code"})).status_code == 200
             response = await c.get("/ready", headers={"Authorization": "s3cret-code"})
             assert response.status_code == 200
+            # As /metrics takes it (what Kubernetes probes and Prometheus send as a header).
+            response = await c.get("/ready", headers={"Authorization": "Bearer s3cret-code"})
+            assert response.status_code == 200
+            response = await c.get("/ready", headers={"Authorization": "Bearer wrong"})
+            assert response.status_code == 403
 
 
 async def test_ready_reports_broken_objects_and_a_missing_folder(

@@ -24,7 +24,7 @@ from backup_repository.http.metrics import (
     reason_label,
     template_matcher,
 )
-from backup_repository.http.routers.metrics import key_accepted, presented_keys
+from backup_repository.http.deps import key_accepted, presented_keys
 from backup_repository.services.events import Action, Event, Outcome
 from backup_repository.settings import Settings
 

@@ -3,6 +3,7 @@ address and the authenticated caller."""
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -90,3 +91,26 @@ async def get_upload_auth(
 
 
 UploadAuth = Annotated[AuthContext, Depends(get_upload_auth)]
+
+
+# -- the health check key (/ready, and /metrics with --metrics-protected) -----------------
+
+
+def presented_keys(authorization: str | None, code: str | None) -> list[str]:
+    """The keys a caller may have meant: the header as it is, the header's Bearer
+    credentials, and the ``code`` query value."""
+    keys: list[str] = []
+    if authorization:
+        keys.append(authorization)
+        scheme, _, credentials = authorization.partition(" ")
+        if scheme.lower() == "bearer" and credentials.strip():
+            keys.append(credentials.strip())
+    if code:
+        keys.append(code)
+    return keys
+
+
+def key_accepted(keys: list[str], expected: str) -> bool:
+    # Every candidate is compared (no early exit), in constant time each.
+    matches = [hmac.compare_digest(key.encode(), expected.encode()) for key in keys]
+    return bool(expected) and any(matches)

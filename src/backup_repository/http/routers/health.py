@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
-from backup_repository.http.deps import ServicesDep
+from backup_repository.http.deps import ServicesDep, key_accepted, presented_keys
 from backup_repository.http.envelope import error, ok
 from backup_repository.http.routers import responses as docs
 from backup_repository.services.health import run_checks
@@ -53,10 +52,10 @@ async def ready(
     code: Annotated[str | None, Query(max_length=1024)] = None,
 ) -> JSONResponse:
     expected = services.settings.health_check_key
-    if expected:
-        given = request.headers.get("authorization") or code or ""
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            return error(403, HEALTH_CODE_INVALID)
+    if expected and not key_accepted(
+        presented_keys(request.headers.get("authorization"), code), expected
+    ):
+        return error(403, HEALTH_CODE_INVALID)
     timeout = services.settings.storage_health_timeout.total_seconds()
     results = await run_checks(services.readiness, timeout)
     data = {"health": [r.as_dict() for r in results]}

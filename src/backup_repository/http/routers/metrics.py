@@ -4,14 +4,13 @@ itself or as ``Bearer <key>``, which is what Prometheus' ``authorization`` setti
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from backup_repository.http.deps import ServicesDep
+from backup_repository.http.deps import ServicesDep, key_accepted, presented_keys
 from backup_repository.http.envelope import error
 from backup_repository.http.routers import responses as docs
 
@@ -22,26 +21,6 @@ METRICS_KEY_MISSING = (
     "(the key, or 'Bearer <key>') or the 'code' query string"
 )
 METRICS_KEY_INVALID = "health check key invalid: it must match the --health-check-key value"
-
-
-def presented_keys(authorization: str | None, code: str | None) -> list[str]:
-    """The keys a caller may have meant: the header as it is, the header's Bearer
-    credentials, and the ``code`` query value."""
-    keys: list[str] = []
-    if authorization:
-        keys.append(authorization)
-        scheme, _, credentials = authorization.partition(" ")
-        if scheme.lower() == "bearer" and credentials.strip():
-            keys.append(credentials.strip())
-    if code:
-        keys.append(code)
-    return keys
-
-
-def key_accepted(keys: list[str], expected: str) -> bool:
-    # Every candidate is compared (no early exit), in constant time each.
-    matches = [hmac.compare_digest(key.encode(), expected.encode()) for key in keys]
-    return bool(expected) and any(matches)
 
 
 @router.get(
