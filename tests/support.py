@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -78,6 +79,13 @@ def user_doc(
         "metadata": {"name": name},
         "spec": spec,
     }
+
+
+def closed_windows() -> list[dict[str, str]]:
+    """Backup windows that are closed now: one minute once a year, on a day that is not
+    today."""
+    day = (datetime.now(UTC) + timedelta(days=2)).strftime("%d %m")
+    return [{"from": f"0 3 {day} *", "duration": "1m"}]
 
 
 def collection_doc(name: str, acl: Iterable[Mapping[str, Any]] = ()) -> dict[str, Any]:

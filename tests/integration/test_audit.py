@@ -9,7 +9,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from backup_repository.services.audit import AUDIT_LOGGER, AuditFilters, AuditLo
 from backup_repository.services.events import Action, Event, Outcome, short_session
 from backup_repository.services.tokens import session_id_of
 from gpg_fixtures import GpgHome, pad_to
-from support import collection_doc, make_settings, user_doc, write_config
+from support import closed_windows, collection_doc, make_settings, user_doc, write_config
 
 AUDIT = "/api/stable/audit"
 LOGIN = "/api/stable/auth/login"
@@ -47,9 +47,7 @@ def documents() -> list[dict[str, Any]]:
     db = collection_doc("db", acl=acl)
     db["spec"].update(maxBackupsCount=2, maxOneVersionSize="16K", maxCollectionSize="64K")
     closed = collection_doc("closed", acl=acl)
-    # A one-minute window once a year, on a day that is not today.
-    day = (datetime.now(UTC) + timedelta(days=2)).strftime("%d %m")
-    closed["spec"]["windows"] = [{"from": f"0 3 {day} *", "duration": "1m"}]
+    closed["spec"]["windows"] = closed_windows()
     return [
         user_doc("admin", "admin-pass", ["systemAdmin"]),
         user_doc(

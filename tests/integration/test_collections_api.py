@@ -9,7 +9,7 @@ import hashlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote_from_bytes
@@ -22,6 +22,7 @@ from backup_repository.http.errors import DRAIN_BYTES
 from backup_repository.settings import Settings
 from gpg_fixtures import SAMPLES_DIR, GpgHome, pad_to
 from support import (
+    closed_windows,
     collection_doc,
     eventually,
     make_settings,
@@ -428,9 +429,7 @@ async def _has_collection(client: Client, auth: dict[str, str], name: str) -> bo
 
 
 async def test_backup_window(client: Client, gpg_home: GpgHome, config_dir: Path) -> None:
-    # A one-minute window once a year, on a day that is not today: closed.
-    day = (datetime.now(UTC) + timedelta(days=2)).strftime("%d %m")
-    closed = collection("closed", windows=[{"from": f"0 3 {day} *", "duration": "1m"}])
+    closed = collection("closed", windows=closed_windows())
     open_now = collection("open", windows=[{"from": "* * * * *", "duration": "1h"}])
     docs = documents(closed=closed, open=open_now)
     write_config(config_dir, docs)

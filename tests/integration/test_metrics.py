@@ -9,7 +9,7 @@ import asyncio
 import hashlib
 import re
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,14 @@ from backup_repository.db.engine import create_engine
 from backup_repository.db.versions import SqlVersionRepository
 from backup_repository.http.app import create_app
 from gpg_fixtures import GpgHome, pad_to
-from support import collection_doc, make_settings, start_server, user_doc, write_config
+from support import (
+    closed_windows,
+    collection_doc,
+    make_settings,
+    start_server,
+    user_doc,
+    write_config,
+)
 
 BASE = "/api/stable/repository/collection"
 VERSION_ROUTE = f"{BASE}/{{collectionId}}/version"
@@ -48,8 +55,6 @@ def collection(name: str, **spec: Any) -> dict[str, Any]:
 
 
 def documents() -> list[dict[str, Any]]:
-    # A one-minute window once a year, on a day that is not today: closed.
-    day = (datetime.now(UTC) + timedelta(days=2)).strftime("%d %m")
     broken = collection("broken", maxBackupsCount=0)  # refused by the loader: one problem
     return [
         user_doc("admin", "admin-pass", ["systemAdmin"]),
@@ -57,7 +62,7 @@ def documents() -> list[dict[str, Any]]:
         user_doc("stranger", "stranger-pass", []),
         collection("db"),
         collection("never", maxCollectionSize="1M", maxBackupsCount=5),
-        collection("closed", windows=[{"from": f"0 3 {day} *", "duration": "1m"}]),
+        collection("closed", windows=closed_windows()),
         broken,
     ]
 

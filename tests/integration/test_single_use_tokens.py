@@ -28,6 +28,7 @@ from backup_repository.services.tokens import session_id_of
 from gpg_fixtures import GpgHome, pad_to
 from support import (
     ServerProcess,
+    closed_windows,
     collection_doc,
     make_settings,
     start_server,
@@ -48,10 +49,8 @@ def documents() -> list[dict[str, Any]]:
     ]
     db = collection_doc("db", acl=acl)
     db["spec"].update(maxOneVersionSize="64K", maxCollectionSize="192K")
-    # A one-minute window once a year, on a day that is not today: closed.
-    day = (datetime.now(UTC) + timedelta(days=2)).strftime("%d %m")
     closed = collection_doc("closed", acl=acl)
-    closed["spec"]["windows"] = [{"from": f"0 3 {day} *", "duration": "1m"}]
+    closed["spec"]["windows"] = closed_windows()
     return [
         user_doc("admin", "admin-pass", ["systemAdmin"]),
         user_doc(

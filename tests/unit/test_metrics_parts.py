@@ -15,6 +15,7 @@ import yaml
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from backup_repository.http.deps import key_accepted, presented_keys
 from backup_repository.http.metrics import (
     UNMATCHED_ROUTE,
     Metrics,
@@ -24,7 +25,6 @@ from backup_repository.http.metrics import (
     reason_label,
     template_matcher,
 )
-from backup_repository.http.deps import key_accepted, presented_keys
 from backup_repository.services.events import Action, Event, Outcome
 from backup_repository.settings import Settings
 
