@@ -43,7 +43,7 @@ import contextlib
 import hashlib
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,11 +132,18 @@ class RunResult:
     failures: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     operations: set[str] = field(default_factory=set)
+    # Requests the HTTP server (granian) refused as malformed HTTP before the application
+    # saw them: see refused_by_http_parser.
+    parser_refusals: int = 0
 
     seed: int | None = None
 
     def report(self) -> str:
-        lines = [f"seed: {self.seed}", f"statuses: {dict(sorted(self.statuses.items()))}"]
+        lines = [
+            f"seed: {self.seed}",
+            f"statuses: {dict(sorted(self.statuses.items()))}",
+            f"refused by the HTTP parser: {self.parser_refusals}",
+        ]
         lines += [f"FAILURE {text}" for text in sorted(set(self.failures))]
         lines += [f"ERROR {text}" for text in self.errors]
         return "\n".join(lines)
@@ -182,6 +189,25 @@ def documented_operations(api: Api) -> set[str]:
     }
 
 
+def refused_by_http_parser(status: int, headers: Mapping[str, list[str]], content: bytes) -> bool:
+    """An answer of the HTTP server itself, not of the application: a header line that is
+    not HTTP (a name with ``;``, a ``Content-Length`` that is not a number) is refused by
+    granian's parser with an empty 400 before any application code runs, so it carries
+    neither the JSON envelope nor an ``X-Request-ID``. Everything the application answers
+    carries ``X-Request-ID`` (tests/integration/test_request_ids.py)."""
+    names = {name.lower() for name in headers}
+    return status == 400 and not content and "x-request-id" not in names
+
+
+def test_parser_refusals_are_told_apart_from_application_answers() -> None:
+    assert refused_by_http_parser(400, {"connection": ["close"], "content-length": ["0"]}, b"")
+    # The application's own 400 has the envelope and the request id.
+    envelope = b'{"status":false,"error":"invalid Content-Length header","data":{}}'
+    assert not refused_by_http_parser(400, {"X-Request-ID": ["abc"]}, envelope)
+    assert not refused_by_http_parser(400, {}, envelope)
+    assert not refused_by_http_parser(401, {}, b"")
+
+
 def run_schemathesis(
     api: Api, *, authenticated: bool, max_examples: int, seed: int | None
 ) -> RunResult:
@@ -216,7 +242,15 @@ def run_schemathesis(
             for interaction in recorder.interactions.values():
                 if interaction.response is not None:
                     result.statuses[interaction.response.status_code] += 1
-            for checks in recorder.checks.values():
+            for case_id, checks in recorder.checks.items():
+                interaction = recorder.interactions.get(case_id)
+                response = interaction.response if interaction is not None else None
+                if response is not None and refused_by_http_parser(
+                    response.status_code, response.headers, response.content
+                ):
+                    # Not the application's answer: checks of the envelope do not apply.
+                    result.parser_refusals += 1
+                    continue
                 for check in checks:
                     if check.status == Status.FAILURE and check.failure_info is not None:
                         failure = check.failure_info.failure
