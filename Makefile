@@ -18,8 +18,12 @@ $(STAMP): $(BIN)/python pyproject.toml
 run: $(STAMP)
 	$(BIN)/backup-repository --dev
 
+# The suite runs on TEST_WORKERS processes (pytest-xdist): most tests wait on a server
+# process, a database or gpg rather than on the CPU. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 3
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 # The long reliability suites (crash rounds, replicas, load); CI runs them after `make test`.
 test-slow: $(STAMP)

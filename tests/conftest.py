@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -128,13 +129,25 @@ async def db_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
+def _redis_url_of_this_worker(url: str) -> str:
+    """Under pytest-xdist each worker gets a Redis database of its own (gw0 the next one
+    after the configured database, gw1 the one after, ...), so that one worker clearing its
+    rate-limit counters never clears another's mid-test."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        return url
+    parts = urlsplit(url)
+    base = int(parts.path.strip("/") or 0)
+    return parts._replace(path=f"/{(base + 1 + int(worker[2:])) % 16}").geturl()
+
+
 @pytest.fixture
 def redis_url() -> Iterator[str]:
     """A Redis URL with an empty key space for the test's own prefix; skip (or fail under
     BR_REQUIRE_SERVICES=1) when Redis is not reachable."""
     import redis
 
-    url = os.environ.get("BR_TEST_REDIS_URL", DEFAULT_REDIS_URL)
+    url = _redis_url_of_this_worker(os.environ.get("BR_TEST_REDIS_URL", DEFAULT_REDIS_URL))
     client = redis.Redis.from_url(url, socket_connect_timeout=2)
     try:
         client.ping()
@@ -196,11 +209,19 @@ from gpg_fixtures import gpg_home_fixture  # noqa: E402, F401 - registers the gp
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """The log of every server the run started is searched for the JWT secret, the
     passwords the tests configured and token-shaped strings (tests/log_scan.py, one pass per
-    file); anything found fails the run. test_no_secrets_in_logs.py is the thorough check."""
+    file); anything found fails the run. test_no_secrets_in_logs.py is the thorough check.
+
+    Under pytest-xdist each worker scans the logs of the servers it started and hands what
+    it found to the controller (``workeroutput``), which reports and fails the run."""
     from log_scan import scan_logs
     from support import JWT_SECRET, KNOWN_PASSWORDS, SERVER_LOGS
 
     problems = scan_logs(SERVER_LOGS, JWT_SECRET, KNOWN_PASSWORDS)
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["secrets_in_logs"] = problems
+        return
+    problems += _WORKER_PROBLEMS
     if not problems:
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
@@ -209,3 +230,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         for problem in problems:
             reporter.write_line(problem)
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_WORKER_PROBLEMS: list[str] = []
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """pytest-xdist: collect what a finished worker found in its servers' logs."""
+    _WORKER_PROBLEMS.extend(getattr(node, "workeroutput", {}).get("secrets_in_logs", []))
