@@ -18,6 +18,8 @@ from backup_repository.storage.urls import parse_storage_url
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
 MIN_JWT_SECRET_LENGTH = 16
+# The default --login-queue-limit is this many waiting logins per hashing thread.
+LOGINS_WAITING_PER_HASH_THREAD = 32
 
 
 class SettingsError(ValueError):
@@ -88,9 +90,24 @@ class Settings(BaseModel):
     trusted_proxies: tuple[IPNetwork, ...] = ()
     # Argon2 hashes computed at once; each takes 64 MiB with the reference parameters.
     password_hash_concurrency: int = Field(default=2, ge=1, le=64)
+    # Logins that may wait for a hashing thread; more are answered 503 at once. None: 32 per
+    # hashing thread (see login_queue).
+    login_queue_limit: int | None = Field(default=None, ge=0, le=100_000)
+    # An IPv6 client is rate-limited by its network of this many bits (its /64 by default).
+    rate_limit_ipv6_prefix: int = Field(default=64, ge=32, le=128)
     # Largest JSON/form body accepted by endpoints other than uploads.
     max_request_body: int = Field(default=64 * 1024, ge=1024)
     dev_mode: bool = False
+
+    @property
+    def login_queue(self) -> int:
+        """Logins that may wait for a hashing thread. The default, 32 per thread, lets a
+        burst of that many backup jobs starting at the same minute through with a wait of
+        about 32 hashes (a few seconds); a longer queue would only make every login slow
+        during a flood."""
+        if self.login_queue_limit is not None:
+            return self.login_queue_limit
+        return LOGINS_WAITING_PER_HASH_THREAD * self.password_hash_concurrency
 
     @field_validator("db_url")
     @classmethod

@@ -13,6 +13,7 @@ from backup_repository.domain.network import (
     IPNetwork,
     client_address,
     parse_address,
+    rate_limit_key,
 )
 
 
@@ -305,3 +306,55 @@ def test_result_is_the_peer_or_a_hop_and_untrusted_when_possible(
             hop_address = parse_address(hop)
             assert hop_address is not None
             assert any(hop_address in net for net in PROXIES)
+
+
+# ------------------------------------------------------------------------ rate-limit keys
+
+
+def test_rate_limit_key_of_an_ipv4_address_is_the_address() -> None:
+    assert rate_limit_key("192.0.2.7") == "192.0.2.7"
+    assert rate_limit_key(" 192.0.2.7 ") == "192.0.2.7"
+    assert rate_limit_key("192.0.2.8") != rate_limit_key("192.0.2.7")
+
+
+def test_rate_limit_key_of_an_ipv4_mapped_address_is_its_ipv4_address() -> None:
+    assert rate_limit_key("::ffff:192.0.2.7") == "192.0.2.7"
+
+
+def test_rate_limit_key_of_an_ipv6_address_is_its_64_by_default() -> None:
+    assert rate_limit_key("2001:db8:1:2:3:4:5:6") == "2001:db8:1:2::/64"
+    assert rate_limit_key("2001:db8:1:2:ffff:ffff:ffff:ffff") == "2001:db8:1:2::/64"
+    assert rate_limit_key("2001:db8:1:3::1") == "2001:db8:1:3::/64"
+
+
+def test_rate_limit_key_prefix_is_configurable() -> None:
+    assert rate_limit_key("2001:db8:1:2:3:4:5:6", 48) == "2001:db8:1::/48"
+    assert rate_limit_key("2001:db8:1:2:3:4:5:6", 56) == "2001:db8:1::/56"
+    assert rate_limit_key("2001:db8:1:2:3:4:5:6", 128) == "2001:db8:1:2:3:4:5:6/128"
+    # IPv4 is never widened.
+    assert rate_limit_key("192.0.2.7", 32) == "192.0.2.7"
+
+
+@pytest.mark.parametrize(
+    "spelling", ["fe80::1%eth0", "fe80::1%2", "FE80:0:0:0:0:0:0:1", "fe80::0001%lo", " fe80::1 "]
+)
+def test_rate_limit_key_ignores_zone_ids_and_spelling(spelling: str) -> None:
+    assert rate_limit_key(spelling, 128) == rate_limit_key("fe80::1", 128) == "fe80::1/128"
+
+
+@pytest.mark.parametrize("text", ["", "unknown", "unix:/run/socket"])
+def test_rate_limit_key_of_text_that_is_no_address_is_the_text(text: str) -> None:
+    assert rate_limit_key(text) == text
+
+
+@given(st.ip_addresses(v=6), st.integers(min_value=32, max_value=128))
+def test_rate_limit_key_is_the_network_holding_the_address(
+    address: ipaddress.IPv6Address, prefix: int
+) -> None:
+    key = rate_limit_key(str(address), prefix)
+    if address.ipv4_mapped is not None:
+        assert key == str(address.ipv4_mapped)
+        return
+    network = ipaddress.IPv6Network(key)
+    assert network.prefixlen == prefix
+    assert address in network

@@ -9,12 +9,14 @@ import threading
 
 import pytest
 
+from backup_repository.domain.errors import TooBusy
 from backup_repository.domain.password_format import (
     InvalidPasswordHash,
     decode_stored_hash,
     encode_for_storage,
 )
 from backup_repository.services.passwords import PasswordHasher
+from support import eventually
 
 # From the reference project's examples (SPEC section 4).
 ADMIN = (
@@ -109,3 +111,71 @@ async def test_hashing_runs_off_the_event_loop_with_bounded_concurrency() -> Non
     assert seen, "no hashing thread was observed: hashing ran on the event loop"
     assert loop_thread not in seen
     assert 1 <= peak <= 2
+
+
+@pytest.fixture(scope="module")
+def slow_hash() -> str:
+    """A hash whose check takes several times the reference's (time_cost=8), so that a
+    second check really waits for the one thread."""
+    return PasswordHasher(1, time_cost=8).hash_sync("slow")
+
+
+async def test_checks_beyond_the_queue_limit_are_refused_at_once(slow_hash: str) -> None:
+    hasher = PasswordHasher(1, max_waiting=1)
+    try:
+        admitted = [asyncio.create_task(hasher.verify(slow_hash, "slow")) for _ in range(2)]
+        await asyncio.sleep(0)  # both are admitted: one hashing, one waiting
+        assert hasher.pending == 2
+        with pytest.raises(TooBusy) as refused:
+            await hasher.verify(slow_hash, "slow")
+        assert 1 <= refused.value.retry_after <= 60
+        assert "try again" in refused.value.message
+        assert await asyncio.gather(*admitted) == [True, True]
+        # The slots are free again once the hashes are done.
+        assert hasher.pending == 0
+        assert await hasher.verify(slow_hash, "slow")
+    finally:
+        hasher.close()
+
+
+async def test_a_zero_queue_admits_only_the_running_checks(slow_hash: str) -> None:
+    hasher = PasswordHasher(2, max_waiting=0)
+    try:
+        admitted = [asyncio.create_task(hasher.verify(slow_hash, "slow")) for _ in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(TooBusy):
+            await hasher.verify(slow_hash, "slow")
+        assert await asyncio.gather(*admitted) == [True, True]
+    finally:
+        hasher.close()
+
+
+async def test_a_check_abandoned_by_its_caller_holds_its_slot_until_it_ends(
+    slow_hash: str,
+) -> None:
+    hasher = PasswordHasher(1, max_waiting=0)
+    try:
+        task = asyncio.create_task(hasher.verify(slow_hash, "slow"))
+        await asyncio.sleep(0.05)  # the hash is running in its thread
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # The thread is still busy with it: another check is refused, not run beside it.
+        assert hasher.pending == 1
+        with pytest.raises(TooBusy):
+            await hasher.verify(slow_hash, "slow")
+        await eventually(lambda: hasher.pending == 0, within=10)
+        assert await hasher.verify(slow_hash, "slow")
+    finally:
+        hasher.close()
+
+
+async def test_without_a_limit_every_check_waits_its_turn(slow_hash: str) -> None:
+    hasher = PasswordHasher(1)
+    try:
+        assert (
+            await asyncio.gather(*(hasher.verify(slow_hash, "slow") for _ in range(4)))
+            == [True] * 4
+        )
+    finally:
+        hasher.close()

@@ -48,6 +48,8 @@ def options(**overrides: Any) -> dict[str, Any]:
         "redis_url": None,
         "trusted_proxies": "",
         "password_hash_concurrency": 2,
+        "login_queue_limit": None,
+        "rate_limit_ipv6_prefix": 64,
         "encode_password": None,
         "hash_jwt": None,
         "dev_mode": False,
@@ -142,3 +144,18 @@ def test_listen_parse(text: str, host: str, port: int, url: str) -> None:
 def test_trusted_proxies_parse() -> None:
     settings = build_settings(options(trusted_proxies="10.0.0.0/8, 192.168.1.7,::1"))
     assert [str(n) for n in settings.trusted_proxies] == ["10.0.0.0/8", "192.168.1.7/32", "::1/128"]
+
+
+def test_login_queue_defaults_to_32_per_hashing_thread_and_can_be_set() -> None:
+    assert build_settings(options()).login_queue == 64
+    assert build_settings(options(password_hash_concurrency=4)).login_queue == 128
+    assert build_settings(options(login_queue_limit=0)).login_queue == 0
+    assert build_settings(options(login_queue_limit=5)).login_queue == 5
+
+
+def test_rate_limit_ipv6_prefix_default_and_bounds() -> None:
+    assert build_settings(options()).rate_limit_ipv6_prefix == 64
+    assert build_settings(options(rate_limit_ipv6_prefix=128)).rate_limit_ipv6_prefix == 128
+    for wrong in (0, 31, 129):
+        with pytest.raises(SettingsError, match="rate_limit_ipv6_prefix"):
+            build_settings(options(rate_limit_ipv6_prefix=wrong))

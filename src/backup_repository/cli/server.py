@@ -221,6 +221,22 @@ DEV_CREDENTIALS = (
     type=click.IntRange(1, 64),
     help="Argon2 hashes computed at once (64 MiB each)",
 )
+@option(
+    "--login-queue-limit",
+    env="BR_LOGIN_QUEUE_LIMIT",
+    default=None,
+    type=click.IntRange(0, 100_000),
+    help="Logins that may wait for a hashing thread; more are answered 503 with Retry-After "
+    "[default: 32 x --password-hash-concurrency]",
+)
+@option(
+    "--rate-limit-ipv6-prefix",
+    env="BR_RATE_LIMIT_IPV6_PREFIX",
+    default=64,
+    show_default=True,
+    type=click.IntRange(32, 128),
+    help="Rate limits count an IPv6 client by its network of this many bits (128: per address)",
+)
 @click.option(
     "--encode-password", default=None, help="Print the encoded hash of a password and exit"
 )
@@ -299,6 +315,8 @@ def build_settings(options: dict[str, Any]) -> Settings:
         "redis_url": options["redis_url"] or None,
         "trusted_proxies": options["trusted_proxies"],
         "password_hash_concurrency": options["password_hash_concurrency"],
+        "login_queue_limit": options.get("login_queue_limit"),
+        "rate_limit_ipv6_prefix": options.get("rate_limit_ipv6_prefix", 64),
         "dev_mode": dev,
     }
     try:

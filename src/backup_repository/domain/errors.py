@@ -42,6 +42,15 @@ class DependencyUnavailable(DomainError):
     """A dependency (database, storage, configuration) is down (503)."""
 
 
+class TooBusy(DomainError):
+    """The server is at capacity for this kind of request; the client should try again
+    after ``retry_after`` seconds (503 with ``Retry-After``)."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class RangeNotSatisfiable(InvalidInput):
     """A download asked for bytes outside the file (416)."""
 

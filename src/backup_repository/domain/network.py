@@ -1,5 +1,6 @@
-"""``restrictByIP`` matching and client address rules, without I/O: host names are resolved
-by the caller, which passes the addresses they resolved to."""
+"""``restrictByIP`` matching, client address rules and the keys rate limits count under,
+without I/O: host names are resolved by the caller, which passes the addresses they resolved
+to."""
 
 from __future__ import annotations
 
@@ -100,3 +101,22 @@ def client_address(peer: str, forwarded_for: str | None, trusted: Iterable[IPNet
         if not is_trusted(hop):
             return hop
     return hops[0] if hops else peer
+
+
+# The usual IPv6 subnet of one host or one customer: providers hand out a /64 or more, and
+# its holder picks the low 64 bits freely (privacy addresses rotate them on their own).
+DEFAULT_IPV6_KEY_PREFIX = 64
+
+
+def rate_limit_key(client: str, ipv6_prefix: int = DEFAULT_IPV6_KEY_PREFIX) -> str:
+    """The key a client's requests are counted under: an IPv4 address as itself, an IPv6
+    address as its ``/ipv6_prefix`` network, so that a host rotating addresses inside its
+    own subnet still has one bucket. A zone id (``fe80::1%eth0``) and the spelling do not
+    matter; an IPv4-mapped address is its IPv4 address. Text that is not an address is
+    its own key."""
+    address = parse_address(client)
+    if address is None:
+        return client
+    if isinstance(address, ipaddress.IPv4Address):
+        return str(address)
+    return str(ipaddress.IPv6Network((address, ipv6_prefix), strict=False))

@@ -71,7 +71,9 @@ def create_app(settings: Settings, on_started: Callable[[], None] | None = None)
         provider = open_provider(
             settings.provider, settings.config_local_path, settings.namespace, settings.kubeconfig
         )
-        hasher = PasswordHasher(settings.password_hash_concurrency)
+        hasher = PasswordHasher(
+            settings.password_hash_concurrency, max_waiting=settings.login_queue
+        )
         store = open_blob_store(
             settings.storage_url,
             io_timeout=idle_timeout_for(settings.storage_io_timeout.total_seconds()),
@@ -177,6 +179,7 @@ def create_app(settings: Settings, on_started: Callable[[], None] | None = None)
         collection_health_per_minute=settings.rate_collection_health_limit,
         server_health_per_minute=settings.rate_server_health_limit,
         redis_url=settings.redis_url,
+        ipv6_prefix=settings.rate_limit_ipv6_prefix,
     )
     # Added innermost first: the client address is known before the rate limit is checked,
     # and the rate limit is checked before any body is read.

@@ -31,6 +31,7 @@ _STATUS: list[tuple[type[domain.DomainError], int]] = [
     (domain.PayloadTooLarge, 413),
     (domain.RequestTimeout, 408),
     (domain.DependencyUnavailable, 503),
+    (domain.TooBusy, 503),
 ]
 
 _HTTP_MESSAGES = {
@@ -79,6 +80,8 @@ async def _domain_error(request: Request, exc: Exception) -> Response:
     elif status == 413:
         # The rest of the body is not read; the connection cannot be reused.
         headers["Connection"] = "close"
+    elif isinstance(exc, domain.TooBusy):
+        headers["Retry-After"] = str(exc.retry_after)
     unread = getattr(request.state, "unread_body", False)
     if unread:
         # Answered before the upload's body was read to its end: say the connection ends,

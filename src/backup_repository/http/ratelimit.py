@@ -1,5 +1,7 @@
-"""Per-client-IP rate limits (SPEC section 8): one bucket each for login, collection health,
-server health and everything else; in memory, or shared across replicas through Redis."""
+"""Per-client rate limits: one bucket each for login, collection health, server health and
+everything else; in memory, or shared across replicas through Redis. A client is counted by
+``rate_limit_key``: an IPv4 address, or the IPv6 network of ``ipv6_prefix`` bits around an
+IPv6 address (by default its /64, which one host or customer holds whole)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from dataclasses import dataclass
 from limits import RateLimitItem, RateLimitItemPerMinute, RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
+
+from backup_repository.domain.network import DEFAULT_IPV6_KEY_PREFIX, rate_limit_key
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +55,9 @@ class RateLimiter:
         collection_health_per_minute: int,
         server_health_per_minute: int,
         redis_url: str | None = None,
+        ipv6_prefix: int = DEFAULT_IPV6_KEY_PREFIX,
     ) -> None:
+        self._ipv6_prefix = ipv6_prefix
         self._items: dict[str, RateLimitItem | None] = {
             DEFAULT: RateLimitItemPerSecond(default_per_second) if default_per_second else None,
             AUTH: RateLimitItemPerMinute(auth_per_minute) if auth_per_minute else None,
@@ -81,10 +87,12 @@ class RateLimiter:
     def shared(self) -> bool:
         return self._shared is not None
 
-    async def hit(self, bucket: str, client: str) -> Decision:
+    async def hit(self, bucket: str, client_ip: str) -> Decision:
         item = self._items.get(bucket)
         if item is None:
             return Decision(True)
+        # The same key in memory and in Redis, so replicas count a client alike.
+        client = rate_limit_key(client_ip, self._ipv6_prefix)
         limiter = self._memory
         if self._shared is not None:
             try:
