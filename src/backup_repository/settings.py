@@ -97,6 +97,8 @@ class Settings(BaseModel):
     rate_limit_ipv6_prefix: int = Field(default=64, ge=32, le=128)
     # Largest JSON/form body accepted by endpoints other than uploads.
     max_request_body: int = Field(default=64 * 1024, ge=1024)
+    # Cleartext HTTP/2 (h2c) next to HTTP/1.1 on the plain port; off: HTTP/1.1 only.
+    http2: bool = False
     dev_mode: bool = False
 
     @property

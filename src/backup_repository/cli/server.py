@@ -222,6 +222,13 @@ DEV_CREDENTIALS = (
     help="Argon2 hashes computed at once (64 MiB each)",
 )
 @option(
+    "--http2/--no-http2",
+    env="BR_HTTP2",
+    default=False,
+    show_default=True,
+    help="Also speak cleartext HTTP/2 (h2c) on the port, with bounded header lists",
+)
+@option(
     "--login-queue-limit",
     env="BR_LOGIN_QUEUE_LIMIT",
     default=None,
@@ -315,6 +322,7 @@ def build_settings(options: dict[str, Any]) -> Settings:
         "redis_url": options["redis_url"] or None,
         "trusted_proxies": options["trusted_proxies"],
         "password_hash_concurrency": options["password_hash_concurrency"],
+        "http2": bool(options.get("http2", False)),
         "login_queue_limit": options.get("login_queue_limit"),
         "rate_limit_ipv6_prefix": options.get("rate_limit_ipv6_prefix", 64),
         "dev_mode": dev,
@@ -382,4 +390,4 @@ def run_server(settings: Settings) -> None:
             "DEVELOPMENT MODE: generated JWT secret, example users with published passwords"
         )
     app = create_app(settings, on_started=lambda: _banner(settings))
-    asyncio.run(serve(app, settings.listen, settings.log_level))
+    asyncio.run(serve(app, settings.listen, settings.log_level, http2=settings.http2))
