@@ -84,8 +84,10 @@ class Settings(BaseModel):
     log_format: Literal["json", "console"] = "json"
     # Re-read every stored version this often and record the result; None: never.
     verify_interval: timedelta | None = None
-    # /metrics requires the health check key (as /ready does) when set.
-    metrics_protected: bool = False
+    # /metrics: None (neither --metrics-public nor --metrics-protected) asks for the health
+    # check key when one is set and is public otherwise; True is public on purpose; False
+    # always asks for the key (and needs one). See ``metrics_need_key``.
+    metrics_public: bool | None = None
     redis_url: str | None = None
     trusted_proxies: tuple[IPNetwork, ...] = ()
     # Argon2 hashes computed at once; each takes 64 MiB with the reference parameters.
@@ -169,9 +171,20 @@ class Settings(BaseModel):
             parse_storage_url(self.storage_url)
         except ValueError as exc:
             raise SettingsError(f"--storage-url (BR_STORAGE_DRIVER_URL): {exc}") from None
-        if self.metrics_protected and not self.health_check_key:
+        if self.metrics_public is False and not self.health_check_key:
             raise SettingsError(
-                "--metrics-protected (BR_METRICS_PROTECTED) needs --health-check-key "
+                "--metrics-protected (BR_METRICS_PUBLIC=false) needs --health-check-key "
                 "(BR_HEALTH_CHECK_KEY): /metrics is protected by that key"
             )
         return self
+
+    @property
+    def metrics_need_key(self) -> bool:
+        """/metrics asks for the health check key: whenever one is set, unless made public
+        on purpose."""
+        return bool(self.health_check_key) and not self.metrics_public
+
+    @property
+    def metrics_public_by_default(self) -> bool:
+        """/metrics is public only because no health check key is set (worth a warning)."""
+        return self.metrics_public is None and not self.health_check_key

@@ -347,9 +347,8 @@ async def test_bounded_labels_for_odd_methods(client: httpx.AsyncClient) -> None
 
 async def test_protected_metrics_need_the_health_key(tmp_path: Path) -> None:
     database_url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    async with app_client(
-        tmp_path, database_url, metrics_protected=True, health_check_key="s3cret-key"
-    ) as client:
+    # A health check key alone protects /metrics.
+    async with app_client(tmp_path, database_url, health_check_key="s3cret-key") as client:
         missing = await client.get("/metrics")
         assert missing.status_code == 401
         assert missing.json()["status"] is False
@@ -386,6 +385,15 @@ async def test_protected_metrics_need_the_health_key(tmp_path: Path) -> None:
 async def test_public_metrics_ignore_keys(client: httpx.AsyncClient) -> None:
     assert (await client.get("/metrics", params={"code": "anything"})).status_code == 200
     assert (await client.get("/metrics")).status_code == 200
+
+
+async def test_metrics_public_on_purpose_ignore_the_health_key(tmp_path: Path) -> None:
+    database_url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    async with app_client(
+        tmp_path, database_url, health_check_key="s3cret-key", metrics_public=True
+    ) as client:
+        assert (await client.get("/metrics")).status_code == 200
+        assert (await client.get("/metrics", params={"code": "wrong"})).status_code == 200
 
 
 async def test_docs_and_served_metrics_agree(client: httpx.AsyncClient) -> None:

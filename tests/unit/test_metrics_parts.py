@@ -175,11 +175,35 @@ def test_protected_metrics_need_a_key(tmp_path: Path) -> None:
         "jwt_secret_key": "a-secret-that-is-long-enough",
         "storage_url": tmp_path.as_uri(),
         "config_local_path": tmp_path,
-        "metrics_protected": True,
     }
     with pytest.raises(ValueError, match=r"--metrics-protected .* needs --health-check-key"):
-        Settings(**values)
-    assert Settings(**values, health_check_key="k").metrics_protected
+        Settings(**values, metrics_public=False)
+    assert Settings(**values, metrics_public=False, health_check_key="k").metrics_need_key
+
+
+@pytest.mark.parametrize(
+    ("metrics_public", "key", "need_key", "public_by_default"),
+    [
+        (None, "k", True, False),  # a key protects /metrics by default
+        (None, "", False, True),  # no key: public, and the server warns
+        (True, "k", False, False),  # public on purpose
+        (True, "", False, False),
+        (False, "k", True, False),  # --metrics-protected
+    ],
+)
+def test_when_metrics_need_the_key(
+    tmp_path: Path, metrics_public: bool | None, key: str, need_key: bool, public_by_default: bool
+) -> None:
+    settings = Settings(
+        db_url="sqlite:///x.db",
+        jwt_secret_key="a-secret-that-is-long-enough",
+        storage_url=tmp_path.as_uri(),
+        config_local_path=tmp_path,
+        health_check_key=key,
+        metrics_public=metrics_public,
+    )
+    assert settings.metrics_need_key is need_key
+    assert settings.metrics_public_by_default is public_by_default
 
 
 def _yaml_blocks() -> list[Any]:

@@ -44,7 +44,7 @@ def options(**overrides: Any) -> dict[str, Any]:
         "log_level": "info",
         "log_format": None,
         "verify_interval": None,
-        "metrics_protected": False,
+        "metrics_public": None,
         "redis_url": None,
         "trusted_proxies": "",
         "password_hash_concurrency": 2,

@@ -195,11 +195,11 @@ DEV_CREDENTIALS = (
     help="Re-read and check every stored version this often (e.g. 24h); 0: never",
 )
 @option(
-    "--metrics-protected/--metrics-public",
-    env="BR_METRICS_PROTECTED",
-    default=False,
-    show_default=True,
-    help="Require the --health-check-key on /metrics",
+    "--metrics-public/--metrics-protected",
+    env="BR_METRICS_PUBLIC",
+    default=None,
+    help="Serve /metrics without the health check key, on purpose (or always require it) "
+    "[default: require it when --health-check-key is set]",
 )
 @option(
     "--redis-url",
@@ -318,7 +318,7 @@ def build_settings(options: dict[str, Any]) -> Settings:
         "log_level": options["log_level"].lower(),
         "log_format": options.get("log_format") or ("console" if dev else "json"),
         "verify_interval": verify_interval if verify_interval else None,
-        "metrics_protected": bool(options.get("metrics_protected", False)),
+        "metrics_public": options.get("metrics_public"),
         "redis_url": options["redis_url"] or None,
         "trusted_proxies": options["trusted_proxies"],
         "password_hash_concurrency": options["password_hash_concurrency"],
@@ -388,6 +388,13 @@ def run_server(settings: Settings) -> None:
     if settings.dev_mode:
         logger.warning(
             "DEVELOPMENT MODE: generated JWT secret, example users with published passwords"
+        )
+    if settings.metrics_public_by_default:
+        logger.warning(
+            "/metrics is public: it shows every collection's name, versions, bytes and last "
+            "upload time to whoever reaches the port. Set --health-check-key "
+            "(BR_HEALTH_CHECK_KEY) to require that key, or --metrics-public "
+            "(BR_METRICS_PUBLIC=true) to keep it public on purpose"
         )
     app = create_app(settings, on_started=lambda: _banner(settings))
     asyncio.run(serve(app, settings.listen, settings.log_level, http2=settings.http2))

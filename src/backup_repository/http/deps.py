@@ -93,7 +93,7 @@ async def get_upload_auth(
 UploadAuth = Annotated[AuthContext, Depends(get_upload_auth)]
 
 
-# -- the health check key (/ready, and /metrics with --metrics-protected) -----------------
+# -- the health check key (/ready, and /metrics unless --metrics-public) ------------------
 
 
 def presented_keys(authorization: str | None, code: str | None) -> list[str]:

@@ -66,7 +66,13 @@ NOT_AUTHORIZED_LIST = "not authorized to list versions"
 WINDOW_CLOSED = "backup window does not allow you to send a backup at this time"
 PARALLEL_UPLOAD = "cannot upload to same collection in parallel"
 QUOTA_EXCEEDED = "filesize reached allowed limit"
-HEALTH_CODE_INVALID = "not authorized - invalid value of 'code' parameter"
+HEALTH_CODE_INVALID = (
+    "not authorized - invalid value of 'code' parameter: give the collection's health code "
+    "as ?code= or as the Authorization header"
+)
+# What an unknown collection's health code is compared with: SHA-256 hex is 64 digits, as a
+# real secret is, so the comparison takes as long (and a match still refuses).
+_UNKNOWN_COLLECTION_SECRET = "0" * 64
 STORAGE_UNAVAILABLE = "storage is unavailable, try again later"
 TOKEN_ALREADY_USED = "token was already used"  # noqa: S105 - a message, not a secret
 
@@ -707,11 +713,17 @@ class BackupService:
     # -- collection health ---------------------------------------------------------------
 
     async def health(self, collection_id: str, code: str) -> list[CheckResult]:
-        collection = self.collection(collection_id)
-        if collection.health_secret is not None:
+        # An unknown collection is refused exactly as a wrong code is, after the same work
+        # (a SHA-256 and a constant-time comparison against a stand-in secret), so the
+        # answer does not tell which collection names exist.
+        collection = self._config.snapshot().collections.get(collection_id)
+        secret = _UNKNOWN_COLLECTION_SECRET if collection is None else collection.health_secret
+        matches = True  # a collection without a health secret is open to monitoring
+        if secret is not None:
             given = hashlib.sha256(code.encode()).hexdigest()
-            if not hmac.compare_digest(given, collection.health_secret.lower()):
-                raise Forbidden(HEALTH_CODE_INVALID)
+            matches = hmac.compare_digest(given.encode(), secret.lower().encode())
+        if collection is None or not matches:
+            raise Forbidden(HEALTH_CODE_INVALID)
         now = self._clock()
         live = await self._versions.live_versions(collection.name)
         latest = live[-1] if live else None

@@ -68,7 +68,13 @@ DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     **docs.ok(docs.HealthEnvelope, "Every check passed"),
-    **docs.errors(403, 404, unauthorized=False),
+    **docs.errors(403, unauthorized=False),
+    # Never 404: an unknown collection gets the answer of a wrong code.
+    403: {
+        "model": docs.ErrorEnvelope,
+        "description": "The code is missing or wrong, or there is no such collection (one "
+        "answer for all three)",
+    },
     500: {
         "model": docs.FailedHealthEnvelope | docs.ErrorEnvelope,
         "description": "One of the checks failed (each is listed), or a server fault",

@@ -1,6 +1,8 @@
-"""``/metrics``: the Prometheus text format; with ``--metrics-protected``, only for callers
-that present the health check key (``?code=``, or the ``Authorization`` header as the key
-itself or as ``Bearer <key>``, which is what Prometheus' ``authorization`` setting sends)."""
+"""``/metrics``: the Prometheus text format. When a health check key is set (and the server
+was not started with ``--metrics-public``), only for callers that present that key
+(``?code=``, or the ``Authorization`` header as the key itself or as ``Bearer <key>``,
+which is what Prometheus' ``authorization`` setting sends): the metrics name every
+collection with its versions, bytes and last upload time."""
 
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ router = APIRouter(tags=["health"])
 
 METRICS_KEY_MISSING = (
     "metrics are protected: provide the health check key in the 'Authorization' header "
-    "(the key, or 'Bearer <key>') or the 'code' query string"
+    "(the key, or 'Bearer <key>') or the 'code' query string; to serve them without a key, "
+    "start the server with --metrics-public"
 )
 METRICS_KEY_INVALID = "health check key invalid: it must match the --health-check-key value"
 
@@ -41,7 +44,7 @@ async def metrics(
     code: Annotated[str | None, Query(max_length=1024)] = None,
 ) -> Response:
     settings = services.settings
-    if settings.metrics_protected:
+    if settings.metrics_need_key:
         keys = presented_keys(request.headers.get("authorization"), code)
         if not keys:
             return error(401, METRICS_KEY_MISSING, headers={"WWW-Authenticate": "Bearer"})
