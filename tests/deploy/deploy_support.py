@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -31,6 +32,9 @@ CHART_DIR = DEPLOY / "helm" / "backup-repository"
 KUSTOMIZE_DIR = DEPLOY / "kubernetes"
 EXAMPLES_DIR = KUSTOMIZE_DIR / "examples"
 FIXTURES = REPO / "tests" / "fixtures"
+# The SealedSecret CRD's schema, vendored (its source is in the file's "$comment").
+SEALED_SECRET_SCHEMA = Path(__file__).resolve().parent / "sealedsecret.schema.json"
+SEALED_SECRET_API_VERSION = "bitnami.com/v1alpha1"
 
 CRD_FILES = {
     "BackupUser": CRD_DIR / "backups.riotkit.org_backupusers.yaml",
@@ -98,7 +102,11 @@ def _refuse_unknown_fields(schema: dict[str, Any]) -> dict[str, Any]:
 
     def walk(node: Any) -> None:
         if isinstance(node, dict):
-            if "properties" in node and node.get("type") == "object":
+            if (
+                "properties" in node
+                and node.get("type") == "object"
+                and not node.get("x-kubernetes-preserve-unknown-fields")
+            ):
                 node.setdefault("additionalProperties", False)
             for key, value in node.items():
                 if key == "properties":
@@ -126,6 +134,26 @@ def crd_errors(document: dict[str, Any]) -> list[str]:
     return [
         f"{'.'.join(str(p) for p in error.absolute_path) or '<root>'}: {error.message}"
         for error in validator.iter_errors(document)
+    ]
+
+
+@functools.cache
+def _sealed_secret_validator() -> jsonschema.Draft7Validator:
+    schema = json.loads(SEALED_SECRET_SCHEMA.read_text(encoding="utf-8"))
+    return jsonschema.Draft7Validator(_refuse_unknown_fields(schema))
+
+
+def sealed_secret_errors(document: dict[str, Any]) -> list[str]:
+    """Schema errors of one SealedSecret (empty: valid), against the vendored CRD schema of
+    the sealed-secrets project, with unknown fields refused as for our own kinds."""
+    if (document.get("apiVersion"), document.get("kind")) != (
+        SEALED_SECRET_API_VERSION,
+        "SealedSecret",
+    ):
+        return [f"not a SealedSecret: {document.get('apiVersion')} {document.get('kind')}"]
+    return [
+        f"{'.'.join(str(p) for p in error.absolute_path) or '<root>'}: {error.message}"
+        for error in _sealed_secret_validator().iter_errors(document)
     ]
 
 

@@ -5,6 +5,8 @@ rendered document validated against the Kubernetes schemas."""
 from __future__ import annotations
 
 import base64
+import hashlib
+import ipaddress
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +23,7 @@ from deploy_support import (
     image_env,
     load_documents,
     load_file,
+    sealed_secret_errors,
     settings_for,
     validate_builtin,
 )
@@ -96,7 +99,8 @@ SCALED_OUT: dict[str, Any] = {
     },
     "redis": {"url": "redis://redis.db.svc:6379/0"},
     "healthCheck": {"key": "health-code"},
-    "server": {"trustedProxies": "10.42.0.0/16", "metricsProtected": True},
+    # The pod network of the nodes the ingress controller runs on, not the whole cluster's.
+    "server": {"trustedProxies": "10.42.3.0/24", "metricsProtected": True},
     "persistence": {"enabled": False},
     "ingress": {
         "enabled": True,
@@ -106,6 +110,35 @@ SCALED_OUT: dict[str, Any] = {
     "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 5},
     "podDisruptionBudget": {"enabled": True},
     "serviceMonitor": {"enabled": True},
+}
+
+
+def sealed(key: str) -> str:
+    """A stand-in for what `kubeseal --raw` prints: base64 of a 2-byte length (512), a
+    4096-bit RSA block and the AES-GCM sealed value (random-looking, 600 bytes)."""
+    body = b"".join(hashlib.sha512(f"{key}{i}".encode()).digest() for i in range(10))
+    return base64.b64encode(b"\x02\x00" + body[:598]).decode()
+
+
+SEALED_KEYS = (
+    "jwt-secret-key",
+    "health-check-key",
+    "db-password",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "redis-url",
+)
+SEALED: dict[str, Any] = {
+    "replicaCount": 2,
+    "secrets": {"type": "sealedSecrets", "encryptedData": {k: sealed(k) for k in SEALED_KEYS}},
+    "database": {"type": "postgres", "postgres": {"host": "postgres.db.svc", "name": "backups"}},
+    "storage": {"url": "s3://backups?endpoint=s3.example.org&region=eu-central-1"},
+    # Sent by the readiness probe in clear (a probe cannot read a Secret): the same code as
+    # the sealed health-check-key.
+    "healthCheck": {"key": "health-code"},
+    "server": {"trustedProxies": "10.42.3.0/24"},
+    "persistence": {"enabled": False},
+    "ingress": {"enabled": True, "className": "nginx"},
 }
 
 SCENARIOS: dict[str, dict[str, Any]] = {
@@ -125,6 +158,16 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "openshift-route": {
         "route": {"enabled": True, "host": "backups.apps.example.org"},
         "jwt": {"secretKey": "0123456789abcdef0123456789abcdef"},
+        # OpenShift's routers, host network included.
+        "networkPolicy": {
+            "ingressController": [
+                {
+                    "namespaceSelector": {
+                        "matchLabels": {"policy-group.network.openshift.io/ingress": ""}
+                    }
+                }
+            ]
+        },
     },
     "sqlite-single-replica-without-volume": {"persistence": {"enabled": False}},
     "filesystem-provider": {
@@ -138,6 +181,35 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "database": {"type": "postgres", "postgres": {"host": "pg", "name": "backups"}},
         "persistence": {"accessModes": ["ReadWriteMany"]},
     },
+    "sealed-secrets": SEALED,
+    "sealed-secrets-with-existing-jwt-secret": {
+        "jwt": {"existingSecret": "br-jwt"},
+        "secrets": {
+            "type": "sealedSecrets",
+            "encryptedData": {"health-check-key": sealed("health-check-key")},
+        },
+        "healthCheck": {"key": "health-code"},
+    },
+    "network-policy-for-traefik-and-in-cluster-jobs": {
+        "ingress": {"enabled": True, "className": "traefik"},
+        "server": {"trustedProxies": "10.42.3.17,10.42.4.0/24"},
+        "networkPolicy": {
+            "ingressController": [
+                {
+                    "namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}
+                    },
+                    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "traefik"}},
+                }
+            ],
+            "prometheus": [],
+            "extraFrom": [
+                {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "backup-maker"}}},
+                {"ipBlock": {"cidr": "192.0.2.0/24"}},
+            ],
+        },
+    },
+    "network-policy-disabled": {"networkPolicy": {"enabled": False}},
 }
 
 
@@ -158,6 +230,8 @@ def test_rendered_documents_are_valid(helm: Any, scenario: str) -> None:
         if key in NON_BUILTIN:
             assert document["metadata"]["name"] == FULLNAME
             assert isinstance(document["spec"], dict)
+        elif document["kind"] == "SealedSecret":
+            assert sealed_secret_errors(document) == []
         else:
             validate_builtin(document)
     check_pod_hardening(one(documents, "Deployment")["spec"]["template"]["spec"])
@@ -170,6 +244,9 @@ def test_secret_references_point_at_rendered_keys(helm: Any, scenario: str) -> N
     documents = render(helm, SCENARIOS[scenario])
     secrets = [d for d in documents if d["kind"] == "Secret"]
     held = {key for s in secrets for key in s.get("data", {})}
+    for sealed_secret in [d for d in documents if d["kind"] == "SealedSecret"]:
+        assert sealed_secret["metadata"]["name"] == FULLNAME
+        held |= set(sealed_secret["spec"]["encryptedData"])
     for entry in container(documents)["env"]:
         ref = entry.get("valueFrom", {}).get("secretKeyRef")
         if ref and ref["name"] == FULLNAME:
@@ -180,6 +257,7 @@ def test_defaults_are_one_replica_on_sqlite_with_a_volume(helm: Any) -> None:
     documents = render(helm, {})
     assert kinds(documents) == [
         "Deployment",
+        "NetworkPolicy",
         "PersistentVolumeClaim",
         "Role",
         "RoleBinding",
@@ -222,7 +300,7 @@ def test_scaled_out_deployment_wiring(helm: Any) -> None:
     assert variables["BR_STORAGE_DRIVER_URL"]["value"].startswith("s3://backups?")
     assert variables["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == FULLNAME
     assert variables["BR_REDIS_URL"]["valueFrom"]["secretKeyRef"]["key"] == "redis-url"
-    assert variables["BR_TRUSTED_PROXIES"]["value"] == "10.42.0.0/16"
+    assert variables["BR_TRUSTED_PROXIES"]["value"] == "10.42.3.0/24"
     assert variables["BR_METRICS_PROTECTED"]["value"] == "true"
     secret = one(documents, "Secret")["data"]
     assert base64.b64decode(secret["db-password"]) == b"pg-secret"
@@ -306,7 +384,7 @@ def test_filesystem_provider_mounts_the_objects_and_no_token(helm: Any) -> None:
     assert volumes["config"]["configMap"] == {"name": "backup-objects"}
 
 
-REFUSED = {
+REFUSED: dict[str, tuple[dict[str, Any], str]] = {
     "sqlite-with-two-replicas": (
         {"replicaCount": 2},
         "database.type=sqlite allows a single replica only",
@@ -336,6 +414,128 @@ REFUSED = {
     "protected-metrics-without-key": (
         {"server": {"metricsProtected": True}},
         "server.metricsProtected needs healthCheck.key",
+    ),
+    # Network exposure: who may claim client addresses, and who may reach the port.
+    "every-ipv4-address-trusted": (
+        {"server": {"trustedProxies": "0.0.0.0/0"}},
+        "server.trustedProxies must not hold 0.0.0.0/0",
+    ),
+    "every-ipv6-address-trusted": (
+        {"server": {"trustedProxies": "10.42.3.0/24, ::/0"}},
+        "server.trustedProxies must not hold ::/0",
+    ),
+    "ingress-the-network-policy-keeps-out": (
+        {"ingress": {"enabled": True}, "networkPolicy": {"ingressController": []}},
+        "ingress.enabled needs networkPolicy.ingressController",
+    ),
+    "route-the-network-policy-keeps-out": (
+        {"route": {"enabled": True}, "networkPolicy": {"ingressController": []}},
+        "route.enabled needs networkPolicy.ingressController",
+    ),
+    "network-policy-peer-without-a-selector": (
+        {"networkPolicy": {"ingressController": [{}]}},
+        "networkPolicy.ingressController[0] needs podSelector, namespaceSelector or ipBlock",
+    ),
+    "network-policy-peer-not-a-map": (
+        {"networkPolicy": {"prometheus": ["monitoring"]}},
+        "networkPolicy.prometheus[0] needs podSelector, namespaceSelector or ipBlock",
+    ),
+    "network-policy-ip-block-with-a-selector": (
+        {"networkPolicy": {"extraFrom": [{"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}]}},
+        "networkPolicy.extraFrom[0]: ipBlock cannot be combined",
+    ),
+    # Sealed secrets: no plain secret in the values, nothing the server needs missing.
+    "unknown-secrets-type": (
+        {"secrets": {"type": "vault"}},
+        "secrets.type must be plain or sealedSecrets",
+    ),
+    "sealed-secrets-without-encrypted-values": (
+        {"secrets": {"type": "sealedSecrets"}},
+        "secrets.type=sealedSecrets needs secrets.encryptedData",
+    ),
+    "sealed-secrets-without-the-jwt-key": (
+        {
+            "secrets": {
+                "type": "sealedSecrets",
+                "encryptedData": {"redis-url": sealed("redis-url")},
+            }
+        },
+        "secrets.type=sealedSecrets needs secrets.encryptedData.jwt-secret-key",
+    ),
+    "sealed-secrets-with-a-plain-jwt-key": (
+        {**SEALED, "jwt": {"secretKey": "0123456789abcdef0123456789abcdef"}},
+        "jwt.secretKey is a plain secret",
+    ),
+    "sealed-secrets-with-a-plain-database-password": (
+        {
+            **SEALED,
+            "database": {
+                "type": "postgres",
+                "postgres": {"host": "pg", "name": "b", "password": "pw"},
+            },
+        },
+        "database.postgres.password is a plain secret",
+    ),
+    "sealed-secrets-with-plain-s3-keys": (
+        {
+            **SEALED,
+            "storage": {
+                **SEALED["storage"],
+                "s3": {"accessKeyId": "AKIA", "secretAccessKey": "s3"},
+            },
+        },
+        "storage.s3.accessKeyId is a plain secret",
+    ),
+    "sealed-secrets-with-a-plain-redis-url": (
+        {**SEALED, "redis": {"url": "redis://:pw@redis:6379/0"}},
+        "redis.url is a plain secret",
+    ),
+    "sealed-secrets-without-the-health-check-key": (
+        {
+            "secrets": {
+                "type": "sealedSecrets",
+                "encryptedData": {"jwt-secret-key": sealed("jwt-secret-key")},
+            },
+            "healthCheck": {"key": "health-code"},
+        },
+        "healthCheck.key needs secrets.encryptedData.health-check-key",
+    ),
+    "sealed-health-check-key-without-the-probe-code": (
+        {
+            "secrets": {
+                "type": "sealedSecrets",
+                "encryptedData": {
+                    "jwt-secret-key": sealed("jwt-secret-key"),
+                    "health-check-key": sealed("health-check-key"),
+                },
+            }
+        },
+        "secrets.encryptedData.health-check-key needs healthCheck.key",
+    ),
+    "sealed-secrets-holding-a-plain-value": (
+        {
+            "secrets": {
+                "type": "sealedSecrets",
+                "encryptedData": {"jwt-secret-key": "my-jwt-secret-key-in-clear-0123456789"},
+            }
+        },
+        "secrets.encryptedData.jwt-secret-key does not look sealed",
+    ),
+    "sealed-secrets-with-half-the-s3-keys": (
+        {
+            "secrets": {
+                "type": "sealedSecrets",
+                "encryptedData": {
+                    "jwt-secret-key": sealed("jwt-secret-key"),
+                    "AWS_ACCESS_KEY_ID": sealed("AWS_ACCESS_KEY_ID"),
+                },
+            }
+        },
+        "needs both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+    ),
+    "encrypted-values-without-sealed-secrets": (
+        {"secrets": {"encryptedData": {"jwt-secret-key": sealed("jwt-secret-key")}}},
+        "secrets.encryptedData is read only with secrets.type=sealedSecrets",
     ),
 }
 
@@ -369,7 +569,14 @@ def test_rendered_environment_gives_valid_server_settings(helm: Any, scenario: s
     else:
         assert settings.storage_url == "file:///data/storage"
     redis = values.get("redis", {})
-    assert bool(settings.redis_url) == bool(redis.get("url") or redis.get("existingSecret"))
+    sealed_redis = "redis-url" in values.get("secrets", {}).get("encryptedData", {})
+    assert bool(settings.redis_url) == bool(
+        redis.get("url") or redis.get("existingSecret") or sealed_redis
+    )
+    proxies = values.get("server", {}).get("trustedProxies", "")
+    assert [str(n) for n in settings.trusted_proxies] == [
+        str(ipaddress.ip_network(p, strict=False)) for p in proxies.split(",") if p
+    ]
 
 
 def test_notes_warn_only_when_data_would_be_lost(helm: Any) -> None:
@@ -380,3 +587,162 @@ def test_notes_warn_only_when_data_would_be_lost(helm: Any) -> None:
     )
     assert warning not in notes(helm, SCALED_OUT)
     assert warning not in notes(helm, {})
+
+
+# --- network exposure: trusted proxies and the NetworkPolicy ----------------------------------
+
+INGRESS_NGINX = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}},
+    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "ingress-nginx"}},
+}
+PROMETHEUS = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+}
+
+
+def network_policy_peers(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The sources the NetworkPolicy admits, after checking that it selects the server's
+    pods, restricts their ingress only, and opens nothing but the server's port."""
+    policy = one(documents, "NetworkPolicy")
+    validate_builtin(policy)
+    spec = policy["spec"]
+    assert spec["podSelector"] == one(documents, "Deployment")["spec"]["selector"]
+    assert spec["policyTypes"] == ["Ingress"]
+    peers: list[dict[str, Any]] = []
+    for rule in spec.get("ingress", []):
+        assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+        # A rule without `from` would admit every source.
+        assert rule["from"], rule
+        peers += rule["from"]
+    return peers
+
+
+def test_network_policy_admits_only_the_ingress_controller_and_prometheus(helm: Any) -> None:
+    cases: list[dict[str, Any]] = [{}, SCALED_OUT]
+    for values in cases:
+        documents = render(helm, values)
+        assert network_policy_peers(documents) == [INGRESS_NGINX, PROMETHEUS]
+        assert [p["name"] for p in container(documents)["ports"]] == ["http"]
+
+
+def test_network_policy_peers_replace_the_defaults(helm: Any) -> None:
+    """Peers are lists, so values replace the defaults whole (maps would be merged with
+    them, and the default labels would silently narrow the operator's selector)."""
+    values = SCENARIOS["network-policy-for-traefik-and-in-cluster-jobs"]
+    peers = network_policy_peers(render(helm, values))
+    policy = values["networkPolicy"]
+    assert peers == policy["ingressController"] + policy["extraFrom"]
+    nobody: dict[str, Any] = {"networkPolicy": {"ingressController": [], "prometheus": []}}
+    assert network_policy_peers(render(helm, nobody)) == []  # only port-forward gets in
+    assert "NetworkPolicy" not in kinds(render(helm, SCENARIOS["network-policy-disabled"]))
+
+
+def test_no_proxy_is_trusted_by_default(helm: Any) -> None:
+    values = yaml.safe_load((CHART_DIR / "values.yaml").read_text(encoding="utf-8"))
+    assert values["server"]["trustedProxies"] == ""
+    documents = render(helm, {"ingress": {"enabled": True}})
+    assert "BR_TRUSTED_PROXIES" not in env(documents)
+    settings = settings_for({**image_env(), **container_env(container(documents))})
+    assert settings.trusted_proxies == ()
+
+
+def test_notes_warn_about_shared_and_forgeable_client_addresses(helm: Any) -> None:
+    shared = "WARNING: server.trustedProxies is empty"
+    forgeable = "WARNING: networkPolicy.enabled=false"
+    assert shared in notes(helm, {"ingress": {"enabled": True}})
+    assert shared in notes(helm, {"route": {"enabled": True}})
+    assert shared not in notes(helm, {})  # no proxy in front: clients' own addresses
+    assert shared not in notes(helm, SCALED_OUT)
+    exposed = {"server": {"trustedProxies": "10.42.3.0/24"}, "networkPolicy": {"enabled": False}}
+    assert f"{forgeable}: every pod that can reach the server from 10.42.3.0/24" in notes(
+        helm, exposed
+    )
+    assert forgeable not in notes(helm, SCALED_OUT)
+    assert forgeable not in notes(helm, SCENARIOS["network-policy-disabled"])
+
+
+# --- secrets.type=sealedSecrets ----------------------------------------------------------------
+
+
+def checksum(documents: list[dict[str, Any]]) -> str:
+    annotations = one(documents, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    return str(annotations["checksum/secret"])
+
+
+def test_sealed_secrets_replace_the_plain_secret(helm: Any) -> None:
+    documents = render(helm, SEALED)
+    assert "Secret" not in kinds(documents)
+    sealed_secret = one(documents, "SealedSecret")
+    assert sealed_secret_errors(sealed_secret) == []
+    # Sealed in the default strict scope: for this name in the release's namespace.
+    assert sealed_secret["metadata"]["name"] == FULLNAME
+    encrypted = SEALED["secrets"]["encryptedData"]
+    assert sealed_secret["spec"]["encryptedData"] == encrypted
+    template = sealed_secret["spec"]["template"]
+    assert template["type"] == "Opaque"
+    assert template["metadata"]["labels"] == sealed_secret["metadata"]["labels"]
+    # The Secret the controller unseals it into is a valid Secret.
+    validate_builtin(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {**template["metadata"], "name": FULLNAME, "namespace": NAMESPACE},
+            "type": template["type"],
+            "data": {key: base64.b64encode(b"unsealed").decode() for key in encrypted},
+        }
+    )
+    variables = env(documents)
+    for name, key in {
+        "BR_JWT_SECRET_KEY": "jwt-secret-key",
+        "BR_HEALTH_CHECK_KEY": "health-check-key",
+        "BR_DB_PASSWORD": "db-password",
+        "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
+        "BR_REDIS_URL": "redis-url",
+    }.items():
+        assert variables[name]["valueFrom"]["secretKeyRef"] == {"name": FULLNAME, "key": key}
+    # Sealing a value again rolls the pods, as editing the plain Secret does.
+    resealed = {**SEALED, "secrets": {**SEALED["secrets"]}}
+    resealed["secrets"]["encryptedData"] = {**encrypted, "jwt-secret-key": sealed("new key")}
+    assert checksum(render(helm, resealed)) != checksum(documents)
+    assert "sealed-secrets controller" in notes(helm, SEALED)
+
+
+def test_sealed_secrets_with_existing_secrets_seal_only_the_rest(helm: Any) -> None:
+    documents = render(helm, SCENARIOS["sealed-secrets-with-existing-jwt-secret"])
+    assert "Secret" not in kinds(documents)
+    sealed_secret = one(documents, "SealedSecret")
+    assert set(sealed_secret["spec"]["encryptedData"]) == {"health-check-key"}
+    variables = env(documents)
+    assert variables["BR_JWT_SECRET_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "br-jwt"
+    assert variables["BR_HEALTH_CHECK_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": FULLNAME,
+        "key": "health-check-key",
+    }
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "fragment"),
+    [
+        ("spec.encryptedData", ..., "'encryptedData' is a required property"),
+        ("spec.encryptedData.jwt-secret-key", 42, "is not of type 'string'"),
+        ("spec.encrypted", {}, "Additional properties are not allowed"),
+        ("spec.template.type", ["Opaque"], "is not of type 'string'"),
+        ("spec", ..., "'spec' is a required property"),
+    ],
+)
+def test_sealed_secret_schema_refuses_broken_objects(
+    helm: Any, path: str, value: Any, fragment: str
+) -> None:
+    document = one(render(helm, SEALED), "SealedSecret")
+    *parents, last = path.split(".")
+    node = document
+    for part in parents:
+        node = node[part]
+    if value is ...:
+        del node[last]
+    else:
+        node[last] = value
+    errors = sealed_secret_errors(document)
+    assert any(fragment in error for error in errors), errors

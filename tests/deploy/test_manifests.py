@@ -17,9 +17,11 @@ from deploy_support import (
     CHART_DIR,
     CRD_DIR,
     CRD_FILES,
+    DEPLOY,
     EXAMPLES_DIR,
     FIXTURES,
     KUSTOMIZE_DIR,
+    REPO,
     check_env_names,
     check_pod_hardening,
     container_env,
@@ -482,6 +484,7 @@ def test_plain_manifests_hold_a_complete_deployment() -> None:
             "Service",
             "PodDisruptionBudget",
             "Ingress",
+            "NetworkPolicy",
             "Secret",
             "Job",
         ]
@@ -535,6 +538,51 @@ def test_plain_deployment_sets_only_real_variables() -> None:
     assert env["BR_STORAGE_DRIVER_URL"]["value"].startswith("s3://")
     assert "BR_REDIS_URL" in env
     assert _plain_deployment()["spec"]["replicas"] > 1
+
+
+def test_plain_network_policy_admits_only_the_ingress_controller_and_prometheus() -> None:
+    (policy,) = [d for d in _plain_documents() if d["kind"] == "NetworkPolicy"]
+    deployment = _plain_deployment()
+    spec = policy["spec"]
+    assert spec["podSelector"] == deployment["spec"]["selector"]
+    assert spec["policyTypes"] == ["Ingress"]
+    (rule,) = spec["ingress"]
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert [p["name"] for p in container["ports"]] == ["http"]
+    assert rule["from"] == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "ingress-nginx"}},
+        },
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+        },
+    ]
+    # The Ingress it admits is ingress-nginx's.
+    (ingress,) = [d for d in _plain_documents() if d["kind"] == "Ingress"]
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+
+
+def test_plain_deployment_trusts_no_proxy_until_told() -> None:
+    """No address may claim client addresses until the operator names the ingress
+    controller's: an empty list is the one value that cannot be too wide."""
+    (container,) = _plain_deployment()["spec"]["template"]["spec"]["containers"]
+    settings = settings_for({**image_env(), **container_env(container)})
+    assert settings.trusted_proxies == ()
+
+
+def test_no_manifest_trusts_a_whole_pod_network() -> None:
+    """The default pod networks of k3s and of kubeadm with Flannel: trusting one lets every
+    pod in the cluster forge X-Forwarded-For. Neither deploy/ nor the deployment guide,
+    where values are copied from, may hold them."""
+    pod_networks = ("10.42.0.0/16", "10.244.0.0/16")
+    paths = [p for p in sorted(DEPLOY.rglob("*")) if p.is_file()]
+    for path in [*paths, REPO / "docs" / "deployment.md"]:
+        text = path.read_text(encoding="utf-8")
+        for network in pod_networks:
+            assert network not in text, f"{path.relative_to(REPO)} holds {network}"
 
 
 def test_plain_deployment_secret_refs_exist_in_the_secret_example() -> None:

@@ -104,10 +104,105 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and .Values.server.metricsProtected (not .Values.healthCheck.key) }}
 {{- fail "server.metricsProtected needs healthCheck.key (the code /metrics then asks for)" }}
 {{- end }}
+{{- include "backup-repository.validateNetwork" . }}
+{{- include "backup-repository.validateSecrets" . }}
 {{- end }}
 
-{{/* Whether the chart's own Secret has anything to hold. */}}
-{{- define "backup-repository.ownSecretNeeded" -}}
+{{/* Who may claim client addresses (server.trustedProxies) and who may reach the port
+     (networkPolicy). */}}
+{{- define "backup-repository.validateNetwork" -}}
+{{- range $entry := splitList "," (toString .Values.server.trustedProxies) }}
+{{- if hasSuffix "/0" (trim $entry) }}
+{{- fail (printf "server.trustedProxies must not hold %s: every address in it may claim any client address, past restrictByIP and the rate limits. Give the ingress controller's addresses or pod CIDRs (docs/deployment.md)" (trim $entry)) }}
+{{- end }}
+{{- end }}
+{{- $np := .Values.networkPolicy }}
+{{- if $np.enabled }}
+{{- range $name := list "ingressController" "prometheus" "extraFrom" }}
+{{- $peers := index $np $name }}
+{{- if and $peers (not (kindIs "slice" $peers)) }}
+{{- fail (printf "networkPolicy.%s must be a list of NetworkPolicy peers (podSelector, namespaceSelector, ipBlock)" $name) }}
+{{- end }}
+{{- range $i, $peer := $peers }}
+{{- if not (and (kindIs "map" $peer) (or (hasKey $peer "podSelector") (hasKey $peer "namespaceSelector") (hasKey $peer "ipBlock"))) }}
+{{- fail (printf "networkPolicy.%s[%d] needs podSelector, namespaceSelector or ipBlock (an empty selector {} matches everything)" $name $i) }}
+{{- end }}
+{{- if and (hasKey $peer "ipBlock") (or (hasKey $peer "podSelector") (hasKey $peer "namespaceSelector")) }}
+{{- fail (printf "networkPolicy.%s[%d]: ipBlock cannot be combined with a selector in one peer: give it as a peer of its own" $name $i) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- range $exposure := list "ingress" "route" }}
+{{- if and (index $.Values $exposure).enabled (not $np.ingressController) }}
+{{- fail (printf "%s.enabled needs networkPolicy.ingressController (the ingress controller's pods), or the NetworkPolicy keeps it out; turn networkPolicy.enabled off only where nothing else can reach the pods" $exposure) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* secrets.type: plain values in the chart's Secret, or sealed ones in a SealedSecret. */}}
+{{- define "backup-repository.validateSecrets" -}}
+{{- $type := .Values.secrets.type }}
+{{- $sealed := .Values.secrets.encryptedData | default dict }}
+{{- if not (has $type (list "plain" "sealedSecrets")) }}
+{{- fail (printf "secrets.type must be plain or sealedSecrets, got %q" $type) }}
+{{- end }}
+{{- if eq $type "plain" }}
+{{- if $sealed }}
+{{- fail "secrets.encryptedData is read only with secrets.type=sealedSecrets: set that, or give the secrets as plain values instead" }}
+{{- end }}
+{{- else }}
+{{- if not $sealed }}
+{{- fail "secrets.type=sealedSecrets needs secrets.encryptedData (values sealed with kubeseal, see docs/deployment.md); when every secret is in an existing Secret, keep secrets.type=plain" }}
+{{- end }}
+{{- $plain := dict "jwt.secretKey" (list .Values.jwt.secretKey "jwt-secret-key") "database.postgres.password" (list .Values.database.postgres.password "db-password") "storage.s3.accessKeyId" (list .Values.storage.s3.accessKeyId "AWS_ACCESS_KEY_ID") "storage.s3.secretAccessKey" (list .Values.storage.s3.secretAccessKey "AWS_SECRET_ACCESS_KEY") "redis.url" (list .Values.redis.url "redis-url") }}
+{{- range $value := keys $plain | sortAlpha }}
+{{- $entry := index $plain $value }}
+{{- if index $entry 0 }}
+{{- fail (printf "%s is a plain secret, refused with secrets.type=sealedSecrets: seal it with kubeseal and give it as secrets.encryptedData.%s" $value (index $entry 1)) }}
+{{- end }}
+{{- end }}
+{{- if and (not .Values.jwt.existingSecret) (not (hasKey $sealed "jwt-secret-key")) }}
+{{- fail "secrets.type=sealedSecrets needs secrets.encryptedData.jwt-secret-key (the JWT key, sealed with kubeseal) or jwt.existingSecret: the chart cannot generate a key it cannot seal" }}
+{{- end }}
+{{- if and .Values.healthCheck.key (not (hasKey $sealed "health-check-key")) }}
+{{- fail "healthCheck.key needs secrets.encryptedData.health-check-key with secrets.type=sealedSecrets: seal the same code (the server reads it from the Secret; the readiness probe, which cannot, sends healthCheck.key)" }}
+{{- end }}
+{{- if and (hasKey $sealed "health-check-key") (not .Values.healthCheck.key) }}
+{{- fail "secrets.encryptedData.health-check-key needs healthCheck.key, the same code in clear: the readiness probe sends it, and cannot read a Secret" }}
+{{- end }}
+{{- if ne (hasKey $sealed "AWS_ACCESS_KEY_ID") (hasKey $sealed "AWS_SECRET_ACCESS_KEY") }}
+{{- fail "secrets.encryptedData needs both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither" }}
+{{- end }}
+{{- range $key, $value := $sealed }}
+{{- if not (regexMatch "^[-._a-zA-Z0-9]+$" $key) }}
+{{- fail (printf "secrets.encryptedData: %q is not a valid Secret key (letters, digits, '-', '_' and '.')" $key) }}
+{{- end }}
+{{- if not (and (kindIs "string" $value) (regexMatch "^[A-Za-z0-9+/]{300,}={0,2}$" $value)) }}
+{{- fail (printf "secrets.encryptedData.%s does not look sealed: give what kubeseal --raw prints (base64, several hundred characters), never the secret itself" $key) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The keys the chart's own Secret holds, as a JSON list: with secrets.type=plain those
+     the values give (or the generated JWT key), with sealedSecrets the sealed ones. */}}
+{{- define "backup-repository.ownSecretKeys" -}}
+{{- $keys := list }}
+{{- if eq .Values.secrets.type "sealedSecrets" }}
+{{- $keys = keys (.Values.secrets.encryptedData | default dict) | sortAlpha }}
+{{- else }}
 {{- $pg := .Values.database.postgres }}
-{{- if or (not .Values.jwt.existingSecret) .Values.healthCheck.key (and (eq .Values.database.type "postgres") $pg.password (not $pg.passwordSecret.name)) (and (not .Values.storage.s3.existingSecret) .Values.storage.s3.accessKeyId) (and .Values.redis.url (not .Values.redis.existingSecret)) }}true{{ end }}
+{{- if not .Values.jwt.existingSecret }}{{ $keys = append $keys "jwt-secret-key" }}{{ end }}
+{{- if .Values.healthCheck.key }}{{ $keys = append $keys "health-check-key" }}{{ end }}
+{{- if and (eq .Values.database.type "postgres") $pg.password (not $pg.passwordSecret.name) }}{{ $keys = append $keys "db-password" }}{{ end }}
+{{- if and (not .Values.storage.s3.existingSecret) .Values.storage.s3.accessKeyId }}{{ $keys = concat $keys (list "AWS_ACCESS_KEY_ID" "AWS_SECRET_ACCESS_KEY") }}{{ end }}
+{{- if and .Values.redis.url (not .Values.redis.existingSecret) }}{{ $keys = append $keys "redis-url" }}{{ end }}
+{{- end }}
+{{- toJson $keys }}
+{{- end }}
+
+{{/* Whether the chart renders a plain Secret of its own. */}}
+{{- define "backup-repository.ownSecretNeeded" -}}
+{{- if and (eq .Values.secrets.type "plain") (include "backup-repository.ownSecretKeys" . | fromJsonArray) }}true{{ end }}
 {{- end }}
