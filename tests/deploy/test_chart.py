@@ -100,7 +100,7 @@ SCALED_OUT: dict[str, Any] = {
     "redis": {"url": "redis://redis.db.svc:6379/0"},
     "healthCheck": {"key": "health-code"},
     # The pod network of the nodes the ingress controller runs on, not the whole cluster's.
-    "server": {"trustedProxies": "10.42.3.0/24", "metricsProtected": True},
+    "server": {"trustedProxies": "10.42.3.0/24"},
     "persistence": {"enabled": False},
     "ingress": {
         "enabled": True,
@@ -301,7 +301,8 @@ def test_scaled_out_deployment_wiring(helm: Any) -> None:
     assert variables["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == FULLNAME
     assert variables["BR_REDIS_URL"]["valueFrom"]["secretKeyRef"]["key"] == "redis-url"
     assert variables["BR_TRUSTED_PROXIES"]["value"] == "10.42.3.0/24"
-    assert variables["BR_METRICS_PROTECTED"]["value"] == "true"
+    # The health check key alone protects /metrics; the ServiceMonitor sends it.
+    assert "BR_METRICS_PUBLIC" not in variables
     secret = one(documents, "Secret")["data"]
     assert base64.b64decode(secret["db-password"]) == b"pg-secret"
     assert base64.b64decode(secret["AWS_SECRET_ACCESS_KEY"]) == b"s3-secret"
@@ -411,10 +412,6 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
         "config.filesystem.volume",
     ),
     "short-jwt-key": ({"jwt": {"secretKey": "short"}}, "at least 16 characters"),
-    "protected-metrics-without-key": (
-        {"server": {"metricsProtected": True}},
-        "server.metricsProtected needs healthCheck.key",
-    ),
     # Network exposure: who may claim client addresses, and who may reach the port.
     "every-ipv4-address-trusted": (
         {"server": {"trustedProxies": "0.0.0.0/0"}},
@@ -577,6 +574,27 @@ def test_rendered_environment_gives_valid_server_settings(helm: Any, scenario: s
     assert [str(n) for n in settings.trusted_proxies] == [
         str(ipaddress.ip_network(p, strict=False)) for p in proxies.split(",") if p
     ]
+    public = values.get("server", {}).get("metricsPublic", False)
+    assert settings.metrics_need_key == (
+        bool(values.get("healthCheck", {}).get("key")) and not public
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "public", "scrape_with_key"),
+    [
+        ({}, None, False),  # no key: public (the server warns), nothing to send
+        ({"healthCheck": {"key": "health-code"}}, None, True),
+        ({"healthCheck": {"key": "health-code"}, "server": {"metricsPublic": True}}, "true", False),
+    ],
+)
+def test_metrics_protection_follows_the_health_check_key(
+    helm: Any, values: dict[str, Any], public: str | None, scrape_with_key: bool
+) -> None:
+    documents = render(helm, {**values, "serviceMonitor": {"enabled": True}})
+    assert env(documents).get("BR_METRICS_PUBLIC", {}).get("value") == public
+    (endpoint,) = one(documents, "ServiceMonitor")["spec"]["endpoints"]
+    assert ("authorization" in endpoint) is scrape_with_key
 
 
 def test_notes_warn_only_when_data_would_be_lost(helm: Any) -> None:

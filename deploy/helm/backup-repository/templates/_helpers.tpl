@@ -101,9 +101,6 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and .Values.jwt.secretKey (lt (len .Values.jwt.secretKey) 16) }}
 {{- fail "jwt.secretKey must have at least 16 characters" }}
 {{- end }}
-{{- if and .Values.server.metricsProtected (not .Values.healthCheck.key) }}
-{{- fail "server.metricsProtected needs healthCheck.key (the code /metrics then asks for)" }}
-{{- end }}
 {{- include "backup-repository.validateNetwork" . }}
 {{- include "backup-repository.validateSecrets" . }}
 {{- end }}
