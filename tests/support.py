@@ -183,10 +183,14 @@ def start_server(
     env: Mapping[str, str] | None = None,
     unlimited: bool = True,
     timeout: float = 30.0,
+    replica_id: str | None = None,
 ) -> ServerProcess:
     """Start ``python -m backup_repository`` on a free loopback port and wait for /health.
 
     ``db_url``: None for a SQLite file in ``workdir``, "" to pass no ``--db-url`` at all.
+    ``replica_id``: None for an id of its own (``test-<port>``: servers started side by
+    side are separate replicas, as on separate machines), "" to pass none (the host name),
+    or the id to start under (the same id again: a restart of that replica).
     """
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -207,6 +211,8 @@ def start_server(
             "--rate-collection-health-limit=0",
             "--rate-server-health-limit=0",
         ]
+    if replica_id != "":
+        args.append(f"--replica-id={replica_id or f'test-{port}'}")
     args += list(extra_args)
     log_path = workdir / f"server-{port}.log"
     SERVER_LOGS.append(log_path)

@@ -5,6 +5,7 @@ this point."""
 from __future__ import annotations
 
 import ipaddress
+import socket
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
@@ -13,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from backup_repository.db.urls import normalize_database_url
 from backup_repository.domain.network import IPNetwork
+from backup_repository.domain.replica import check_replica_id, replica_id_from_hostname
 from backup_repository.storage.urls import parse_storage_url
 
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
@@ -68,6 +70,9 @@ class Settings(BaseModel):
     http_download_timeout: timedelta = timedelta(minutes=180)
     # How long a collection's upload lock outlives a replica that died while uploading.
     upload_lock_lease: timedelta = timedelta(seconds=30)
+    # This replica's name in the lock tables, stable across its restarts (default: the host
+    # name): a restart frees what the previous life of the same id held.
+    replica_id: str = Field(default_factory=lambda: replica_id_from_hostname(socket.gethostname()))
     # Requests per second (default) and per minute (the three others); 0 disables a limit.
     rate_default_limit: int = Field(default=5, ge=0)
     rate_auth_limit: int = Field(default=10, ge=0)
@@ -134,6 +139,14 @@ class Settings(BaseModel):
         if value <= timedelta(0):
             raise SettingsError("durations must be positive")
         return value
+
+    @field_validator("replica_id")
+    @classmethod
+    def _replica_id(cls, value: str) -> str:
+        try:
+            return check_replica_id(value)
+        except ValueError as exc:
+            raise SettingsError(f"--replica-id (BR_REPLICA_ID): {exc}") from None
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

@@ -33,6 +33,7 @@ def options(**overrides: Any) -> dict[str, Any]:
         "http_upload_timeout": timedelta(minutes=180),
         "http_download_timeout": timedelta(minutes=180),
         "upload_lock_lease": timedelta(seconds=30),
+        "replica_id": None,
         "rate_default_limit": 5,
         "rate_auth_limit": 10,
         "rate_collection_health_limit": 10,

@@ -111,6 +111,14 @@ DEV_CREDENTIALS = (
     help="How long the upload lock of a replica that died stays held",
 )
 @option(
+    "--replica-id",
+    env="BR_REPLICA_ID",
+    default=None,
+    help="This replica's name in the lock tables, the same across its restarts and "
+    "different from every other replica's; a restart frees the locks its previous life "
+    "held [default: the host name]",
+)
+@option(
     "--rate-default-limit",
     env="BR_RATE_DEFAULT_LIMIT",
     default=5,
@@ -327,6 +335,8 @@ def build_settings(options: dict[str, Any]) -> Settings:
         "rate_limit_ipv6_prefix": options.get("rate_limit_ipv6_prefix", 64),
         "dev_mode": dev,
     }
+    if options.get("replica_id") is not None:
+        values["replica_id"] = options["replica_id"]
     try:
         return Settings(**values)
     except ValidationError as exc:

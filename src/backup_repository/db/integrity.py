@@ -12,6 +12,7 @@ from sqlalchemy import RowMapping, case, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from backup_repository.db.owners import server_owner
 from backup_repository.db.repositories import transaction
 from backup_repository.db.tables import BackupVersion, MaintenanceLease, VersionCheckRow
 from backup_repository.db.versions import _VERSION_COLUMNS, _to_record
@@ -165,6 +166,20 @@ class SqlLeaseRepository:
                 .where(MaintenanceLease.name == name, MaintenanceLease.owner == owner)
                 .values(expires_at=until, updated_at=_now())
             )
+
+    async def release_server_leases(self, tag: str | None, ending_before: datetime) -> int:
+        now = _now()
+        async with transaction(self._engine) as connection:
+            result = await connection.execute(
+                update(MaintenanceLease)
+                .where(
+                    server_owner(MaintenanceLease.owner, tag),
+                    MaintenanceLease.expires_at > now,
+                    MaintenanceLease.expires_at < ending_before,
+                )
+                .values(expires_at=None, updated_at=now)
+            )
+        return int(result.rowcount or 0)
 
     async def holder(self, name: str) -> tuple[str | None, datetime | None]:
         """(owner, expires_at) of the lease, (None, None) when it was never taken."""

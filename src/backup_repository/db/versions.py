@@ -12,6 +12,7 @@ from sqlalchemy import RowMapping, and_, false, func, insert, or_, select, updat
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from backup_repository.db.owners import server_owner
 from backup_repository.db.repositories import transaction
 from backup_repository.db.tables import BackupVersion, CollectionState, GrantedAccess
 from backup_repository.services.ports import LockLost, SessionConsumed, VersionRecord
@@ -105,6 +106,15 @@ class SqlVersionRepository:
                 )
                 .values(lock_owner=None, lock_expires_at=None, updated_at=_now())
             )
+
+    async def release_server_locks(self, tag: str | None) -> int:
+        async with transaction(self._engine) as connection:
+            result = await connection.execute(
+                update(CollectionState)
+                .where(server_owner(CollectionState.lock_owner, tag))
+                .values(lock_owner=None, lock_expires_at=None, updated_at=_now())
+            )
+        return int(result.rowcount or 0)
 
     async def live_versions(self, collection_id: str) -> list[VersionRecord]:
         statement = (

@@ -19,6 +19,7 @@ from backup_repository.db.integrity import SqlIntegrityRepository, SqlLeaseRepos
 from backup_repository.db.repositories import SqlDatabaseHealth, SqlSessionRepository
 from backup_repository.db.urls import render_url_safely
 from backup_repository.db.versions import SqlVersionRepository
+from backup_repository.domain.replica import ReplicaIdentity
 from backup_repository.http import docs_ui, errors
 from backup_repository.http.application import App
 from backup_repository.http.deps import Services
@@ -81,6 +82,7 @@ def create_app(settings: Settings, on_started: Callable[[], None] | None = None)
         try:
             logger.info("database: %s", render_url_safely(settings.db_url))
             logger.info("storage: %s", redact_storage_url(settings.storage_url))
+            logger.info("replica id: %s", settings.replica_id)
             await migrate(engine)
             await provider.start()
             database_health = SqlDatabaseHealth(engine)
@@ -92,6 +94,8 @@ def create_app(settings: Settings, on_started: Callable[[], None] | None = None)
             events.add(MetricsSink(metrics, stats.is_configured))
             metrics.add_source("collections", collection_source(stats))
             metrics.add_source("configuration", configuration_source(stats))
+            # This process in the lock and lease tables: <replica tag>/<random life>.
+            identity = ReplicaIdentity.start(settings.replica_id)
             integrity = IntegrityService(
                 versions=SqlVersionRepository(engine),
                 store=store,
@@ -99,6 +103,7 @@ def create_app(settings: Settings, on_started: Callable[[], None] | None = None)
                 io_timeout=settings.storage_io_timeout.total_seconds(),
                 events=events,
                 leases=SqlLeaseRepository(engine),
+                instance=identity.instance,
             )
             metrics.add_source("integrity", integrity_source(integrity))
             backups = BackupService(
@@ -109,7 +114,14 @@ def create_app(settings: Settings, on_started: Callable[[], None] | None = None)
                 lock_lease=settings.upload_lock_lease.total_seconds(),
                 events=events,
                 health_checks=[integrity.health_check],
+                instance=identity.instance,
             )
+            # What this replica's previous life held (killed mid-upload, say) is freed before
+            # anything takes a lock, not left until its leases run out. A server on SQLite
+            # is the only one on its database: every server's locks go.
+            previous = None if engine.dialect.name == "sqlite" else identity.tag
+            await backups.free_locks_of_previous_life(previous)
+            await integrity.free_lease_of_previous_life(previous)
             # In the background: an unreachable storage must not keep the server from
             # starting (and from reporting the problem in /ready).
             cleanup = asyncio.create_task(backups.clean_all(), name="start-up clean-up")

@@ -146,6 +146,7 @@ class BackupService:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         events: EventSink | None = None,
         health_checks: Sequence[CollectionHealthCheck] = (),
+        instance: str | None = None,
     ) -> None:
         self._events: EventSink = events or NullSink()
         self._health_checks = tuple(health_checks)
@@ -155,8 +156,11 @@ class BackupService:
         self._io_timeout = io_timeout
         self._clock = clock
         self._lock_lease = lock_lease
-        # Distinguishes this process's locks from other replicas' in the lock table.
-        self._instance = secrets.token_hex(8)
+        # Distinguishes this process's locks from other replicas' in the lock table:
+        # ``<replica tag>/<life>`` (domain/replica.py) from the composition root.
+        self._instance = instance or secrets.token_hex(8)
+        # Collections the start-up clean-up of this process holds the lock of right now.
+        self._cleaning: dict[str, asyncio.Event] = {}
 
     # -- lookups -------------------------------------------------------------------------
 
@@ -471,6 +475,12 @@ class BackupService:
             raise Forbidden(WINDOW_CLOSED)
 
         owner = f"{self._instance}:{uuid.uuid4().hex[:16]}"
+        cleaning = self._cleaning.get(collection.name)
+        if cleaning is not None:
+            # This process's start-up clean-up holds the lock for a moment: an upload right
+            # after a restart waits for it (at most a lease) instead of being refused.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(cleaning.wait(), self._lock_lease)
         last_number = await self._versions.try_lock(collection.name, owner, self._lock_lease)
         if last_number is None:
             raise Conflict(PARALLEL_UPLOAD)
@@ -519,7 +529,11 @@ class BackupService:
                 logger.exception("could not renew the upload lock of %s", collection_id)
                 continue
             if not still_ours:
-                logger.error("upload lock of %s was lost; stopping the upload", collection_id)
+                logger.error(
+                    "upload lock of %s was lost (a stall longer than the lease, or another "
+                    "process with this replica id started); stopping the upload",
+                    collection_id,
+                )
                 lost.set()
                 if upload is not None:
                     upload.cancel()
@@ -689,6 +703,26 @@ class BackupService:
         except StorageError as exc:
             raise DependencyUnavailable(STORAGE_UNAVAILABLE) from exc
 
+    async def free_locks_of_previous_life(self, tag: str | None) -> int:
+        """At start-up, before this process takes any lock: free the upload locks that a
+        previous life of this replica (``tag``) held, or, with None, that any server held
+        (SQLite: the server is the only process on the database). A replica killed
+        mid-upload thus does not keep the collection locked until the lease runs out.
+        Returns how many were freed; a failure is logged, never raised (the leases then
+        run out by themselves)."""
+        try:
+            freed = await self._versions.release_server_locks(tag)
+        except Exception as exc:
+            logger.warning("could not free the upload locks of a previous run: %s", exc)
+            return 0
+        if freed:
+            logger.warning(
+                "freed %d upload locks that %s held before this start",
+                freed,
+                "a server" if tag is None else f"replica {tag}",
+            )
+        return freed
+
     async def clean_all(self) -> int:
         """Start-up clean-up of every collection whose lock is free. Returns how many
         collections were cleaned; failures are logged, never raised (the next upload to a
@@ -697,14 +731,19 @@ class BackupService:
         owner = f"{self._instance}:cleanup"
         for collection in list(self._config.snapshot().collections.values()):
             try:
-                last = await self._versions.try_lock(collection.name, owner, self._lock_lease)
-                if last is None:
-                    continue
+                done = self._cleaning[collection.name] = asyncio.Event()
                 try:
-                    await self._clean_leftovers(collection, last)
-                    cleaned += 1
+                    last = await self._versions.try_lock(collection.name, owner, self._lock_lease)
+                    if last is None:
+                        continue
+                    try:
+                        await self._clean_leftovers(collection, last)
+                        cleaned += 1
+                    finally:
+                        await self._release(collection.name, owner)
                 finally:
-                    await self._release(collection.name, owner)
+                    del self._cleaning[collection.name]
+                    done.set()
             except Exception as exc:
                 logger.warning("start-up clean-up of %s failed: %s", collection.name, exc)
         logger.info("start-up clean-up done for %d collections", cleaned)

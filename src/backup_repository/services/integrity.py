@@ -121,6 +121,7 @@ class IntegrityService:
         leases: LeaseRepository | None = None,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        instance: str | None = None,
     ) -> None:
         self._versions = versions
         self._store = store
@@ -130,8 +131,9 @@ class IntegrityService:
         self._leases = leases
         self._lease_seconds = lease_seconds
         self._clock = clock
-        # Names this process in the lease table.
-        self._instance = secrets.token_hex(8)
+        # Names this process in the lease table: ``<replica tag>/<life>``
+        # (domain/replica.py) from the composition root.
+        self._instance = instance or secrets.token_hex(8)
         self.health_check = VersionsIntegrityValidator(results)
 
     # -- one pass ------------------------------------------------------------------------
@@ -334,6 +336,29 @@ class IntegrityService:
                 until = started + timedelta(seconds=interval) if finished else None
                 await asyncio.shield(self._release(owner, until))
         return report
+
+    async def free_lease_of_previous_life(self, tag: str | None) -> int:
+        """At start-up: free the lease of a pass that a previous life of this replica
+        (``tag``; None: any server, on SQLite) was running when it died, so the schedule
+        goes on at once rather than after the lease. A pass in progress holds the lease at
+        most one lease ahead; a finished pass keeps it until its interval is over, and that
+        hold on the schedule stays. Returns how many were freed (0 or 1); failures are
+        logged, never raised."""
+        if self._leases is None:
+            return 0
+        # A few seconds more than a lease for the clocks of the previous life and this one.
+        ending_before = self._clock() + timedelta(seconds=self._lease_seconds + 5)
+        try:
+            freed = await self._leases.release_server_leases(tag, ending_before)
+        except Exception as exc:
+            logger.warning("could not free the integrity check lease of a previous run: %s", exc)
+            return 0
+        if freed:
+            logger.warning(
+                "freed the integrity check lease that %s held before this start",
+                "a server" if tag is None else f"replica {tag}",
+            )
+        return freed
 
     async def _release(self, owner: str, until: datetime | None) -> None:
         assert self._leases is not None

@@ -132,6 +132,11 @@ class VersionRepository(Protocol):
 
     async def release_lock(self, collection_id: str, owner: str) -> None: ...
 
+    async def release_server_locks(self, tag: str | None) -> int:
+        """Free the upload locks whose owner is ``<tag>/…`` (a previous life of a restarted
+        replica), or, with None, every lock a server holds (owners with a ``/``). Returns
+        how many were freed."""
+
     async def live_versions(self, collection_id: str) -> list[VersionRecord]:
         """Versions not rotated out, oldest first."""
 
@@ -208,3 +213,8 @@ class LeaseRepository(Protocol):
 
     async def release(self, name: str, owner: str, until: datetime | None = None) -> None:
         """Give the lease up, or keep it from everybody (``owner`` included) ``until``."""
+
+    async def release_server_leases(self, tag: str | None, ending_before: datetime) -> int:
+        """Free the leases whose owner is ``<tag>/…`` (None: any server's, owners with a
+        ``/``) and whose expiry is after now but before ``ending_before`` (held by work in
+        progress, not kept for a schedule). Returns how many were freed."""
