@@ -678,6 +678,11 @@ def test_notes_warn_about_shared_and_forgeable_client_addresses(helm: Any) -> No
     )
     assert forgeable not in notes(helm, SCALED_OUT)
     assert forgeable not in notes(helm, SCENARIOS["network-policy-disabled"])
+    in_cluster = (
+        "add clients running\nin the cluster, such as backup jobs, to networkPolicy.extraFrom"
+    )
+    assert in_cluster in notes(helm, {})
+    assert in_cluster not in notes(helm, SCENARIOS["network-policy-disabled"])
 
 
 # --- secrets.type=sealedSecrets ----------------------------------------------------------------
