@@ -250,4 +250,8 @@ def test_scrape_configs_in_the_docs_parse() -> None:
         job = config["scrape_configs"][0]
         assert job["job_name"] == "backup-repository"
         assert job["static_configs"][0]["targets"]
-    assert configs[1]["scrape_configs"][0]["authorization"]["type"] == "Bearer"
+    # The health check key as a Bearer credential from a file, or as ?code=.
+    bearer, query = (config["scrape_configs"][0] for config in configs)
+    assert bearer["authorization"]["type"] == "Bearer"
+    assert bearer["authorization"]["credentials_file"]
+    assert list(query["params"]) == ["code"]
