@@ -1,18 +1,21 @@
 """Upload bodies as byte streams: raw, ``multipart/form-data`` or
 ``application/x-www-form-urlencoded`` with the file in the field ``file``. Forms are parsed
-incrementally; nothing is buffered beyond one network chunk."""
+incrementally; nothing is buffered beyond one network chunk.
+
+What a form carries besides the file is capped (the file itself only by the collection's
+quota, which counts every byte of the body): a refusal comes as soon as a cap is passed,
+before the rest of the body is read."""
 
 from __future__ import annotations
 
 import binascii
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import (
     MAX_BOUNDARY_LENGTH,
     MultipartParser,
-    QuerystringParser,
     parse_options_header,
 )
 
@@ -21,9 +24,38 @@ from backup_repository.domain.errors import InvalidInput
 FILE_FIELD = b"file"
 NO_FILE_FIELD = "the form has no field named 'file'"
 MALFORMED_FORM = "malformed form body"
+_FORM_HINT = (
+    "send the backup in the field 'file' of a multipart/form-data or urlencoded form, or as "
+    "a raw body"
+)
+UNFINISHED_FORM = f"{MALFORMED_FORM}: the body ends inside the field 'file': {_FORM_HINT}"
+BROKEN_ESCAPE = f"{MALFORMED_FORM}: a broken %-escape in the field 'file': {_FORM_HINT}"
+
+# The longest field name (urlencoded) accepted; the field that matters is "file".
+MAX_FIELD_NAME = 1024
+# The longest header line of a multipart part (name and value), and how many a part may
+# have (python-multipart enforces both).
+MAX_PART_HEADER_LINE = 4096
+MAX_PART_HEADERS = 16
+MAX_PARTS = 64
+# Everything in a form that is not the file's content: other fields' names and values,
+# separators, part headers and the data of other parts, summed over the whole body.
+MAX_OTHER_FIELDS = 64 * 1024
+
+_SEND_FILE_ONLY = "send the backup in the field 'file' only, or as a raw body"
+FIELD_NAME_TOO_LONG = f"a form field name is longer than {MAX_FIELD_NAME} bytes: {_SEND_FILE_ONLY}"
+TOO_MANY_PARTS = f"the form has more than {MAX_PARTS} parts: {_SEND_FILE_ONLY}"
+OTHER_FIELDS_TOO_LARGE = (
+    f"the form's fields other than 'file' take more than {MAX_OTHER_FIELDS // 1024} KiB: "
+    f"{_SEND_FILE_ONLY}"
+)
+
+BodyDecoder = Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]]
 
 
-def upload_stream(content_type: str, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+def form_decoder(content_type: str) -> BodyDecoder | None:
+    """What turns a form body into the file's bytes, or None for a raw body (the body is
+    the file). Refuses a malformed form header at once."""
     media, params = parse_options_header(content_type)
     if media == b"multipart/form-data":
         boundary = params.get(b"boundary")
@@ -34,20 +66,14 @@ def upload_stream(content_type: str, chunks: AsyncIterator[bytes]) -> AsyncItera
             raise InvalidInput(
                 f"multipart/form-data boundary longer than {MAX_BOUNDARY_LENGTH} characters"
             )
-        return _multipart_file(boundary, chunks)
+        return lambda chunks: _multipart_file(boundary, chunks)
     if media == b"application/x-www-form-urlencoded":
-        return _urlencoded_file(chunks)
-    return _non_empty(chunks)
-
-
-async def _non_empty(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    async for chunk in chunks:
-        if chunk:
-            yield chunk
+        return _urlencoded_file
+    return None
 
 
 async def _drive(
-    parser: MultipartParser | QuerystringParser,
+    parser: MultipartParser,
     chunks: AsyncIterator[bytes],
     pending: list[bytes],
 ) -> AsyncIterator[bytes]:
@@ -56,20 +82,37 @@ async def _drive(
     async for chunk in chunks:
         try:
             parser.write(chunk)
-        except FormParserError:
-            raise InvalidInput(MALFORMED_FORM) from None
+        except FormParserError as exc:
+            raise _malformed(exc) from None
         for piece in pending:
             if piece:
                 yield piece
         pending.clear()
     try:
         parser.finalize()
-    except FormParserError:
-        raise InvalidInput(MALFORMED_FORM) from None
+    except FormParserError as exc:
+        raise _malformed(exc) from None
     for piece in pending:
         if piece:
             yield piece
     pending.clear()
+
+
+def _malformed(exc: FormParserError) -> InvalidInput:
+    """The parser's reason (e.g. "Maximum header size exceeded") and what to send instead."""
+    return InvalidInput(f"{MALFORMED_FORM} ({exc}): {_FORM_HINT}")
+
+
+@dataclass
+class _OtherBytes:
+    """The running total of what a form carries besides the file's content."""
+
+    total: int = 0
+
+    def add(self, count: int) -> None:
+        self.total += count
+        if self.total > MAX_OTHER_FIELDS:
+            raise InvalidInput(OTHER_FIELDS_TOO_LARGE)
 
 
 @dataclass
@@ -80,12 +123,16 @@ class _MultipartState:
     in_file: bool = False  # the current part is the upload
     found: bool = False
     done: bool = False
+    parts: int = 0
+    other: _OtherBytes = field(default_factory=_OtherBytes)
     pending: list[bytes] = field(default_factory=list)
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self.other.add(end - start)
         self.header += data[start:end]
 
     def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self.other.add(end - start)
         self.value += data[start:end]
 
     def on_header_end(self) -> None:
@@ -95,6 +142,9 @@ class _MultipartState:
         self.header = self.value = b""
 
     def on_part_begin(self) -> None:
+        self.parts += 1
+        if self.parts > MAX_PARTS:
+            raise InvalidInput(TOO_MANY_PARTS)
         self.is_file = False
 
     def on_headers_finished(self) -> None:
@@ -105,6 +155,8 @@ class _MultipartState:
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self.in_file:
             self.pending.append(data[start:end])
+        else:
+            self.other.add(end - start)
 
     def on_part_end(self) -> None:
         if self.in_file:
@@ -125,14 +177,15 @@ async def _multipart_file(boundary: bytes, chunks: AsyncIterator[bytes]) -> Asyn
             "on_part_data": state.on_part_data,
             "on_part_end": state.on_part_end,
         },
-        max_header_count=16,
+        max_header_count=MAX_PART_HEADERS,
+        max_header_size=MAX_PART_HEADER_LINE,
     )
     async for piece in _drive(parser, chunks, state.pending):
         yield piece
     if not state.found:
         raise InvalidInput(NO_FILE_FIELD)
     if not state.done:
-        raise InvalidInput(MALFORMED_FORM)
+        raise InvalidInput(UNFINISHED_FORM)
 
 
 class _PercentDecoder:
@@ -155,7 +208,7 @@ class _PercentDecoder:
 
     def finish(self) -> bytes:
         if self._carry:
-            raise InvalidInput(MALFORMED_FORM)
+            raise InvalidInput(BROKEN_ESCAPE)
         return b""
 
 
@@ -169,51 +222,86 @@ def _unquote_plus(data: bytes) -> bytes:
         try:
             out += binascii.unhexlify(part[:2])
         except (binascii.Error, ValueError):
-            raise InvalidInput(MALFORMED_FORM) from None
+            raise InvalidInput(BROKEN_ESCAPE) from None
         if len(part) < 2:
-            raise InvalidInput(MALFORMED_FORM)
+            raise InvalidInput(BROKEN_ESCAPE)
         out += part[2:]
     return bytes(out)
 
 
-@dataclass
-class _UrlencodedState:
-    name: bytes = b""
-    in_file: bool = False
-    found: bool = False
-    decoder: _PercentDecoder = field(default_factory=lambda: _PercentDecoder())
-    pending: list[bytes] = field(default_factory=list)
+class _UrlencodedFile:
+    """``name=value&name=value`` split with ``bytes.find`` (never byte by byte): the first
+    non-empty value of a field named ``file`` is decoded and passed on; every other byte
+    counts against MAX_OTHER_FIELDS."""
 
-    def on_field_start(self) -> None:
-        self.name = b""
+    def __init__(self) -> None:
+        self._name = bytearray()
+        self._in_value = False  # after "=": a value (the file's or another field's)
+        self._in_file = False
+        self._file_started = False
+        self.found = False
+        self._decoder = _PercentDecoder()
+        self._other = _OtherBytes()
 
-    def on_field_name(self, data: bytes, start: int, end: int) -> None:
-        self.name += data[start:end]
+    def feed(self, data: bytes) -> list[bytes]:
+        out: list[bytes] = []
+        position, length = 0, len(data)
+        while position < length:
+            amp = data.find(b"&", position)
+            end = length if amp == -1 else amp
+            if not self._in_value:
+                equals = data.find(b"=", position, end)
+                stop = end if equals == -1 else equals
+                if len(self._name) + stop - position > MAX_FIELD_NAME:
+                    raise InvalidInput(FIELD_NAME_TOO_LONG)
+                self._name += data[position:stop]
+                self._other.add(stop - position)
+                if equals == -1:
+                    if amp != -1:  # a field without "=": no value at all
+                        self._end_field(separator=True)
+                    position = end + 1
+                    continue
+                self._other.add(1)
+                self._in_value = True
+                self._in_file = not self.found and self._name == FILE_FIELD
+                position = equals + 1
+                continue
+            if self._in_file:
+                if end > position:
+                    self._file_started = True
+                    out.append(self._decoder.feed(data[position:end]))
+            else:
+                self._other.add(end - position)
+            if amp != -1:
+                out.extend(self._end_field(separator=True))
+            position = end + 1
+        return out
 
-    def on_field_data(self, data: bytes, start: int, end: int) -> None:
-        if not self.found and self.name == FILE_FIELD:
-            self.in_file = True
-        if self.in_file:
-            self.pending.append(self.decoder.feed(data[start:end]))
-
-    def on_field_end(self) -> None:
-        if self.in_file:
-            self.in_file = False
+    def _end_field(self, *, separator: bool) -> list[bytes]:
+        if separator:
+            self._other.add(1)  # the "&"
+        out: list[bytes] = []
+        if self._in_file and self._file_started:
+            out.append(self._decoder.finish())
             self.found = True
-            self.pending.append(self.decoder.finish())
+        # An empty "file=" is no file: a later field named "file" may still be it.
+        self._in_file = self._file_started = self._in_value = False
+        self._name.clear()
+        return out
+
+    def finish(self) -> list[bytes]:
+        out = self._end_field(separator=False) if self._in_value else []
+        if not self.found:
+            raise InvalidInput(NO_FILE_FIELD)
+        return out
 
 
 async def _urlencoded_file(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    state = _UrlencodedState()
-    parser = QuerystringParser(
-        {
-            "on_field_start": state.on_field_start,
-            "on_field_name": state.on_field_name,
-            "on_field_data": state.on_field_data,
-            "on_field_end": state.on_field_end,
-        }
-    )
-    async for piece in _drive(parser, chunks, state.pending):
-        yield piece
-    if not state.found:
-        raise InvalidInput(NO_FILE_FIELD)
+    state = _UrlencodedFile()
+    async for chunk in chunks:
+        for piece in state.feed(chunk):
+            if piece:
+                yield piece
+    for piece in state.finish():
+        if piece:
+            yield piece

@@ -74,6 +74,8 @@ HEALTH_CODE_INVALID = (
 # real secret is, so the comparison takes as long (and a match still refuses).
 _UNKNOWN_COLLECTION_SECRET = "0" * 64
 STORAGE_UNAVAILABLE = "storage is unavailable, try again later"
+# Turns a request body into the bytes of the file it carries (a form's field ``file``).
+BodyDecoder = Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]]
 TOKEN_ALREADY_USED = "token was already used"  # noqa: S105 - a message, not a secret
 
 # The upload lock is a lease renewed (every third of it) while the upload runs, so the lock
@@ -393,9 +395,13 @@ class BackupService:
         collection_id: str,
         body: AsyncIterable[bytes],
         content_length: int | None,
+        decode: BodyDecoder | None = None,
     ) -> VersionRecord:
-        """Store ``body`` as the next version. Accepted and refused uploads are told to the
-        event sink with the bytes received and, when refused, the reason."""
+        """Store ``body`` as the next version: the request body as received, of
+        ``content_length`` bytes when known; ``decode`` turns it into the file's bytes (a
+        form's field), None when the body is the file. Every byte of the body counts against
+        the collection's limit. Accepted and refused uploads are told to the event sink with
+        the bytes received and, when refused, the reason."""
         received = 0
 
         async def counted() -> AsyncIterator[bytes]:
@@ -405,7 +411,7 @@ class BackupService:
                 yield chunk
 
         try:
-            record = await self._upload(ctx, collection_id, counted(), content_length)
+            record = await self._upload(ctx, collection_id, counted(), content_length, decode)
         except asyncio.CancelledError:
             # The request's own time limit (told by the HTTP layer) or a shutdown.
             raise
@@ -465,6 +471,7 @@ class BackupService:
         collection_id: str,
         body: AsyncIterable[bytes],
         content_length: int | None,
+        decode: BodyDecoder | None,
     ) -> VersionRecord:
         collection = self.collection(collection_id)
         self._authorize(ctx, collection, CollectionAction.UPLOAD, NOT_AUTHORIZED_UPLOAD)
@@ -490,7 +497,7 @@ class BackupService:
         try:
             await self._clean_leftovers(collection, last_number)
             return await self._upload_locked(
-                ctx, collection, owner, last_number, body, content_length
+                ctx, collection, owner, last_number, body, content_length, decode
             )
         except asyncio.CancelledError:
             if lost.is_set() and upload_task is not None and upload_task.uncancel() == 0:
@@ -547,6 +554,7 @@ class BackupService:
         last_number: int,
         body: AsyncIterable[bytes],
         content_length: int | None,
+        decode: BodyDecoder | None,
     ) -> VersionRecord:
         now = self._clock()
         live = await self._versions.live_versions(collection.name)
@@ -557,6 +565,9 @@ class BackupService:
         limit = max_upload_size(collection, remaining)
         if content_length is not None and content_length > limit:
             raise PayloadTooLarge(QUOTA_EXCEEDED)
+        if decode is not None:
+            # A form: its every byte counts, not only the file's (which are fewer).
+            body = decode(_at_most(body, limit))
 
         number = last_number + 1
         filename = collection.filename_for(number)
@@ -835,6 +846,16 @@ class BackupService:
         if problems:
             return CheckResult(name, False, "; ".join(problems), tuple(problems))
         return CheckResult(name, True, f"{len(live)} stored objects present with recorded sizes")
+
+
+async def _at_most(chunks: AsyncIterable[bytes], limit: int) -> AsyncIterator[bytes]:
+    """``chunks`` until more than ``limit`` bytes came: then PayloadTooLarge."""
+    received = 0
+    async for chunk in chunks:
+        received += len(chunk)
+        if received > limit:
+            raise PayloadTooLarge(QUOTA_EXCEEDED)
+        yield chunk
 
 
 def refusal_reason(exc: BaseException) -> RefusalReason:

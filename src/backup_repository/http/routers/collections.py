@@ -19,7 +19,7 @@ from backup_repository.domain.errors import (
     InvalidInput,
     RequestTimeout,
 )
-from backup_repository.http.bodies import upload_stream
+from backup_repository.http.bodies import form_decoder
 from backup_repository.http.deps import Auth, ServicesDep, UploadAuth
 from backup_repository.http.envelope import error, ok, rfc3339
 from backup_repository.http.routers import responses as docs
@@ -153,24 +153,20 @@ async def upload(
             yield chunk
         request.state.unread_body = False
 
-    body = upload_stream(request.headers.get("content-type", ""), tracked())
+    try:
+        decode = form_decoder(request.headers.get("content-type", ""))
+    except InvalidInput as exc:
+        raise await refused(exc) from None
     limit = services.settings.http_upload_timeout.total_seconds()
     try:
         async with asyncio.timeout(limit):
+            # A form's Content-Length counts against the collection's limit as a raw body's.
             version = await services.backups.upload(
-                auth,
-                collectionId,
-                body,
-                content_length if _is_raw(request) else None,
+                auth, collectionId, tracked(), content_length, decode
             )
     except TimeoutError:
         raise await refused(RequestTimeout("Request took too long")) from None
     return ok({"version": version_json(version)})
-
-
-def _is_raw(request: Request) -> bool:
-    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    return media not in {"multipart/form-data", "application/x-www-form-urlencoded"}
 
 
 @router.get(
