@@ -89,6 +89,10 @@ class Settings(BaseModel):
     log_format: Literal["json", "console"] = "json"
     # Re-read every stored version this often and record the result; None: never.
     verify_interval: timedelta | None = None
+    # Sessions expired or revoked longer ago than this are deleted; None: kept forever.
+    session_retention: timedelta | None = timedelta(days=30)
+    # How often one replica looks for sessions to purge.
+    session_purge_interval: timedelta = timedelta(hours=1)
     # /metrics: None (neither --metrics-public nor --metrics-protected) asks for the health
     # check key when one is set and is public otherwise; True is public on purpose; False
     # always asks for the key (and needs one). See ``metrics_need_key``.
@@ -133,6 +137,7 @@ class Settings(BaseModel):
         "http_upload_timeout",
         "http_download_timeout",
         "upload_lock_lease",
+        "session_purge_interval",
     )
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:

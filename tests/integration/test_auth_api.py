@@ -245,16 +245,21 @@ async def test_refresh_issues_a_new_stored_session(client: Client) -> None:
     assert new["token"] != token
     assert new["sessionId"] == session_id_of(new["token"])
     claims = jwt.decode(new["token"], JWT_SECRET, algorithms=["HS256"])
+    original = jwt.decode(token, JWT_SECRET, algorithms=["HS256"])
     assert claims["accessKeyName"] == "ci"
-    assert claims["exp"] - claims["iat"] == 7200
+    # At most the login's 2 h, and never past the login's expiry.
+    assert claims["exp"] - claims["iat"] <= 7200
+    assert claims["exp"] == original["exp"]
     who = await client.get("/api/stable/auth/whoami", headers=bearer(new["token"]))
     assert who.status_code == 200
-    # Revoking the new session leaves the old one alone, and the other way round.
-    await client.delete("/api/stable/auth/logout", headers=bearer(new["token"]))
-    assert (
-        await client.get("/api/stable/auth/whoami", headers=bearer(new["token"]))
-    ).status_code == 401
+    assert who.json()["data"]["grantedAccess"]["familyId"] == session_id_of(token)
+    # Both stay valid; revoking the new session revokes its family, the old one included.
     assert (await client.get("/api/stable/auth/whoami", headers=bearer(token))).status_code == 200
+    await client.delete("/api/stable/auth/logout", headers=bearer(new["token"]))
+    for revoked in (new["token"], token):
+        assert (
+            await client.get("/api/stable/auth/whoami", headers=bearer(revoked))
+        ).status_code == 401
 
 
 async def test_refresh_of_a_revoked_token_is_refused(client: Client) -> None:

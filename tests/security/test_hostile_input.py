@@ -174,45 +174,47 @@ def files_under(root: Path) -> set[str]:
 # -- tokens: refreshed, then revoked ---------------------------------------------------------
 
 
-async def test_revoking_the_original_token_keeps_the_refreshed_one(client: Client) -> None:
+async def test_revoking_the_original_token_stops_the_refreshed_one(client: Client) -> None:
     original = await login(client, "reader", "reader-pass")
     response = await client.get("/api/stable/auth/refresh_token", headers=bearer(original))
     assert response.status_code == 200, response.text
     refreshed = response.json()["data"]["token"]
-
-    assert (await client.delete("/api/stable/auth/logout", headers=bearer(original))).is_success
-    assert await status_of(client, "GET", WHOAMI, original) == 401
-    assert await status_of(client, "GET", "/api/stable/auth/refresh_token", original) == 401
-    # The refreshed token is a session of its own: it stays valid, and says where it came
-    # from, so an administrator revoking a leaked token can find its descendants.
+    # The refreshed token says where it came from, and belongs to the original's family.
     who = await client.get(WHOAMI, headers=bearer(refreshed))
     assert who.status_code == 200
-    assert who.json()["data"]["grantedAccess"]["description"] == (
-        f"Refresh of {session_id_of(original)}"
-    )
-    assert await status_of(client, "GET", f"{BASE}/db/version", refreshed) == 200
+    granted = who.json()["data"]["grantedAccess"]
+    assert granted["description"] == f"Refresh of {session_id_of(original)}"
+    assert granted["familyId"] == session_id_of(original)
+
+    assert (await client.delete("/api/stable/auth/logout", headers=bearer(original))).is_success
+    for token in (original, refreshed):
+        assert await status_of(client, "GET", WHOAMI, token) == 401
+        assert await status_of(client, "GET", "/api/stable/auth/refresh_token", token) == 401
+        assert await status_of(client, "GET", f"{BASE}/db/version", token) == 401
 
 
-async def test_revoking_the_refreshed_token_stops_it_and_only_it(client: Client) -> None:
+async def test_revoking_the_refreshed_token_stops_its_family(client: Client) -> None:
     original = await login(client, "reader", "reader-pass")
+    other = await login(client, "reader", "reader-pass")
     response = await client.get("/api/stable/auth/refresh_token", headers=bearer(original))
     refreshed = response.json()["data"]["token"]
-    # Revoked by id from the original (one's own session), not by the refreshed token itself.
+    # Revoked by id from another session of the user: the whole family goes.
     response = await client.delete(
         "/api/stable/auth/logout",
         params={"sessionId": session_id_of(refreshed)},
-        headers=bearer(original),
+        headers=bearer(other),
     )
     assert response.status_code == 200, response.text
-    for method, path in [
-        ("GET", WHOAMI),
-        ("GET", "/api/stable/auth/refresh_token"),
-        ("GET", f"{BASE}/db/version"),
-        ("GET", f"{BASE}/db/version/latest"),
-        ("DELETE", "/api/stable/auth/logout"),
-    ]:
-        assert await status_of(client, method, path, refreshed) == 401, path
-    assert await status_of(client, "GET", WHOAMI, original) == 200
+    for token in (original, refreshed):
+        for method, path in [
+            ("GET", WHOAMI),
+            ("GET", "/api/stable/auth/refresh_token"),
+            ("GET", f"{BASE}/db/version"),
+            ("GET", f"{BASE}/db/version/latest"),
+            ("DELETE", "/api/stable/auth/logout"),
+        ]:
+            assert await status_of(client, method, path, token) == 401, path
+    assert await status_of(client, "GET", WHOAMI, other) == 200
 
 
 async def test_refreshed_tokens_stay_as_narrow_as_the_original(client: Client) -> None:
@@ -230,7 +232,9 @@ async def test_refreshed_tokens_stay_as_narrow_as_the_original(client: Client) -
         claims = jwt.decode(refreshed, JWT_SECRET, algorithms=["HS256"])
         assert claims["accessKeyName"] == original_claims["accessKeyName"]
         assert claims["operationsScope"] == original_claims["operationsScope"]
-        assert claims["exp"] - claims["iat"] == original_claims["exp"] - original_claims["iat"]
+        # Never longer, and never past the original: a refresh does not extend a token.
+        assert claims["exp"] - claims["iat"] <= original_claims["exp"] - original_claims["iat"]
+        assert claims["exp"] <= original_claims["exp"]
     refreshed_key = (
         await client.get("/api/stable/auth/refresh_token", headers=bearer(key))
     ).json()["data"]["token"]

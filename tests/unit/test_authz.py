@@ -15,6 +15,7 @@ from backup_repository.domain.authz import (
     may_act_on_collection,
     may_list_sessions_of,
     may_revoke_session,
+    may_see_session,
     may_view_user,
     roles_allow,
 )
@@ -27,6 +28,7 @@ from backup_repository.domain.identity import (
     User,
 )
 from backup_repository.domain.roles import Role
+from backup_repository.domain.sessions import Narrowing
 
 UPLOAD = CollectionAction.UPLOAD
 DOWNLOAD = CollectionAction.DOWNLOAD
@@ -365,10 +367,16 @@ def test_narrowed_system_admin_cannot_list_others(
 # -------------------------------------------------------------------- session revocation
 
 
+def target(access_key: str = "", *scope: ObjectGrant) -> Narrowing:
+    """A session to revoke: issued for ``access_key`` (empty: the user's own password)."""
+    return Narrowing(access_key=access_key, scope=scope)
+
+
 def test_own_sessions_can_be_revoked() -> None:
     principal = Principal(user("alice"))
-    assert may_revoke_session(principal, "alice", "")
-    assert may_revoke_session(principal, "alice", "uploader")
+    assert may_revoke_session(principal, "alice", target())
+    assert may_revoke_session(principal, "alice", target("uploader"))
+    assert may_revoke_session(principal, "alice", target("", grant("db-prod", UPLOADER)))
 
 
 @pytest.mark.parametrize("roles", [(), (USER_MGR,), (COLL_MGR,), (UPLOADER,)])
@@ -376,36 +384,66 @@ def test_sessions_of_others_cannot_be_revoked_without_system_admin(
     roles: tuple[Role, ...],
 ) -> None:
     principal = Principal(user("alice", *roles))
-    assert not may_revoke_session(principal, "bob", "")
-    assert not may_revoke_session(principal, "bob", "uploader")
+    assert not may_revoke_session(principal, "bob", target())
+    assert not may_revoke_session(principal, "bob", target("uploader"))
 
 
 def test_system_admin_revokes_any_session() -> None:
     principal = Principal(user("alice", ADMIN))
-    assert may_revoke_session(principal, "bob", "")
-    assert may_revoke_session(principal, "bob", "uploader")
-    assert may_revoke_session(principal, "alice", "other")
+    assert may_revoke_session(principal, "bob", target())
+    assert may_revoke_session(principal, "bob", target("uploader"))
+    assert may_revoke_session(principal, "alice", target("other"))
 
 
 @pytest.mark.parametrize("roles", [(), (ADMIN,)])
 def test_access_key_token_revokes_only_sessions_of_its_own_key(roles: tuple[Role, ...]) -> None:
     k = key("uploader", grant("db-prod", UPLOADER))
     principal = Principal(user("alice", *roles, keys=(k,)), access_key=k)
-    assert may_revoke_session(principal, "alice", "uploader")
-    assert not may_revoke_session(principal, "alice", "")  # the owner's full sessions
-    assert not may_revoke_session(principal, "alice", "reader")  # another key's
-    assert not may_revoke_session(principal, "bob", "uploader")  # a namesake key of another user
-    assert not may_revoke_session(principal, "bob", "")
+    assert may_revoke_session(principal, "alice", target("uploader"))
+    assert may_revoke_session(principal, "alice", target("uploader", grant("db-prod", UPLOADER)))
+    assert not may_revoke_session(principal, "alice", target())  # the owner's full sessions
+    assert not may_revoke_session(principal, "alice", target("reader"))  # another key's
+    assert not may_revoke_session(principal, "bob", target("uploader"))  # another user's key
+    assert not may_revoke_session(principal, "bob", target())
 
 
 @pytest.mark.parametrize("roles", [(), (ADMIN,)])
-def test_scoped_token_revokes_no_access_key_sessions(roles: tuple[Role, ...]) -> None:
-    principal = Principal(user("alice", *roles), scope=(grant("db-prod", UPLOADER),))
-    # Its "own access key" is none: it may revoke sessions without a key (its own among them,
-    # which logout needs), never sessions of the user's access keys.
-    assert may_revoke_session(principal, "alice", "")
-    assert not may_revoke_session(principal, "alice", "uploader")
-    assert not may_revoke_session(principal, "bob", "")
+def test_scoped_token_revokes_only_scoped_sessions_within_its_scope(
+    roles: tuple[Role, ...],
+) -> None:
+    principal = Principal(user("alice", *roles), scope=(grant("db-prod", UPLOADER, DOWNLOADER),))
+    # Never a full session of its user: the empty access key is no licence.
+    assert not may_revoke_session(principal, "alice", target())
+    assert not may_revoke_session(principal, "alice", target("uploader"))
+    assert not may_revoke_session(principal, "bob", target())
+    # Sessions of the user's password with a scope within its own.
+    assert may_revoke_session(principal, "alice", target("", grant("db-prod", UPLOADER)))
+    assert may_revoke_session(
+        principal, "alice", target("", grant("db-prod", DOWNLOADER, UPLOADER))
+    )
+    assert not may_revoke_session(principal, "alice", target("", grant("web", UPLOADER)))
+    assert not may_revoke_session(principal, "alice", target("", grant("db-prod", COLL_MGR)))
+    # Itself, whatever its session records.
+    assert may_revoke_session(principal, "alice", target(), own_session=True)
+    assert not may_revoke_session(principal, "bob", target(), own_session=True)
+
+
+@pytest.mark.parametrize(
+    "narrowing",
+    [
+        lambda u: Principal(u, access_key=key("uploader")),
+        lambda u: Principal(u, scope=(grant("db-prod", UPLOADER),)),
+    ],
+)
+def test_listing_shows_what_may_be_revoked(narrowing: Callable[[User], Principal]) -> None:
+    principal = narrowing(user("alice", ADMIN))
+    full = target()
+    assert not may_see_session(principal, "alice", full)
+    assert may_see_session(principal, "alice", full, own_session=True)
+    assert not may_see_session(principal, "bob", full)
+    bare = Principal(user("alice", ADMIN))
+    assert may_see_session(bare, "alice", full)
+    assert may_see_session(bare, "bob", target("reader"))
 
 
 # ---------------------------------------------------------------------------- properties
@@ -528,17 +566,25 @@ def test_narrowed_principal_never_exceeds_the_bare_user_on_collections(
         assert may_act_on_collection(Principal(principal.user), coll, action)
 
 
-@given(principals, st.sampled_from(NAMES), st.sampled_from(["", "uploader", "reader"]))
+@given(
+    principals,
+    st.sampled_from(NAMES),
+    st.sampled_from(["", "uploader", "reader"]),
+    scopes,
+)
 def test_narrowed_principal_never_exceeds_the_bare_user_on_accounts(
-    principal: Principal, other: str, other_key: str
+    principal: Principal, other: str, other_key: str, other_scope: tuple[ObjectGrant, ...]
 ) -> None:
     bare = Principal(principal.user)
     if may_view_user(principal, other):
         assert may_view_user(bare, other)
     if may_list_sessions_of(principal, other):
         assert may_list_sessions_of(bare, other)
-    if may_revoke_session(principal, other, other_key):
-        assert may_revoke_session(bare, other, other_key)
+    session = Narrowing(access_key=other_key, scope=other_scope)
+    if may_revoke_session(principal, other, session):
+        assert may_revoke_session(bare, other, session)
+    if may_see_session(principal, other, session):
+        assert may_see_session(bare, other, session)
 
 
 @given(principals, collections, actions, role_sets)

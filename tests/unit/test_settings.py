@@ -45,6 +45,8 @@ def options(**overrides: Any) -> dict[str, Any]:
         "log_level": "info",
         "log_format": None,
         "verify_interval": None,
+        "session_retention": timedelta(hours=720),
+        "session_purge_interval": timedelta(hours=1),
         "metrics_public": None,
         "redis_url": None,
         "trusted_proxies": "",
@@ -160,3 +162,24 @@ def test_rate_limit_ipv6_prefix_default_and_bounds() -> None:
     for wrong in (0, 31, 129):
         with pytest.raises(SettingsError, match="rate_limit_ipv6_prefix"):
             build_settings(options(rate_limit_ipv6_prefix=wrong))
+
+
+def test_session_retention_and_purge_interval() -> None:
+    settings = build_settings(options())
+    assert settings.session_retention == timedelta(days=30)
+    assert settings.session_purge_interval == timedelta(hours=1)
+    # 0: sessions are kept forever (no purge task).
+    assert build_settings(options(session_retention=timedelta(0))).session_retention is None
+    with pytest.raises(SettingsError, match="durations must be positive"):
+        build_settings(options(session_purge_interval=timedelta(0)))
+    # The flags and their variables, through the command line parser.
+    context = main.make_context(
+        "backup-repository",
+        ["--session-retention=2d", "--session-purge-interval", "5m"],
+        resilient_parsing=True,
+    )
+    assert context.params["session_retention"] == timedelta(days=2)
+    assert context.params["session_purge_interval"] == timedelta(minutes=5)
+    for param in main.params:
+        if param.name in {"session_retention", "session_purge_interval"}:
+            assert param.envvar in {"BR_SESSION_RETENTION", "BR_SESSION_PURGE_INTERVAL"}

@@ -28,12 +28,14 @@ from backup_repository.domain.identity import (
     User,
 )
 from backup_repository.domain.roles import Role
+from backup_repository.domain.sessions import Narrowing
 
 UPLOAD = CollectionAction.UPLOAD
 DOWNLOAD = CollectionAction.DOWNLOAD
 LIST = CollectionAction.LIST_VERSIONS
 ANYTIME = CollectionAction.UPLOAD_OUTSIDE_WINDOW
 ACTIONS = list(CollectionAction)
+FULL = Narrowing()  # a session of the user's own password, without scope
 
 
 def user(*roles: Role, name: str = "alice", keys: tuple[AccessKey, ...] = ()) -> User:
@@ -162,16 +164,18 @@ def test_no_sessions_profiles_or_revocations_of_others() -> None:
     assert not may_list_sessions_of(principal, "bob")
     assert not may_view_user(principal, "bob")
     assert may_view_user(principal, "alice")
-    assert not may_revoke_session(principal, "alice", "")
-    assert not may_revoke_session(principal, "bob", "")
-    assert may_revoke_session(principal, "alice", "", own_session=True)
+    assert not may_revoke_session(principal, "alice", FULL)
+    assert not may_revoke_session(principal, "bob", FULL)
+    # Not even another single-use token of the same collection.
+    assert not may_revoke_session(principal, "alice", Narrowing(single_use_collection="db"))
+    assert may_revoke_session(principal, "alice", FULL, own_session=True)
 
 
 def test_ordinary_principals_are_unchanged_by_own_session() -> None:
     principal = Principal(user())
-    assert may_revoke_session(principal, "alice", "")
-    assert may_revoke_session(principal, "alice", "", own_session=True)
-    assert not may_revoke_session(principal, "bob", "", own_session=True)
+    assert may_revoke_session(principal, "alice", FULL)
+    assert may_revoke_session(principal, "alice", FULL, own_session=True)
+    assert not may_revoke_session(principal, "bob", FULL, own_session=True)
 
 
 # -- properties ------------------------------------------------------------------------------

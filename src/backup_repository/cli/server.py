@@ -25,6 +25,7 @@ from backup_repository.cli.options import (
     database_options,
     duration,
     option,
+    positive_duration,
     resolve_db_url,
     resolve_storage_url,
     storage_options,
@@ -203,6 +204,22 @@ DEV_CREDENTIALS = (
     help="Re-read and check every stored version this often (e.g. 24h); 0: never",
 )
 @option(
+    "--session-retention",
+    env="BR_SESSION_RETENTION",
+    default="720h",
+    show_default=True,
+    callback=duration,
+    help="Delete sessions expired or revoked longer ago than this; 0: keep them forever",
+)
+@option(
+    "--session-purge-interval",
+    env="BR_SESSION_PURGE_INTERVAL",
+    default="1h",
+    show_default=True,
+    callback=positive_duration,
+    help="How often one replica purges old sessions (see --session-retention)",
+)
+@option(
     "--metrics-public/--metrics-protected",
     env="BR_METRICS_PUBLIC",
     default=None,
@@ -326,6 +343,8 @@ def build_settings(options: dict[str, Any]) -> Settings:
         "log_level": options["log_level"].lower(),
         "log_format": options.get("log_format") or ("console" if dev else "json"),
         "verify_interval": verify_interval if verify_interval else None,
+        "session_retention": options["session_retention"] or None,
+        "session_purge_interval": options["session_purge_interval"],
         "metrics_public": options.get("metrics_public"),
         "redis_url": options["redis_url"] or None,
         "trusted_proxies": options["trusted_proxies"],

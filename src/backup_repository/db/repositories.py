@@ -9,13 +9,27 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from sqlalchemy import RowMapping, String, insert, select, text, update
+from sqlalchemy import (
+    RowMapping,
+    String,
+    and_,
+    delete,
+    false,
+    insert,
+    or_,
+    select,
+    text,
+    true,
+    update,
+)
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from backup_repository.db.tables import GrantedAccess
 from backup_repository.domain.errors import DependencyUnavailable
-from backup_repository.services.ports import SessionRecord
+from backup_repository.domain.identity import ObjectGrant
+from backup_repository.domain.sessions import scope_from_json, scope_to_json
+from backup_repository.services.ports import SessionCursor, SessionRecord
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +44,8 @@ _SESSION_COLUMNS: Final = (
     GrantedAccess.created_at,
     GrantedAccess.updated_at,
     GrantedAccess.single_use_collection,
+    GrantedAccess.family_id,
+    GrantedAccess.operations_scope,
 )
 
 
@@ -51,22 +67,47 @@ class SqlSessionRepository:
         PostgreSQL), and SQLAlchemy's ``IntegrityError`` when the id already exists.
         """
         _check_session(session)
-        now = _utcnow()
-        created_at = session.created_at or now
-        values: dict[str, Any] = {
-            "id": session.id,
-            "user_name": session.user,
-            "access_key_name": session.access_key_name,
-            "requester_ip": session.requester_ip,
-            "description": session.description,
-            "expires_at": session.expires_at,
-            "deactivated": session.deactivated,
-            "created_at": created_at,
-            "updated_at": session.updated_at or created_at,
-            "single_use_collection": session.single_use_collection,
-        }
         async with transaction(self._engine) as connection:
+            await connection.execute(insert(GrantedAccess).values(**_session_values(session)))
+
+    async def add_refreshed(self, session: SessionRecord, parent_id: str) -> bool:
+        """Store a refreshed token's session if its parent and its family's root are active.
+
+        The family's root row is locked first (a no-op UPDATE), the order
+        :meth:`deactivate_family` takes too: a revocation and a refresh of one family
+        running at once on two replicas are serialized, so either the refresh sees the
+        family revoked and stores nothing, or the revocation (whose second statement sees
+        rows committed before it) revokes the new session as well. On SQLite the first
+        UPDATE takes the database's write lock, with the same effect.
+        """
+        _check_session(session)
+        family = session.family
+        if not (_storable(parent_id) and _storable(family)):
+            return False
+        async with transaction(self._engine) as connection:
+            for session_id in dict.fromkeys([family, parent_id]):
+                await connection.execute(
+                    update(GrantedAccess)
+                    .where(GrantedAccess.id == session_id)
+                    .values(updated_at=GrantedAccess.updated_at)
+                )
+            rows = (
+                await connection.execute(
+                    select(GrantedAccess.id, GrantedAccess.deactivated).where(
+                        GrantedAccess.id.in_([family, parent_id]),
+                        GrantedAccess.deleted_at.is_(None),
+                    )
+                )
+            ).all()
+            active = {row[0]: not row[1] for row in rows}
+            # The parent must be there and active; the root may be gone (purged), but not
+            # revoked.
+            if not active.get(parent_id, False) or not active.get(family, True):
+                return False
+            values = _session_values(session)
+            values["family_id"] = family
             await connection.execute(insert(GrantedAccess).values(**values))
+        return True
 
     async def get(self, session_id: str) -> SessionRecord | None:
         if not _storable(session_id):
@@ -78,15 +119,38 @@ class SqlSessionRepository:
             row = (await connection.execute(statement)).mappings().one_or_none()
         return None if row is None else _to_record(row)
 
-    async def list_for_user(self, user: str) -> list[SessionRecord]:
-        """Sessions of ``user``, newest first (ties broken by id, so the order is stable)."""
-        if not _storable(user):
+    async def list_for_user(
+        self,
+        user: str,
+        *,
+        access_key: str | None = None,
+        limit: int | None = None,
+        after: SessionCursor | None = None,
+    ) -> list[SessionRecord]:
+        """Sessions of ``user``, newest first (ties broken by id, so the order is stable),
+        those of ``access_key`` only when given, at most ``limit``, after ``after``."""
+        if not _storable(user) or (access_key is not None and not _storable(access_key)):
             return []
-        statement = (
-            select(*_SESSION_COLUMNS)
-            .where(GrantedAccess.user_name == user, GrantedAccess.deleted_at.is_(None))
-            .order_by(GrantedAccess.created_at.desc(), GrantedAccess.id.desc())
+        statement = select(*_SESSION_COLUMNS).where(
+            GrantedAccess.user_name == user, GrantedAccess.deleted_at.is_(None)
         )
+        if access_key is not None:
+            statement = statement.where(GrantedAccess.access_key_name == access_key)
+        if after is not None:
+            if not _storable(after.id):
+                return []
+            statement = statement.where(
+                or_(
+                    GrantedAccess.created_at < after.created_at,
+                    and_(
+                        GrantedAccess.created_at == after.created_at,
+                        GrantedAccess.id < after.id,
+                    ),
+                )
+            )
+        statement = statement.order_by(GrantedAccess.created_at.desc(), GrantedAccess.id.desc())
+        if limit is not None:
+            statement = statement.limit(limit)
         async with transaction(self._engine) as connection:
             rows = (await connection.execute(statement)).mappings().all()
         return [_to_record(row) for row in rows]
@@ -103,6 +167,52 @@ class SqlSessionRepository:
         async with transaction(self._engine) as connection:
             result = await connection.execute(statement)
         return result.rowcount > 0
+
+    async def deactivate_family(self, family_id: str) -> int:
+        """Revoke the session ``family_id`` and every session of its family. The root row
+        is updated first, alone, so that a refresh running at the same time waits for this
+        transaction (see :meth:`add_refreshed`); the second statement then also finds a
+        session that refresh stored just before."""
+        if not _storable(family_id):
+            return 0
+        now = _utcnow()
+        active = and_(GrantedAccess.deleted_at.is_(None), GrantedAccess.deactivated == false())
+        async with transaction(self._engine) as connection:
+            root = await connection.execute(
+                update(GrantedAccess)
+                .where(GrantedAccess.id == family_id, active)
+                .values(deactivated=True, updated_at=now)
+            )
+            members = await connection.execute(
+                update(GrantedAccess)
+                .where(GrantedAccess.family_id == family_id, active)
+                .values(deactivated=True, updated_at=now)
+            )
+        return int(root.rowcount or 0) + int(members.rowcount or 0)
+
+    async def purge(self, older_than: datetime, batch: int) -> int:
+        """Delete at most ``batch`` sessions that expired before ``older_than``, or were
+        revoked before it (the revocation is the row's last change). Their tokens are
+        refused either way: a token without its session is not accepted."""
+        doomed = (
+            select(GrantedAccess.id)
+            .where(
+                or_(
+                    GrantedAccess.expires_at < older_than,
+                    and_(
+                        GrantedAccess.deactivated == true(),
+                        GrantedAccess.updated_at < older_than,
+                    ),
+                )
+            )
+            .limit(batch)
+        )
+        # One statement, so that on SQLite it takes the write lock at once (a read first
+        # and a write after would fail at once when another connection wrote in between).
+        statement = delete(GrantedAccess).where(GrantedAccess.id.in_(doomed.scalar_subquery()))
+        async with transaction(self._engine) as connection:
+            result = await connection.execute(statement)
+        return int(result.rowcount or 0)
 
 
 class SqlDatabaseHealth:
@@ -148,6 +258,25 @@ async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
             logger.warning("database unavailable: %s", exc)
             raise DependencyUnavailable(DATABASE_UNAVAILABLE) from exc
         raise
+
+
+def _session_values(session: SessionRecord) -> dict[str, Any]:
+    now = _utcnow()
+    created_at = session.created_at or now
+    return {
+        "id": session.id,
+        "user_name": session.user,
+        "access_key_name": session.access_key_name,
+        "requester_ip": session.requester_ip,
+        "description": session.description,
+        "expires_at": session.expires_at,
+        "deactivated": session.deactivated,
+        "created_at": created_at,
+        "updated_at": session.updated_at or created_at,
+        "single_use_collection": session.single_use_collection,
+        "family_id": session.family_id,
+        "operations_scope": scope_to_json(session.scope),
+    }
 
 
 def _utcnow() -> datetime:
@@ -206,4 +335,16 @@ def _to_record(row: RowMapping) -> SessionRecord:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         single_use_collection=row["single_use_collection"],
+        family_id=row["family_id"],
+        scope=_stored_scope(row["id"], row["operations_scope"]),
     )
+
+
+def _stored_scope(session_id: str, text: str | None) -> tuple[ObjectGrant, ...]:
+    """The stored scope; an unreadable one is logged and read as "not scoped", which puts
+    the session out of reach of narrowed tokens (only full sessions see and revoke it)."""
+    try:
+        return scope_from_json(text)
+    except ValueError as exc:
+        logger.warning("session %s: %s; read as not scoped", session_id[:12], exc)
+        return ()

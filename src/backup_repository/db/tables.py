@@ -15,6 +15,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Text,
     UniqueConstraint,
     false,
 )
@@ -75,13 +76,18 @@ class GrantedAccess(Base):
     access_key_name: Mapped[str] = mapped_column(String(255), default="", server_default="")
     requester_ip: Mapped[str] = mapped_column(String(64))
     description: Mapped[str] = mapped_column(String(255))
-    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     deactivated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # Single-use upload tokens: the collection of the one upload (migration 0005).
     single_use_collection: Mapped[str | None] = mapped_column(String(255))
+    # The token family (migration 0006): the session id of the login a refreshed token
+    # descends from; NULL for a login and for older rows (a family of their own).
+    family_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    # The operations scope the token carries, as JSON; NULL: not scoped (or not known).
+    operations_scope: Mapped[str | None] = mapped_column(Text)
 
 
 class CollectionState(Base):

@@ -19,6 +19,7 @@ from backup_repository.domain.identity import (
     User,
 )
 from backup_repository.domain.roles import Role, grants
+from backup_repository.domain.sessions import Narrowing, at_least_as_narrow
 
 
 class CollectionAction(StrEnum):
@@ -114,30 +115,55 @@ def may_view_user(principal: Principal, user_name: str) -> bool:
 
 def may_list_sessions_of(principal: Principal, user_name: str) -> bool:
     """Session listings: one's own, or any user's for a systemAdmin; never with a single-use
-    upload token."""
+    upload token. A narrowed token sees only the sessions it may revoke
+    (:func:`may_see_session`)."""
     if principal.single_use_collection is not None:
         return False
     return principal.user.name == user_name or _has_global_role(principal, Role.SYSTEM_ADMIN)
 
 
-def may_revoke_session(
-    principal: Principal, owner: str, owner_access_key: str, *, own_session: bool = False
-) -> bool:
-    """Revoking: a session of one's own, or any for a systemAdmin.
+def narrowing_of(principal: Principal) -> Narrowing:
+    """How narrow the principal's token is."""
+    return Narrowing(
+        access_key=principal.access_key_name,
+        scope=principal.scope,
+        single_use_collection=principal.single_use_collection,
+    )
 
-    A narrowed token may revoke only sessions of its own access key, so that a leaked upload
-    key cannot log its owner out everywhere; a single-use upload token only itself
-    (``own_session``: the target is the caller's own session).
+
+def may_revoke_session(
+    principal: Principal, owner: str, target: Narrowing, *, own_session: bool = False
+) -> bool:
+    """Revoking the session ``target`` of the user ``owner``.
+
+    A token may always revoke itself (``own_session``). A single-use upload token may revoke
+    nothing else. A token of the user's own password without scope (a full session) may
+    revoke any session of its user, and a full session of a systemAdmin any session at all.
+    Any other narrowed token (an access key, a scope) may revoke only sessions of its user
+    that are at least as narrow as itself (``domain.sessions.at_least_as_narrow``), so that
+    a leaked upload key or scoped token cannot log its owner out everywhere.
     """
+    if own_session and principal.user.name == owner:
+        return True
     if principal.single_use_collection is not None:
-        return own_session
+        return False
     if _has_global_role(principal, Role.SYSTEM_ADMIN):
         return True
     if principal.user.name != owner:
         return False
-    if principal.is_narrowed:
-        return owner_access_key == principal.access_key_name
-    return True
+    if not principal.is_narrowed:
+        return True
+    return at_least_as_narrow(target, narrowing_of(principal))
+
+
+def may_see_session(
+    principal: Principal, owner: str, target: Narrowing, *, own_session: bool = False
+) -> bool:
+    """Which sessions a listing shows: those the caller may revoke (and only of users whose
+    sessions it may list at all, :func:`may_list_sessions_of`)."""
+    return may_list_sessions_of(principal, owner) and may_revoke_session(
+        principal, owner, target, own_session=own_session
+    )
 
 
 def may_read_audit(principal: Principal) -> bool:

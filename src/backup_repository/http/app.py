@@ -53,6 +53,7 @@ from backup_repository.services.health import (
 from backup_repository.services.integrity import IntegrityService
 from backup_repository.services.passwords import PasswordHasher
 from backup_repository.services.resolver import CachingResolver
+from backup_repository.services.session_purge import SessionPurger
 from backup_repository.services.stats import StatsService
 from backup_repository.services.tokens import TokenCodec
 from backup_repository.settings import Settings
@@ -134,11 +135,27 @@ def create_app(settings: Settings, on_started: Callable[[], None] | None = None)
                 if settings.verify_interval
                 else None
             )
+            sessions = SqlSessionRepository(engine)
+            # Sessions expired or revoked longer than --session-retention ago are deleted,
+            # one replica at a time.
+            purger = (
+                asyncio.create_task(
+                    SessionPurger(
+                        sessions,
+                        SqlLeaseRepository(engine),
+                        settings.session_retention,
+                        instance=identity.instance,
+                    ).run_periodically(settings.session_purge_interval.total_seconds()),
+                    name="session purge",
+                )
+                if settings.session_retention
+                else None
+            )
             app.state.services = Services(
                 settings=settings,
                 auth=AuthService(
                     config=provider,
-                    sessions=SqlSessionRepository(engine),
+                    sessions=sessions,
                     hasher=hasher,
                     tokens=TokenCodec(settings.jwt_secret_key, settings.jwt_lifetime),
                     resolver=CachingResolver(),
@@ -158,10 +175,11 @@ def create_app(settings: Settings, on_started: Callable[[], None] | None = None)
             if on_started is not None:
                 on_started()
             yield
-            if scrubber is not None:
-                scrubber.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await scrubber
+            for task in (scrubber, purger):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             cleanup.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await cleanup

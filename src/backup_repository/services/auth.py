@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Final
 
-from backup_repository.domain import authz
+from backup_repository.domain import authz, sessions
 from backup_repository.domain.errors import (
     AuthenticationFailed,
     DomainError,
@@ -18,6 +20,7 @@ from backup_repository.domain.errors import (
 from backup_repository.domain.identity import COLLECTION, Login, ObjectGrant, User
 from backup_repository.domain.network import AddressRules
 from backup_repository.domain.roles import UnknownRole, parse_roles
+from backup_repository.domain.sessions import Narrowing
 from backup_repository.services.events import (
     Action,
     Event,
@@ -30,6 +33,7 @@ from backup_repository.services.passwords import PasswordHasher
 from backup_repository.services.ports import (
     ConfigurationProvider,
     HostResolver,
+    SessionCursor,
     SessionRecord,
     SessionRepository,
 )
@@ -48,7 +52,34 @@ COLLECTION_NOT_FOUND = "cannot find specified collection"
 SINGLE_USE_NOT_ALLOWED = "singleUseUpload: not authorized to upload versions to this collection"
 SINGLE_USE_NO_REFRESH = "a single-use upload token cannot be refreshed"
 SINGLE_USE_USED = "single-use token was already used or revoked"
+SESSION_REVOKED = "session was revoked or does not exist"
+FAMILY_EXPIRED = (
+    "this token's login has expired: refreshing cannot extend it past that; log in again"
+)
 MAX_SCOPE_ELEMENTS = 100
+# Session listings (GET /api/stable/auth/token): sessions per page, by default and at
+# most; and without paging parameters (the reference's answer), the newest this many.
+DEFAULT_SESSION_LIMIT: Final = 100
+MAX_SESSION_LIMIT: Final = 500
+UNPAGED_LIMIT: Final = 1000
+MAX_SESSION_CURSOR: Final = 128
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class SessionPage:
+    """Which page of a session listing: at most ``limit`` sessions after the one
+    ``cursor`` names (from the newest when None)."""
+
+    limit: int = DEFAULT_SESSION_LIMIT
+    cursor: str | None = None
+
+
+@dataclass(frozen=True)
+class SessionListing:
+    sessions: Sequence[SessionRecord]
+    # Pass back as ``cursor`` for the next (older) page; None when this page is the last.
+    next_cursor: str | None
 
 
 @dataclass(frozen=True)
@@ -175,25 +206,49 @@ class AuthService:
             grants = self._single_use_scope(principal, single_use_upload)
             description = f"Single-use upload to {single_use_upload}"
         issued = self._tokens.issue(login.user, login.access_key, grants, lifetime, self._clock())
-        record = await self._store(issued, login, client_ip, description, single_use_upload)
+        record = await self._store(
+            self._record(
+                issued,
+                login,
+                client_ip,
+                description,
+                scope=grants,
+                single_use_collection=single_use_upload,
+            )
+        )
         logger.info("login of %r from %s, session %s", username, client_ip, record.id[:12])
         return issued, record
 
     async def refresh(self, ctx: AuthContext, client_ip: str) -> tuple[IssuedToken, SessionRecord]:
-        """A new token with the same user, access key, scope and lifetime as the caller's.
-        A single-use token is refused: its refresh would be a second token for its upload."""
+        """A new token with the same user, access key, scope and lifetime as the caller's,
+        in the caller's token family: it never expires after the login that started the
+        family, and revoking any token of the family revokes it too. A single-use token is
+        refused: its refresh would be a second token for its upload."""
         if ctx.session.single_use_collection is not None:
             raise Forbidden(SINGLE_USE_NO_REFRESH)
-        lifetime = max(ctx.claims_expires_at - ctx.claims_issued_at, timedelta(seconds=1))
+        family = ctx.session.family
+        root = ctx.session if family == ctx.session.id else await self._sessions.get(family)
+        # A family whose login row is gone (purged) is held to the caller's own expiry.
+        limit = root.expires_at if root is not None else ctx.session.expires_at
+        now = self._clock().replace(microsecond=0)
+        requested = max(ctx.claims_expires_at - ctx.claims_issued_at, timedelta(seconds=1))
+        lifetime = sessions.refresh_lifetime(requested, now, limit)
+        if lifetime is None:
+            raise AuthenticationFailed(FAMILY_EXPIRED)
         issued = self._tokens.issue(
-            ctx.user.name,
-            ctx.principal.access_key_name,
-            ctx.principal.scope,
-            lifetime,
-            self._clock(),
+            ctx.user.name, ctx.principal.access_key_name, ctx.principal.scope, lifetime, now
         )
-        login = Login(ctx.user.name, ctx.principal.access_key_name)
-        record = await self._store(issued, login, client_ip, f"Refresh of {ctx.session.id}")
+        record = self._record(
+            issued,
+            Login(ctx.user.name, ctx.principal.access_key_name),
+            client_ip,
+            f"Refresh of {ctx.session.id}",
+            scope=ctx.principal.scope,
+            family_id=family,
+        )
+        if not await self._sessions.add_refreshed(record, ctx.session.id):
+            raise AuthenticationFailed(SESSION_REVOKED)
+        record = await self._sessions.get(record.id) or record
         await self._events.emit(
             Event(
                 Action.TOKEN_REFRESH,
@@ -215,7 +270,7 @@ class AuthService:
         if session is not None and session.deactivated and session.single_use_collection:
             raise AuthenticationFailed(SINGLE_USE_USED)
         if session is None or session.deactivated:
-            raise AuthenticationFailed("session was revoked or does not exist")
+            raise AuthenticationFailed(SESSION_REVOKED)
         if session.expires_at <= self._clock() or session.user != claims.login:
             raise AuthenticationFailed("invalid or expired token")
         user = self._config.snapshot().users.get(claims.login)
@@ -245,24 +300,28 @@ class AuthService:
     # -- sessions and users -----------------------------------------------------------------
 
     async def logout(self, ctx: AuthContext, session_id: str | None, client_ip: str = "") -> str:
-        """Revoke the caller's session, or another one by id. Returns the revoked id."""
+        """Revoke the caller's session, or another one by id, together with its token family
+        (the login it descends from and every token refreshed in it). Returns the id."""
         if session_id is None or session_id == ctx.session.id:
-            await self._sessions.deactivate(ctx.session.id)
-            await self._revoked(ctx, ctx.session, client_ip)
-            return ctx.session.id
-        target = await self._sessions.get(session_id)
-        if target is None:
-            raise NotFound(SESSION_NOT_FOUND)
-        if not authz.may_revoke_session(
-            ctx.principal, target.user, target.access_key_name, own_session=False
-        ):
-            raise Forbidden(NO_PERMISSION_REVOKE)
-        await self._sessions.deactivate(session_id)
-        await self._revoked(ctx, target, client_ip)
-        return session_id
+            target = ctx.session
+        else:
+            found = await self._sessions.get(session_id)
+            if found is None:
+                raise NotFound(SESSION_NOT_FOUND)
+            if not authz.may_revoke_session(ctx.principal, found.user, _narrowing(found)):
+                raise Forbidden(NO_PERMISSION_REVOKE)
+            target = found
+        revoked = await self._sessions.deactivate_family(target.family)
+        await self._revoked(ctx, target, client_ip, revoked)
+        return target.id
 
-    async def _revoked(self, ctx: AuthContext, target: SessionRecord, client_ip: str) -> None:
+    async def _revoked(
+        self, ctx: AuthContext, target: SessionRecord, client_ip: str, count: int
+    ) -> None:
         owner = target.user + (f"${target.access_key_name}" if target.access_key_name else "")
+        detail = f"revoked session {short_session(target.id)} of {owner}"
+        if count > 1:
+            detail += f" with its token family ({count} sessions)"
         await self._events.emit(
             Event(
                 Action.TOKEN_REVOKE,
@@ -271,15 +330,43 @@ class AuthService:
                 access_key=ctx.principal.access_key_name,
                 client_ip=client_ip,
                 session=short_session(target.id),
-                detail=f"revoked session {short_session(target.id)} of {owner}",
+                detail=detail,
             )
         )
 
-    async def list_sessions(self, ctx: AuthContext, user_name: str | None) -> list[SessionRecord]:
+    async def list_sessions(
+        self, ctx: AuthContext, user_name: str | None, page: SessionPage | None = None
+    ) -> SessionListing:
+        """Sessions of a user the caller may see, newest first: one page of them, or
+        without ``page`` the newest ``UNPAGED_LIMIT``. A narrowed token sees only the
+        sessions it may revoke."""
         name = ctx.user.name if user_name is None else user_name
         if not authz.may_list_sessions_of(ctx.principal, name):
             raise Forbidden(NO_PERMISSION_OTHER_USER)
-        return await self._sessions.list_for_user(name)
+        limit = UNPAGED_LIMIT if page is None else page.limit
+        if not 1 <= limit <= max(MAX_SESSION_LIMIT, UNPAGED_LIMIT):
+            raise InvalidInput(f"limit must be between 1 and {MAX_SESSION_LIMIT}")
+        after = None if page is None else parse_session_cursor(page.cursor)
+        # Sessions of other keys are never visible to a narrowed token: leave them out in
+        # the query; the scope rule is applied below.
+        key = ctx.principal.access_key_name if ctx.principal.is_narrowed else None
+        visible: list[SessionRecord] = []
+        while len(visible) <= limit:
+            rows = await self._sessions.list_for_user(
+                name, access_key=key, limit=limit + 1, after=after
+            )
+            for row in rows:
+                if authz.may_see_session(
+                    ctx.principal, row.user, _narrowing(row), own_session=row.id == ctx.session.id
+                ):
+                    visible.append(row)
+            if len(rows) <= limit:
+                break
+            after = cursor_of(rows[-1])
+        if len(visible) > limit:
+            visible = visible[:limit]
+            return SessionListing(visible, encode_session_cursor(cursor_of(visible[-1])))
+        return SessionListing(visible, None)
 
     def lookup_user(self, ctx: AuthContext, name: str) -> User:
         if not authz.may_view_user(ctx.principal, name):
@@ -342,15 +429,18 @@ class AuthService:
             raise Forbidden(SINGLE_USE_NOT_ALLOWED)
         return scope
 
-    async def _store(
+    def _record(
         self,
         issued: IssuedToken,
         login: Login,
         client_ip: str,
         description: str,
+        *,
+        scope: tuple[ObjectGrant, ...] = (),
         single_use_collection: str | None = None,
+        family_id: str | None = None,
     ) -> SessionRecord:
-        record = SessionRecord(
+        return SessionRecord(
             id=issued.session_id,
             user=login.user,
             access_key_name=login.access_key,
@@ -359,7 +449,56 @@ class AuthService:
             expires_at=issued.expires_at,
             deactivated=False,
             single_use_collection=single_use_collection,
+            family_id=family_id,
+            scope=scope,
         )
+
+    async def _store(self, record: SessionRecord) -> SessionRecord:
         await self._sessions.add(record)
         stored = await self._sessions.get(record.id)
         return stored or record
+
+
+def _narrowing(session: SessionRecord) -> Narrowing:
+    return Narrowing(
+        access_key=session.access_key_name,
+        scope=session.scope,
+        single_use_collection=session.single_use_collection,
+    )
+
+
+def cursor_of(session: SessionRecord) -> SessionCursor:
+    if session.created_at is None:
+        raise ValueError(f"session {session.id[:12]} has no creation time")
+    return SessionCursor(session.created_at, session.id)
+
+
+def encode_session_cursor(cursor: SessionCursor) -> str:
+    """The ``nextCursor`` of a session listing: opaque to clients (base64url of the
+    creation time in microseconds and the session id)."""
+    micros = (cursor.created_at - _EPOCH) // timedelta(microseconds=1)
+    raw = f"{micros}:{cursor.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def parse_session_cursor(cursor: str | None) -> SessionCursor | None:
+    """The position a cursor names; :class:`InvalidInput` for anything that is not one."""
+    if cursor is None:
+        return None
+    bad = InvalidInput("cursor: not a cursor of this endpoint (pass nextCursor as given)")
+    if not cursor or len(cursor) > MAX_SESSION_CURSOR or not cursor.isascii():
+        raise bad
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+    except (ValueError, UnicodeDecodeError):
+        raise bad from None
+    micros, sep, session_id = raw.partition(":")
+    if not sep or not micros.isdigit() or len(micros) > 18 or not session_id:
+        raise bad
+    if len(session_id) > 64 or not session_id.isprintable():
+        raise bad
+    try:
+        created_at = _EPOCH + timedelta(microseconds=int(micros))
+    except OverflowError:
+        raise bad from None
+    return SessionCursor(created_at, session_id)

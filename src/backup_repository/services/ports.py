@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from backup_repository.domain.identity import Collection, User
+from backup_repository.domain.identity import Collection, ObjectGrant, User
 
 
 @dataclass(frozen=True)
@@ -71,18 +71,58 @@ class SessionRecord:
     # Set for a single-use upload token: the collection of its one upload. Such a session
     # is deactivated in the transaction that records that upload.
     single_use_collection: str | None = None
+    # The token family: the session id of the login a refreshed token descends from; None
+    # for a login (and for sessions recorded before families were), a family of its own.
+    family_id: str | None = None
+    # The operations scope the token carries; empty: not scoped.
+    scope: tuple[ObjectGrant, ...] = ()
+
+    @property
+    def family(self) -> str:
+        return self.family_id or self.id
+
+
+@dataclass(frozen=True)
+class SessionCursor:
+    """Where a page of a session listing ends: the creation time and id of its last
+    session (listings are ordered by both, newest first)."""
+
+    created_at: datetime
+    id: str
 
 
 class SessionRepository(Protocol):
     async def add(self, session: SessionRecord) -> None: ...
 
+    async def add_refreshed(self, session: SessionRecord, parent_id: str) -> bool:
+        """Store a refreshed token's session, in one transaction with the check that the
+        session ``parent_id`` it was refreshed from and the root of its family are still
+        active. False (and nothing stored) when either was revoked, also by a revocation
+        running at the same time on another replica."""
+
     async def get(self, session_id: str) -> SessionRecord | None: ...
 
-    async def list_for_user(self, user: str) -> list[SessionRecord]:
-        """Sessions of a user, newest first."""
+    async def list_for_user(
+        self,
+        user: str,
+        *,
+        access_key: str | None = None,
+        limit: int | None = None,
+        after: SessionCursor | None = None,
+    ) -> list[SessionRecord]:
+        """Sessions of a user, newest first (by creation time, then id); only those of
+        ``access_key`` when given; at most ``limit``; only those after ``after``."""
 
     async def deactivate(self, session_id: str) -> bool:
         """Mark a session revoked; False when no such session exists."""
+
+    async def deactivate_family(self, family_id: str) -> int:
+        """Revoke the session ``family_id`` and every session of its family; how many
+        sessions were active and are revoked now."""
+
+    async def purge(self, older_than: datetime, batch: int) -> int:
+        """Delete at most ``batch`` sessions that expired, or were revoked, before
+        ``older_than``; how many were deleted."""
 
 
 class DatabaseHealth(Protocol):

@@ -16,7 +16,15 @@ from backup_repository.http.deps import Auth, ClientIP, ServicesDep
 from backup_repository.http.envelope import ok, rfc3339
 from backup_repository.http.errors import describe_validation_error
 from backup_repository.http.routers import responses as docs
-from backup_repository.services.auth import MISSING_CREDENTIALS, ScopeElementInput
+from backup_repository.services.auth import (
+    DEFAULT_SESSION_LIMIT,
+    MAX_SESSION_CURSOR,
+    MAX_SESSION_LIMIT,
+    MISSING_CREDENTIALS,
+    UNPAGED_LIMIT,
+    ScopeElementInput,
+    SessionPage,
+)
 from backup_repository.services.ports import SessionRecord
 from backup_repository.services.tokens import IssuedToken
 
@@ -152,6 +160,7 @@ def session_json(session: SessionRecord) -> dict[str, Any]:
         "UpdatedAt": rfc3339(session.updated_at),
         "DeletedAt": None,
         "singleUseUpload": session.single_use_collection,
+        "familyId": session.family,
     }
 
 
@@ -227,15 +236,47 @@ async def logout(
 @router.get(
     "/token",
     summary="List the sessions (tokens) of a user",
+    description=(
+        "Newest first. Without `limit` and `cursor` the answer is the reference's: the newest "
+        f"{UNPAGED_LIMIT} sessions at most, no `nextCursor`. With either, one page and "
+        "`nextCursor` (null on the last page). A token issued for an access key or with a "
+        "scope sees only the sessions it may revoke."
+    ),
     responses={**docs.ok(docs.SessionsEnvelope), **docs.errors(403)},
 )
 async def tokens(
     auth: Auth,
     services: ServicesDep,
     user_name: Annotated[str | None, Query(alias="userName", max_length=MAX_NAME)] = None,
+    limit: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            le=MAX_SESSION_LIMIT,
+            description=f"sessions per page (default {DEFAULT_SESSION_LIMIT})",
+        ),
+    ] = None,
+    cursor: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=MAX_SESSION_CURSOR,
+            pattern=r"^[A-Za-z0-9_-]+$",
+            description="nextCursor of the previous page",
+        ),
+    ] = None,
 ) -> JSONResponse:
-    sessions = await services.auth.list_sessions(auth, user_name)
-    return ok({"grantedAccesses": [session_json(s) for s in sessions]})
+    if limit is None and cursor is None:
+        listing = await services.auth.list_sessions(auth, user_name)
+        return ok({"grantedAccesses": [session_json(s) for s in listing.sessions]})
+    page = SessionPage(limit or DEFAULT_SESSION_LIMIT, cursor)
+    listing = await services.auth.list_sessions(auth, user_name, page)
+    return ok(
+        {
+            "grantedAccesses": [session_json(s) for s in listing.sessions],
+            "nextCursor": listing.next_cursor,
+        }
+    )
 
 
 @router.get(

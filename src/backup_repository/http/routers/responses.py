@@ -58,6 +58,10 @@ class GrantedAccess(_Doc):
         description="the collection of a single-use upload token (revoked by its one upload); "
         "null for other tokens",
     )
+    familyId: str = Field(
+        description="the token family: the session id of the login this token was refreshed "
+        "from (its own id for a login); revoking a session revokes its whole family",
+    )
 
 
 class TokenData(_Doc):
@@ -98,6 +102,11 @@ class LogoutEnvelope(_Doc):
 
 class SessionsData(_Doc):
     grantedAccesses: list[GrantedAccess]
+    nextCursor: str | None = Field(
+        default=None,
+        description="only when `limit` or `cursor` was given: pass as `cursor` for the next, "
+        "older page; null on the last page",
+    )
 
 
 class SessionsEnvelope(_Doc):
@@ -235,7 +244,8 @@ _ERROR_TEXT: dict[int | str, str] = {
     429: "Rate limit of the client's address exceeded; Retry-After says when to retry",
     431: "Request headers over 32 KiB",
     500: "A real server fault (logged; the body never holds a stack trace)",
-    503: "A dependency (database, storage) is unavailable",
+    503: "A dependency (database, storage) is unavailable; or, on a login, too many logins "
+    "are waiting for a password check (Retry-After says when to retry)",
     "4XX": "Any other client error (e.g. 405 for a method the path does not support)",
 }
 
