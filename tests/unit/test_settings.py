@@ -53,6 +53,7 @@ def options(**overrides: Any) -> dict[str, Any]:
         "password_hash_concurrency": 2,
         "login_queue_limit": None,
         "rate_limit_ipv6_prefix": 64,
+        "http2": False,
         "encode_password": None,
         "hash_jwt": None,
         "dev_mode": False,
@@ -183,3 +184,23 @@ def test_session_retention_and_purge_interval() -> None:
     for param in main.params:
         if param.name in {"session_retention", "session_purge_interval"}:
             assert param.envvar in {"BR_SESSION_RETENTION", "BR_SESSION_PURGE_INTERVAL"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        ([], {}, False),
+        (["--http2"], {}, True),
+        ([], {"BR_HTTP2": "true"}, True),
+        (["--no-http2"], {"BR_HTTP2": "true"}, False),
+    ],
+)
+def test_http2_is_off_unless_asked_for(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], env: dict[str, str], expected: bool
+) -> None:
+    monkeypatch.delenv("BR_HTTP2", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    context = main.make_context("backup-repository", argv, resilient_parsing=True)
+    assert context.params["http2"] is expected
+    assert build_settings(options(http2=context.params["http2"])).http2 is expected
