@@ -336,7 +336,7 @@ async def _generated(
 
 
 async def _measure(url: str, key: str, size: int) -> dict[str, Any]:
-    from backup_repository.storage.objectstore import open_blob_store
+    from backup_repository.storage.factory import open_blob_store
 
     store = open_blob_store(url)
     # Warm up what is allocated once per process (runtime, connection pool, TLS).
@@ -367,7 +367,7 @@ async def _measure(url: str, key: str, size: int) -> dict[str, Any]:
 
 
 async def _slow_put(url: str, key: str) -> None:
-    from backup_repository.storage.objectstore import open_blob_store
+    from backup_repository.storage.factory import open_blob_store
 
     store = open_blob_store(url)
     await store.put_stream(key, _generated(1 << 40, 1024 * 1024, hashlib.sha256(), pause=0.005))

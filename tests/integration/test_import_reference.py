@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 
 from backup_repository.db.engine import create_engine, migrate
 from backup_repository.db.versions import SqlVersionRepository
-from backup_repository.storage.objectstore import open_blob_store
+from backup_repository.storage.factory import open_blob_store
 from gpg_fixtures import SAMPLES_DIR
 from storage_fixtures import S3TestEndpoint
 from support import (

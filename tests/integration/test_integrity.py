@@ -32,7 +32,7 @@ from backup_repository.http.app import create_app
 from backup_repository.services.events import Action, Outcome, RecordingSink
 from backup_repository.services.integrity import LEASE_NAME, IntegrityService
 from backup_repository.storage.base import BlobInfo, BlobStore
-from backup_repository.storage.objectstore import open_blob_store
+from backup_repository.storage.factory import open_blob_store
 from gpg_fixtures import GpgHome, pad_to
 from support import (
     ServerProcess,

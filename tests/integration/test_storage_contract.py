@@ -25,11 +25,11 @@ from backup_repository.storage.base import (
     BlobStore,
     StorageUnavailable,
 )
+from backup_repository.storage.factory import open_blob_store
 from backup_repository.storage.objectstore import (
     DEFAULT_PART_SIZE,
     READ_CHUNK_SIZE,
     ObstoreBlobStore,
-    open_blob_store,
 )
 from backup_repository.storage.urls import (
     AzureLocation,

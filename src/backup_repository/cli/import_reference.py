@@ -243,7 +243,7 @@ class Job:
         from backup_repository.db.versions import SqlVersionRepository
         from backup_repository.services.importer import ImportService, NoVersions
         from backup_repository.storage.base import StorageError
-        from backup_repository.storage.objectstore import idle_timeout_for, open_blob_store
+        from backup_repository.storage.factory import idle_timeout_for, open_blob_store
         from backup_repository.storage.urls import redact_storage_url
 
         _check_db_url(self.db_url, "--db-url")

@@ -115,7 +115,7 @@ async def run_verify(
     from backup_repository.db.integrity import SqlIntegrityRepository
     from backup_repository.db.versions import SqlVersionRepository
     from backup_repository.services.integrity import IntegrityService
-    from backup_repository.storage.objectstore import idle_timeout_for, open_blob_store
+    from backup_repository.storage.factory import idle_timeout_for, open_blob_store
 
     try:
         engine = create_engine(db_url)

@@ -57,7 +57,7 @@ from backup_repository.services.session_purge import SessionPurger
 from backup_repository.services.stats import StatsService
 from backup_repository.services.tokens import TokenCodec
 from backup_repository.settings import Settings
-from backup_repository.storage.objectstore import idle_timeout_for, open_blob_store
+from backup_repository.storage.factory import idle_timeout_for, open_blob_store
 from backup_repository.storage.urls import redact_storage_url
 
 logger = logging.getLogger(__name__)
