@@ -1,7 +1,8 @@
-"""The streaming OpenPGP check (SPEC 6.5) on real gpg output and on hand-made packets."""
+"""The streaming OpenPGP check on real gpg output and on hand-made packets."""
 
 from __future__ import annotations
 
+import base64
 import os
 import random
 import tracemalloc
@@ -706,3 +707,67 @@ def test_uncompressed_encryption_keeps_the_size(gpg_home: GpgHome) -> None:
     zeros = bytes(256 * 1024)
     assert len(gpg_home.encrypt(zeros, compress=False)) > len(zeros)
     assert len(gpg_home.encrypt(zeros)) < len(zeros) // 10
+
+
+# --- what may follow the encrypted data ----------------------------------------------------
+
+LITERAL = b"b\x00\x00\x00\x00\x00plaintext"
+PADDING = new(21, b"\x00" * 32)
+
+
+@pytest.mark.parametrize("tag", range(64))
+def test_every_packet_tag_after_the_data(tag: int) -> None:
+    # Only padding may follow the encrypted data; any other packet (plaintext in a literal
+    # data packet, a second message, a marker...) is refused, in either packet format.
+    after = [new(tag, LITERAL)] + ([old(tag, LITERAL)] if tag < 16 else [])
+    for packet in after:
+        for data in (GOOD + packet, GOOD + PADDING + packet):
+            found = check(data)
+            if tag == openpgp.PADDING:
+                assert found is None
+                continue
+            assert type(found) is NotOpenPGP, (tag, packet[:1])
+            assert openpgp.NO_FOOTER in found.message
+            assert f"(tag {tag}) follows the encrypted data packet" in found.message
+
+
+def test_a_literal_packet_after_padding_is_refused_byte_by_byte() -> None:
+    data = GOOD + PADDING + PADDING + new(11, LITERAL)
+    found = check(data, [1])
+    assert type(found) is NotOpenPGP
+    assert "a literal data packet (tag 11) follows the encrypted data packet" in found.message
+    assert check(GOOD + PADDING + PADDING, [1]) is None
+
+
+def test_padding_cut_short_is_truncated() -> None:
+    found = check(GOOD + PADDING[:-1])
+    assert type(found) is NotOpenPGP
+    assert "truncated" in found.message
+
+
+def test_armor_with_no_end_line_cut_where_the_last_quad_decides_the_head() -> None:
+    # The head is decided only when the finish pads the last base64 characters: the error
+    # names the missing END line, not a missing header.
+    head = old(1, PKESK_V3, 1) + new(18, SEIPD_V1)[:4]  # ends with the version octet
+    assert len(head) % 3 == 1  # its base64 ends with two characters of a quad
+    body = base64.b64encode(head).rstrip(b"=")
+    found = check(b"-----BEGIN PGP MESSAGE-----\n\n" + body + b"\n")
+    assert type(found) is NotOpenPGP
+    assert found.message == (
+        f"{openpgp.NO_FOOTER}: the armor has no -----END PGP MESSAGE----- line"
+    )
+
+
+@pytest.mark.parametrize("sizes", [None, [1], [2]])
+def test_byte_order_mark_before_the_armor_is_refused_with_advice(
+    sizes: list[int] | None,
+) -> None:
+    checker = OpenPGPStreamChecker()
+    pieces = list(chunks(openpgp.UTF8_BOM + armor(GOOD), sizes))
+    with pytest.raises(NotOpenPGP) as raised:
+        for piece in pieces:
+            checker.feed(piece)
+    assert raised.value.message.startswith(openpgp.NO_HEADER)
+    assert "byte order mark" in raised.value.message
+    assert "-----BEGIN PGP MESSAGE-----" in raised.value.message
+    assert checker.size == len(pieces[0])  # refused by the first piece fed
