@@ -765,8 +765,7 @@ def test_byte_order_mark_before_the_armor_is_refused_with_advice(
     checker = OpenPGPStreamChecker()
     pieces = list(chunks(openpgp.UTF8_BOM + armor(GOOD), sizes))
     with pytest.raises(NotOpenPGP) as raised:
-        for piece in pieces:
-            checker.feed(piece)
+        checker.feed(pieces[0])
     assert raised.value.message.startswith(openpgp.NO_HEADER)
     assert "byte order mark" in raised.value.message
     assert "-----BEGIN PGP MESSAGE-----" in raised.value.message
