@@ -41,7 +41,8 @@ from hypothesis import strategies as st
 
 from backup_repository.cli import server
 from backup_repository.cli.import_reference import import_reference
-from backup_repository.config.loader import SourceFile, load_files
+from backup_repository.config.documents import SourceFile
+from backup_repository.config.loader import load_files
 from backup_repository.domain.units import parse_duration, parse_size
 
 # --- the CRDs themselves -----------------------------------------------------------------------

@@ -38,7 +38,8 @@ import yaml
 from fastapi import FastAPI
 from starlette.types import Message, Receive, Scope, Send
 
-from backup_repository.config.loader import SourceFile, load_files
+from backup_repository.config.documents import SourceFile
+from backup_repository.config.loader import load_files
 from backup_repository.domain.errors import RequestTimeout
 from backup_repository.http.app import create_app
 from backup_repository.http.middleware import BodyLimitMiddleware

@@ -1,5 +1,5 @@
-"""The configuration loader (SPEC 3): YAML text to documents, documents to a snapshot, with
-every broken object reported (file, object, field) and left out."""
+"""The configuration loader (docs/configuration.md): YAML text to documents, documents to
+a snapshot, with every broken object reported (file, object, field) and left out."""
 
 from __future__ import annotations
 
@@ -11,16 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from backup_repository.config.loader import (
-    BuildResult,
-    GrantError,
-    Placement,
-    SourceFile,
-    load_files,
-    parse_object_grant,
-    parse_yaml,
-    password_hash_problem,
-)
+from backup_repository.config.documents import Placement, SourceFile, parse_yaml
+from backup_repository.config.loader import BuildResult, load_files, password_hash_problem
 from backup_repository.domain.identity import (
     AccessControlEntry,
     BackupWindow,
@@ -544,20 +536,6 @@ def test_a_broken_access_key_leaves_its_user_out(
     assert problem.field == field
     assert phrase in problem.message
     assert set(result.snapshot.users) == {"bob"}
-
-
-def test_parse_object_grant() -> None:
-    grant = parse_object_grant({"type": "collection", "name": "db", "roles": ["backupUploader"]})
-    assert grant == ObjectGrant("collection", "db", frozenset({Role.BACKUP_UPLOADER}))
-
-    with pytest.raises(GrantError) as error:
-        parse_object_grant({"type": "collection", "name": "db", "roles": ["nope"]})
-    assert error.value.field == "roles[0]"
-    assert "unknown role" in error.value.message
-
-    with pytest.raises(GrantError) as error:
-        parse_object_grant("db")
-    assert error.value.field == ""
 
 
 # --------------------------------------------------------------------------------- secrets

@@ -28,7 +28,8 @@ from pathlib import Path
 
 from watchfiles import Change, awatch
 
-from backup_repository.config.loader import BuildResult, Placement, SourceFile, load_files
+from backup_repository.config.documents import Placement, SourceFile
+from backup_repository.config.loader import BuildResult, load_files
 from backup_repository.config.models import API_GROUP, KIND_COLLECTION, KIND_SECRET, KIND_USER
 from backup_repository.services.ports import ConfigProblem, ConfigSnapshot
 

@@ -39,7 +39,8 @@ from kubernetes import config as k8s_config
 from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 
-from backup_repository.config.loader import Document, build
+from backup_repository.config.documents import Document
+from backup_repository.config.loader import build
 from backup_repository.config.models import (
     API_GROUP,
     API_VERSION,

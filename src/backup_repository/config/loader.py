@@ -2,9 +2,10 @@
 
 Two steps, so that every provider can share the second one:
 
-1. :func:`parse_yaml` turns one file (its name and text) into :class:`Document` objects;
-2. :func:`build` turns all documents into a snapshot of usable users and collections,
-   resolving ``passwordFromRef`` and ``healthSecretRef`` against the Secrets.
+1. :func:`~backup_repository.config.documents.parse_yaml` turns one file (its name and
+   text) into :class:`~backup_repository.config.documents.Document` objects;
+2. :func:`build` (here) turns all documents into a snapshot of usable users and
+   collections, resolving ``passwordFromRef`` and ``healthSecretRef`` against the Secrets.
 
 Nothing here raises on bad input. Every broken object becomes one or more
 :class:`ConfigProblem` (naming the file, the object and the dotted field path) and is left
@@ -15,15 +16,14 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import argon2
-import yaml
 from pydantic import BaseModel, ValidationError
-from pydantic_core import ErrorDetails
 
+from backup_repository.config.documents import Document, SourceFile, our_kind, parse_yaml
 from backup_repository.config.models import (
     KIND_COLLECTION,
     KIND_SECRET,
@@ -35,6 +35,7 @@ from backup_repository.config.models import (
     Secret,
     SecretRef,
 )
+from backup_repository.config.problems import ProblemFactory, dotted_path, operator_message
 from backup_repository.domain.identity import (
     AccessControlEntry,
     AccessKey,
@@ -48,156 +49,6 @@ from backup_repository.domain.password_format import InvalidPasswordHash, decode
 from backup_repository.services.ports import ConfigProblem, ConfigSnapshot
 
 _M = TypeVar("_M", bound=BaseModel)
-
-# --- YAML --------------------------------------------------------------------------------------
-
-try:
-    from yaml import CSafeLoader as _SafeLoader
-except ImportError:  # PyYAML built without libyaml
-    from yaml import SafeLoader as _SafeLoader  # type: ignore[assignment]
-
-
-class _StrictLoader(_SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (as kubectl does): silently
-    keeping the last ``deactivated:`` or ``roles:`` would hide a mistake."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                duplicate = key in seen
-                seen.add(key)
-            except TypeError:
-                continue  # unhashable key: the base class reports it
-            if duplicate:
-                raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping",
-                    node.start_mark,
-                    f"found duplicate key {key!r}",
-                    key_node.start_mark,
-                )
-        result: dict[Any, Any] = super().construct_mapping(node, deep=deep)
-        return result
-
-
-@dataclass(frozen=True)
-class Document:
-    """One YAML document (one object) and where it came from."""
-
-    source: str
-    index: int  # position in its file, from 1
-    body: Mapping[str, Any]
-
-    @property
-    def kind(self) -> str:
-        kind = self.body.get("kind")
-        return kind if isinstance(kind, str) else ""
-
-    @property
-    def api_version(self) -> str:
-        value = self.body.get("apiVersion")
-        return value if isinstance(value, str) else ""
-
-    @property
-    def name(self) -> str:
-        metadata = self.body.get("metadata")
-        if isinstance(metadata, Mapping):
-            name = metadata.get("name")
-            if isinstance(name, str):
-                return name
-        return ""
-
-    @property
-    def namespace(self) -> str:
-        metadata = self.body.get("metadata")
-        if isinstance(metadata, Mapping):
-            namespace = metadata.get("namespace")
-            if isinstance(namespace, str):
-                return namespace
-        return ""
-
-
-@dataclass(frozen=True)
-class Placement:
-    """What a file of the reference layout must hold: one object of ``kind`` named like the
-    file (``backupusers/admin.yaml`` holds BackupUser ``admin``) in ``namespace``."""
-
-    kind: str
-    name: str
-    namespace: str
-
-
-@dataclass(frozen=True)
-class SourceFile:
-    source: str
-    text: str
-    placement: Placement | None = None
-
-
-@dataclass(frozen=True)
-class ParsedFile:
-    documents: tuple[Document, ...]
-    problems: tuple[ConfigProblem, ...]
-
-
-def parse_yaml(source: str, text: str, placement: Placement | None = None) -> ParsedFile:
-    """The documents of one file. Bad YAML anywhere in the file is one problem for the file
-    and none of its documents is used. Empty documents are skipped; a ``kind: List`` is
-    unpacked into its ``items``."""
-    try:
-        raw = list(yaml.load_all(text, Loader=_StrictLoader))
-    except yaml.YAMLError as exc:
-        message = " ".join(str(exc).split())
-        return ParsedFile((), (ConfigProblem(source=source, message=f"invalid YAML: {message}"),))
-
-    bodies: list[Mapping[str, Any]] = []
-    for item in raw:
-        if isinstance(item, Mapping) and item.get("kind") == "List":
-            items = item.get("items")
-            if isinstance(items, list):
-                bodies.extend(entry for entry in items if isinstance(entry, Mapping))
-        elif isinstance(item, Mapping):
-            bodies.append(item)
-        # Scalars, lists and empty documents are not objects: nothing to load.
-
-    documents: list[Document] = []
-    problems: list[ConfigProblem] = []
-    for position, body in enumerate(bodies, start=1):
-        document = Document(source=source, index=position, body=body)
-        misplaced = _check_placement(document, placement) if placement else None
-        if misplaced is not None:
-            problems.append(misplaced)
-        else:
-            documents.append(document)
-    return ParsedFile(tuple(documents), tuple(problems))
-
-
-def _check_placement(document: Document, placement: Placement) -> ConfigProblem | None:
-    if _classify(document) is None:
-        return None  # other kinds are ignored wherever they are
-    problem = _problem_for(document)
-    if document.kind != placement.kind:
-        return problem(
-            f"this folder holds {placement.kind} objects, but the document is a {document.kind}",
-            "kind",
-        )
-    if document.name and document.name != placement.name:
-        return problem(
-            f"metadata.name {document.name!r} does not match the file name: in this layout "
-            f"the file must be named {document.name}.yaml",
-            "metadata.name",
-        )
-    if document.namespace and document.namespace != placement.namespace:
-        return problem(
-            f"metadata.namespace {document.namespace!r} contradicts the folder of namespace "
-            f"{placement.namespace!r}",
-            "metadata.namespace",
-        )
-    return None
-
-
-# --- building a snapshot -----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -236,15 +87,6 @@ def load_files(
     return build(documents, found, namespace=namespace)
 
 
-def build_snapshot(
-    documents: Iterable[Document],
-    problems: Iterable[ConfigProblem] = (),
-    *,
-    namespace: str | None = None,
-) -> ConfigSnapshot:
-    return build(documents, problems, namespace=namespace).snapshot
-
-
 def build(
     documents: Iterable[Document],
     problems: Iterable[ConfigProblem] = (),
@@ -255,31 +97,6 @@ def build(
     (unreadable files, bad YAML) are carried into it. With ``namespace``, objects that
     declare another ``metadata.namespace`` are skipped."""
     return _Builder(list(problems), namespace).run(documents)
-
-
-def _classify(document: Document) -> str | None:
-    """Our kind for the document, or None for anything we do not load."""
-    kind = document.kind
-    # A wrong apiVersion on one of our kinds is reported by the model, not skipped.
-    return kind if kind in (KIND_USER, KIND_COLLECTION, KIND_SECRET) else None
-
-
-def _problem_for(document: Document) -> _ProblemFactory:
-    return _ProblemFactory(document)
-
-
-@dataclass(frozen=True)
-class _ProblemFactory:
-    document: Document
-
-    def __call__(self, message: str, field: str = "") -> ConfigProblem:
-        doc = self.document
-        name = doc.name
-        if not name:
-            message = f"document {doc.index}: {message}"
-        return ConfigProblem(
-            source=doc.source, message=message, kind=doc.kind, name=name, field=field
-        )
 
 
 @dataclass
@@ -295,7 +112,7 @@ class _Builder:
     def run(self, documents: Iterable[Document]) -> BuildResult:
         ours: list[tuple[str, Document]] = []
         for document in documents:
-            kind = _classify(document)
+            kind = our_kind(document)
             if kind is None:
                 self.ignored += 1
             elif self.namespace and document.namespace not in ("", self.namespace):
@@ -343,7 +160,7 @@ class _Builder:
                 if (k, o.name) == (kind, doc.name) and o is not doc
             ]
             self.problems.append(
-                _problem_for(doc)(
+                ProblemFactory(doc)(
                     f"{kind} {doc.name!r} is also defined in {', '.join(others)}; "
                     "none of the copies is used until only one is left",
                     "metadata.name",
@@ -357,9 +174,9 @@ class _Builder:
         try:
             return model.model_validate(dict(document.body))
         except ValidationError as exc:
-            problem = _problem_for(document)
+            problem = ProblemFactory(document)
             for error in exc.errors():
-                self.problems.append(problem(_error_message(error), _dotted(error["loc"])))
+                self.problems.append(problem(operator_message(error), dotted_path(error["loc"])))
             return None
 
     # Secrets
@@ -391,7 +208,7 @@ class _Builder:
         inline: str,
         ref: SecretRef | None,
         field_prefix: str,
-        problem: _ProblemFactory,
+        problem: ProblemFactory,
     ) -> str | None:
         """The encoded password hash: from the reference when given (it wins over an inline
         value, which the reference examples fill with a placeholder), else inline."""
@@ -421,7 +238,7 @@ class _Builder:
         model = self._validate(BackupUser, document)
         if model is None:
             return None
-        problem = _problem_for(document)
+        problem = ProblemFactory(document)
         before = len(self.problems)
         name = model.metadata.name
         naming = _user_name_problem(name)
@@ -459,7 +276,7 @@ class _Builder:
         )
 
     def _access_key(
-        self, spec: AccessKeySpec, prefix: str, problem: _ProblemFactory
+        self, spec: AccessKeySpec, prefix: str, problem: ProblemFactory
     ) -> AccessKey | None:
         password_hash = self._password(spec.password, spec.password_from_ref, prefix, problem)
         if password_hash is None:
@@ -476,7 +293,7 @@ class _Builder:
         model = self._validate(BackupCollection, document)
         if model is None:
             return None
-        problem = _problem_for(document)
+        problem = ProblemFactory(document)
         before = len(self.problems)
         name = model.metadata.name
         if not _COLLECTION_NAME.match(name):
@@ -595,58 +412,3 @@ def password_hash_problem(value: str) -> str:
 
 def grant_from_spec(spec: ObjectGrantSpec) -> ObjectGrant:
     return ObjectGrant(type=spec.type, name=spec.name, roles=frozenset(spec.roles))
-
-
-class GrantError(ValueError):
-    """An object grant (access key object or operations scope element) that cannot be read;
-    ``field`` is the dotted path of the offending part, relative to the grant."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}" if field else message)
-        self.field = field
-        self.message = message
-
-
-def parse_object_grant(raw: object) -> ObjectGrant:
-    """One ``{type: collection, name, roles}`` element, validated like an access key's
-    object (known roles, type ``collection``); raises :class:`GrantError`."""
-    try:
-        return grant_from_spec(ObjectGrantSpec.model_validate(raw))
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        raise GrantError(_dotted(error["loc"]), _error_message(error)) from None
-
-
-# --- pydantic errors in operator words ---------------------------------------------------------
-
-
-def _dotted(loc: Iterable[int | str]) -> str:
-    path = ""
-    for part in loc:
-        if part == "[key]":
-            continue
-        if isinstance(part, int):
-            path += f"[{part}]"
-        else:
-            path += f".{part}" if path else str(part)
-    return path
-
-
-def _error_message(error: ErrorDetails) -> str:
-    kind = error["type"]
-    if kind == "value_error":
-        ctx = error.get("ctx") or {}
-        cause = ctx.get("error")
-        if cause is not None:
-            return str(cause)
-    if kind == "missing":
-        return "required field is missing"
-    if kind == "extra_forbidden":
-        return "unknown field (misspelt fields are refused, not ignored)"
-    message = error["msg"]
-    if kind.endswith("_type"):
-        got = type(error.get("input")).__name__
-        message = f"{message}, got {got}"
-        if kind == "string_type" and got in ("int", "float", "bool"):
-            message += " (put the value in quotes)"
-    return message
