@@ -11,7 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backup_repository.client import cli
+from backup_repository.client import arguments as given
+from backup_repository.client import cli, parser
 from backup_repository.client.api import check_url, check_version, error_text
 from backup_repository.client.errors import ExitCode, GpgFailed, IntegrityError, UsageError
 from backup_repository.client.gpg import GpgOutput, decryption_error, passphrase_pipe
@@ -110,41 +111,43 @@ def test_verify_upload() -> None:
 # -- settings ---------------------------------------------------------------------------------
 
 
-def arguments(argv: list[str], env: dict[str, str] | None = None) -> cli.Arguments:
-    return cli.Arguments(cli.build_parser().parse_args(argv), env or {})
+def arguments(argv: list[str], env: dict[str, str] | None = None) -> given.Arguments:
+    return given.Arguments(parser.build_parser().parse_args(argv), env or {})
 
 
 def test_flag_then_variable_then_default() -> None:
     env = {"BM_URL": "http://env", "BM_TIMEOUT": "30", "BM_VERSION": ""}
     args = arguments(["restore", "-u", "http://flag"], env)
-    assert args.get(cli.URL) == "http://flag"
-    assert args.get(cli.TIMEOUT) == "30"
-    assert args.get(cli.VERSION) == "latest"  # an empty variable counts as unset
-    assert arguments(["restore"], {}).get(cli.TIMEOUT) == cli.DEFAULT_TIMEOUT_S
+    assert args.get(given.URL) == "http://flag"
+    assert args.get(given.TIMEOUT) == "30"
+    assert args.get(given.VERSION) == "latest"  # an empty variable counts as unset
+    assert arguments(["restore"], {}).get(given.TIMEOUT) == given.DEFAULT_TIMEOUT_S
 
 
 def test_global_flags_before_or_after_the_subcommand() -> None:
     before = arguments(["-u", "http://a", "-i", "c1", "versions"])
     after = arguments(["versions", "-u", "http://a", "-i", "c1"])
     for args in (before, after):
-        assert args.get(cli.URL) == "http://a"
-        assert args.get(cli.COLLECTION_ID) == "c1"
+        assert args.get(given.URL) == "http://a"
+        assert args.get(given.COLLECTION_ID) == "c1"
     both = arguments(["-u", "http://a", "versions", "-u", "http://b"])
-    assert both.get(cli.URL) == "http://b"
+    assert both.get(given.URL) == "http://b"
 
 
 def test_missing_values_name_flag_and_variable() -> None:
     with pytest.raises(UsageError, match=r"missing --collection-id \(or BM_COLLECTION_ID\)"):
-        arguments(["versions"]).require(cli.COLLECTION_ID)
+        arguments(["versions"]).require(given.COLLECTION_ID)
 
 
 def test_recipients_from_flags_or_a_comma_separated_variable() -> None:
-    assert cli.recipients(arguments(["make", "-r", "a@x", "-r", "b@x"], {"BM_RECIPIENT": "c"})) == [
+    assert given.recipients(
+        arguments(["make", "-r", "a@x", "-r", "b@x"], {"BM_RECIPIENT": "c"})
+    ) == [
         "a@x",
         "b@x",
     ]
-    assert cli.recipients(arguments(["make"], {"BM_RECIPIENT": "a@x, b@x"})) == ["a@x", "b@x"]
-    assert cli.recipients(arguments(["make"])) == []
+    assert given.recipients(arguments(["make"], {"BM_RECIPIENT": "a@x, b@x"})) == ["a@x", "b@x"]
+    assert given.recipients(arguments(["make"])) == []
 
 
 def test_token_and_passphrase_sources(tmp_path: Path) -> None:
@@ -152,23 +155,27 @@ def test_token_and_passphrase_sources(tmp_path: Path) -> None:
     token_file.write_text("from-file\n")
     secret_file = tmp_path / "secret"
     secret_file.write_text("pass phrase \nsecond line\n")
-    assert cli.auth_token(arguments(["versions", "-t", "flag"], {"BM_AUTH_TOKEN": "env"})) == "flag"
-    assert cli.auth_token(arguments(["versions"], {"BM_AUTH_TOKEN": "env"})) == "env"
+    assert (
+        given.auth_token(arguments(["versions", "-t", "flag"], {"BM_AUTH_TOKEN": "env"})) == "flag"
+    )
+    assert given.auth_token(arguments(["versions"], {"BM_AUTH_TOKEN": "env"})) == "env"
     file_args = arguments(
         ["versions", "--auth-token-file", str(token_file)], {"BM_AUTH_TOKEN": "e"}
     )
-    assert cli.auth_token(file_args) == "from-file"
-    assert cli.auth_token(arguments(["versions"], {"BM_AUTH_TOKEN_FILE": str(token_file)})) == (
+    assert given.auth_token(file_args) == "from-file"
+    assert given.auth_token(arguments(["versions"], {"BM_AUTH_TOKEN_FILE": str(token_file)})) == (
         "from-file"
     )
     with pytest.raises(UsageError, match="missing --auth-token"):
-        cli.auth_token(arguments(["versions"]))
-    assert cli.passphrase(arguments(["restore", "--passphrase-file", str(secret_file)])) == (
+        given.auth_token(arguments(["versions"]))
+    assert given.passphrase(arguments(["restore", "--passphrase-file", str(secret_file)])) == (
         "pass phrase "
     )
-    assert cli.passphrase(arguments(["restore"], {"BM_PASSPHRASE": "env"})) == "env"
-    assert cli.passphrase(arguments(["restore", "--passphrase", ""], {"BM_PASSPHRASE": "e"})) == ""
-    assert cli.passphrase(arguments(["restore"])) is None
+    assert given.passphrase(arguments(["restore"], {"BM_PASSPHRASE": "env"})) == "env"
+    assert (
+        given.passphrase(arguments(["restore", "--passphrase", ""], {"BM_PASSPHRASE": "e"})) == ""
+    )
+    assert given.passphrase(arguments(["restore"])) is None
 
 
 @pytest.mark.parametrize(
@@ -176,7 +183,7 @@ def test_token_and_passphrase_sources(tmp_path: Path) -> None:
     [("info", 20), ("DEBUG", 10), ("trace", 10), ("warn", 30), ("panic", 50), ("5", 10), ("4", 20)],
 )
 def test_log_levels_of_the_reference(value: str, level: int) -> None:
-    assert cli.log_level(value) == level
+    assert given.log_level(value) == level
 
 
 def test_an_unknown_log_level_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -185,12 +192,12 @@ def test_an_unknown_log_level_is_a_usage_error(capsys: pytest.CaptureFixture[str
 
 
 def test_scope_parsing() -> None:
-    assert cli.parse_scope(["db=backupUploader,backupDownloader"]) == [
+    assert given.parse_scope(["db=backupUploader,backupDownloader"]) == [
         {"type": "collection", "name": "db", "roles": ["backupUploader", "backupDownloader"]}
     ]
     for bad in ("db", "db=", "=backupUploader", "db=wizard"):
         with pytest.raises(UsageError):
-            cli.parse_scope([bad])
+            given.parse_scope([bad])
 
 
 def test_url_version_and_timeout_checks() -> None:
@@ -203,10 +210,10 @@ def test_url_version_and_timeout_checks() -> None:
     for bad in ("", "v", "../1", "1.0", "LATEST"):
         with pytest.raises(UsageError):
             check_version(bad)
-    assert cli.timeout_seconds("2.5") == 2.5
+    assert given.timeout_seconds("2.5") == 2.5
     for bad in ("0", "-1", "soon"):
         with pytest.raises(UsageError):
-            cli.timeout_seconds(bad)
+            given.timeout_seconds(bad)
 
 
 def test_write_private_file(tmp_path: Path) -> None:

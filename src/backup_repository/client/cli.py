@@ -1,13 +1,10 @@
-"""The ``backup-maker`` command line: the reference client's subcommands, flags and ``BM_*``
-environment variables (make, restore, download), plus login, versions and collections.
-
-Global flags are accepted before or after the subcommand, as the reference accepts them.
-A flag wins over its environment variable, which wins over the default; an empty
-variable counts as unset (as in the reference)."""
+"""The ``backup-maker`` command: the subcommands (make, restore, download, login,
+versions, collections) and the entry point. The flags and environment variables are read
+by :mod:`~backup_repository.client.parser` and
+:mod:`~backup_repository.client.arguments`."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import getpass
 import json
@@ -21,320 +18,42 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn, TextIO
+from typing import NoReturn, TextIO
 
 from backup_repository.client import transfer
 from backup_repository.client.api import RepositoryClient, check_url, check_version
+from backup_repository.client.arguments import (
+    COLLECTION_ID,
+    COMMAND,
+    GPG_BINARY,
+    LOG_LEVEL,
+    PASSWORD,
+    PRIVATE_KEY,
+    PUBLIC_KEY,
+    SPOOL_DIR,
+    TIMEOUT,
+    URL,
+    USERNAME,
+    VERSION,
+    Arguments,
+    auth_token,
+    compress_level,
+    log_level,
+    parse_scope,
+    passphrase,
+    recipients,
+    timeout_seconds,
+)
 from backup_repository.client.errors import ClientError, ExitCode, Interrupted, UsageError
 from backup_repository.client.gpg import Keyring, recipients_or_all
+from backup_repository.client.parser import PROG, build_parser
 from backup_repository.client.progress import Reporter, reporter
 from backup_repository.client.tables import collections_table, versions_table
 
 log = logging.getLogger("backup_repository.client")
 
-PROG = "backup-maker"
-DEFAULT_TIMEOUT_S = 20 * 60  # the reference's default
-LOG_LEVELS: Mapping[str, int] = {
-    "panic": logging.CRITICAL,
-    "fatal": logging.CRITICAL,
-    "critical": logging.CRITICAL,
-    "error": logging.ERROR,
-    "warn": logging.WARNING,
-    "warning": logging.WARNING,
-    "info": logging.INFO,
-    "debug": logging.DEBUG,
-    "trace": logging.DEBUG,
-}
-# logrus's numbers, which an older reference release took: 0 panic ... 6 trace
-_NUMERIC_LEVELS = ("panic", "fatal", "error", "warn", "info", "debug", "trace")
-COLLECTION_ROLES = ("backupUploader", "backupDownloader", "uploadsAnytime", "collectionManager")
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One value that a flag or an environment variable can give."""
-
-    dest: str
-    env: str | None
-    default: Any = None
-
-    def describe(self) -> str:
-        flag = "--" + self.dest.replace("_", "-")
-        return f"{flag} (or {self.env})" if self.env else flag
-
-
-URL = Setting("url", "BM_URL")
-COLLECTION_ID = Setting("collection_id", "BM_COLLECTION_ID")
-AUTH_TOKEN = Setting("auth_token", "BM_AUTH_TOKEN")
-AUTH_TOKEN_FILE = Setting("auth_token_file", "BM_AUTH_TOKEN_FILE")
-TIMEOUT = Setting("timeout", "BM_TIMEOUT", DEFAULT_TIMEOUT_S)
-LOG_LEVEL = Setting("log_level", "BM_LOG_LEVEL", "info")
-GPG_BINARY = Setting("gpg_binary", "BM_GPG_BINARY", "gpg")
-COMMAND = Setting("cmd", "BM_CMD")
-PUBLIC_KEY = Setting("key", "BM_PUBLIC_KEY_PATH")
-PRIVATE_KEY = Setting("private_key", "BM_PRIVATE_KEY_PATH")
-PASSPHRASE = Setting("passphrase", "BM_PASSPHRASE")
-PASSPHRASE_FILE = Setting("passphrase_file", "BM_PASSPHRASE_FILE")
-RECIPIENT = Setting("recipient", "BM_RECIPIENT")
-VERSION = Setting("version", "BM_VERSION", "latest")
-SPOOL_DIR = Setting("spool_dir", "BM_SPOOL_DIR")
-USERNAME = Setting("username", "BM_USERNAME")
-PASSWORD = Setting("password", "BM_PASSWORD")
-COMPRESS_LEVEL = Setting("compress_level", "BM_COMPRESS_LEVEL")
-
-
-class Arguments:
-    """Parsed flags with the environment and the defaults filled in."""
-
-    def __init__(self, namespace: argparse.Namespace, environ: Mapping[str, str]) -> None:
-        self._namespace = namespace
-        self._environ = environ
-
-    def get(self, setting: Setting) -> Any:
-        value = getattr(self._namespace, setting.dest, None)
-        if value is not None:
-            return value
-        if setting.env:
-            env_value = self._environ.get(setting.env, "")
-            if env_value != "":
-                return env_value
-        return setting.default
-
-    def require(self, setting: Setting) -> Any:
-        value = self.get(setting)
-        if value is None or value == "":
-            raise UsageError(f"missing {setting.describe()}")
-        return value
-
-    def flag(self, name: str) -> Any:
-        return getattr(self._namespace, name, None)
-
-
-# -- parser ----------------------------------------------------------------------------------
-
-
-def _env(name: str) -> str:
-    return f" [env: {name}]"
-
-
-def _global_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("server and logging (before or after the subcommand)")
-    suppress = argparse.SUPPRESS
-    group.add_argument(
-        "-u", "--url", default=suppress,
-        help="server address, e.g. https://backups.example.org" + _env("BM_URL"),
-    )  # fmt: skip
-    group.add_argument(
-        "-i", "--collection-id", default=suppress,
-        help="collection to work on" + _env("BM_COLLECTION_ID"),
-    )  # fmt: skip
-    group.add_argument(
-        "-t", "--auth-token", default=suppress,
-        help="token (JWT) from a login; prefer the variable, flags show in `ps`"
-        + _env("BM_AUTH_TOKEN"),
-    )  # fmt: skip
-    group.add_argument(
-        "--auth-token-file", default=suppress, metavar="PATH",
-        help="read the token from a file (as `login --save-token` writes it)"
-        + _env("BM_AUTH_TOKEN_FILE"),
-    )  # fmt: skip
-    group.add_argument(
-        "--timeout", default=suppress, metavar="SECONDS",
-        help=f"network timeout: connecting, and each wait for the server to send or take "
-        f"data (default {DEFAULT_TIMEOUT_S})" + _env("BM_TIMEOUT"),
-    )  # fmt: skip
-    group.add_argument(
-        "--log-level", default=suppress, metavar="LEVEL",
-        help="panic|fatal|error|warn|info|debug|trace, or 0-6 (default info)"
-        + _env("BM_LOG_LEVEL"),
-    )  # fmt: skip
-    group.add_argument(
-        "--gpg-binary", default=suppress, metavar="PATH",
-        help="the gpg program (default gpg)" + _env("BM_GPG_BINARY"),
-    )  # fmt: skip
-    group.add_argument(
-        "--no-progress", action="store_true", default=suppress,
-        help="no progress display (it is shown only on a terminal anyway)",
-    )  # fmt: skip
-
-
-def _passphrase_options(parser: argparse.ArgumentParser, purpose: str) -> None:
-    parser.add_argument(
-        "--passphrase",
-        help=f"passphrase of the key ({purpose}); prefer the variable or --passphrase-file, "
-        "flags show in `ps`" + _env("BM_PASSPHRASE"),
-    )
-    parser.add_argument(
-        "--passphrase-file",
-        metavar="PATH",
-        help="read the passphrase from the first line of a file" + _env("BM_PASSPHRASE_FILE"),
-    )
-
-
-def _version_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-s", "--version", metavar="VERSION",
-        help="version to fetch: latest (default), a number, or vN" + _env("BM_VERSION"),
-    )  # fmt: skip
-
-
-def _recipient_option(parser: argparse.ArgumentParser, help_text: str) -> None:
-    parser.add_argument(
-        "-r", "--recipient", action="append", metavar="KEY", help=help_text + _env("BM_RECIPIENT")
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    formatter = argparse.HelpFormatter
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Backup client of Backup Repository: encrypts a command's output with "
-        "GnuPG and streams it to the server; downloads, verifies, decrypts and restores.",
-        epilog="Exit status: 0 success, 1 other failure, 2 usage, 3 the command failed, "
-        "4 gpg failed, 5 server refused or unreachable, 6 checksum mismatch, "
-        "130/143 interrupted. See docs/client.md.",
-        formatter_class=formatter,
-    )
-    _global_options(parser)
-    commands = parser.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
-    commands.required = True
-
-    def add(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(
-            name, help=help_text, description=description, formatter_class=formatter
-        )
-        _global_options(sub)
-        return sub
-
-    make = add(
-        "make",
-        "run a command, encrypt its output and upload it as a new version",
-        "Runs --cmd with `bash -eo pipefail -c`, encrypts its standard output with gpg to the "
-        "public key of --key and streams the ciphertext to the collection as a new version. "
-        "If the command or gpg fails, the upload is aborted and the server stores nothing.",
-    )
-    make.add_argument(
-        "-c", "--cmd", metavar="COMMAND",
-        help="shell command whose standard output is the backup" + _env("BM_CMD"),
-    )  # fmt: skip
-    make.add_argument(
-        "-k", "--key", metavar="PATH",
-        help="public key file to encrypt to (armored or binary; a secret key file works too)"
-        + _env("BM_PUBLIC_KEY_PATH"),
-    )  # fmt: skip
-    _recipient_option(
-        make,
-        "recipient (e-mail, key id or fingerprint) within the key file; repeat for several "
-        "(the variable takes a comma-separated list); default: every key in the file",
-    )
-    _passphrase_options(make, "accepted for compatibility; encrypting needs none")
-    make.add_argument(
-        "--armor", action="store_true", help="upload ASCII-armored OpenPGP (default: binary)"
-    )
-    make.add_argument(
-        "--compress-level", metavar="0-9",
-        help="gpg's compression: 0 for none (output that is already compressed: tar -z, "
-        "pg_dump -Fc), 9 for the smallest; default gpg's own (6)" + _env("BM_COMPRESS_LEVEL"),
-    )  # fmt: skip
-
-    restore = add(
-        "restore",
-        "download a version, decrypt it and pipe it into a command",
-        "Downloads --version, checks it against the SHA-256 the server announces, decrypts "
-        "it with the private key of --private-key and pipes it into --cmd. By default the "
-        "download is verified before anything is decrypted: the ciphertext (never the "
-        "plaintext) is kept in an anonymous temporary file in --spool-dir meanwhile.",
-    )
-    restore.add_argument(
-        "-c", "--cmd", metavar="COMMAND",
-        help="shell command that reads the backup on its standard input" + _env("BM_CMD"),
-    )  # fmt: skip
-    restore.add_argument(
-        "-p", "--private-key", metavar="PATH",
-        help="private key file to decrypt with; without it the encrypted stream is piped "
-        "into the command as it is" + _env("BM_PRIVATE_KEY_PATH"),
-    )  # fmt: skip
-    _passphrase_options(restore, "of the private key")
-    _version_option(restore)
-    _recipient_option(restore, "accepted for compatibility; decryption does not need it")
-    restore.add_argument(
-        "--stream", action="store_true",
-        help="restore while downloading, without a spool file; a damaged download is then "
-        "detected only at its end, after the command has received most of it (it is "
-        "stopped, and the exit status says so)",
-    )  # fmt: skip
-    restore.add_argument(
-        "--spool-dir", metavar="PATH",
-        help="folder for the encrypted spool file (default: the system's temporary folder)"
-        + _env("BM_SPOOL_DIR"),
-    )  # fmt: skip
-
-    download = add(
-        "download",
-        "download a version into a file (decrypted with --private-key)",
-        "Downloads --version into --save-path: decrypted with --private-key, or the "
-        "encrypted file as stored without it. The file is written under a temporary name "
-        "beside the target and renamed only when the download verified and gpg succeeded.",
-    )
-    download.add_argument("--save-path", metavar="PATH", help="file to write (mode 0600)")
-    download.add_argument(
-        "-p", "--private-key", metavar="PATH",
-        help="private key file; without it the encrypted file is saved"
-        + _env("BM_PRIVATE_KEY_PATH"),
-    )  # fmt: skip
-    _passphrase_options(download, "of the private key")
-    _version_option(download)
-    _recipient_option(download, "accepted for compatibility; decryption does not need it")
-
-    login = add(
-        "login",
-        "log in and print (or save) a token",
-        "Logs in with a user name and password and prints the token on standard output, or "
-        "saves it to a file (mode 0600) with --save-token. The password comes from "
-        "BM_PASSWORD, from standard input with --password-stdin, or from a prompt.",
-    )
-    login.add_argument("--username", help="user, or user$accesskey" + _env("BM_USERNAME"))
-    login.add_argument(
-        "--password-stdin", action="store_true", help="read the password from standard input"
-    )
-    login.add_argument("--ttl", help="shorter lifetime for this token, e.g. 1h or 30d")
-    login.add_argument(
-        "--scope", action="append", metavar="COLLECTION=ROLE[,ROLE]",
-        help="narrow the token to a collection and roles (repeatable), e.g. "
-        "db-prod=backupUploader",
-    )  # fmt: skip
-    login.add_argument(
-        "--single-use", metavar="COLLECTION",
-        help="a token for exactly one upload to this collection, revoked by that upload",
-    )  # fmt: skip
-    login.add_argument("--save-token", metavar="PATH", help="write the token to this file")
-
-    versions = add(
-        "versions",
-        "list the versions of a collection",
-        "Lists the versions of --collection-id, newest first, with the collection's usage.",
-    )
-    versions.add_argument("--json", action="store_true", help="print the server's data as JSON")
-
-    collections = add(
-        "collections",
-        "list the collections you may use",
-        "Lists the collections the token may upload to, download from or list.",
-    )
-    collections.add_argument("--json", action="store_true", help="print the server's data as JSON")
-    return parser
-
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def log_level(value: str) -> int:
-    text = value.strip().lower()
-    if text.isdigit() and int(text) < len(_NUMERIC_LEVELS):
-        text = _NUMERIC_LEVELS[int(text)]
-    if text not in LOG_LEVELS:
-        raise UsageError(f"unknown --log-level {value!r}: use one of {', '.join(_NUMERIC_LEVELS)}")
-    return LOG_LEVELS[text]
 
 
 class _StderrHandler(logging.StreamHandler[TextIO]):
@@ -361,92 +80,6 @@ def setup_logging(level: int) -> None:
         logging.DEBUG if level <= logging.DEBUG else logging.WARNING
     )
     logging.getLogger("httpcore").setLevel(logging.WARNING)
-
-
-def timeout_seconds(value: Any) -> float:
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"--timeout must be a number of seconds, got {value!r}") from None
-    if not 0 < seconds <= 7 * 24 * 3600:
-        raise UsageError(f"--timeout must be between 0 and 604800 seconds, got {value!r}")
-    return seconds
-
-
-def read_secret_file(path: str, what: str) -> str:
-    """The first line of a file (a token or a passphrase), without its line end."""
-    try:
-        with open(path, encoding="utf-8") as file:
-            line = file.readline(64 * 1024)
-    except OSError as exc:
-        raise UsageError(f"cannot read the {what} file {path!r}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"the {what} file {path!r} is not UTF-8 text") from None
-    return line.rstrip("\r\n")
-
-
-def auth_token(args: Arguments) -> str:
-    """-t, else --auth-token-file, else BM_AUTH_TOKEN, else BM_AUTH_TOKEN_FILE."""
-    token = args.flag("auth_token")
-    if token:
-        return str(token)
-    path = args.flag("auth_token_file")
-    if path:
-        return read_secret_file(path, "token").strip()
-    token = args.get(AUTH_TOKEN)
-    if token:
-        return str(token)
-    path = args.get(AUTH_TOKEN_FILE)
-    if path:
-        return read_secret_file(path, "token").strip()
-    raise UsageError("missing --auth-token (or BM_AUTH_TOKEN, or --auth-token-file)")
-
-
-def passphrase(args: Arguments) -> str | None:
-    """--passphrase, else --passphrase-file, else BM_PASSPHRASE, else BM_PASSPHRASE_FILE."""
-    if args.flag("passphrase") is not None:
-        return str(args.flag("passphrase"))
-    if args.flag("passphrase_file"):
-        return read_secret_file(args.flag("passphrase_file"), "passphrase")
-    value = args.get(PASSPHRASE)
-    if value:
-        return str(value)
-    path = args.get(PASSPHRASE_FILE)
-    return read_secret_file(path, "passphrase") if path else None
-
-
-def compress_level(args: Arguments) -> int | None:
-    value = args.get(COMPRESS_LEVEL)
-    if value is None:
-        return None
-    text = str(value).strip()
-    if not (text.isdigit() and int(text) <= 9):
-        raise UsageError(f"--compress-level must be 0 to 9, got {value!r}")
-    return int(text)
-
-
-def recipients(args: Arguments) -> list[str]:
-    given = args.flag("recipient")
-    if given:
-        return [r.strip() for r in given if r.strip()]
-    env = args.get(RECIPIENT) or ""
-    return [r.strip() for r in str(env).split(",") if r.strip()]
-
-
-def parse_scope(items: Sequence[str]) -> list[dict[str, Any]]:
-    elements = []
-    for item in items:
-        name, sep, roles = item.partition("=")
-        role_list = [r.strip() for r in roles.split(",") if r.strip()]
-        if not sep or not name.strip() or not role_list:
-            raise UsageError(f"--scope takes COLLECTION=ROLE[,ROLE], got {item!r}")
-        for role in role_list:
-            if role not in COLLECTION_ROLES:
-                raise UsageError(
-                    f"unknown role {role!r} in --scope: use {', '.join(COLLECTION_ROLES)}"
-                )
-        elements.append({"type": "collection", "name": name.strip(), "roles": role_list})
-    return elements
 
 
 def write_private_file(path: Path, text: str) -> None:
