@@ -22,6 +22,7 @@ import httpx
 import pytest
 import yaml
 
+from backup_repository.services.events import Event
 from backup_repository.services.passwords import PasswordHasher
 
 JWT_SECRET = "test-secret-key-that-is-long-enough-for-hs256"
@@ -286,3 +287,13 @@ def make_settings(
     }
     values.update(overrides)
     return Settings(**values)
+
+
+class RecordingSink:
+    """An event sink that keeps every event in memory, for tests of the services."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    async def emit(self, event: Event) -> None:
+        self.events.append(event)

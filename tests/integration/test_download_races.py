@@ -18,9 +18,9 @@ import pytest
 
 from backup_repository.domain.errors import NotFound
 from backup_repository.http.app import create_app
-from backup_repository.services.events import Action, Outcome, RecordingSink
+from backup_repository.services.events import Action, Outcome
 from gpg_fixtures import SAMPLES_DIR
-from support import collection_doc, make_settings, user_doc, write_config
+from support import RecordingSink, collection_doc, make_settings, user_doc, write_config
 
 BASE = "/api/stable/repository/collection"
 BODY = (SAMPLES_DIR / "symmetric.gpg").read_bytes()

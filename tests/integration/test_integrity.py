@@ -29,12 +29,13 @@ from backup_repository.db.integrity import SqlIntegrityRepository, SqlLeaseRepos
 from backup_repository.db.versions import SqlVersionRepository
 from backup_repository.domain.integrity import CheckStatus, format_bytes
 from backup_repository.http.app import create_app
-from backup_repository.services.events import Action, Outcome, RecordingSink
+from backup_repository.services.events import Action, Outcome
 from backup_repository.services.integrity import LEASE_NAME, IntegrityService
 from backup_repository.storage.base import BlobInfo, BlobStore
 from backup_repository.storage.factory import open_blob_store
 from gpg_fixtures import GpgHome, pad_to
 from support import (
+    RecordingSink,
     ServerProcess,
     collection_doc,
     make_settings,

@@ -22,11 +22,12 @@ from backup_repository.db.repositories import SqlSessionRepository
 from backup_repository.db.tables import GrantedAccess
 from backup_repository.db.versions import SqlVersionRepository
 from backup_repository.http.app import create_app
-from backup_repository.services.events import Action, Outcome, RecordingSink
+from backup_repository.services.events import Action, Outcome
 from backup_repository.services.ports import SessionConsumed, SessionRecord, VersionRecord
 from backup_repository.services.tokens import session_id_of
 from gpg_fixtures import GpgHome, pad_to
 from support import (
+    RecordingSink,
     ServerProcess,
     closed_windows,
     collection_doc,

@@ -27,10 +27,10 @@ from backup_repository.services.events import (
     Event,
     FanOut,
     Outcome,
-    RecordingSink,
     RefusalReason,
 )
 from backup_repository.storage.base import StorageError
+from support import RecordingSink
 
 
 @pytest.mark.parametrize(

@@ -83,16 +83,6 @@ class NullSink:
         return None
 
 
-class RecordingSink:
-    """Keeps every event in memory (for tests of the services)."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    async def emit(self, event: Event) -> None:
-        self.events.append(event)
-
-
 class FanOut:
     def __init__(self, sinks: Sequence[EventSink]) -> None:
         self._sinks = list(sinks)
