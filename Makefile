@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-slow check lint typecheck format clean crds image
+.PHONY: run test test-slow check format clean crds image
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
