@@ -46,6 +46,7 @@ from backup_repository.services.events import (
     short_session,
 )
 from backup_repository.services.health import CheckResult
+from backup_repository.services.leases import renewed_lease
 from backup_repository.services.ports import (
     ConfigurationProvider,
     LockLost,
@@ -491,26 +492,25 @@ class BackupService:
         last_number = await self._versions.try_lock(collection.name, owner, self._lock_lease)
         if last_number is None:
             raise Conflict(PARALLEL_UPLOAD)
-        upload_task = asyncio.current_task()
-        lost = asyncio.Event()
-        renewer = asyncio.create_task(self._keep_lock(collection.name, owner, upload_task, lost))
+
+        async def renew() -> bool:
+            return await self._versions.renew_lock(collection.name, owner, self._lock_lease)
+
+        async def release() -> None:
+            await self._versions.release_lock(collection.name, owner)
+
         try:
-            await self._clean_leftovers(collection, last_number)
-            return await self._upload_locked(
-                ctx, collection, owner, last_number, body, content_length, decode
-            )
-        except asyncio.CancelledError:
-            if lost.is_set() and upload_task is not None and upload_task.uncancel() == 0:
-                # Cancelled by the renewer because the lease was lost (a stall longer than
-                # the lease): another upload may be running now; this one must stop.
-                raise Conflict(PARALLEL_UPLOAD) from None
-            raise
-        finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
-            if not lost.is_set():
-                await asyncio.shield(self._release(collection.name, owner))
+            async with renewed_lease(
+                renew, release, self._lock_lease, f"upload lock of {collection.name}"
+            ):
+                await self._clean_leftovers(collection, last_number)
+                return await self._upload_locked(
+                    ctx, collection, owner, last_number, body, content_length, decode
+                )
+        except LockLost as exc:
+            # Lost while the upload ran (a stall longer than the lease): another upload may
+            # be running now.
+            raise Conflict(PARALLEL_UPLOAD) from exc
 
     async def _release(self, collection_id: str, owner: str) -> None:
         try:
@@ -518,33 +518,6 @@ class BackupService:
         except Exception:
             # The lease runs out by itself; log and go on.
             logger.exception("could not release the upload lock of %s", collection_id)
-
-    async def _keep_lock(
-        self,
-        collection_id: str,
-        owner: str,
-        upload: asyncio.Task[object] | None,
-        lost: asyncio.Event,
-    ) -> None:
-        """Renew the lease every third of it; when it turns out to be lost, stop the upload
-        at once (its object must not appear over what the next holder stored)."""
-        while True:
-            await asyncio.sleep(self._lock_lease / 3)
-            try:
-                still_ours = await self._versions.renew_lock(collection_id, owner, self._lock_lease)
-            except Exception:
-                logger.exception("could not renew the upload lock of %s", collection_id)
-                continue
-            if not still_ours:
-                logger.error(
-                    "upload lock of %s was lost (a stall longer than the lease, or another "
-                    "process with this replica id started); stopping the upload",
-                    collection_id,
-                )
-                lost.set()
-                if upload is not None:
-                    upload.cancel()
-                return
 
     async def _upload_locked(
         self,

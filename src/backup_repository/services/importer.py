@@ -12,7 +12,6 @@ A dry run reads and decides the same way but takes no lock and writes nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import secrets
@@ -34,6 +33,7 @@ from backup_repository.domain.importing import (
     plan_import,
 )
 from backup_repository.domain.openpgp import OpenPGPStreamChecker
+from backup_repository.services.leases import renewed_lease
 from backup_repository.services.ports import LockLost, VersionRecord
 from backup_repository.storage.base import BlobNotFound, BlobStore, StorageError
 from backup_repository.streams import ChunkWorker
@@ -166,22 +166,26 @@ class ImportService:
             )
             return report
         report.counter_before = last
-        lost = asyncio.Event()
-        renewer = asyncio.create_task(self._keep_lock(collection.name, owner, lost))
+
+        async def renew() -> bool:
+            return await self._versions.renew_lock(collection.name, owner, self._lock_lease)
+
+        async def release() -> None:
+            await self._versions.release_lock(collection.name, owner)
+
         try:
-            await self._run(collection, report, owner, allow_non_openpgp)
+            # The import is not stopped when the lock is lost: its next write under the
+            # lock finds out and raises LockLost.
+            async with renewed_lease(
+                renew,
+                release,
+                self._lock_lease,
+                f"upload lock of {collection.name}",
+                stop_on_loss=False,
+            ):
+                await self._run(collection, report, owner, allow_non_openpgp)
         except LockLost:
             report.error = "the upload lock was lost during the import; run it again"
-        finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
-            if not lost.is_set():
-                try:
-                    await self._versions.release_lock(collection.name, owner)
-                except Exception:
-                    # The lease runs out by itself.
-                    logger.exception("could not release the upload lock of %s", collection.name)
         return report
 
     async def _run(
@@ -321,16 +325,3 @@ class ImportService:
             created_at=created,
             updated_at=candidate.updated_at or created,
         )
-
-    async def _keep_lock(self, collection_id: str, owner: str, lost: asyncio.Event) -> None:
-        while True:
-            await asyncio.sleep(self._lock_lease / 3)
-            try:
-                still_ours = await self._versions.renew_lock(collection_id, owner, self._lock_lease)
-            except Exception:
-                logger.exception("could not renew the upload lock of %s", collection_id)
-                continue
-            if not still_ours:
-                logger.error("the upload lock of %s was lost during the import", collection_id)
-                lost.set()
-                return

@@ -10,7 +10,6 @@ is told to the event sink (``Action.VERIFY``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import secrets
@@ -27,9 +26,11 @@ from backup_repository.domain.integrity import CheckStatus, LatestCheck, Tally, 
 from backup_repository.domain.units import format_duration
 from backup_repository.services.events import Action, Event, EventSink, NullSink, Outcome
 from backup_repository.services.health import CheckResult
+from backup_repository.services.leases import renewed_lease
 from backup_repository.services.ports import (
     IntegrityRepository,
     LeaseRepository,
+    LockLost,
     VersionCheck,
     VersionRecord,
     VersionRepository,
@@ -316,25 +317,25 @@ class IntegrityService:
         if not await self._leases.try_take(LEASE_NAME, owner, self._lease_seconds):
             return None
         started = datetime.now(UTC)
-        task = asyncio.current_task()
-        lost = asyncio.Event()
-        renewer = asyncio.create_task(self._keep_lease(owner, task, lost))
         finished = False
+
+        async def renew() -> bool:
+            assert self._leases is not None
+            return await self._leases.renew(LEASE_NAME, owner, self._lease_seconds)
+
+        async def release() -> None:
+            # After a pass that finished the lease stays until its interval is over.
+            assert self._leases is not None
+            until = started + timedelta(seconds=interval) if finished else None
+            await self._leases.release(LEASE_NAME, owner, until)
+
         try:
-            report = await self.verify()
-            finished = True
-        except asyncio.CancelledError:
-            if lost.is_set() and task is not None and task.uncancel() == 0:
-                logger.error("the integrity check lease was lost; another replica runs it now")
-                return None
-            raise
-        finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
-            if not lost.is_set():
-                until = started + timedelta(seconds=interval) if finished else None
-                await asyncio.shield(self._release(owner, until))
+            async with renewed_lease(renew, release, self._lease_seconds, "integrity check lease"):
+                report = await self.verify()
+                finished = True
+        except LockLost:
+            # Logged by renewed_lease; another replica runs the check now.
+            return None
         return report
 
     async def free_lease_of_previous_life(self, tag: str | None) -> int:
@@ -359,28 +360,3 @@ class IntegrityService:
                 "a server" if tag is None else f"replica {tag}",
             )
         return freed
-
-    async def _release(self, owner: str, until: datetime | None) -> None:
-        assert self._leases is not None
-        try:
-            await self._leases.release(LEASE_NAME, owner, until)
-        except Exception:
-            # The lease runs out by itself.
-            logger.exception("could not release the integrity check lease")
-
-    async def _keep_lease(
-        self, owner: str, work: asyncio.Task[object] | None, lost: asyncio.Event
-    ) -> None:
-        assert self._leases is not None
-        while True:
-            await asyncio.sleep(self._lease_seconds / 3)
-            try:
-                ours = await self._leases.renew(LEASE_NAME, owner, self._lease_seconds)
-            except Exception:
-                logger.exception("could not renew the integrity check lease")
-                continue
-            if not ours:
-                lost.set()
-                if work is not None:
-                    work.cancel()
-                return

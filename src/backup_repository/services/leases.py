@@ -1,0 +1,81 @@
+"""Work done under a lease that is renewed while the work runs.
+
+A lease (an upload lock in ``collection_states``, a maintenance lease in
+``maintenance_leases``) is held for a number of seconds and renewed every third of that
+while the work goes on, so it never pins a database connection and frees itself within
+the lease when the process holding it dies. :func:`renewed_lease` is the one place that
+renews it, notices that it was lost, stops the work and releases it::
+
+    async with renewed_lease(renew, release, seconds, "upload lock of db"):
+        ...  # the work; raises LockLost if the lease is lost and the work was stopped
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from backup_repository.services.ports import LockLost
+
+logger = logging.getLogger(__name__)
+
+
+@contextlib.asynccontextmanager
+async def renewed_lease(
+    renew: Callable[[], Awaitable[bool]],
+    release: Callable[[], Awaitable[None]],
+    seconds: float,
+    what: str,
+    *,
+    stop_on_loss: bool = True,
+) -> AsyncIterator[None]:
+    """Hold a lease already taken while the body runs: ``renew`` (True while it is still
+    ours) every third of ``seconds``, ``release`` once the body is done, unless the lease
+    was lost (it may be someone else's by then). ``what`` names it in the log.
+
+    With ``stop_on_loss`` a lost lease cancels the body at once and the body's
+    cancellation becomes :class:`LockLost`; without it the body goes on and learns of the
+    loss from its own writes (which check the lease). A failure to renew is logged and
+    tried again a third of a lease later; a failure to release is logged (the lease then
+    runs out by itself). The release is shielded: a cancelled body still releases."""
+    task = asyncio.current_task()
+    lost = asyncio.Event()
+
+    async def keep() -> None:
+        while True:
+            await asyncio.sleep(seconds / 3)
+            try:
+                ours = await renew()
+            except Exception:
+                logger.exception("could not renew the %s", what)
+                continue
+            if not ours:
+                logger.error("the %s was lost (a stall longer than the lease)", what)
+                lost.set()
+                if stop_on_loss and task is not None:
+                    task.cancel()
+                return
+
+    async def release_quietly() -> None:
+        try:
+            await release()
+        except Exception:
+            logger.exception("could not release the %s", what)
+
+    renewer = asyncio.create_task(keep(), name=f"renew {what}")
+    try:
+        yield
+    except asyncio.CancelledError:
+        if stop_on_loss and lost.is_set() and task is not None and task.uncancel() == 0:
+            # Cancelled by the renewer, not by anyone else: the work must stop because
+            # another holder may be at work now.
+            raise LockLost(f"the {what} was lost") from None
+        raise
+    finally:
+        renewer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewer
+        if not lost.is_set():
+            await asyncio.shield(release_quietly())
