@@ -1,12 +1,17 @@
 """Uploads against the real server process over loopback: a client that goes away
-mid-upload, and a server killed with SIGKILL mid-upload and restarted."""
+mid-upload, a server killed with SIGKILL mid-upload and restarted, early answers to an
+upload whose body is still coming, two replicas sharing one collection.
+
+The upload lock's lease is long here (:data:`LEASE`): a lock that was not released stays
+taken well past every wait of these tests, so a test that sees it free proves that it was
+released, not that it ran out."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import select
 import socket
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +24,27 @@ from support import ServerProcess, collection_doc, start_server, user_doc, wait_
 pytestmark = pytest.mark.e2e
 
 BASE = "/api/stable/repository/collection"
+#: The upload lock's lease in these tests, far longer than any wait below.
+LEASE = 120
+#: How long a released lock may take to show (the server noticing a closed connection).
+RELEASED_WITHIN = 20.0
 
 
 def config(folder: Path) -> Path:
     docs = [
         user_doc("uploader", "uploader-pass", ["collectionManager"]),
+        user_doc("reader", "reader-pass", []),
         collection_doc("db"),
     ]
-    docs[1]["spec"].update(maxBackupsCount=5, maxOneVersionSize="20M", maxCollectionSize="100M")
+    docs[-1]["spec"].update(maxBackupsCount=5, maxOneVersionSize="20M", maxCollectionSize="100M")
     write_config(folder, docs)
     return folder
 
 
-def login(server: ServerProcess) -> dict[str, str]:
+def login(server: ServerProcess, user: str = "uploader") -> dict[str, str]:
     response = httpx.post(
         server.url + "/api/stable/auth/login",
-        json={"username": "uploader", "password": "uploader-pass"},
+        json={"username": user, "password": f"{user}-pass"},
     )
     assert response.status_code == 200, response.text
     return {"Authorization": f"Bearer {response.json()['data']['token']}"}
@@ -50,14 +60,40 @@ def listed(server: ServerProcess, auth: dict[str, str]) -> list[int]:
     return [v["versionNumber"] for v in response.json()["data"]["versions"]]
 
 
+def probe_lock(server: ServerProcess, auth: dict[str, str]) -> int:
+    """The status of an upload that can never be stored (not OpenPGP): 409 while another
+    upload holds the collection's lock, 400 once the lock is free."""
+    response = upload(server, auth, b"a probe, not an OpenPGP message")
+    assert response.status_code in (400, 409), response.text
+    return response.status_code
+
+
+def lock_taken(server: ServerProcess, auth: dict[str, str]) -> bool:
+    return probe_lock(server, auth) == 409
+
+
+def lock_free(server: ServerProcess, auth: dict[str, str]) -> bool:
+    return probe_lock(server, auth) == 400
+
+
+def no_answer_yet(sock: socket.socket) -> bool:
+    """Whether the server has neither answered nor closed the connection."""
+    readable, _, _ = select.select([sock], [], [], 0)
+    return not readable
+
+
 def partial_upload(
-    server: ServerProcess, auth: dict[str, str], head: bytes, total: int
+    server: ServerProcess,
+    auth: dict[str, str],
+    head: bytes,
+    total: int,
+    collection: str = "db",
 ) -> socket.socket:
     """Open a raw connection announcing ``total`` bytes and send only ``head``."""
     port = int(server.url.rsplit(":", 1)[1])
     sock = socket.create_connection(("127.0.0.1", port))
     request = (
-        f"POST {BASE}/db/version HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"POST {BASE}/{collection}/version HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         f"Authorization: {auth['Authorization']}\r\n"
         f"Content-Type: application/octet-stream\r\nContent-Length: {total}\r\n\r\n"
     ).encode()
@@ -81,7 +117,7 @@ def workdir(tmp_path: Path) -> Path:
 
 def start(workdir: Path, **kwargs: Any) -> ServerProcess:
     return start_server(
-        workdir, workdir / "config", extra_args=["--upload-lock-lease=2s"], **kwargs
+        workdir, workdir / "config", extra_args=[f"--upload-lock-lease={LEASE}s"], **kwargs
     )
 
 
@@ -93,20 +129,19 @@ def test_client_going_away_mid_upload_leaves_nothing(workdir: Path, gpg_home: Gp
         assert upload(server, auth, first).status_code == 200
         big = gpg_home.encrypt(bytes(3 * 1024 * 1024), compress=False)
         sock = partial_upload(server, auth, big[: len(big) // 2], len(big))
-        time.sleep(0.5)
+        # The upload is under way: it holds the lock, and the server waits for the rest.
+        wait_until(lambda: lock_taken(server, auth))
+        assert no_answer_yet(sock)
         sock.close()
-        # The lock is released at once: the next upload is not refused with 409.
+        # The lock is released when the client goes away, long before its lease runs out.
+        wait_until(lambda: lock_free(server, auth), timeout=RELEASED_WITHIN)
         second = gpg_home.encrypt(b"second" * 1000)
-        response = wait_until(lambda: _not_conflict(upload(server, auth, second)), timeout=10)
+        response = upload(server, auth, second)
         assert response.status_code == 200, response.text
         assert listed(server, auth) == [2, 1]
         assert stored_files(workdir / "storage") == ["db/db-1.tar.gz", "db/db-2.tar.gz"]
     finally:
         server.stop()
-
-
-def _not_conflict(response: httpx.Response) -> httpx.Response | None:
-    return None if response.status_code == 409 else response
 
 
 def test_sigkill_mid_upload_then_restart(workdir: Path, gpg_home: GpgHome) -> None:
@@ -121,7 +156,10 @@ def test_sigkill_mid_upload_then_restart(workdir: Path, gpg_home: GpgHome) -> No
             bodies[response.json()["data"]["version"]["versionNumber"]] = data
         big = gpg_home.encrypt(bytes(4 * 1024 * 1024), compress=False)
         sock = partial_upload(server, auth, big[: len(big) // 2], len(big))
-        time.sleep(1.0)
+        # Killed while the upload is still running: it holds the lock and is unanswered.
+        wait_until(lambda: lock_taken(server, auth))
+        assert no_answer_yet(sock)
+        assert server.process.poll() is None
         server.process.kill()
         server.process.wait(timeout=10)
         sock.close()
@@ -169,7 +207,9 @@ def test_two_replicas_one_upload_at_a_time(
         big = gpg_home.encrypt(bytes(2 * 1024 * 1024), compress=False)
         sock = partial_upload(replicas[0], auths[0], big[: len(big) // 2], len(big))
         try:
-            time.sleep(0.5)
+            # Once the first replica holds the lock, the second refuses uploads.
+            wait_until(lambda: lock_taken(replicas[1], auths[1]))
+            assert no_answer_yet(sock)
             response = upload(replicas[1], auths[1], gpg_home.encrypt(b"other replica"))
             assert response.status_code == 409, response.text
             assert "cannot upload to same collection in parallel" in response.json()["error"]
@@ -185,3 +225,62 @@ def test_two_replicas_one_upload_at_a_time(
     finally:
         for replica in replicas:
             replica.stop()
+
+
+def early_answer(sock: socket.socket) -> tuple[int, dict[str, str], dict[str, Any]]:
+    """Status, headers and JSON body of the answer the server sends before the body ends."""
+    sock.settimeout(30)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        piece = sock.recv(65536)
+        assert piece, f"connection closed without an answer: {data!r}"
+        data += piece
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
+    while len(body) < int(headers["content-length"]):
+        piece = sock.recv(65536)
+        assert piece, "connection closed inside the answer"
+        body += piece
+    return int(status_line.split()[1]), headers, json.loads(body)
+
+
+@pytest.mark.parametrize(
+    ("case", "status", "phrase"),
+    [
+        ("locked", 409, "cannot upload to same collection in parallel"),
+        ("no rights", 403, "not authorized"),
+        ("no collection", 404, ""),
+    ],
+)
+def test_early_refusal_of_an_upload_says_connection_close(
+    workdir: Path, gpg_home: GpgHome, case: str, status: int, phrase: str
+) -> None:
+    # Refused before the body was read: the answer says the connection ends, so that the
+    # client does not send the next request after a body the server did not read.
+    server = start(workdir)
+    held: socket.socket | None = None
+    try:
+        auth = login(server)
+        big = gpg_home.encrypt(bytes(1024 * 1024), compress=False)
+        collection = "db"
+        if case == "locked":
+            held = partial_upload(server, auth, big[:1000], len(big))
+            wait_until(lambda: lock_taken(server, auth))
+        elif case == "no rights":
+            auth = login(server, "reader")
+        else:
+            collection = "no-such-collection"
+        sock = partial_upload(server, auth, big[:1000], len(big), collection)
+        try:
+            code, headers, body = early_answer(sock)
+        finally:
+            sock.close()
+        assert code == status, body
+        assert headers["connection"] == "close"
+        assert body["status"] is False
+        assert phrase in body["error"]
+    finally:
+        if held is not None:
+            held.close()
+        server.stop()
