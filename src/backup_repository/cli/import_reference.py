@@ -27,7 +27,10 @@ from backup_repository.cli.options import (
     database_options,
     missing_sqlite_file,
     option,
+    provider_options,
+    resolve_config_path,
     resolve_db_url,
+    resolve_kubeconfig,
     resolve_storage_url,
     storage_options,
 )
@@ -81,36 +84,7 @@ def _unreachable(what: str, url: str, cause: BaseException) -> str:
     url_help="The bucket the reference deployment used (the server then uses it too)",
     timeout_help="Longest read of one object",
 )
-@option(
-    "-p",
-    "--provider",
-    env="BR_CONFIG_PROVIDER",
-    default="filesystem",
-    show_default=True,
-    type=click.Choice(["filesystem", "kubernetes"]),
-    help="Where the BackupCollection objects come from",
-)
-@option(
-    "--config-local-path",
-    env="BR_CONFIG_LOCAL_PATH",
-    default="~/.backup-repository",
-    show_default=True,
-    help="Configuration folder for --provider=filesystem",
-)
-@option(
-    "-n",
-    "--namespace",
-    env="BR_NAMESPACE",
-    default="backup-repository",
-    show_default=True,
-    help="Namespace of the objects",
-)
-@option(
-    "--kubeconfig",
-    env="BR_KUBECONFIG",
-    default=None,
-    help="kubeconfig file for --provider=kubernetes [default: in-cluster, then $KUBECONFIG]",
-)
+@provider_options("Where the BackupCollection objects come from")
 @option(
     "--reference-db-url",
     env="BR_REFERENCE_DB_URL",
@@ -162,9 +136,9 @@ def import_reference(**options: Any) -> None:
             storage_url=resolve_storage_url(options),
             io_timeout=options["storage_io_timeout"].total_seconds(),
             provider=options["provider"],
-            config_path=Path(options["config_local_path"]).expanduser(),
+            config_path=resolve_config_path(options),
             namespace=options["namespace"],
-            kubeconfig=Path(options["kubeconfig"]).expanduser() if options["kubeconfig"] else None,
+            kubeconfig=resolve_kubeconfig(options),
             reference_db_url=options["reference_db_url"] or None,
             collections=tuple(options["collections"]),
             dry_run=options["dry_run"],

@@ -1,6 +1,7 @@
 """Command-line options the server and its subcommands (``verify``, ``import-reference``)
-share: each flag also reads its ``BR_*`` environment variable, and the database and storage
-flags are spelled, documented and resolved the same way everywhere."""
+share: each flag also reads its ``BR_*`` environment variable, and the database, storage
+and configuration provider flags are spelled, documented and resolved the same way
+everywhere."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from backup_repository.domain.units import parse_duration
 from backup_repository.settings import SettingsError
 
 DEFAULT_DB_URL: Final = "sqlite:///data/backup-repository.db"
+DEFAULT_CONFIG_PATH: Final = "~/.backup-repository"
 CONTEXT_SETTINGS: Final[dict[str, Any]] = {
     "help_option_names": ["-h", "--help"],
     "max_content_width": 100,
@@ -112,6 +114,57 @@ def storage_options(
             ),
         ]
     )
+
+
+def provider_options(provider_help: str) -> Callable[[F], F]:
+    """``--provider`` and what each provider reads: ``--config-local-path`` (filesystem),
+    ``--namespace`` and ``--kubeconfig`` (kubernetes); see :func:`resolve_config_path` and
+    :func:`resolve_kubeconfig`."""
+    return _apply(
+        [
+            option(
+                "-p",
+                "--provider",
+                env="BR_CONFIG_PROVIDER",
+                default="filesystem",
+                show_default=True,
+                type=click.Choice(["filesystem", "kubernetes"]),
+                help=provider_help,
+            ),
+            option(
+                "--kubeconfig",
+                env="BR_KUBECONFIG",
+                default=None,
+                help="kubeconfig file for --provider=kubernetes [default: in-cluster service "
+                "account, then $KUBECONFIG or ~/.kube/config]",
+            ),
+            option(
+                "--config-local-path",
+                env="BR_CONFIG_LOCAL_PATH",
+                default=None,
+                help=f"Configuration folder for --provider=filesystem "
+                f"[default: {DEFAULT_CONFIG_PATH}]",
+            ),
+            option(
+                "-n",
+                "--namespace",
+                env="BR_NAMESPACE",
+                default="backup-repository",
+                show_default=True,
+                help="Namespace of the objects",
+            ),
+        ]
+    )
+
+
+def resolve_config_path(options: dict[str, Any], default: str = DEFAULT_CONFIG_PATH) -> Path:
+    """The configuration folder of ``--config-local-path``, else ``default``."""
+    return Path(options["config_local_path"] or default).expanduser()
+
+
+def resolve_kubeconfig(options: dict[str, Any]) -> Path | None:
+    kubeconfig = options.get("kubeconfig")
+    return Path(kubeconfig).expanduser() if kubeconfig else None
 
 
 def resolve_db_url(options: dict[str, Any]) -> str:

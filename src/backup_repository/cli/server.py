@@ -26,7 +26,10 @@ from backup_repository.cli.options import (
     duration,
     option,
     positive_duration,
+    provider_options,
+    resolve_config_path,
     resolve_db_url,
+    resolve_kubeconfig,
     resolve_storage_url,
     storage_options,
 )
@@ -151,36 +154,7 @@ DEV_CREDENTIALS = (
     type=click.IntRange(min=0),
     help="/health and /ready requests per minute per client IP",
 )
-@option(
-    "-p",
-    "--provider",
-    env="BR_CONFIG_PROVIDER",
-    default="filesystem",
-    show_default=True,
-    type=click.Choice(["filesystem", "kubernetes"]),
-    help="Where users and collections come from",
-)
-@option(
-    "--kubeconfig",
-    env="BR_KUBECONFIG",
-    default=None,
-    help="kubeconfig file for --provider=kubernetes [default: in-cluster service account, "
-    "then $KUBECONFIG or ~/.kube/config]",
-)
-@option(
-    "--config-local-path",
-    env="BR_CONFIG_LOCAL_PATH",
-    default=None,
-    help="Configuration folder for --provider=filesystem [default: ~/.backup-repository]",
-)
-@option(
-    "-n",
-    "--namespace",
-    env="BR_NAMESPACE",
-    default="backup-repository",
-    show_default=True,
-    help="Namespace of the objects",
-)
+@provider_options("Where users and collections come from")
 @option(
     "--log-level",
     env="BR_LOG_LEVEL",
@@ -312,8 +286,8 @@ def build_settings(options: dict[str, Any]) -> Settings:
     jwt_secret = options["jwt_secret_key"] or ""
     if not jwt_secret and dev:
         jwt_secret = _dev_secret()
-    config_path = options["config_local_path"] or (
-        str(DEV_CONFIG_PATH) if dev else "~/.backup-repository"
+    config_path = (
+        resolve_config_path(options, str(DEV_CONFIG_PATH)) if dev else resolve_config_path(options)
     )
     storage_url = resolve_storage_url(options)
     verify_interval = options.get("verify_interval")
@@ -335,11 +309,9 @@ def build_settings(options: dict[str, Any]) -> Settings:
         "rate_collection_health_limit": options["rate_collection_health_limit"],
         "rate_server_health_limit": options["rate_server_health_limit"],
         "provider": options["provider"],
-        "config_local_path": Path(config_path).expanduser(),
+        "config_local_path": config_path,
         "namespace": options["namespace"],
-        "kubeconfig": Path(options["kubeconfig"]).expanduser()
-        if options.get("kubeconfig")
-        else None,
+        "kubeconfig": resolve_kubeconfig(options),
         "log_level": options["log_level"].lower(),
         "log_format": options.get("log_format") or ("console" if dev else "json"),
         "verify_interval": verify_interval if verify_interval else None,
