@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import base64
-import os
 import random
 import shutil
 import subprocess
@@ -25,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from support import require_service
 
 PASSPHRASE = "correct horse battery staple"
 KEY_USERS = ("Alice Backup <alice@example.org>", "Bob Backup <bob@example.org>")
@@ -165,15 +166,18 @@ def make_encrypted(tmp_dir: Path, data: bytes, *, armor: bool, symmetric: bool) 
         home.stop_agent()
 
 
+def require_gpg() -> str:
+    """The gpg binary; skips the test without one (fails it under BR_REQUIRE_SERVICES=1)."""
+    binary = gpg_binary()
+    if binary is None:
+        require_service("gpg", "the gpg binary is not installed")
+    return binary
+
+
 @pytest.fixture(scope="session", name="gpg_home")
 def gpg_home_fixture() -> Iterator[GpgHome]:
     """One throw-away keyring for the whole test run."""
-    binary = gpg_binary()
-    if binary is None:
-        reason = "the gpg binary is not installed"
-        if os.environ.get("BR_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"gpg is required (BR_REQUIRE_SERVICES=1): {reason}")
-        pytest.skip(reason)
+    binary = require_gpg()
     # A short path: gpg-agent's socket lives in the home and socket paths are limited.
     home = GpgHome.create(Path(tempfile.mkdtemp(prefix="br-gpg-")), binary)
     try:

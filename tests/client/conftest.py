@@ -3,26 +3,17 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 from client_support import KeyFiles, LiveServer, export_keys, start_live_server
 
-from gpg_fixtures import gpg_binary
-
-
-def _require_gpg() -> None:
-    if gpg_binary() is None:
-        reason = "the gpg binary is not installed"
-        if os.environ.get("BR_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"gpg is required (BR_REQUIRE_SERVICES=1): {reason}")
-        pytest.skip(reason)
+from gpg_fixtures import require_gpg
 
 
 @pytest.fixture(scope="session")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> KeyFiles:
-    _require_gpg()
+    require_gpg()
     return export_keys(tmp_path_factory.mktemp("client-keys"))
 
 

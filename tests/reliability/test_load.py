@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from gpg_fixtures import gpg_binary
+from gpg_fixtures import require_gpg
 
 pytestmark = pytest.mark.e2e
 
@@ -42,11 +42,7 @@ EXPECTED_OPERATIONS = {
 
 
 def run_load(tmp_path: Path, *args: str, timeout: float) -> dict[str, Any]:
-    if gpg_binary() is None:
-        reason = "the gpg binary is not installed"
-        if os.environ.get("BR_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"gpg is required (BR_REQUIRE_SERVICES=1): {reason}")
-        pytest.skip(reason)
+    require_gpg()
     figures_path = tmp_path / "load.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("BR_")}
     result = subprocess.run(
