@@ -1,5 +1,5 @@
 """The ``filesystem`` configuration provider: objects in YAML files under one folder, followed
-for changes (docs/configuration.md, "Where the objects come from").
+for changes (SPEC 3.4).
 
 Two layouts are read:
 

@@ -1,4 +1,4 @@
-"""Roles and what they include (docs/security.md, "Authorization")."""
+"""Roles and what they include (SPEC section 5)."""
 
 from __future__ import annotations
 
