@@ -1,4 +1,4 @@
-"""What happened, told once by the services and heard by whoever listens: the audit log
+"""The events the services emit, and whoever listens to them: the audit log
 (``services/audit.py``) and the metrics (``http/metrics.py``) are both ``EventSink``s.
 
 The services build an :class:`Event` at each action that matters to an operator (logins,
