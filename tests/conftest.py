@@ -188,12 +188,57 @@ def s3_storage_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         server.stop()
 
 
-@pytest.fixture(params=[pytest.param("file", id="file"), pytest.param("s3", id="s3")])
+def _emulator(
+    tmp_path_factory: pytest.TempPathFactory, name: str, start: Callable[[Path], Any]
+) -> Iterator[Any]:
+    """Start an emulator of ``cloud_emulators`` for the session, its variables set in
+    ``os.environ`` while the session runs; skip (or fail under BR_REQUIRE_SERVICES=1) when
+    it cannot be started."""
+    from cloud_emulators import EmulatorUnavailable
+
+    try:
+        server = start(tmp_path_factory.mktemp(name.lower().replace(" ", "-")))
+    except EmulatorUnavailable as exc:
+        require_service(name, str(exc))
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in server.endpoint.env.items():
+                patch.setenv(key, value)
+            yield server.endpoint
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def azure_storage_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Azurite (tools/azurite, `npm ci` there) on loopback for the whole session, as a
+    ``cloud_emulators.AzureTestEndpoint`` (``.env``, ``.url_for()``)."""
+    from cloud_emulators import start_azurite
+
+    yield from _emulator(tmp_path_factory, "Azurite", start_azurite)
+
+
+@pytest.fixture(scope="session")
+def gcs_storage_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """fake-gcs-server (from its wheel) on loopback for the whole session, as a
+    ``cloud_emulators.GCSTestEndpoint`` (``.env``, ``.url_for()``)."""
+    from cloud_emulators import start_fake_gcs_server
+
+    yield from _emulator(tmp_path_factory, "fake-gcs-server", start_fake_gcs_server)
+
+
+_REMOTE_STORAGE = {"s3": "s3_storage_url", "azure": "azure_storage_url", "gcs": "gcs_storage_url"}
+
+
+@pytest.fixture(
+    params=[pytest.param(scheme, id=scheme) for scheme in ("file", "s3", "azure", "gcs")]
+)
 def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh, empty storage location for one test: a folder under tmp_path (file://), or
-    a prefix of its own in the SeaweedFS test bucket (s3://)."""
-    if request.param == "s3":
-        endpoint = request.getfixturevalue("s3_storage_url")
+    a prefix of its own in the test bucket of SeaweedFS (s3://), Azurite (azblob://) or
+    fake-gcs-server (gs://)."""
+    if request.param in _REMOTE_STORAGE:
+        endpoint = request.getfixturevalue(_REMOTE_STORAGE[request.param])
         url: str = endpoint.url_for(f"t-{uuid.uuid4().hex[:12]}")
         return url
     return (tmp_path / "storage").as_uri()

@@ -1,6 +1,7 @@
-"""The BlobStore contract, run on a local folder (file://) and on a real S3 server
-(SeaweedFS, s3://): atomic streaming writes, ranged reads, listing, deletes, the health
-probe, crash clean-up, key validation and bounded memory. Plus the storage URL parser."""
+"""The BlobStore contract, run on a local folder (file://), a real S3 server (SeaweedFS,
+s3://), Azurite (azblob://) and fake-gcs-server (gs://): atomic streaming writes, ranged
+reads, listing, deletes, the health probe, crash clean-up, key validation and bounded
+memory. Plus the storage URL parser."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ from backup_repository.storage.urls import (
     parse_storage_url,
     redact_storage_url,
 )
+from cloud_emulators import RUNNING
 from storage_fixtures import S3TestEndpoint, child_command, free_ports
 
 MiB = 1024 * 1024
@@ -82,8 +84,23 @@ def is_s3(store: ObstoreBlobStore) -> bool:
 
 def s3_prefix(store: ObstoreBlobStore) -> str:
     location = store.location
-    assert isinstance(location, S3Location)
+    assert isinstance(location, S3Location | AzureLocation | GCSLocation)
     return location.prefix + "/"
+
+
+def unfinished_writes(store: ObstoreBlobStore, prefix: str = "") -> list[str]:
+    """What storage holds of writes never completed under the store's prefix + ``prefix``:
+    unfinished S3 or GCS multipart uploads, Azure blobs with uncommitted blocks only."""
+    location = store.location
+    full = s3_prefix(store) + prefix
+    if isinstance(location, S3Location):
+        return S3TestEndpoint(endpoint=_endpoint_of(store)).incomplete_uploads(full)
+    if isinstance(location, AzureLocation):
+        uncommitted: list[str] = RUNNING["azure"].uncommitted_blobs(full)
+        return uncommitted
+    assert isinstance(location, GCSLocation)
+    incomplete: list[str] = RUNNING["gcs"].incomplete_uploads(full)
+    return incomplete
 
 
 async def chunks_of(data: bytes, size: int = 64 * 1024) -> AsyncIterator[bytes]:
@@ -131,11 +148,14 @@ async def failing_after(data: bytes, error: BaseException) -> AsyncIterator[byte
 async def assert_nothing_left(store: ObstoreBlobStore, key: str) -> None:
     assert await store.stat(key) is None
     assert await keys(store, "") == []
-    if is_s3(store):
-        endpoint = S3TestEndpoint(endpoint=_endpoint_of(store))
-        assert endpoint.incomplete_uploads(s3_prefix(store)) == []
-    else:
+    if isinstance(store.location, FileLocation):
         assert staging_files(root_of(store)) == []
+    elif isinstance(store.location, AzureLocation):
+        # Azure has no abort: staged blocks stay uncommitted (invisible to reads and
+        # listings) until the next write of the key or Azure's clean-up after 7 days.
+        assert unfinished_writes(store) in ([], [s3_prefix(store) + key])
+    else:
+        assert unfinished_writes(store) == []
 
 
 def _endpoint_of(store: ObstoreBlobStore) -> str:
@@ -326,8 +346,35 @@ async def test_probe_succeeds_and_cleans_up(store: ObstoreBlobStore) -> None:
     assert await keys(store, "") == []
 
 
-async def test_probe_fails_on_unusable_storage(storage_url: str, tmp_path: Path) -> None:
-    if storage_url.startswith("s3://"):
+def closed_gcs_endpoint(folder: Path) -> Path:
+    """A service-account file naming a loopback port nothing listens on."""
+    (closed_port,) = free_ports(1)
+    path = folder / "closed-service-account.json"
+    path.write_text(
+        json.dumps(
+            {
+                "gcs_base_url": f"http://127.0.0.1:{closed_port}",
+                "disable_oauth": True,
+                "client_email": "",
+                "private_key": "",
+                "private_key_id": "",
+            }
+        )
+    )
+    return path
+
+
+async def test_probe_fails_on_unusable_storage(
+    storage_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if storage_url.startswith("azblob://"):
+        (closed_port,) = free_ports(1)
+        monkeypatch.setenv("AZURITE_BLOB_STORAGE_URL", f"http://127.0.0.1:{closed_port}")
+        broken = open_blob_store(storage_url, io_timeout=3)
+    elif storage_url.startswith("gs://"):
+        monkeypatch.setenv("GOOGLE_SERVICE_ACCOUNT", str(closed_gcs_endpoint(tmp_path)))
+        broken = open_blob_store(storage_url, io_timeout=3)
+    elif storage_url.startswith("s3://"):
         (closed_port,) = free_ports(1)  # nothing listens there any more
         url = (
             f"s3://br-test?endpoint=127.0.0.1:{closed_port}&disableSSL=true"
@@ -377,13 +424,18 @@ async def test_wrong_credentials_raise_storage_unavailable(
 
 
 async def test_storage_failure_during_a_write(
-    storage_url: str, monkeypatch: pytest.MonkeyPatch
+    storage_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """Storage refusing the write is StorageUnavailable, the caller's stream is no longer
-    pulled, and nothing is left: on S3 the credentials are refused from the first request,
-    on file:// the target folder vanishes while the parts are being written."""
+    pulled, and nothing is left: on S3 and Azure the credentials are refused from the first
+    request, on GCS (the emulator takes no credentials) the endpoint is closed, on file://
+    the target folder vanishes while the parts are being written."""
     if storage_url.startswith("s3://"):
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret-key")
+    elif storage_url.startswith("azblob://"):
+        monkeypatch.setenv("AZURE_STORAGE_KEY", "bm90LXRoZS1zZWNyZXQta2V5")  # not-the-secret-key
+    elif storage_url.startswith("gs://"):
+        monkeypatch.setenv("GOOGLE_SERVICE_ACCOUNT", str(closed_gcs_endpoint(tmp_path)))
     store = open_blob_store(storage_url)
     pulled = 0
 
@@ -445,7 +497,7 @@ async def test_traversal_cannot_write_outside_the_root(tmp_path: Path) -> None:
 async def test_local_path(store: ObstoreBlobStore) -> None:
     await store.put_stream("coll/v1.gpg", chunks_of(b"payload"))
     path = store.local_path("coll/v1.gpg")
-    if is_s3(store):
+    if not isinstance(store.location, FileLocation):
         assert path is None
     else:
         assert path == root_of(store) / "coll" / "v1.gpg"
@@ -483,6 +535,11 @@ async def test_remove_incomplete_writes_after_a_crash(storage_url: str) -> None:
         assert await store.remove_incomplete_writes("coll/") == 0
         endpoint = S3TestEndpoint(endpoint=_endpoint_of(store))
         assert endpoint.abort_incomplete_uploads(s3_prefix(store)) == 1
+    elif not isinstance(store.location, FileLocation):
+        # Azure: uncommitted blocks, dropped by Azure after 7 days (or replaced by the next
+        # write of the key); GCS: an unfinished XML multipart upload, like S3's.
+        assert await store.remove_incomplete_writes("coll/") == 0
+        assert unfinished_writes(store, "coll/") == [s3_prefix(store) + "coll/v2.gpg"]
     else:
         assert crashed_upload.exists()
         assert await store.remove_incomplete_writes("other/") == 0
@@ -498,15 +555,14 @@ async def _wait_for_a_write_in_progress(
     store: ObstoreBlobStore, child: asyncio.subprocess.Process
 ) -> Path:
     """Wait until the child has stored at least one part: a staging file of 8 MiB or more
-    (file://), or an unfinished multipart upload (s3://)."""
+    (file://), or an unfinished multipart upload or uncommitted blocks (object stores)."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if child.returncode is not None:
             _, stderr = await child.communicate()
             pytest.fail(f"the writing child exited early: {stderr.decode()[-2000:]}")
-        if is_s3(store):
-            endpoint = S3TestEndpoint(endpoint=_endpoint_of(store))
-            if endpoint.incomplete_uploads(s3_prefix(store) + "coll/"):
+        if not isinstance(store.location, FileLocation):
+            if unfinished_writes(store, "coll/"):
                 return Path()
         else:
             found = [p for p in staging_files(root_of(store)) if p.stat().st_size >= 8 * MiB]
@@ -585,6 +641,7 @@ def test_open_refuses_bad_settings(tmp_path: Path) -> None:
 
 def test_open_reports_unusable_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
+    monkeypatch.delenv("GOOGLE_SERVICE_ACCOUNT", raising=False)  # set by gcs_storage_url
     with pytest.raises(StorageUnavailable, match="cannot open storage gs://bucket"):
         open_blob_store("gs://bucket")
 

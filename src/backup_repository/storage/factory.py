@@ -113,7 +113,7 @@ def _client_options(
         "read_timeout": timedelta(seconds=idle),
         "timeout": overall,
     }
-    if isinstance(location, S3Location | AzureLocation) and location.allow_http:
+    if location.allow_http:
         options["allow_http"] = True
     return options
 

@@ -5,7 +5,7 @@ Accepted forms (``--storage-url`` / ``BR_STORAGE_DRIVER_URL``)::
     file:///var/lib/backups
     memory://                                   (also mem://; one private store per open)
     s3://bucket[/prefix]?endpoint=host:9000&disableSSL=true&s3ForcePathStyle=true&region=eu-central-1
-    gs://bucket[/prefix]
+    gs://bucket[/prefix][?disableSSL=true]     (plain http:// to a GCS-compatible endpoint)
     azblob://container[/prefix]?domain=blob.core.windows.net&protocol=https&localemulator=false
 
 Credentials never travel in the URL; they come from the environment variables each cloud's
@@ -43,7 +43,7 @@ SUPPORTED_FORMS = (
 # generation to use, signing options of signed URLs we never create) are accepted and
 # ignored, so a reference configuration keeps working.
 _S3_KEYS = frozenset({"endpoint", "disableSSL", "s3ForcePathStyle", "region", "awssdk"})
-_GS_KEYS = frozenset({"access_id", "private_key_path"})
+_GS_KEYS = frozenset({"access_id", "private_key_path", "disableSSL"})
 _AZURE_KEYS = frozenset({"domain", "protocol", "localemulator"})
 _NO_KEYS: frozenset[str] = frozenset()
 
@@ -85,6 +85,9 @@ class S3Location:
 class GCSLocation:
     bucket: str
     prefix: str
+    allow_http: bool = False
+    """Plain http:// to the endpoint: only for an emulator or a GCS-compatible store named
+    by ``gcs_base_url`` in the service-account file (``GOOGLE_SERVICE_ACCOUNT``)."""
 
 
 @dataclass(frozen=True)
@@ -142,7 +145,10 @@ def parse_storage_url(url: str, *, environ: Mapping[str, str] | None = None) -> 
         return _s3_location(_bucket(scheme, parts.netloc), _prefix(parts.path), query, env)
     if scheme == "gs":
         _allow_keys(scheme, query, _GS_KEYS)
-        return GCSLocation(_bucket(scheme, parts.netloc), _prefix(parts.path))
+        allow_http = (
+            _bool(scheme, "disableSSL", query["disableSSL"]) if "disableSSL" in query else False
+        )
+        return GCSLocation(_bucket(scheme, parts.netloc), _prefix(parts.path), allow_http)
     if scheme == "azblob":
         _allow_keys(scheme, query, _AZURE_KEYS)
         return _azure_location(_bucket(scheme, parts.netloc), _prefix(parts.path), query, env)
