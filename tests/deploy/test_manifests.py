@@ -1,5 +1,5 @@
 """The CRDs and the plain manifests of deploy/: valid Kubernetes objects, compatible with the
-reference project's CRDs, accepting every object SPEC section 3 allows and refusing, where a
+reference project's CRDs, accepting every object docs/configuration.md allows and refusing, where a
 schema can say so, what the server would refuse anyway."""
 
 from __future__ import annotations
@@ -189,7 +189,7 @@ def test_examples_validate_and_load_without_problems() -> None:
     assert set(result.snapshot.collections) == {"db-prod"}
 
 
-# The encoded hashes of the passwords "admin" and "test" (SPEC section 4's test vectors).
+# The encoded hashes of the passwords "admin" and "test" (the reference's test vectors).
 ADMIN_HASH = (
     "JGFyZ29uMmlkJHY9MTkkbT02NTUzNix0PTEscD00JHpuVy9IT2Y4Q3RkdStvNSttYlR2REE9PSRaZlVpRGl2QWV2"
     "T2RZNndKYWJBb0FQdmM1a1hsemxDNkg2OFY2dGVmNUY0PQ=="
@@ -278,7 +278,7 @@ spec:
 
 
 def _problems(*texts: str) -> tuple[str, ...]:
-    """What the server's own loader says of these objects (with the SPEC's Secrets)."""
+    """What the server's own loader says of these objects (with the Secrets they refer to)."""
     files = [
         SourceFile(source=f"doc{i}.yaml", text=t) for i, t in enumerate((*texts, SPEC_SECRETS))
     ]
@@ -350,9 +350,9 @@ def test_spec_user_variants_validate_and_load(variant: dict[str, Any]) -> None:
     assert _problems(yaml.safe_dump(document)) == ()
 
 
-# Objects SPEC says are invalid and a schema can tell: (object, dotted path, value, error
-# fragment). Each must be refused by the CRD (kubectl apply fails) *and* by the server's own
-# loader, so that the schema never refuses what the server would have accepted.
+# Objects docs/configuration.md says are invalid and a schema can tell: (object, dotted path,
+# value, error fragment). Each must be refused by the CRD (kubectl apply fails) *and* by the
+# server's own loader, so that the schema never refuses what the server would have accepted.
 INVALID = [
     ("collection", "spec.strategyName", "lifo", "is not one of"),
     ("collection", "spec.strategySpec.keepLastOlderNotMoreThan", ..., "not valid under any"),

@@ -1,4 +1,4 @@
-"""Authorization decisions, rule by rule (SPEC section 5), then as properties."""
+"""Authorization decisions, rule by rule (docs/security.md), then as properties."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def allowed_actions(principal: Principal, coll: Collection) -> set[CollectionAct
 
 # -------------------------------------------------------------- action -> required roles
 
-# Written out from SPEC section 5 and the role inclusions, one row per single role.
+# Written out from the rules of docs/security.md and the role inclusions, one row per single role.
 ROLE_ACTIONS: dict[Role | None, set[CollectionAction]] = {
     None: set(),
     ADMIN: {UPLOAD, DOWNLOAD, LIST, ANYTIME},
@@ -489,7 +489,7 @@ principals = st.builds(
 )
 actions = st.sampled_from(ACTIONS)
 
-# An independent reading of SPEC section 5 for the oracle below.
+# An independent reading of the rules in docs/security.md for the oracle below.
 _INCLUDES = {
     ADMIN: {ADMIN, USER_MGR, COLL_MGR, UPLOADER, DOWNLOADER, UPLOADS_ANYTIME},
     COLL_MGR: {COLL_MGR, UPLOADER, DOWNLOADER, UPLOADS_ANYTIME},

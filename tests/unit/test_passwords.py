@@ -18,7 +18,7 @@ from backup_repository.domain.password_format import (
 from backup_repository.services.passwords import PasswordHasher
 from support import eventually
 
-# From the reference project's examples (SPEC section 4).
+# From the reference project's examples (docs/security.md, "Passwords").
 ADMIN = (
     "JGFyZ29uMmlkJHY9MTkkbT02NTUzNix0PTEscD00JHpuVy9IT2Y4Q3RkdStvNSttYlR2REE9PSRaZlVpRGl2QWV2T2"
     "RZNndKYWJBb0FQdmM1a1hsemxDNkg2OFY2dGVmNUY0PQ=="

@@ -1,4 +1,4 @@
-"""How large the next upload may be (SPEC 6.3)."""
+"""How large the next upload may be (docs/collections.md, "Quotas")."""
 
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def test_never_negative() -> None:
 
 def test_overdrawn_extra_space_reduces_the_next_version() -> None:
     # extra = 2 MiB but a version from an earlier configuration borrowed 3 MiB:
-    # s + (2 - 3) = 1 MiB, although 3 MiB would still fit under H (SPEC 6.3 as written).
+    # s + (2 - 3) = 1 MiB, although 3 MiB would still fit under H (the formula as written).
     assert max_upload_size(collection(3, 2 * MiB, 8 * MiB), versions(5 * MiB)) == 1 * MiB
     assert max_upload_size(collection(3, 2 * MiB, 8 * MiB), versions(6 * MiB)) == 0
 

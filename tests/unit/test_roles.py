@@ -1,4 +1,4 @@
-"""Role names and inclusions (SPEC section 5)."""
+"""Role names and inclusions (docs/security.md)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from backup_repository.domain.roles import (
     parse_roles,
 )
 
-# Written out from the SPEC, independent of the module's own tables.
+# Written out from docs/security.md, independent of the module's own tables.
 CANONICAL = {
     "systemAdmin": Role.SYSTEM_ADMIN,
     "userManager": Role.USER_MANAGER,

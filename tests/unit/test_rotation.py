@@ -1,4 +1,4 @@
-"""Which versions go when a new one is committed (SPEC 6.4)."""
+"""Which versions go when a new one is committed (docs/collections.md)."""
 
 from __future__ import annotations
 

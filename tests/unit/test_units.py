@@ -1,5 +1,5 @@
-"""Sizes and durations (SPEC 3.2: sizes in powers of 1024; windows and rotation use Go-style
-durations, plus days and weeks)."""
+"""Sizes and durations (docs/configuration.md: sizes in powers of 1024; windows and rotation
+use Go-style durations, plus days and weeks)."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def test_parse_size_units_are_powers_of_1024(text: str, expected: int) -> None:
 
 
 def test_one_megabyte_is_1048576_bytes() -> None:
-    # The example of SPEC 3.2, spelled out: not 1_000_000.
+    # The example of docs/configuration.md, spelled out: not 1_000_000.
     assert parse_size("1M") == 1048576
     assert parse_size("1MB") == 1048576
 

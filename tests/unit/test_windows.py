@@ -1,4 +1,4 @@
-"""Backup windows (SPEC 6.6) and the window check of the collection health (SPEC 6.7)."""
+"""Backup windows and the window check of the collection health (docs/collections.md)."""
 
 from __future__ import annotations
 
