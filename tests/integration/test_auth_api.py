@@ -189,9 +189,12 @@ async def test_bad_ttl_is_400(client: Client, ttl: Any) -> None:
 
 
 async def test_expired_token_is_refused(client: Client) -> None:
-    token = await login(client, "plain", "plain-pass", ttl="1s")
+    token = await login(client, "plain", "plain-pass", ttl="4s")
+    # The token works until it expires...
+    assert await _status(client, "/api/stable/auth/whoami", token, 200)
+    # ...and is refused from then on.
     await eventually(
-        lambda: _status(client, "/api/stable/auth/whoami", token, 401), within=5, interval=0.25
+        lambda: _status(client, "/api/stable/auth/whoami", token, 401), within=15, interval=0.25
     )
 
 
@@ -253,13 +256,17 @@ async def test_refresh_issues_a_new_stored_session(client: Client) -> None:
     who = await client.get("/api/stable/auth/whoami", headers=bearer(new["token"]))
     assert who.status_code == 200
     assert who.json()["data"]["grantedAccess"]["familyId"] == session_id_of(token)
-    # Both stay valid; revoking the new session revokes its family, the old one included.
+    # Both stay valid; revoking the new session leaves the one it was refreshed from, and
+    # revoking that one revokes the sessions refreshed from it.
     assert (await client.get("/api/stable/auth/whoami", headers=bearer(token))).status_code == 200
     await client.delete("/api/stable/auth/logout", headers=bearer(new["token"]))
-    for revoked in (new["token"], token):
-        assert (
-            await client.get("/api/stable/auth/whoami", headers=bearer(revoked))
-        ).status_code == 401
+    whoami = "/api/stable/auth/whoami"
+    assert (await client.get(whoami, headers=bearer(new["token"]))).status_code == 401
+    assert (await client.get(whoami, headers=bearer(token))).status_code == 200
+    other = (await client.get("/api/stable/auth/refresh_token", headers=bearer(token))).json()
+    await client.delete("/api/stable/auth/logout", headers=bearer(token))
+    for revoked in (other["data"]["token"], token):
+        assert (await client.get(whoami, headers=bearer(revoked))).status_code == 401
 
 
 async def test_refresh_of_a_revoked_token_is_refused(client: Client) -> None:

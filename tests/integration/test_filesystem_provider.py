@@ -419,7 +419,8 @@ async def test_close_returns_promptly_and_stops_following(kubectl_root: Path) ->
 
     began = time.monotonic()
     await provider.close()
-    assert time.monotonic() - began < 1.0
+    # Not a tight bound: a close that waited for the watcher would take its 60 s resync.
+    assert time.monotonic() - began < 30.0
     assert not provider.watching
 
     (kubectl_root / "user.yaml").unlink()

@@ -439,7 +439,8 @@ async def test_close_is_prompt_and_ends_the_watches(
 
     began = time.monotonic()
     await provider.close()
-    assert time.monotonic() - began < 1.0
+    # Not a tight bound: a close that waited for the watches would take their 300 s.
+    assert time.monotonic() - began < 30.0
     await eventually(lambda: api.watch_count() == 0, within=OUTAGE_DEADLINE_S)
     requests = len(api.requests)
     await asyncio.sleep(0.3)
