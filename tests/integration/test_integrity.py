@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import tracemalloc
 import uuid
 from collections.abc import AsyncIterator
@@ -38,6 +39,7 @@ from support import (
     RecordingSink,
     ServerProcess,
     collection_doc,
+    eventually,
     make_settings,
     start_server,
     user_doc,
@@ -626,18 +628,21 @@ async def test_the_lease_keeps_replicas_from_checking_at_once(
         store.most = store.reads = 0
 
         interval = 0.5
+        began = time.monotonic()
         tasks = [asyncio.create_task(r.run_periodically(interval)) for r in replicas]
-        await asyncio.sleep(3.2)
+        # Until a few passes (3 versions each) were made, however long the machine takes.
+        await eventually(lambda: store.reads >= 3 * 3, within=60)
+        elapsed = time.monotonic() - began
         for task in tasks:
             task.cancel()
         for task in tasks:
             with pytest.raises(asyncio.CancelledError):
                 await task
         assert store.most == 1
-        # Passes of 3 versions at 0.1 s each, one per interval over about 3 s: a few passes,
-        # not one per replica per interval.
+        # Passes of 3 versions at 0.1 s each, at most one per interval: not one per replica
+        # per interval.
         passes = store.reads / 3
-        assert 2 <= passes <= 3.2 / interval + 1, store.reads
+        assert 3 <= passes <= elapsed / interval + 1, (store.reads, elapsed)
         # A replica cancelled mid-pass gave the lease up; one that finished holds the
         # schedule until its interval is over.
         holder, _until = await SqlLeaseRepository(engines[0]).holder(LEASE_NAME)
@@ -690,8 +695,7 @@ async def test_the_lease_holds_the_schedule_and_is_freed_by_a_cancelled_pass(
         await leases.release(LEASE_NAME, holder)
         slow = SlowStore(real, delay=5)
         stopping = asyncio.create_task(replica(slow).run_if_due(3600))
-        await asyncio.sleep(0.5)
-        assert slow.reading == 1
+        await eventually(lambda: slow.reading == 1)
         stopping.cancel()
         with pytest.raises(asyncio.CancelledError):
             await stopping
@@ -718,13 +722,16 @@ async def test_the_schedule_survives_a_database_outage_and_stops_cleanly(
         )
         with caplog.at_level("WARNING", logger="backup_repository.services.integrity"):
             task = asyncio.create_task(service.run_periodically(0.1))
-            await asyncio.sleep(1.0)
+
+            def failures() -> int:
+                return sum("scheduled integrity check failed" in r.message for r in caplog.records)
+
+            # Two failed passes in a row: the schedule went on after the first.
+            await eventually(lambda: failures() >= 2, within=30)
             assert not task.done()
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-        failures = [r for r in caplog.records if "scheduled integrity check failed" in r.message]
-        assert len(failures) >= 2
     finally:
         await store.close()
         await engine.dispose()
