@@ -1,5 +1,5 @@
 """The ``filesystem`` configuration provider: objects in YAML files under one folder, followed
-for changes (SPEC 3.4).
+for changes (docs/configuration.md, "Where the objects come from").
 
 Two layouts are read:
 

@@ -1,6 +1,7 @@
 """The ``kubernetes`` configuration provider: ``backupusers`` and ``backupcollections``
 (group ``backups.riotkit.org``, version ``v1alpha1``) and ``secrets`` of one namespace, read
-through the Kubernetes API and kept current with watches (SPEC 3.4).
+through the Kubernetes API and kept current with watches (docs/configuration.md,
+"Kubernetes provider").
 
 Each of the three resources is followed by a thread of its own, the way client-go's
 informers do it: one list, then a watch from the list's ``resourceVersion``. A watch that

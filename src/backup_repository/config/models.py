@@ -1,4 +1,5 @@
-"""Pydantic models of the configuration objects as they are written in YAML (SPEC 3.1-3.3).
+"""Pydantic models of the configuration objects as they are written in YAML (BackupUser,
+BackupCollection and Secret in docs/configuration.md).
 
 The models check the shape of one object and parse the values that can be parsed on their
 own (roles, sizes, durations, cron expressions, address entries). Rules that need more than

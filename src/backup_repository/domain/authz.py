@@ -1,4 +1,5 @@
-"""Authorization decisions (SPEC section 5) as pure functions of a principal and an object.
+"""Authorization decisions (docs/security.md, "Authorization") as pure functions of a
+principal and an object.
 
 A principal is a user plus what its token narrows it to: the access key it logged in with
 and the operations scope it asked for. Narrowing only ever removes rights: every rule below
@@ -84,8 +85,8 @@ def _grant_roles(grants_: Iterable[ObjectGrant], object_type: str, name: str) ->
 def may_act_on_collection(
     principal: Principal, collection: Collection, action: CollectionAction
 ) -> bool:
-    """The three rules of SPEC section 5; all must hold. A single-use upload token
-    additionally allows nothing but uploading to its one collection."""
+    """The three rules of authorization (docs/security.md); all must hold. A single-use
+    upload token additionally allows nothing but uploading to its one collection."""
     name = collection.name
     if principal.single_use_collection is not None and (
         name != principal.single_use_collection or action not in SINGLE_USE_ACTIONS

@@ -1,4 +1,4 @@
-"""How large the next upload to a collection may be (SPEC 6.3).
+"""How large the next upload to a collection may be (docs/collections.md, "Quotas").
 
 With ``n = maxBackupsCount``, ``s = maxOneVersionSize`` and ``H = maxCollectionSize``, the
 collection has ``extra = H - n*s`` bytes of "extra space" (none when that is 0 or less). A

@@ -1,4 +1,4 @@
-"""Roles and what they include (SPEC section 5)."""
+"""Roles and what they include (docs/security.md, "Authorization")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Which versions go when a new one is committed (SPEC 6.4).
+"""Which versions go when a new one is committed (docs/collections.md, "Rotation").
 
 After the new version is committed and the returned versions are deleted, the collection
 holds at most ``maxBackupsCount`` versions, the new one always among them. Versions are

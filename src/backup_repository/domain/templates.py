@@ -1,5 +1,5 @@
-"""File names of versions and the collection's ``filenameTemplate`` (SPEC 3.2), both ways:
-the name a version number gets, and the number a stored name stands for.
+"""File names of versions and the collection's ``filenameTemplate`` (docs/configuration.md),
+both ways: the name a version number gets, and the number a stored name stands for.
 
 Two spellings of a name exist for templates holding ``${version}`` more than once: ours
 replaces every occurrence, the reference project (Go ``strings.Replace(..., 1)``) only the

@@ -1,4 +1,5 @@
-"""Backup windows (SPEC 6.6) and the window check of a collection's health (SPEC 6.7).
+"""Backup windows and the window check of a collection's health (docs/collections.md,
+"Backup windows").
 
 A window is a 5-field cron expression, evaluated in UTC, giving its starts, and a duration:
 it is open during ``[start, start + duration)``. Every start is found with croniter's

@@ -1,4 +1,4 @@
-"""Readiness checks of ``/ready`` (SPEC section 8), named as in the reference project."""
+"""Readiness checks of ``/ready`` (docs/api.md), named as in the reference project."""
 
 from __future__ import annotations
 

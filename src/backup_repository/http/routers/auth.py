@@ -1,4 +1,5 @@
-"""Auth API (SPEC section 7). Handlers parse, call the auth service, shape the envelope."""
+"""The auth API (docs/api.md, "Auth"). Handlers parse, call the auth service, shape the
+envelope."""
 
 from __future__ import annotations
 
