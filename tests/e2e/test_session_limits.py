@@ -3,8 +3,9 @@ loopback HTTP, on SQLite and PostgreSQL.
 
 - a token narrowed by an access key or an operations scope revokes and sees only sessions
   at least as narrow as itself (domain/sessions.py), never its owner's full sessions;
-- revoking a token revokes its whole family (the login and every token refreshed in it),
-  and no refresh ends after the login that started the family;
+- revoking a token revokes every token refreshed from it (children, grandchildren, ...),
+  never the token it was refreshed from nor the others refreshed beside it, and no refresh
+  ends after the login that started the family;
 - sessions expired or revoked longer than ``--session-retention`` ago are purged;
 - ``GET /api/stable/auth/token`` pages with ``limit`` and ``cursor``.
 """
@@ -202,33 +203,84 @@ def test_narrowed_tokens_list_only_sessions_they_may_revoke(server: ServerProces
 # -- token families ------------------------------------------------------------------------
 
 
-def test_revoking_a_token_revokes_its_family(server: ServerProcess) -> None:
+def refused_as_revoked(response: httpx.Response) -> bool:
+    return (
+        response.status_code == 401
+        and response.json()["error"] == "session was revoked or does not exist"
+    )
+
+
+def test_revoking_a_token_revokes_every_token_refreshed_from_it(server: ServerProcess) -> None:
     api = Api(server)
     other = api.token("owner", "owner-pass")
 
     t0 = api.token("owner", "owner-pass")
     t1 = api.refresh(t0)["token"]
-    t2 = api.refresh(t1)["token"]
+    t2 = api.refresh(t1)["token"]  # refreshed from a refreshed token
+    s1 = api.refresh(t0)["token"]  # a second token refreshed from the login
     families = {s["id"]: s["familyId"] for s in api.listed(other)}
-    assert families[session_id_of(t1)] == families[session_id_of(t2)] == session_id_of(t0)
-    assert families[session_id_of(t0)] == session_id_of(t0)
+    assert {families[session_id_of(t)] for t in (t0, t1, t2, s1)} == {session_id_of(t0)}
 
-    # Revoking the login stops every token refreshed from it.
+    # Revoking the login stops its children and grandchildren.
     assert api.revoke(t0).status_code == 200
-    assert not any(api.works(t) for t in (t0, t1, t2))
-    assert api.get("/refresh_token", t2).status_code == 401
-
-    # Revoking a token in the middle stops the whole family too, whichever token leaked.
-    u0 = api.token("owner$ci", "ci-pass")
-    u1 = api.refresh(u0)["token"]
-    u2 = api.refresh(u1)["token"]
-    assert api.revoke(other, u1).status_code == 200
-    assert not any(api.works(t) for t in (u0, u1, u2))
+    assert not any(api.works(t) for t in (t0, t1, t2, s1))
+    # A revoked token, or one refreshed from it, gives no new token.
+    assert refused_as_revoked(api.get("/refresh_token", t2))
+    assert refused_as_revoked(api.get("/refresh_token", t0))
 
     # Other families are untouched.
     assert api.works(other)
     listed = {s["id"]: s for s in api.listed(other)}
-    assert all(listed[session_id_of(t)]["deactivated"] for t in (t0, t1, t2, u0, u1, u2))
+    assert all(listed[session_id_of(t)]["deactivated"] for t in (t0, t1, t2, s1))
+    assert not listed[session_id_of(other)]["deactivated"]
+
+
+def test_revoking_a_refreshed_token_leaves_its_login_and_siblings(server: ServerProcess) -> None:
+    api = Api(server)
+    other = api.token("owner", "owner-pass")
+    u0 = api.token("owner$ci", "ci-pass")
+    u1 = api.refresh(u0)["token"]
+    u2 = api.refresh(u1)["token"]
+    sibling = api.refresh(u0)["token"]
+    nephew = api.refresh(sibling)["token"]
+
+    # Revoked by id from another session: the token and what was refreshed from it go...
+    assert api.revoke(other, u1).status_code == 200
+    assert not any(api.works(t) for t in (u1, u2))
+    assert refused_as_revoked(api.get("/refresh_token", u2))
+    # ...the login it came from and the tokens refreshed beside it stay, and still refresh.
+    assert all(api.works(t) for t in (u0, sibling, nephew))
+    assert api.works(api.refresh(u0)["token"])
+    assert api.works(api.refresh(nephew)["token"])
+    listed = {s["id"]: s["deactivated"] for s in api.listed(other)}
+    assert [listed[session_id_of(t)] for t in (u0, u1, u2, sibling, nephew)] == [
+        False,
+        True,
+        True,
+        False,
+        False,
+    ]
+
+
+def test_refresh_then_revoke_the_old_token_keeps_the_new_one(server: ServerProcess) -> None:
+    # An API client rotating its working token: it keeps its login, takes each new token
+    # from it, and logs the previous one out.
+    api = Api(server)
+    login = api.token("owner$ci", "ci-pass")
+    old = api.refresh(login)["token"]
+    new = api.refresh(login)["token"]
+    assert api.revoke(old).status_code == 200
+    assert not api.works(old)
+    assert api.works(new)
+    assert api.works(login)
+    newer = api.refresh(new)["token"]
+    assert api.works(newer)
+
+    # Revoking the token a refresh came from revokes the refreshed one with it: that is what
+    # stops a thief who refreshed a leaked token.
+    assert api.revoke(login, new).status_code == 200
+    assert not any(api.works(t) for t in (new, newer))
+    assert api.works(login)
 
 
 def test_no_refresh_ends_after_the_login_of_its_family(server: ServerProcess) -> None:

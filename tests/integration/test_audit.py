@@ -172,6 +172,10 @@ async def test_logins_refreshes_and_revocations(world: World) -> None:
     assert (
         await client.delete("/api/stable/auth/logout", headers=bearer(second))
     ).status_code == 200
+    # A token refreshed from the first, revoked with it below.
+    refreshed = await client.get("/api/stable/auth/refresh_token", headers=bearer(first))
+    assert refreshed.status_code == 200
+    third = refreshed.json()["data"]["token"]
     admin = await login(client, ADMIN)
     revoke = await client.delete(
         "/api/stable/auth/logout",
@@ -183,6 +187,15 @@ async def test_logins_refreshes_and_revocations(world: World) -> None:
     events = await audit(client, admin, user="uploader")
     names = ("action", "outcome", "user", "accessKey", "clientIp", "session", "detail")
     assert [fields(e, *names) for e in events] == [
+        (
+            "token.refresh",
+            "success",
+            "uploader",
+            "",
+            CLIENT_IP,
+            short(first),
+            f"new session {short(third)}",
+        ),
         (
             "token.revoke",
             "success",
@@ -217,10 +230,14 @@ async def test_logins_refreshes_and_revocations(world: World) -> None:
     ]
 
     # The administrator revoking the uploader's session is recorded as the administrator's
-    # act, naming the session revoked.
+    # act, naming the session revoked and counting the tokens refreshed from it.
     revocations = await audit(client, admin, action="token.revoke", user="admin")
     assert [fields(e, "user", "session", "detail") for e in revocations] == [
-        ("admin", short(first), f"revoked session {short(first)} of uploader")
+        (
+            "admin",
+            short(first),
+            f"revoked session {short(first)} of uploader and 1 token refreshed from it",
+        )
     ]
 
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -109,6 +110,41 @@ async def test_concurrent_migrations_all_succeed(database_url: str) -> None:
     finally:
         for engine in engines:
             await engine.dispose()
+
+
+async def test_session_family_revision_downgrades_and_upgrades_again(
+    fresh_engine: AsyncEngine,
+) -> None:
+    def columns(connection: Connection) -> set[str]:
+        return {c["name"] for c in inspect(connection).get_columns("granted_accesses")}
+
+    def indexes(connection: Connection) -> set[str]:
+        return {i["name"] or "" for i in inspect(connection).get_indexes("granted_accesses")}
+
+    family = {"family_id", "parent_id", "operations_scope"}
+    await migrate(fresh_engine)
+    sessions = SqlSessionRepository(fresh_engine)
+    await sessions.add(_session(1))
+    assert await sessions.add_refreshed(
+        _session(2, family_id=_session(1).id, parent_id=_session(1).id)
+    )
+    async with fresh_engine.begin() as connection:
+        assert family <= await connection.run_sync(columns)
+        assert "ix_granted_accesses_parent_id" in await connection.run_sync(indexes)
+        await connection.run_sync(lambda sync: command.downgrade(alembic_config(sync), "0005"))
+    async with fresh_engine.connect() as connection:
+        assert not family & await connection.run_sync(columns)
+        assert not {"ix_granted_accesses_parent_id", "ix_granted_accesses_family_id"} & (
+            await connection.run_sync(indexes)
+        )
+    await migrate(fresh_engine)
+    assert await _tables_and_version(fresh_engine) == (
+        {"alembic_version", *Base.metadata.tables},
+        HEAD,
+    )
+    stored = await sessions.get(_session(2).id)
+    assert stored is not None
+    assert (stored.family_id, stored.parent_id) == (None, None)
 
 
 async def test_migrated_schema_matches_the_models(db_engine: AsyncEngine) -> None:

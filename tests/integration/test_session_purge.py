@@ -1,5 +1,5 @@
 """The purge of old sessions (services/session_purge.py) and the session repository's
-family operations, against SQLite and PostgreSQL."""
+refresh and revocation in token families, against SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from backup_repository.db.repositories import SqlSessionRepository
 from backup_repository.db.tables import GrantedAccess
 from backup_repository.domain.identity import COLLECTION, ObjectGrant
 from backup_repository.domain.roles import Role
-from backup_repository.services.ports import SessionRecord
+from backup_repository.services.ports import RevokedSessions, SessionRecord
 from backup_repository.services.session_purge import LEASE_NAME, SessionPurger
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -27,6 +27,7 @@ def session(
     *,
     expires: timedelta = timedelta(days=1),
     family: str | None = None,
+    parent: str | None = None,
     deactivated: bool = False,
     updated: datetime | None = None,
 ) -> SessionRecord:
@@ -41,7 +42,13 @@ def session(
         created_at=updated,
         updated_at=updated,
         family_id=family,
+        parent_id=parent,
     )
+
+
+def refreshed(number: int, parent: SessionRecord) -> SessionRecord:
+    """A session refreshed from ``parent``."""
+    return session(number, family=parent.family, parent=parent.id)
 
 
 async def test_purge_deletes_only_old_expired_or_revoked_sessions(db_engine: AsyncEngine) -> None:
@@ -106,36 +113,95 @@ async def test_two_purgers_never_run_at_once(database_url: str) -> None:
             await engine.dispose()
 
 
-async def test_a_revoked_family_takes_no_refresh(db_engine: AsyncEngine) -> None:
+async def test_revoking_a_session_revokes_its_descendants_only(db_engine: AsyncEngine) -> None:
     sessions = SqlSessionRepository(db_engine)
-    root, child = session(1), session(2, family=session(1).id)
+    root = session(1)
     await sessions.add(root)
-    assert await sessions.add_refreshed(child, root.id)
-    assert await sessions.deactivate_family(root.id) == 2
-    # Refreshing any member of a revoked family stores nothing.
-    assert not await sessions.add_refreshed(session(3, family=root.id), child.id)
-    assert not await sessions.add_refreshed(session(4, family=root.id), root.id)
-    assert await sessions.get(session(3).id) is None
+    child, sibling = refreshed(2, root), refreshed(3, root)
+    grandchild, nephew = refreshed(4, child), refreshed(5, sibling)
+    for record in (child, sibling, grandchild, nephew):
+        assert await sessions.add_refreshed(record)
+
+    assert await sessions.deactivate_with_descendants(child.id) == RevokedSessions(True, 1)
+    state = {r.id: r.deactivated for r in await sessions.list_for_user("alice")}
+    assert state == {
+        root.id: False,
+        child.id: True,
+        sibling.id: False,
+        grandchild.id: True,
+        nephew.id: False,
+    }
+    stored = await sessions.get(grandchild.id)
+    assert stored is not None
+    assert (stored.family_id, stored.parent_id) == (root.id, child.id)
+    # No refresh from a revoked session or one descending from it; the others refresh.
+    assert not await sessions.add_refreshed(refreshed(6, child))
+    assert not await sessions.add_refreshed(refreshed(7, grandchild))
+    assert await sessions.get(session(6).id) is None
+    assert await sessions.get(session(7).id) is None
+    assert await sessions.add_refreshed(refreshed(8, nephew))
+    assert await sessions.add_refreshed(refreshed(9, root))
+
+    # Revoking it again changes nothing; revoking the login revokes what is left.
+    assert await sessions.deactivate_with_descendants(child.id) == RevokedSessions(False, 0)
+    assert await sessions.deactivate_with_descendants(root.id) == RevokedSessions(True, 4)
+    assert all(r.deactivated for r in await sessions.list_for_user("alice"))
+    assert await sessions.deactivate_with_descendants("f" * 64) == RevokedSessions(False, 0)
+
+
+async def test_no_refresh_from_a_session_with_a_revoked_ancestor(db_engine: AsyncEngine) -> None:
+    # A row revoked without its descendants (by hand, or by an older server) still blocks
+    # every refresh below it: the whole lineage is checked, not only the parent.
+    sessions = SqlSessionRepository(db_engine)
+    root = session(1)
+    await sessions.add(root)
+    child = refreshed(2, root)
+    assert await sessions.add_refreshed(child)
+    grandchild = refreshed(3, child)
+    assert await sessions.add_refreshed(grandchild)
+    assert await sessions.deactivate(root.id)
+    assert not await sessions.add_refreshed(refreshed(4, grandchild))
+    # A parent that is not stored gives no refresh either.
+    assert not await sessions.add_refreshed(session(5, family=root.id, parent="e" * 64))
     assert await sessions.get(session(4).id) is None
+    assert await sessions.get(session(5).id) is None
 
 
 async def test_a_refresh_racing_a_revocation_never_survives_it(db_engine: AsyncEngine) -> None:
+    # Refreshes from a session being revoked, and from one it descends from, running at
+    # the same time as the revocation: what descends from the revoked session is either
+    # refused or revoked with it; what was refreshed from the login stays.
     sessions = SqlSessionRepository(db_engine)
     for round_ in range(10):
-        root = session(1000 + round_ * 100)
+        base = 1000 + round_ * 100
+        root = session(base)
         await sessions.add(root)
-        children = [session(1000 + round_ * 100 + n, family=root.id) for n in range(1, 6)]
+        middle = refreshed(base + 1, root)
+        assert await sessions.add_refreshed(middle)
+        below = [refreshed(base + n, middle) for n in range(2, 6)]
+        beside = [refreshed(base + n, root) for n in range(6, 8)]
         outcomes = await asyncio.gather(
-            *(sessions.add_refreshed(child, root.id) for child in children),
-            sessions.deactivate_family(root.id),
+            *(sessions.add_refreshed(record) for record in below + beside),
+            sessions.deactivate_with_descendants(middle.id),
         )
-        for child, stored in zip(children, outcomes[:-1], strict=True):
-            found = await sessions.get(child.id)
-            if stored:
+        revocation = outcomes[-1]
+        assert isinstance(revocation, RevokedSessions)
+        assert revocation.session
+        stored_below = 0
+        for record, stored in zip(below + beside, outcomes[:-1], strict=True):
+            found = await sessions.get(record.id)
+            if record in beside:
+                assert stored
+                assert found is not None
+                assert not found.deactivated, f"round {round_}: a sibling was revoked"
+            elif stored:
+                stored_below += 1
                 assert found is not None
                 assert found.deactivated, f"round {round_}: a refreshed session survived"
             else:
                 assert found is None
+        assert revocation.descendants == stored_below
+        assert not await sessions.add_refreshed(refreshed(base + 99, middle))
 
 
 async def test_sessions_keep_their_scope_and_family(db_engine: AsyncEngine) -> None:

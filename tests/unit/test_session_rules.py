@@ -1,4 +1,5 @@
-"""How narrow a session is, and how far a refresh may reach (domain/sessions.py)."""
+"""How narrow a session is, and how far and from which sessions a refresh may reach
+(domain/sessions.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from backup_repository.domain.sessions import (
     Narrowing,
     at_least_as_narrow,
     family_of,
+    may_refresh_from,
     refresh_lifetime,
     scope_from_json,
     scope_to_json,
@@ -125,6 +127,43 @@ def test_refreshes_never_end_after_the_login(
     else:
         assert NOW + elapsed + result <= limit
         assert result <= requested
+
+
+def test_may_refresh_from_an_active_lineage_only() -> None:
+    parent, grandparent, root = "p" * 64, "g" * 64, "r" * 64
+    assert may_refresh_from(parent, [(parent, False)])
+    assert may_refresh_from(parent, [(root, False), (grandparent, False), (parent, False)])
+    # The parent itself revoked, or any session it descends from.
+    assert not may_refresh_from(parent, [(parent, True)])
+    assert not may_refresh_from(parent, [(parent, False), (grandparent, True)])
+    assert not may_refresh_from(parent, [(root, True), (parent, False)])
+    # The parent not stored (purged, or never there).
+    assert not may_refresh_from(parent, [])
+    assert not may_refresh_from(parent, [(root, False)])
+
+
+@given(
+    lifetime=st.timedeltas(min_value=timedelta(seconds=1), max_value=timedelta(days=400)),
+    gaps=st.lists(st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=30)), max_size=8),
+)
+def test_every_refresh_in_a_chain_expires_with_the_login(
+    lifetime: timedelta, gaps: list[timedelta]
+) -> None:
+    # Each token is refreshed from the one before, asking for its lifetime: none expires
+    # before the token it was refreshed from, and all at the login's expiry. So a session
+    # is never purged as expired while one refreshed from it is still usable, and the
+    # chain the revocation walks stays whole.
+    limit = NOW + lifetime
+    issued, expires = NOW, limit
+    for gap in gaps:
+        now = issued + gap
+        result = refresh_lifetime(expires - issued, now, limit)
+        if result is None:
+            assert now >= limit
+            break
+        assert now + result >= expires
+        assert now + result == limit
+        issued, expires = now, now + result
 
 
 roles = st.frozensets(st.sampled_from(list(Role)), min_size=1, max_size=3)

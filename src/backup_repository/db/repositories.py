@@ -10,11 +10,15 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from sqlalchemy import (
+    CTE,
     RowMapping,
+    Select,
     String,
+    Update,
     and_,
     delete,
     false,
+    func,
     insert,
     or_,
     select,
@@ -24,12 +28,13 @@ from sqlalchemy import (
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.orm import aliased
 
 from backup_repository.db.tables import GrantedAccess
 from backup_repository.domain.errors import DependencyUnavailable
 from backup_repository.domain.identity import ObjectGrant
-from backup_repository.domain.sessions import scope_from_json, scope_to_json
-from backup_repository.services.ports import SessionCursor, SessionRecord
+from backup_repository.domain.sessions import may_refresh_from, scope_from_json, scope_to_json
+from backup_repository.services.ports import RevokedSessions, SessionCursor, SessionRecord
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +50,7 @@ _SESSION_COLUMNS: Final = (
     GrantedAccess.updated_at,
     GrantedAccess.single_use_collection,
     GrantedAccess.family_id,
+    GrantedAccess.parent_id,
     GrantedAccess.operations_scope,
 )
 
@@ -70,39 +76,28 @@ class SqlSessionRepository:
         async with transaction(self._engine) as connection:
             await connection.execute(insert(GrantedAccess).values(**_session_values(session)))
 
-    async def add_refreshed(self, session: SessionRecord, parent_id: str) -> bool:
-        """Store a refreshed token's session if its parent and its family's root are active.
+    async def add_refreshed(self, session: SessionRecord) -> bool:
+        """Store a refreshed token's session if the session it was refreshed from
+        (``session.parent_id``) and every stored session that one descends from are active.
 
-        The family's root row is locked first (a no-op UPDATE), the order
-        :meth:`deactivate_family` takes too: a revocation and a refresh of one family
-        running at once on two replicas are serialized, so either the refresh sees the
-        family revoked and stores nothing, or the revocation (whose second statement sees
-        rows committed before it) revokes the new session as well. On SQLite the first
-        UPDATE takes the database's write lock, with the same effect.
+        The family's root row is locked first (a no-op UPDATE), as
+        :meth:`deactivate_with_descendants` does before it reads anything: a revocation and
+        a refresh in one family running at once on two replicas are serialized, so either
+        the refresh sees its parent or an ancestor revoked and stores nothing, or the
+        revocation (whose later statements see rows committed before it) revokes the new
+        session as well. On SQLite the first UPDATE takes the database's write lock, with
+        the same effect. The root row outlives every usable session of its family: all of
+        them expire by its expiry, and revoking it revokes them all.
         """
         _check_session(session)
+        parent_id = session.parent_id
         family = session.family
-        if not (_storable(parent_id) and _storable(family)):
+        if parent_id is None or not (_storable(parent_id) and _storable(family)):
             return False
         async with transaction(self._engine) as connection:
-            for session_id in dict.fromkeys([family, parent_id]):
-                await connection.execute(
-                    update(GrantedAccess)
-                    .where(GrantedAccess.id == session_id)
-                    .values(updated_at=GrantedAccess.updated_at)
-                )
-            rows = (
-                await connection.execute(
-                    select(GrantedAccess.id, GrantedAccess.deactivated).where(
-                        GrantedAccess.id.in_([family, parent_id]),
-                        GrantedAccess.deleted_at.is_(None),
-                    )
-                )
-            ).all()
-            active = {row[0]: not row[1] for row in rows}
-            # The parent must be there and active; the root may be gone (purged), but not
-            # revoked.
-            if not active.get(parent_id, False) or not active.get(family, True):
+            await connection.execute(_lock_row(family))
+            lineage = (await connection.execute(_lineage(parent_id, family))).all()
+            if not may_refresh_from(parent_id, ((row[0], bool(row[1])) for row in lineage)):
                 return False
             values = _session_values(session)
             values["family_id"] = family
@@ -168,27 +163,51 @@ class SqlSessionRepository:
             result = await connection.execute(statement)
         return result.rowcount > 0
 
-    async def deactivate_family(self, family_id: str) -> int:
-        """Revoke the session ``family_id`` and every session of its family. The root row
-        is updated first, alone, so that a refresh running at the same time waits for this
-        transaction (see :meth:`add_refreshed`); the second statement then also finds a
-        session that refresh stored just before."""
-        if not _storable(family_id):
-            return 0
+    async def deactivate_with_descendants(self, session_id: str) -> RevokedSessions:
+        """Revoke the session ``session_id`` and its descendants: the sessions whose
+        ``parent_id`` chain leads to it. The family's root row is locked first (see
+        :meth:`add_refreshed`), so a refresh of a member running at the same time either
+        commits before the walk (and its session is found and revoked) or waits and then
+        finds its parent revoked. The walk is one recursive query over ``parent_id``
+        within the family; each step must add a session not seen yet (``UNION``), so it
+        ends after at most as many steps as the family has sessions."""
+        if not _storable(session_id):
+            return RevokedSessions(session=False, descendants=0)
         now = _utcnow()
         active = and_(GrantedAccess.deleted_at.is_(None), GrantedAccess.deactivated == false())
         async with transaction(self._engine) as connection:
-            root = await connection.execute(
+            target = aliased(GrantedAccess)
+            root = (
+                select(func.coalesce(target.family_id, target.id))
+                .where(target.id == session_id, target.deleted_at.is_(None))
+                .scalar_subquery()
+            )
+            await connection.execute(
                 update(GrantedAccess)
-                .where(GrantedAccess.id == family_id, active)
+                .where(GrantedAccess.id == root)
+                .values(updated_at=GrantedAccess.updated_at)
+            )
+            row = (
+                await connection.execute(
+                    select(GrantedAccess.id, GrantedAccess.family_id).where(
+                        GrantedAccess.id == session_id, GrantedAccess.deleted_at.is_(None)
+                    )
+                )
+            ).one_or_none()
+            if row is None:
+                return RevokedSessions(session=False, descendants=0)
+            itself = await connection.execute(
+                update(GrantedAccess)
+                .where(GrantedAccess.id == session_id, active)
                 .values(deactivated=True, updated_at=now)
             )
-            members = await connection.execute(
+            descendants = _descendants(session_id, row[1] or session_id)
+            below = await connection.execute(
                 update(GrantedAccess)
-                .where(GrantedAccess.family_id == family_id, active)
+                .where(GrantedAccess.id.in_(select(descendants.c.id)), active)
                 .values(deactivated=True, updated_at=now)
             )
-        return int(root.rowcount or 0) + int(members.rowcount or 0)
+        return RevokedSessions(session=bool(itself.rowcount), descendants=int(below.rowcount or 0))
 
     async def purge(self, older_than: datetime, batch: int) -> int:
         """Delete at most ``batch`` sessions that expired before ``older_than``, or were
@@ -213,6 +232,46 @@ class SqlSessionRepository:
         async with transaction(self._engine) as connection:
             result = await connection.execute(statement)
         return int(result.rowcount or 0)
+
+
+def _lock_row(session_id: str) -> Update:
+    """A no-op UPDATE of one session row: it holds the row's lock (on SQLite the database's
+    write lock) until the transaction ends."""
+    return (
+        update(GrantedAccess)
+        .where(GrantedAccess.id == session_id)
+        .values(updated_at=GrantedAccess.updated_at)
+    )
+
+
+def _lineage(parent_id: str, family_id: str) -> Select[str, bool]:
+    """The session ``parent_id``, the sessions it descends from and the family's root (ids
+    and ``deactivated``), found by following ``parent_id`` upwards. ``UNION`` drops rows
+    already found, so the walk ends even on a (corrupt) cycle."""
+    start = select(GrantedAccess.id, GrantedAccess.parent_id, GrantedAccess.deactivated).where(
+        GrantedAccess.id.in_([parent_id, family_id]), GrantedAccess.deleted_at.is_(None)
+    )
+    lineage = start.cte("lineage", recursive=True)
+    step = (
+        select(GrantedAccess.id, GrantedAccess.parent_id, GrantedAccess.deactivated)
+        .join(lineage, GrantedAccess.id == lineage.c.parent_id)
+        .where(GrantedAccess.deleted_at.is_(None))
+    )
+    lineage = lineage.union(step)
+    return select(lineage.c.id, lineage.c.deactivated)
+
+
+def _descendants(session_id: str, family_id: str) -> CTE:
+    """The sessions refreshed from ``session_id``, directly or through others, within its
+    family (``session_id`` itself included as the start of the walk)."""
+    subtree = select(GrantedAccess.id).where(GrantedAccess.id == session_id)
+    tree = subtree.cte("subtree", recursive=True, nesting=True)
+    step = (
+        select(GrantedAccess.id)
+        .join(tree, GrantedAccess.parent_id == tree.c.id)
+        .where(GrantedAccess.family_id == family_id)
+    )
+    return tree.union(step)
 
 
 class SqlDatabaseHealth:
@@ -275,6 +334,7 @@ def _session_values(session: SessionRecord) -> dict[str, Any]:
         "updated_at": session.updated_at or created_at,
         "single_use_collection": session.single_use_collection,
         "family_id": session.family_id,
+        "parent_id": session.parent_id,
         "operations_scope": scope_to_json(session.scope),
     }
 
@@ -336,6 +396,7 @@ def _to_record(row: RowMapping) -> SessionRecord:
         updated_at=row["updated_at"],
         single_use_collection=row["single_use_collection"],
         family_id=row["family_id"],
+        parent_id=row["parent_id"],
         scope=_stored_scope(row["id"], row["operations_scope"]),
     )
 

@@ -86,6 +86,9 @@ class GrantedAccess(Base):
     # The token family (migration 0006): the session id of the login a refreshed token
     # descends from; NULL for a login and for older rows (a family of their own).
     family_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    # The session a refreshed token was refreshed from (migration 0006); NULL for a login
+    # and for older rows. Revoking a session revokes its descendants through this column.
+    parent_id: Mapped[str | None] = mapped_column(String(64), index=True)
     # The operations scope the token carries, as JSON; NULL: not scoped (or not known).
     operations_scope: Mapped[str | None] = mapped_column(Text)
 

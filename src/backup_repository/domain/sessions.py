@@ -19,9 +19,13 @@ no narrowed token, and a scoped or key token never reaches a full session. The r
 an order: every session is at least as narrow as itself.
 
 Token families: a login starts a family whose id is the session id of that login and whose
-limit is that login's expiry. A refresh adds a session to the caller's family and never
-expires after the family's limit. Revoking any session of a family revokes the whole
-family (see :func:`family_of`).
+limit is that login's expiry. A refresh adds a session to the caller's family, records the
+caller's session as its parent, and never expires after the family's limit. Revoking a
+session revokes it and its descendants (every session refreshed from it, directly or
+through others), never its ancestors nor their other descendants; a session whose parent
+or any ancestor is revoked gives no refresh (:func:`may_refresh_from`). A thief who
+refreshed a leaked token is stopped by revoking that token, and the owner who does not know
+which token leaked revokes the login, the root of the whole family.
 """
 
 from __future__ import annotations
@@ -96,6 +100,20 @@ def family_of(session_id: str, family_id: str | None) -> str:
     """The family of a session: the one recorded, or (a session recorded before families
     were, or a login) its own id."""
     return family_id or session_id
+
+
+def may_refresh_from(parent_id: str, lineage: Iterable[tuple[str, bool]]) -> bool:
+    """True when a token may be refreshed from the session ``parent_id``: ``lineage`` holds
+    that session and the sessions it descends from that are still stored, as pairs of id
+    and "revoked"; the parent must be among them and none may be revoked. (A revoked
+    ancestor's descendants are revoked with it, so checking the parent alone would do; the
+    whole lineage is checked so that no row revoked by other means is ever extended.)"""
+    found = False
+    for session_id, revoked in lineage:
+        if revoked:
+            return False
+        found = found or session_id == parent_id
+    return found
 
 
 def refresh_lifetime(

@@ -221,9 +221,10 @@ class AuthService:
 
     async def refresh(self, ctx: AuthContext, client_ip: str) -> tuple[IssuedToken, SessionRecord]:
         """A new token with the same user, access key, scope and lifetime as the caller's,
-        in the caller's token family: it never expires after the login that started the
-        family, and revoking any token of the family revokes it too. A single-use token is
-        refused: its refresh would be a second token for its upload."""
+        in the caller's token family, refreshed from the caller's session: it never expires
+        after the login that started the family, and revoking the caller's session (or any
+        it descends from) revokes it too. Refused when any of those is revoked, and for a
+        single-use token: its refresh would be a second token for its upload."""
         if ctx.session.single_use_collection is not None:
             raise Forbidden(SINGLE_USE_NO_REFRESH)
         family = ctx.session.family
@@ -245,8 +246,9 @@ class AuthService:
             f"Refresh of {ctx.session.id}",
             scope=ctx.principal.scope,
             family_id=family,
+            parent_id=ctx.session.id,
         )
-        if not await self._sessions.add_refreshed(record, ctx.session.id):
+        if not await self._sessions.add_refreshed(record):
             raise AuthenticationFailed(SESSION_REVOKED)
         record = await self._sessions.get(record.id) or record
         await self._events.emit(
@@ -300,8 +302,9 @@ class AuthService:
     # -- sessions and users -----------------------------------------------------------------
 
     async def logout(self, ctx: AuthContext, session_id: str | None, client_ip: str = "") -> str:
-        """Revoke the caller's session, or another one by id, together with its token family
-        (the login it descends from and every token refreshed in it). Returns the id."""
+        """Revoke the caller's session, or another one by id, together with every session
+        refreshed from it (directly or through others); the session it was refreshed from
+        and the others refreshed from that one stay. Returns the id."""
         if session_id is None or session_id == ctx.session.id:
             target = ctx.session
         else:
@@ -311,17 +314,18 @@ class AuthService:
             if not authz.may_revoke_session(ctx.principal, found.user, _narrowing(found)):
                 raise Forbidden(NO_PERMISSION_REVOKE)
             target = found
-        revoked = await self._sessions.deactivate_family(target.family)
-        await self._revoked(ctx, target, client_ip, revoked)
+        revoked = await self._sessions.deactivate_with_descendants(target.id)
+        await self._revoked(ctx, target, client_ip, revoked.descendants)
         return target.id
 
     async def _revoked(
-        self, ctx: AuthContext, target: SessionRecord, client_ip: str, count: int
+        self, ctx: AuthContext, target: SessionRecord, client_ip: str, descendants: int
     ) -> None:
         owner = target.user + (f"${target.access_key_name}" if target.access_key_name else "")
         detail = f"revoked session {short_session(target.id)} of {owner}"
-        if count > 1:
-            detail += f" with its token family ({count} sessions)"
+        if descendants:
+            tokens = "token" if descendants == 1 else "tokens"
+            detail += f" and {descendants} {tokens} refreshed from it"
         await self._events.emit(
             Event(
                 Action.TOKEN_REVOKE,
@@ -439,6 +443,7 @@ class AuthService:
         scope: tuple[ObjectGrant, ...] = (),
         single_use_collection: str | None = None,
         family_id: str | None = None,
+        parent_id: str | None = None,
     ) -> SessionRecord:
         return SessionRecord(
             id=issued.session_id,
@@ -450,6 +455,7 @@ class AuthService:
             deactivated=False,
             single_use_collection=single_use_collection,
             family_id=family_id,
+            parent_id=parent_id,
             scope=scope,
         )
 

@@ -74,12 +74,24 @@ class SessionRecord:
     # The token family: the session id of the login a refreshed token descends from; None
     # for a login (and for sessions recorded before families were), a family of its own.
     family_id: str | None = None
+    # The session a refreshed token was refreshed from; None for a login (and for sessions
+    # recorded before families were). Revoking a session revokes its descendants.
+    parent_id: str | None = None
     # The operations scope the token carries; empty: not scoped.
     scope: tuple[ObjectGrant, ...] = ()
 
     @property
     def family(self) -> str:
         return self.family_id or self.id
+
+
+@dataclass(frozen=True)
+class RevokedSessions:
+    """What one revocation changed: whether the session itself was active until then, and
+    how many sessions refreshed from it (transitively) it revoked as well."""
+
+    session: bool
+    descendants: int
 
 
 @dataclass(frozen=True)
@@ -94,11 +106,11 @@ class SessionCursor:
 class SessionRepository(Protocol):
     async def add(self, session: SessionRecord) -> None: ...
 
-    async def add_refreshed(self, session: SessionRecord, parent_id: str) -> bool:
+    async def add_refreshed(self, session: SessionRecord) -> bool:
         """Store a refreshed token's session, in one transaction with the check that the
-        session ``parent_id`` it was refreshed from and the root of its family are still
-        active. False (and nothing stored) when either was revoked, also by a revocation
-        running at the same time on another replica."""
+        session it was refreshed from (``session.parent_id``) and every session that one
+        descends from are still there and active. False (and nothing stored) when one was
+        revoked, also by a revocation running at the same time on another replica."""
 
     async def get(self, session_id: str) -> SessionRecord | None: ...
 
@@ -116,9 +128,11 @@ class SessionRepository(Protocol):
     async def deactivate(self, session_id: str) -> bool:
         """Mark a session revoked; False when no such session exists."""
 
-    async def deactivate_family(self, family_id: str) -> int:
-        """Revoke the session ``family_id`` and every session of its family; how many
-        sessions were active and are revoked now."""
+    async def deactivate_with_descendants(self, session_id: str) -> RevokedSessions:
+        """Revoke the session ``session_id`` and every session refreshed from it, directly
+        or through others, in one transaction; never the session it was refreshed from nor
+        the others refreshed from that one. Once this returns, no session descending from
+        it can be stored (see :meth:`add_refreshed`)."""
 
     async def purge(self, older_than: datetime, batch: int) -> int:
         """Delete at most ``batch`` sessions that expired, or were revoked, before
