@@ -59,8 +59,10 @@ class GrantedAccess(_Doc):
         "null for other tokens",
     )
     familyId: str = Field(
-        description="the token family: the session id of the login this token was refreshed "
-        "from (its own id for a login); revoking a session revokes its whole family",
+        description="the token family: the session id of the login this token descends "
+        "from (its own id for a login); no token of a family expires after its login, and "
+        "revoking a session revokes the tokens refreshed from it, so revoking the login "
+        "revokes the whole family",
     )
 
 
