@@ -718,6 +718,8 @@ def test_s3_region_and_aws_defaults() -> None:
 def test_gs_and_azure_urls() -> None:
     assert parse("gs://bucket/a/b") == GCSLocation(bucket="bucket", prefix="a/b")
     assert parse("gs://bucket?access_id=x&private_key_path=/k") == GCSLocation("bucket", "")
+    assert parse("gs://bucket/p?disableSSL=true") == GCSLocation("bucket", "p", allow_http=True)
+    assert not parse("gs://bucket?disableSSL=false").allow_http
     location = parse("azblob://container", AZURE_STORAGE_ACCOUNT="acc", AZURE_STORAGE_KEY="k")
     assert location == AzureLocation(
         container="container", prefix="", account_name="acc", account_key="k"
@@ -767,6 +769,7 @@ def test_gs_and_azure_urls() -> None:
         ("s3://bucket:9000", "port"),
         ("s3://bucket#frag", "fragment"),
         ("gs://bucket?anonymous=true", "unknown query key"),
+        ("gs://bucket?disableSSL=yes", "true or false"),
         ("azblob://container?cdn=true", "unknown query key"),
         ("azblob://container?protocol=ftp", "http or https"),
         ("azblob://container?domain=example.org", "AZURE_STORAGE_ACCOUNT"),
