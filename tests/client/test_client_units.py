@@ -14,14 +14,14 @@ import pytest
 from backup_repository.client import arguments as given
 from backup_repository.client import cli, parser
 from backup_repository.client.api import check_url, check_version, error_text
-from backup_repository.client.errors import ExitCode, GpgFailed, IntegrityError, UsageError
-from backup_repository.client.gpg import GpgOutput, decryption_error, passphrase_pipe
-from backup_repository.client.integrity import (
+from backup_repository.client.checksums import (
     Hasher,
     expected_sha256,
     verify_download,
     verify_upload,
 )
+from backup_repository.client.errors import ExitCode, GpgFailed, IntegrityError, UsageError
+from backup_repository.client.gpg import GpgOutput, decryption_error, passphrase_pipe
 from backup_repository.client.tables import (
     collections_table,
     format_table,

@@ -1,5 +1,5 @@
 """File names read back through the filenameTemplate, and the import decisions
-(domain/templates.py, domain/importing.py)."""
+(domain/templates.py, domain/import_reference.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backup_repository.domain.importing import (
+from backup_repository.domain.import_reference import (
     KnownVersion,
     ListedObject,
     Problem,

@@ -37,9 +37,13 @@ from backup_repository.cli.options import (
 from backup_repository.db.urls import normalize_database_url, render_url_safely
 from backup_repository.domain.errors import DependencyUnavailable
 from backup_repository.domain.identity import Collection
-from backup_repository.domain.importing import Problem
+from backup_repository.domain.import_reference import Problem
 from backup_repository.logs import configure_logging
-from backup_repository.services.importer import CollectionReport, ImportRepository, UploadLock
+from backup_repository.services.import_reference import (
+    CollectionReport,
+    ImportRepository,
+    UploadLock,
+)
 from backup_repository.services.ports import ConfigSnapshot
 from backup_repository.settings import SettingsError
 
@@ -212,10 +216,13 @@ class Job:
 
     async def _import(self, chosen: Sequence[Collection], snapshot: ConfigSnapshot) -> int:
         from backup_repository.db.engine import create_engine, migrate
-        from backup_repository.db.importing import SqlImportRepository
-        from backup_repository.db.reference import ReferenceSchemaError, SqlReferenceVersions
+        from backup_repository.db.import_reference import (
+            ReferenceSchemaError,
+            SqlImportRepository,
+            SqlReferenceVersions,
+        )
         from backup_repository.db.versions import SqlVersionRepository
-        from backup_repository.services.importer import ImportService, NoVersions
+        from backup_repository.services.import_reference import ImportService, NoVersions
         from backup_repository.storage.base import StorageError
         from backup_repository.storage.factory import idle_timeout_for, open_blob_store
         from backup_repository.storage.urls import redact_storage_url

@@ -33,6 +33,12 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from backup_repository.client.api import Download, RepositoryClient
+from backup_repository.client.checksums import (
+    Hasher,
+    expected_sha256,
+    verify_download,
+    verify_upload,
+)
 from backup_repository.client.errors import (
     ClientError,
     CommandFailed,
@@ -45,12 +51,6 @@ from backup_repository.client.gpg import (
     StderrReader,
     decryption_error,
     passphrase_pipe,
-)
-from backup_repository.client.integrity import (
-    Hasher,
-    expected_sha256,
-    verify_download,
-    verify_upload,
 )
 from backup_repository.client.processes import Shell, close_quietly, start_shell, stop_process
 from backup_repository.client.progress import Phase, Reporter

@@ -1,7 +1,7 @@
 """Which objects of a reference deployment's bucket become versions (``backup-repository
 import-reference``): pure decisions over what was listed, what the reference database says
 and what is already registered. Reading, hashing and writing happen in
-``services/importer.py``.
+``services/import_reference.py``.
 
 A version number comes from the object's name through the collection's
 ``filenameTemplate`` or, when the reference database is read, from its row. The decisions:

@@ -2,7 +2,7 @@
 (``backup-repository import-reference``, see docs/migration.md).
 
 Per collection, under its upload lock (so that no server can upload to it meanwhile): list
-the objects under ``<collection>/``, decide with :func:`domain.importing.plan_import` which
+the objects under ``<collection>/``, decide with :func:`domain.import_reference.plan_import` which
 become which version, read each chosen object once to compute its SHA-256 and check that it
 is an encrypted OpenPGP message (constant memory), record it with its original creation
 time, and raise the collection's version counter above every number found in the bucket.
@@ -23,7 +23,7 @@ from typing import Protocol
 
 from backup_repository.domain.errors import InvalidInput
 from backup_repository.domain.identity import Collection
-from backup_repository.domain.importing import (
+from backup_repository.domain.import_reference import (
     Candidate,
     Finding,
     KnownVersion,
