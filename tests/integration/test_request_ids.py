@@ -22,8 +22,7 @@ import structlog
 from fastapi import FastAPI
 
 from backup_repository.http import errors
-from backup_repository.http.app import create_app
-from backup_repository.http.application import App
+from backup_repository.http.app import App, create_app
 from backup_repository.http.request_log import (
     RequestIdMiddleware,
     accepted_request_id,

@@ -1,5 +1,6 @@
-"""The composition root: ``create_app(settings)`` builds every part from one Settings object.
-Nothing is created at import time."""
+"""The application: the :class:`App` class, and the composition root
+``create_app(settings)``, which builds every part from one Settings object. Nothing is
+created at import time."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp
 
 from backup_repository import __version__
 from backup_repository.config.providers import open_provider
@@ -20,8 +24,7 @@ from backup_repository.db.repositories import SqlDatabaseHealth, SqlSessionRepos
 from backup_repository.db.urls import render_url_safely
 from backup_repository.db.versions import SqlVersionRepository
 from backup_repository.domain.replica import ReplicaIdentity
-from backup_repository.http import docs_ui, errors
-from backup_repository.http.application import App
+from backup_repository.http import errors
 from backup_repository.http.deps import Services
 from backup_repository.http.metrics import (
     Metrics,
@@ -37,6 +40,8 @@ from backup_repository.http.middleware import (
     HeaderLimitMiddleware,
     RateLimitMiddleware,
 )
+from backup_repository.http.openapi import docs_page
+from backup_repository.http.openapi.description import complete_description
 from backup_repository.http.ratelimit import RateLimiter
 from backup_repository.http.request_log import RequestIdMiddleware
 from backup_repository.http.routers import audit, auth, collections, health
@@ -61,6 +66,36 @@ from backup_repository.storage.factory import idle_timeout_for, open_blob_store
 from backup_repository.storage.urls import redact_storage_url
 
 logger = logging.getLogger(__name__)
+
+
+class App(FastAPI):
+    """FastAPI with layers outside Starlette's error middleware (``outermost`` middleware
+    sees every response, the 500 answers to unhandled errors included) and the complete
+    OpenAPI description. FastAPI's own documentation pages are off: :mod:`.openapi.docs_page`
+    serves one without any CDN."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("docs_url", None)
+        kwargs.setdefault("redoc_url", None)
+        super().__init__(*args, **kwargs)
+        self.outermost: list[Middleware] = []
+
+    def add_outermost_middleware(self, cls: Any, **options: Any) -> None:
+        """Wrap the whole app; the first one added is the outermost."""
+        if self.middleware_stack is not None:
+            raise RuntimeError("cannot add middleware after the app has started")
+        self.outermost.append(Middleware(cls, **options))
+
+    def build_middleware_stack(self) -> ASGIApp:
+        app = super().build_middleware_stack()
+        for middleware in reversed(self.outermost):
+            app = middleware.cls(app, *middleware.args, **middleware.kwargs)
+        return app
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            self.openapi_schema = complete_description(super().openapi(), self)
+        return self.openapi_schema
 
 
 def create_app(settings: Settings, on_started: Callable[[], None] | None = None) -> FastAPI:
@@ -196,7 +231,7 @@ def create_app(settings: Settings, on_started: Callable[[], None] | None = None)
         lifespan=lifespan,
     )
     errors.install(app)
-    docs_ui.install(app)
+    docs_page.install(app)
     app.include_router(health.router)
     app.include_router(auth.router)
     app.include_router(collections.router)

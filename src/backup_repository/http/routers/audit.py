@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from backup_repository.domain.errors import InvalidInput
 from backup_repository.http.deps import Auth, ServicesDep
 from backup_repository.http.envelope import ok, rfc3339
-from backup_repository.http.routers import responses as docs
+from backup_repository.http.openapi import responses as openapi
 from backup_repository.services.audit import (
     DEFAULT_LIMIT,
     MAX_CURSOR_DIGITS,
@@ -33,7 +33,7 @@ MAX_TIME = 64
 
 
 class _Doc(BaseModel):
-    # As in routers/responses.py: fields may be added later, so extra properties are allowed.
+    # As in openapi/responses.py: fields may be added later, so extra properties are allowed.
     model_config = ConfigDict(extra="allow")
 
 
@@ -106,7 +106,7 @@ def entry_json(entry: AuditEntry) -> dict[str, Any]:
 
 @router.get(
     "/audit",
-    responses={**docs.ok(AuditEnvelope, "Recorded events, newest first"), **docs.errors(403)},
+    responses={**openapi.ok(AuditEnvelope, "Recorded events, newest first"), **openapi.errors(403)},
 )
 async def audit(
     auth: Auth,

@@ -16,7 +16,7 @@ from backup_repository.domain.units import parse_ttl
 from backup_repository.http.deps import Auth, ClientIP, ServicesDep
 from backup_repository.http.envelope import ok, rfc3339
 from backup_repository.http.errors import describe_validation_error
-from backup_repository.http.routers import responses as docs
+from backup_repository.http.openapi import responses as openapi
 from backup_repository.services.auth import (
     DEFAULT_SESSION_LIMIT,
     MAX_SESSION_CURSOR,
@@ -170,8 +170,8 @@ def session_json(session: SessionRecord) -> dict[str, Any]:
     summary="Log in as a user or an access key; get a token",
     openapi_extra=_LOGIN_BODY_DOC,
     responses={
-        **docs.ok(docs.TokenEnvelope, "Logged in"),
-        **docs.errors(403, 404, 408),
+        **openapi.ok(openapi.TokenEnvelope, "Logged in"),
+        **openapi.errors(403, 404, 408),
     },
 )
 async def login(request: Request, services: ServicesDep, client_ip: ClientIP) -> JSONResponse:
@@ -194,7 +194,10 @@ async def login(request: Request, services: ServicesDep, client_ip: ClientIP) ->
 @router.get(
     "/refresh_token",
     summary="Get a new token (a new session) for the caller",
-    responses={**docs.ok(docs.TokenEnvelope, "A new token and session"), **docs.errors(403)},
+    responses={
+        **openapi.ok(openapi.TokenEnvelope, "A new token and session"),
+        **openapi.errors(403),
+    },
 )
 async def refresh_token(auth: Auth, services: ServicesDep, client_ip: ClientIP) -> JSONResponse:
     issued, _ = await services.auth.refresh(auth, client_ip)
@@ -204,7 +207,7 @@ async def refresh_token(auth: Auth, services: ServicesDep, client_ip: ClientIP) 
 @router.get(
     "/whoami",
     summary="Who the token belongs to",
-    responses={**docs.ok(docs.WhoAmIEnvelope), **docs.errors()},
+    responses={**openapi.ok(openapi.WhoAmIEnvelope), **openapi.errors()},
 )
 async def whoami(auth: Auth) -> JSONResponse:
     return ok(
@@ -222,7 +225,7 @@ async def whoami(auth: Auth) -> JSONResponse:
 @router.delete(
     "/logout",
     summary="Revoke the caller's token or a session",
-    responses={**docs.ok(docs.LogoutEnvelope), **docs.errors(403, 404)},
+    responses={**openapi.ok(openapi.LogoutEnvelope), **openapi.errors(403, 404)},
 )
 async def logout(
     auth: Auth,
@@ -243,7 +246,7 @@ async def logout(
         "`nextCursor` (null on the last page). A token issued for an access key or with a "
         "scope sees only the sessions it may revoke."
     ),
-    responses={**docs.ok(docs.SessionsEnvelope), **docs.errors(403)},
+    responses={**openapi.ok(openapi.SessionsEnvelope), **openapi.errors(403)},
 )
 async def tokens(
     auth: Auth,
@@ -283,7 +286,7 @@ async def tokens(
 @router.get(
     "/user/{name}",
     summary="A user's e-mail and roles",
-    responses={**docs.ok(docs.UserEnvelope), **docs.errors(403, 404)},
+    responses={**openapi.ok(openapi.UserEnvelope), **openapi.errors(403, 404)},
 )
 async def user(name: str, auth: Auth, services: ServicesDep) -> JSONResponse:
     found = services.auth.lookup_user(auth, name)

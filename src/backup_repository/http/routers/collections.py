@@ -22,7 +22,7 @@ from backup_repository.domain.errors import (
 from backup_repository.http.bodies import form_decoder
 from backup_repository.http.deps import Auth, ServicesDep, UploadAuth
 from backup_repository.http.envelope import error, ok, rfc3339
-from backup_repository.http.routers import responses as docs
+from backup_repository.http.openapi import responses as openapi
 from backup_repository.services.backups import (
     LATEST_ATTEMPTS,
     STORAGE_UNAVAILABLE,
@@ -64,19 +64,19 @@ DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "The whole file", "content": _BINARY},
     206: {"description": "The requested range (Content-Range)", "content": _BINARY},
     304: {"description": "If-None-Match matched the ETag"},
-    **docs.errors(403, 404, 416),
+    **openapi.errors(403, 404, 416),
 }
 HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
-    **docs.ok(docs.HealthEnvelope, "Every check passed"),
-    **docs.errors(403, unauthorized=False),
+    **openapi.ok(openapi.HealthEnvelope, "Every check passed"),
+    **openapi.errors(403, unauthorized=False),
     # Never 404: an unknown collection gets the answer of a wrong code.
     403: {
-        "model": docs.ErrorEnvelope,
+        "model": openapi.ErrorEnvelope,
         "description": "The code is missing or wrong, or there is no such collection (one "
         "answer for all three)",
     },
     500: {
-        "model": docs.FailedHealthEnvelope | docs.ErrorEnvelope,
+        "model": openapi.FailedHealthEnvelope | openapi.ErrorEnvelope,
         "description": "One of the checks failed (each is listed), or a server fault",
     },
 }
@@ -121,8 +121,8 @@ async def _with_deadline(chunks: AsyncIterator[bytes], seconds: float) -> AsyncI
     summary="Upload a new version (OpenPGP-encrypted data)",
     openapi_extra=UPLOAD_DOC,
     responses={
-        **docs.ok(docs.UploadEnvelope, "Stored as a new version"),
-        **docs.errors(403, 404, 408, 409),
+        **openapi.ok(openapi.UploadEnvelope, "Stored as a new version"),
+        **openapi.errors(403, 404, 408, 409),
     },
 )
 @router.post(
@@ -172,7 +172,7 @@ async def upload(
 @router.get(
     "/api/stable/repository/collection/{collectionId}/version",
     summary="List the versions of a collection and its usage",
-    responses={**docs.ok(docs.VersionsEnvelope), **docs.errors(403, 404)},
+    responses={**openapi.ok(openapi.VersionsEnvelope), **openapi.errors(403, 404)},
 )
 @router.get("/api/alpha/repository/collection/{collectionId}/version", include_in_schema=False)
 async def list_versions(
@@ -191,7 +191,7 @@ async def list_versions(
 @router.get(
     "/api/stable/repository/collection",
     summary="List the collections the caller may use",
-    responses={**docs.ok(docs.CollectionsEnvelope), **docs.errors()},
+    responses={**openapi.ok(openapi.CollectionsEnvelope), **openapi.errors()},
 )
 @router.get("/api/alpha/repository/collection", include_in_schema=False)
 async def list_collections(auth: Auth, services: ServicesDep) -> JSONResponse:

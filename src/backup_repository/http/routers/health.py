@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 
 from backup_repository.http.deps import ServicesDep, key_accepted, presented_keys
 from backup_repository.http.envelope import error, ok
-from backup_repository.http.routers import responses as docs
+from backup_repository.http.openapi import responses as openapi
 from backup_repository.services.health import run_checks
 
 router = APIRouter(tags=["health"])
@@ -23,7 +23,7 @@ HEALTH_CODE_INVALID = (
 @router.get(
     "/health",
     summary="Liveness: the server answers",
-    responses={**docs.ok(docs.AliveEnvelope), **docs.errors(unauthorized=False)},
+    responses={**openapi.ok(openapi.AliveEnvelope), **openapi.errors(unauthorized=False)},
 )
 async def health() -> JSONResponse:
     return ok(
@@ -38,10 +38,10 @@ async def health() -> JSONResponse:
     "/ready",
     summary="Readiness: database, storage and configuration checks",
     responses={
-        **docs.ok(docs.HealthEnvelope, "Every check passed"),
-        **docs.errors(403, unauthorized=False),
+        **openapi.ok(openapi.HealthEnvelope, "Every check passed"),
+        **openapi.errors(403, unauthorized=False),
         500: {
-            "model": docs.FailedHealthEnvelope | docs.ErrorEnvelope,
+            "model": openapi.FailedHealthEnvelope | openapi.ErrorEnvelope,
             "description": "One of the checks failed (each is listed), or a server fault",
         },
     },

@@ -14,7 +14,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from backup_repository.http.deps import ServicesDep, key_accepted, presented_keys
 from backup_repository.http.envelope import error
-from backup_repository.http.routers import responses as docs
+from backup_repository.http.openapi import responses as openapi
 
 router = APIRouter(tags=["health"])
 
@@ -35,7 +35,7 @@ METRICS_KEY_INVALID = "health check key invalid: it must match the --health-chec
             "is described in docs/monitoring.md",
             "content": {"text/plain": {"schema": {"type": "string"}}},
         },
-        **docs.errors(403),
+        **openapi.errors(403),
     },
 )
 async def metrics(

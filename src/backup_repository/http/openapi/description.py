@@ -1,7 +1,5 @@
-"""The FastAPI application class: a place for middleware outside Starlette's error layer,
-and the complete OpenAPI description.
-
-:meth:`App.openapi` takes what FastAPI generates from the routers and completes it:
+"""The complete OpenAPI description: :func:`complete_description` takes what FastAPI
+generates from the routers (``App.openapi`` in ``http/app.py`` calls it) and completes it:
 
 - every response of every operation documents the ``X-Request-ID`` header;
 - every operation documents the errors any request can meet before routing (malformed
@@ -19,11 +17,9 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
-from starlette.middleware import Middleware
-from starlette.types import ASGIApp
 
+from backup_repository.http.openapi.responses import COMMON_ERROR_STATUSES, ERROR_TEXT
 from backup_repository.http.request_log import REQUEST_ID, REQUEST_ID_HEADER
-from backup_repository.http.routers.responses import COMMON_ERROR_STATUSES, ERROR_TEXT
 
 ALPHA_PREFIX = "/api/alpha/"
 STABLE_PREFIX = "/api/stable/"
@@ -138,33 +134,3 @@ def complete_description(document: dict[str, Any], app: FastAPI) -> dict[str, An
     info = document.setdefault("info", {})
     info["description"] = (info.get("description") or "").rstrip() + API_NOTES.rstrip()
     return document
-
-
-class App(FastAPI):
-    """FastAPI with layers outside Starlette's error middleware (``outermost`` middleware
-    sees every response, the 500 answers to unhandled errors included) and the complete
-    OpenAPI description. FastAPI's own documentation pages are off: :mod:`.docs_ui` serves
-    one without any CDN."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("docs_url", None)
-        kwargs.setdefault("redoc_url", None)
-        super().__init__(*args, **kwargs)
-        self.outermost: list[Middleware] = []
-
-    def add_outermost_middleware(self, cls: Any, **options: Any) -> None:
-        """Wrap the whole app; the first one added is the outermost."""
-        if self.middleware_stack is not None:
-            raise RuntimeError("cannot add middleware after the app has started")
-        self.outermost.append(Middleware(cls, **options))
-
-    def build_middleware_stack(self) -> ASGIApp:
-        app = super().build_middleware_stack()
-        for middleware in reversed(self.outermost):
-            app = middleware.cls(app, *middleware.args, **middleware.kwargs)
-        return app
-
-    def openapi(self) -> dict[str, Any]:
-        if self.openapi_schema is None:
-            self.openapi_schema = complete_description(super().openapi(), self)
-        return self.openapi_schema

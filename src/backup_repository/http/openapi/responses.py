@@ -254,7 +254,7 @@ _ERROR_TEXT: dict[int | str, str] = {
 # Every operation can answer these: the header and body limits and the Content-Length check
 # run before routing, the rate limit too, and a dependency can fail at any time.
 _COMMON: tuple[int | str, ...] = (400, 413, 429, 431, 500, 503, "4XX")
-# For the description's completion (http/application.py), which adds them where missing.
+# For the description's completion (openapi/description.py), which adds them where missing.
 COMMON_ERROR_STATUSES = _COMMON
 ERROR_TEXT = _ERROR_TEXT
 
