@@ -4,7 +4,7 @@ SHA-256, compare them with what was recorded at upload, and keep the result
 
 Results feed the ``VersionsIntegrityValidator`` of the collection health report and the
 corrupt-versions gauge (:meth:`IntegrityService.corrupt_counts`). A version that is not ok
-is told to the event sink (``Action.VERIFY``).
+emits an event (``Action.VERIFY``).
 """
 
 from __future__ import annotations
