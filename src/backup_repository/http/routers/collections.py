@@ -1,4 +1,5 @@
-"""Collections and versions (SPEC section 6): upload, download, listings, health."""
+"""Collections and versions (docs/api.md, docs/collections.md): upload, download, listings,
+health."""
 
 from __future__ import annotations
 
