@@ -523,7 +523,7 @@ async def test_missing_object_fails_health_and_download(
 ) -> None:
     auth = await token(client, UPLOADER)
     assert (await upload(client, auth, gpg_home.encrypt(b"gone"))).status_code == 200
-    store = client.app.state.services.backups._store  # type: ignore[attr-defined]
+    store = client.app.state.services.downloads._store  # type: ignore[attr-defined]
     await store.delete("db/db-1.tar.gz")
     response = await client.get(f"{BASE}/db/health", params={"code": HEALTH_CODE})
     assert response.status_code == 500

@@ -9,6 +9,7 @@ a clean 404.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,9 @@ async def upload(client: httpx.AsyncClient) -> int:
     return number
 
 
+@pytest.mark.parametrize("local_file", [False, True], ids=["stream", "local-file"])
 async def test_latest_rotated_away_before_it_is_opened_is_resolved_again(
-    app: Any, client: httpx.AsyncClient
+    app: Any, client: httpx.AsyncClient, local_file: bool
 ) -> None:
     services = app.state.services
     ctx = await services.auth.authenticate(
@@ -66,19 +68,26 @@ async def test_latest_rotated_away_before_it_is_opened_is_resolved_again(
     services.events.add(sink)
     for _ in range(3):
         await upload(client)
-    latest = await services.backups.prepare_download(ctx, "db", "latest", None)
-    by_number = await services.backups.prepare_download(ctx, "db", "3", None)
+    latest = await services.downloads.resolve(ctx, "db", "latest", None)
+    by_number = await services.downloads.resolve(ctx, "db", "3", None)
     assert latest.version.number == by_number.version.number == 3
     # Three more uploads: maxBackupsCount is 3, so v3 is rotated away and its object gone.
     for _ in range(3):
         await upload(client)
 
-    sent = await services.backups.ensure_object(ctx, latest)
-    await services.backups.record_download(ctx, sent)
-    assert sent.version.number == 6
-    assert sent.length == len(BODY)
+    sent = await services.downloads.open(ctx, latest, local_file=local_file)
+    assert sent.download.version.number == 6
+    assert sent.download.length == len(BODY)
+    if sent.file is not None:
+        path, stat = sent.file
+        assert local_file
+        assert stat.st_size == len(BODY)
+        assert await asyncio.to_thread(Path(path).read_bytes) == BODY
+    else:
+        assert sent.chunks is not None
+        assert b"".join([chunk async for chunk in sent.chunks]) == BODY
     with pytest.raises(NotFound):
-        await services.backups.ensure_object(ctx, by_number)
+        await services.downloads.open(ctx, by_number)
 
     downloads = [e for e in sink.events if e.action is Action.DOWNLOAD]
     assert [(e.outcome, e.version) for e in downloads] == [

@@ -1,4 +1,5 @@
-"""The event fan-out and the refusal reasons of uploads (services/events.py, backups.py)."""
+"""The event fan-out and the refusal reasons of uploads (services/events.py,
+upload_refusals.py)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,8 @@ from backup_repository.domain.errors import (
     RequestTimeout,
 )
 from backup_repository.domain.openpgp import EmptyUpload, NotOpenPGP
-from backup_repository.services.backups import (
-    NOT_AUTHORIZED_UPLOAD,
-    WINDOW_CLOSED,
-    refusal_reason,
-)
+from backup_repository.domain.windows import WINDOW_CLOSED, WindowClosed
+from backup_repository.services.collections import NOT_AUTHORIZED_UPLOAD
 from backup_repository.services.events import (
     Action,
     Event,
@@ -29,6 +27,7 @@ from backup_repository.services.events import (
     Outcome,
     RefusalReason,
 )
+from backup_repository.services.upload_refusals import refusal_reason
 from backup_repository.storage.base import StorageError
 from support import RecordingSink
 
@@ -38,7 +37,9 @@ from support import RecordingSink
     [
         (AuthenticationFailed("expired"), RefusalReason.AUTH),
         (Forbidden(NOT_AUTHORIZED_UPLOAD), RefusalReason.AUTH),
-        (Forbidden(WINDOW_CLOSED), RefusalReason.WINDOW),
+        (WindowClosed(), RefusalReason.WINDOW),
+        # A closed window is told by its type, not by its message.
+        (Forbidden(WINDOW_CLOSED), RefusalReason.AUTH),
         (Conflict("cannot upload to same collection in parallel"), RefusalReason.LOCK),
         (PayloadTooLarge("filesize reached allowed limit"), RefusalReason.QUOTA),
         (NotOpenPGP("there is no OpenPGP packet"), RefusalReason.OPENPGP),

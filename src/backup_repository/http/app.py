@@ -48,7 +48,9 @@ from backup_repository.http.routers import audit, auth, collections, health
 from backup_repository.http.routers import metrics as metrics_router
 from backup_repository.services.audit import AuditLog, AuditService
 from backup_repository.services.auth import AuthService
-from backup_repository.services.backups import BackupService
+from backup_repository.services.collection_health import CollectionHealthService
+from backup_repository.services.collections import CollectionService
+from backup_repository.services.downloads import DownloadService
 from backup_repository.services.events import FanOut
 from backup_repository.services.health import (
     ConfigurationProviderValidator,
@@ -61,6 +63,7 @@ from backup_repository.services.resolver import CachingResolver
 from backup_repository.services.session_purge import SessionPurger
 from backup_repository.services.stats import StatsService
 from backup_repository.services.tokens import TokenCodec
+from backup_repository.services.uploads import UploadService
 from backup_repository.settings import Settings
 from backup_repository.storage.factory import idle_timeout_for, open_blob_store
 from backup_repository.storage.urls import redact_storage_url
@@ -142,25 +145,28 @@ def create_app(settings: Settings, on_started: Callable[[], None] | None = None)
                 instance=identity.instance,
             )
             metrics.add_source("integrity", integrity_source(integrity))
-            backups = BackupService(
-                config=provider,
-                versions=SqlVersionRepository(engine),
-                store=store,
+            versions = SqlVersionRepository(engine)
+            collection_service = CollectionService(provider, versions)
+            uploads = UploadService(
+                collection_service,
+                provider,
+                versions,
+                store,
                 io_timeout=settings.storage_io_timeout.total_seconds(),
+                deadline=settings.http_upload_timeout.total_seconds(),
                 lock_lease=settings.upload_lock_lease.total_seconds(),
                 events=events,
-                health_checks=[integrity.health_check],
                 instance=identity.instance,
             )
             # What this replica's previous life held (killed mid-upload, say) is freed before
             # anything takes a lock, not left until its leases run out. A server on SQLite
             # is the only one on its database: every server's locks go.
             previous = None if engine.dialect.name == "sqlite" else identity.tag
-            await backups.free_locks_of_previous_life(previous)
+            await uploads.cleanup.free_locks_of_previous_life(previous)
             await integrity.free_lease_of_previous_life(previous)
             # In the background: an unreachable storage must not keep the server from
             # starting (and from reporting the problem in /ready).
-            cleanup = asyncio.create_task(backups.clean_all(), name="start-up clean-up")
+            cleanup = asyncio.create_task(uploads.cleanup.clean_all(), name="start-up clean-up")
             # Scheduled integrity checks (--verify-interval), one replica at a time.
             scrubber = (
                 asyncio.create_task(
@@ -196,7 +202,12 @@ def create_app(settings: Settings, on_started: Callable[[], None] | None = None)
                     resolver=CachingResolver(),
                     events=events,
                 ),
-                backups=backups,
+                collections=collection_service,
+                uploads=uploads,
+                downloads=DownloadService(collection_service, versions, store, events),
+                collection_health=CollectionHealthService(
+                    provider, versions, store, checks=[integrity.health_check]
+                ),
                 integrity=integrity,
                 events=events,
                 audit=AuditService(audit_events),

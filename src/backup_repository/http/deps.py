@@ -14,10 +14,13 @@ from backup_repository.domain.errors import AuthenticationFailed
 from backup_repository.http.metrics import Metrics
 from backup_repository.services.audit import AuditService
 from backup_repository.services.auth import AuthContext, AuthService
-from backup_repository.services.backups import BackupService
+from backup_repository.services.collection_health import CollectionHealthService
+from backup_repository.services.collections import CollectionService
+from backup_repository.services.downloads import DownloadService
 from backup_repository.services.events import FanOut
 from backup_repository.services.health import ReadinessCheck
 from backup_repository.services.integrity import IntegrityService
+from backup_repository.services.uploads import UploadService
 from backup_repository.settings import Settings
 
 
@@ -27,7 +30,10 @@ class Services:
 
     settings: Settings
     auth: AuthService
-    backups: BackupService
+    collections: CollectionService
+    uploads: UploadService
+    downloads: DownloadService
+    collection_health: CollectionHealthService
     integrity: IntegrityService
     events: FanOut
     audit: AuditService
@@ -75,22 +81,6 @@ async def get_auth(
 
 
 Auth = Annotated[AuthContext, Depends(get_auth)]
-
-
-async def get_upload_auth(
-    request: Request, services: ServicesDep, client_ip: ClientIP, _scheme: BearerDoc
-) -> AuthContext:
-    """As :func:`get_auth`, and an upload refused for want of a valid token is told to the
-    event sink (audit log, metrics) as refused for ``auth``."""
-    try:
-        return await services.auth.authenticate(bearer_token(request), client_ip)
-    except AuthenticationFailed as exc:
-        collection_id = str(request.path_params.get("collectionId", ""))
-        await services.backups.upload_refused(None, collection_id, exc, client_ip=client_ip)
-        raise
-
-
-UploadAuth = Annotated[AuthContext, Depends(get_upload_auth)]
 
 
 # -- the health check key (/ready, and /metrics unless --metrics-public) ------------------

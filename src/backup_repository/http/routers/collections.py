@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -14,23 +13,16 @@ from urllib.parse import quote
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
-from backup_repository.domain.errors import (
-    DependencyUnavailable,
-    DomainError,
-    InvalidInput,
-    RequestTimeout,
-)
+from backup_repository.domain.errors import RequestTimeout
 from backup_repository.http.bodies import form_decoder
-from backup_repository.http.deps import Auth, ServicesDep, UploadAuth
+from backup_repository.http.deps import Auth, BearerDoc, ClientIP, ServicesDep, bearer_token
 from backup_repository.http.envelope import error, ok, rfc3339
 from backup_repository.http.openapi import responses as openapi
-from backup_repository.services.backups import (
-    LATEST_ATTEMPTS,
-    STORAGE_UNAVAILABLE,
-    Download,
-    Usage,
-)
+from backup_repository.services.auth import AuthContext
+from backup_repository.services.collections import Usage
+from backup_repository.services.downloads import Download
 from backup_repository.services.ports import VersionRecord
+from backup_repository.services.uploads import TOOK_TOO_LONG, BodyDecoder, UploadRequest
 
 router = APIRouter(tags=["collections"])
 
@@ -39,7 +31,6 @@ VersionRef = Annotated[
     str, Path(max_length=32, description="a number, vN or latest", examples=["latest", "v1"])
 ]
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
-_CONTENT_LENGTH = re.compile(r"^\d{1,19}$")
 
 UPLOAD_DOC: dict[str, Any] = {
     "requestBody": {
@@ -113,7 +104,7 @@ async def _with_deadline(chunks: AsyncIterator[bytes], seconds: float) -> AsyncI
     deadline = asyncio.get_running_loop().time() + seconds
     async for chunk in chunks:
         if asyncio.get_running_loop().time() > deadline:
-            raise RequestTimeout("Request took too long")
+            raise RequestTimeout(TOOK_TOO_LONG)
         yield chunk
 
 
@@ -132,41 +123,40 @@ async def _with_deadline(chunks: AsyncIterator[bytes], seconds: float) -> AsyncI
     include_in_schema=False,
 )
 async def upload(
-    request: Request, collectionId: CollectionId, auth: UploadAuth, services: ServicesDep
+    request: Request,
+    collectionId: CollectionId,
+    services: ServicesDep,
+    client_ip: ClientIP,
+    _scheme: BearerDoc,
 ) -> JSONResponse:
-    async def refused(exc: DomainError) -> DomainError:
-        # What is refused here, before or around the service, is told from here; the
-        # service tells everything else.
-        await services.backups.upload_refused(auth, collectionId, exc)
-        return exc
+    # The service authenticates the caller and checks the headers itself, so that every
+    # refusal of an upload is emitted in one place.
+    async def authenticate() -> AuthContext:
+        return await services.auth.authenticate(bearer_token(request), client_ip)
 
-    length_header = request.headers.get("content-length")
-    if length_header is not None and not _CONTENT_LENGTH.match(length_header):
-        raise await refused(InvalidInput("invalid Content-Length header"))
-    content_length = int(length_header) if length_header is not None else None
-    if content_length == 0:
-        raise await refused(InvalidInput("sent empty data"))
-    # Until the body has been read to its end, an error answer drains it (http/errors.py).
-    request.state.unread_body = True
+    def reading_body() -> None:
+        # Until the body has been read to its end, an error answer drains it (http/errors.py).
+        request.state.unread_body = True
+
+    def decoder() -> BodyDecoder | None:
+        return form_decoder(request.headers.get("content-type", ""))
 
     async def tracked() -> AsyncIterator[bytes]:
         async for chunk in request.stream():
             yield chunk
         request.state.unread_body = False
 
-    try:
-        decode = form_decoder(request.headers.get("content-type", ""))
-    except InvalidInput as exc:
-        raise await refused(exc) from None
-    limit = services.settings.http_upload_timeout.total_seconds()
-    try:
-        async with asyncio.timeout(limit):
-            # A form's Content-Length counts against the collection's limit as a raw body's.
-            version = await services.backups.upload(
-                auth, collectionId, tracked(), content_length, decode
-            )
-    except TimeoutError:
-        raise await refused(RequestTimeout("Request took too long")) from None
+    version = await services.uploads.upload(
+        UploadRequest(
+            collection_id=collectionId,
+            client_ip=client_ip,
+            content_length=request.headers.get("content-length"),
+            body=tracked(),
+            authenticate=authenticate,
+            decoder=decoder,
+            reading_body=reading_body,
+        )
+    )
     return ok({"version": version_json(version)})
 
 
@@ -179,7 +169,7 @@ async def upload(
 async def list_versions(
     collectionId: CollectionId, auth: Auth, services: ServicesDep
 ) -> JSONResponse:
-    collection, versions, usage = await services.backups.list_versions(auth, collectionId)
+    collection, versions, usage = await services.collections.list_versions(auth, collectionId)
     return ok(
         {
             "collectionId": collection.name,
@@ -196,7 +186,7 @@ async def list_versions(
 )
 @router.get("/api/alpha/repository/collection", include_in_schema=False)
 async def list_collections(auth: Auth, services: ServicesDep) -> JSONResponse:
-    found = await services.backups.list_collections(auth)
+    found = await services.collections.list_collections(auth)
     return ok(
         {
             "collections": [
@@ -248,17 +238,13 @@ def content_disposition(filename: str) -> str:
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
-def _etag(download: Download) -> str:
-    return f'"{download.version.sha256}"'
-
-
 def _download_headers(download: Download) -> dict[str, str]:
     version = download.version
     digest = base64.b64encode(bytes.fromhex(version.sha256)).decode()
     headers = {
         "Content-Disposition": content_disposition(version.filename),
         "Content-Length": str(download.length),
-        "ETag": _etag(download),
+        "ETag": download.etag,
         "Digest": f"sha-256={digest}",
         "Repr-Digest": f"sha-256=:{digest}:",
         "X-Content-SHA256": version.sha256,
@@ -296,63 +282,34 @@ async def download(
     auth: Auth,
     services: ServicesDep,
 ) -> Response:
-    if_none_match = request.headers.get("if-none-match")
-    prepared = await services.backups.prepare_download(
-        auth, collectionId, version, _parse_range(request.headers.get("range"))
+    outgoing = await services.downloads.download(
+        auth,
+        collectionId,
+        version,
+        _parse_range(request.headers.get("range")),
+        if_none_match=request.headers.get("if-none-match"),
+        body=request.method != "HEAD",
+        # A Range header the service ignores still gets a stream, not the file.
+        local_file="range" not in request.headers,
     )
-    if if_none_match and if_none_match.strip() in {_etag(prepared), "*"}:
-        return Response(status_code=304, headers={"ETag": _etag(prepared)})
-    prepared = await services.backups.ensure_object(auth, prepared)
+    prepared = outgoing.download
+    if outgoing.not_modified:
+        return Response(status_code=304, headers={"ETag": prepared.etag})
     status = 206 if prepared.partial else 200
-    if request.method == "HEAD":
-        return Response(
-            status_code=status,
-            headers=_download_headers(prepared),
-            media_type="application/octet-stream",
-        )
-    if prepared.local_path is not None and "range" not in request.headers:
-        # Sent by the server itself (zero-copy where it supports the ASGI path-send extension).
-        # Told before the stat, so that nothing slower than a stat separates it from the
-        # sending. Stat here, not in FileResponse: a rotation may have deleted the file
-        # since ensure_object, and here that still becomes a clean 404 (or 503 if still
-        # live; or, for latest, the newer version, told too).
-        await services.backups.record_download(auth, prepared)
-        path: str = prepared.local_path
-        stat_result = None
-        for _ in range(LATEST_ATTEMPTS):
-            try:
-                stat_result = await asyncio.to_thread(os.stat, path)
-                break
-            except FileNotFoundError:
-                prepared = await services.backups.ensure_object(auth, prepared)
-                if prepared.local_path is None:
-                    break
-                path = prepared.local_path
-                await services.backups.record_download(auth, prepared)
-        if stat_result is None:
-            raise DependencyUnavailable(STORAGE_UNAVAILABLE)
-        headers = _download_headers(prepared)
+    headers = _download_headers(prepared)
+    if outgoing.file is not None:
+        # Sent by the server itself (zero-copy where it supports the ASGI path-send
+        # extension), with the stat the service took.
+        path, stat_result = outgoing.file
         del headers["Content-Length"]
         return FileResponse(
-            path,
-            headers=headers,
-            media_type="application/octet-stream",
-            stat_result=stat_result,
+            path, headers=headers, media_type="application/octet-stream", stat_result=stat_result
         )
-    headers = _download_headers(prepared)
+    if outgoing.chunks is None:  # HEAD
+        return Response(status_code=status, headers=headers, media_type="application/octet-stream")
     limit = services.settings.http_download_timeout.total_seconds()
-    # The first chunk before the headers: a missing object is still a clean 404/503.
-    chunks = services.backups.stream(prepared)
-    first = await anext(chunks, b"")
-    await services.backups.record_download(auth, prepared)
-
-    async def whole() -> AsyncIterator[bytes]:
-        yield first
-        async for chunk in chunks:
-            yield chunk
-
     return StreamingResponse(
-        _with_deadline(whole(), limit),
+        _with_deadline(outgoing.chunks, limit),
         status_code=status,
         headers=headers,
         media_type="application/octet-stream",
@@ -372,7 +329,7 @@ async def collection_health(
     code: Annotated[str | None, Query(max_length=1024)] = None,
 ) -> JSONResponse:
     given = code if code is not None else request.headers.get("authorization", "")
-    results = await services.backups.health(collectionId, given)
+    results = await services.collection_health.report(collectionId, given)
     data = {"health": [r.as_dict() for r in results]}
     if not all(r.status for r in results):
         return error(500, "one of checks failed", data)

@@ -1,0 +1,432 @@
+"""The upload pipeline: a new version of a collection, from the request's token and headers
+to the recorded version (docs/architecture.md, "The upload pipeline").
+
+:meth:`UploadService.upload` checks the caller, the headers and the collection's rights and
+windows, takes the collection's upload lock (a lease renewed while the upload runs,
+services/leases.py), cleans up what an interrupted upload left, and then, in
+:meth:`UploadService._upload_locked`: plans (number, rotation, quota), stores the body
+(counted, hashed and checked as OpenPGP on its way to the store), commits the version and
+announces it. Every refusal, whichever step refuses, emits one event with its reason
+(:func:`refusal_reason`), here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import secrets
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from backup_repository.domain import authz
+from backup_repository.domain.authz import CollectionAction
+from backup_repository.domain.errors import (
+    AuthenticationFailed,
+    Conflict,
+    DependencyUnavailable,
+    InvalidInput,
+    PayloadTooLarge,
+    RequestTimeout,
+)
+from backup_repository.domain.identity import Collection
+from backup_repository.domain.openpgp import OpenPGPStreamChecker
+from backup_repository.domain.quota import max_upload_size
+from backup_repository.domain.rotation import versions_to_rotate
+from backup_repository.domain.versions import StoredVersion
+from backup_repository.domain.windows import WindowClosed, is_window_open
+from backup_repository.services.auth import AuthContext
+from backup_repository.services.collections import (
+    NOT_AUTHORIZED_UPLOAD,
+    STORAGE_UNAVAILABLE,
+    CollectionService,
+    caller_event,
+)
+from backup_repository.services.events import (
+    Action,
+    EventSink,
+    NullSink,
+    Outcome,
+    short_session,
+)
+from backup_repository.services.leases import renewed_lease
+from backup_repository.services.ports import (
+    ConfigurationProvider,
+    LockLost,
+    SessionConsumed,
+    VersionRecord,
+    VersionRepository,
+)
+from backup_repository.services.upload_cleanup import UploadCleanup
+from backup_repository.services.upload_refusals import refusal_event
+from backup_repository.storage.base import BlobStore, StorageError
+from backup_repository.streams import ChunkWorker
+
+logger = logging.getLogger(__name__)
+
+PARALLEL_UPLOAD = "cannot upload to same collection in parallel"
+QUOTA_EXCEEDED = "filesize reached allowed limit"
+TOKEN_ALREADY_USED = "token was already used"  # noqa: S105 - a message, not a secret
+INVALID_CONTENT_LENGTH = "invalid Content-Length header"
+EMPTY_UPLOAD = "sent empty data"
+TOOK_TOO_LONG = "Request took too long"
+_CONTENT_LENGTH = re.compile(r"^\d{1,19}$")
+
+# The upload lock is a lease renewed (every third of it) while the upload runs, so the lock
+# of a replica that died frees itself within the lease.
+DEFAULT_LOCK_LEASE = 30.0
+# The whole upload's time limit (--http-upload-timeout) when none is given.
+DEFAULT_DEADLINE = 7200.0
+
+# Turns a request body into the bytes of the file it carries (a form's field ``file``).
+BodyDecoder = Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]]
+
+
+@dataclass(frozen=True)
+class UploadRequest:
+    """An upload as the HTTP layer received it. The service runs its callables in this
+    order, inside its own error handling, so that every refusal is emitted in one place:
+    ``authenticate`` (the caller, from the request's token), the Content-Length check,
+    ``reading_body`` (from here on an error answer must drain the unread body), then
+    ``decoder`` (None for a raw body, else what turns the form into the file's bytes)."""
+
+    collection_id: str
+    client_ip: str
+    content_length: str | None  # the header as sent
+    body: AsyncIterable[bytes]
+    authenticate: Callable[[], Awaitable[AuthContext]]
+    decoder: Callable[[], BodyDecoder | None]
+    reading_body: Callable[[], None] = lambda: None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What an upload under the lock will store, and which versions it rotates out."""
+
+    now: datetime
+    number: int
+    filename: str
+    key: str
+    limit: int
+    rotated: list[VersionRecord]
+
+
+class UploadService:
+    def __init__(
+        self,
+        collections: CollectionService,
+        config: ConfigurationProvider,
+        versions: VersionRepository,
+        store: BlobStore,
+        io_timeout: float,
+        *,
+        deadline: float = DEFAULT_DEADLINE,
+        lock_lease: float = DEFAULT_LOCK_LEASE,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        events: EventSink | None = None,
+        instance: str | None = None,
+    ) -> None:
+        self._collections = collections
+        self._config = config
+        self._versions = versions
+        self._store = store
+        self._io_timeout = io_timeout
+        self._deadline = deadline
+        self._lock_lease = lock_lease
+        self._clock = clock
+        self._events: EventSink = events or NullSink()
+        # Distinguishes this process's locks from other replicas' in the lock table:
+        # ``<replica tag>/<life>`` (domain/replica.py) from the composition root.
+        self._instance = instance or secrets.token_hex(8)
+        self.cleanup = UploadCleanup(config, versions, store, lock_lease, self._instance)
+
+    async def upload(self, request: UploadRequest) -> VersionRecord:
+        """Store the request's body as the next version. Every byte of the body counts
+        against the collection's limit (a form's too, not only its file's). An accepted
+        upload emits an event with its version; a refused one an event with the bytes
+        received and the reason."""
+        ctx: AuthContext | None = None
+        size: int | None = None  # known once the service works on the body
+        received = 0
+
+        async def counted() -> AsyncIterator[bytes]:
+            nonlocal received
+            async for chunk in request.body:
+                received += len(chunk)
+                yield chunk
+
+        try:
+            ctx = await request.authenticate()
+            content_length = _content_length(request.content_length)
+            request.reading_body()
+            decode = request.decoder()
+            size = content_length
+            try:
+                async with asyncio.timeout(self._deadline):
+                    record = await self._upload(
+                        ctx, request.collection_id, counted(), content_length, decode
+                    )
+            except TimeoutError:
+                raise RequestTimeout(TOOK_TOO_LONG) from None
+        except asyncio.CancelledError:
+            # A shutdown, or the client went away.
+            raise
+        except BaseException as exc:
+            await self._events.emit(
+                refusal_event(ctx, request.collection_id, request.client_ip, exc, received or size)
+            )
+            raise
+        await self._events.emit(
+            caller_event(
+                ctx,
+                Action.UPLOAD,
+                Outcome.SUCCESS,
+                request.collection_id,
+                version=record.number,
+                size=record.size,
+            )
+        )
+        return record
+
+    async def _upload(
+        self,
+        ctx: AuthContext,
+        collection_id: str,
+        body: AsyncIterable[bytes],
+        content_length: int | None,
+        decode: BodyDecoder | None,
+    ) -> VersionRecord:
+        collection = self._collections.authorized(
+            ctx, collection_id, CollectionAction.UPLOAD, NOT_AUTHORIZED_UPLOAD
+        )
+        if not is_window_open(collection.windows, self._clock()) and not (
+            authz.may_act_on_collection(
+                ctx.principal, collection, CollectionAction.UPLOAD_OUTSIDE_WINDOW
+            )
+        ):
+            raise WindowClosed()
+
+        owner = f"{self._instance}:{uuid.uuid4().hex[:16]}"
+        await self.cleanup.wait_for(collection)
+        last_number = await self._versions.try_lock(collection.name, owner, self._lock_lease)
+        if last_number is None:
+            raise Conflict(PARALLEL_UPLOAD)
+
+        async def renew() -> bool:
+            return await self._versions.renew_lock(collection.name, owner, self._lock_lease)
+
+        async def release() -> None:
+            await self._versions.release_lock(collection.name, owner)
+
+        try:
+            async with renewed_lease(
+                renew, release, self._lock_lease, f"upload lock of {collection.name}"
+            ):
+                await self.cleanup.clean_leftovers(collection, last_number)
+                return await self._upload_locked(
+                    ctx, collection, owner, last_number, body, content_length, decode
+                )
+        except LockLost as exc:
+            # Lost while the upload ran (a stall longer than the lease): another upload may
+            # be running now.
+            raise Conflict(PARALLEL_UPLOAD) from exc
+
+    async def _upload_locked(
+        self,
+        ctx: AuthContext,
+        collection: Collection,
+        owner: str,
+        last_number: int,
+        body: AsyncIterable[bytes],
+        content_length: int | None,
+        decode: BodyDecoder | None,
+    ) -> VersionRecord:
+        plan = await self._plan(collection, last_number)
+        if content_length is not None and content_length > plan.limit:
+            raise PayloadTooLarge(QUOTA_EXCEEDED)
+        if decode is not None:
+            # A form: its every byte counts, not only the file's (which are fewer).
+            body = decode(_at_most(body, plan.limit))
+        size, sha256 = await self._store_body(collection, owner, plan, body)
+        record = VersionRecord(
+            id=str(uuid.uuid4()),
+            collection_id=collection.name,
+            number=plan.number,
+            filename=plan.filename,
+            storage_key=plan.key,
+            size=size,
+            sha256=sha256,
+            session_id=ctx.session.id,
+            user=ctx.user.name,
+            created_at=plan.now,
+            updated_at=plan.now,
+        )
+        await self._commit(ctx, record, owner, plan)
+        await self._announce(ctx, collection, record, plan)
+        return record
+
+    async def _plan(self, collection: Collection, last_number: int) -> _Plan:
+        """The next number and its object, the versions this upload rotates out, and the
+        largest upload the quota leaves room for once they are gone."""
+        now = self._clock()
+        live = await self._versions.live_versions(collection.name)
+        by_number = {v.number: v for v in live}
+        rotated = versions_to_rotate(collection, [_stored(v) for v in live], now)
+        rotated_numbers = {r.number for r in rotated}
+        remaining = [_stored(v) for v in live if v.number not in rotated_numbers]
+        number = last_number + 1
+        filename = collection.filename_for(number)
+        return _Plan(
+            now=now,
+            number=number,
+            filename=filename,
+            key=f"{collection.name}/{filename}",
+            limit=max_upload_size(collection, remaining),
+            rotated=[by_number[r.number] for r in rotated],
+        )
+
+    async def _store_body(
+        self, collection: Collection, owner: str, plan: _Plan, body: AsyncIterable[bytes]
+    ) -> tuple[int, str]:
+        """Stream ``body`` into the store under the plan's key, counting, hashing (SHA-256)
+        and checking it as OpenPGP on its way; the object becomes visible only when all
+        of that passed. Returns the size and the SHA-256."""
+        digest = hashlib.sha256()
+        checker = OpenPGPStreamChecker()
+        size = 0
+
+        async def checked() -> AsyncIterator[bytes]:
+            nonlocal size
+            # SHA-256 runs in a thread of its own, overlapping the network and the storage.
+            hasher = ChunkWorker(digest.update, name="upload-sha256")
+            try:
+                async for chunk in body:
+                    if not chunk:
+                        continue
+                    size += len(chunk)
+                    if size > plan.limit:
+                        raise PayloadTooLarge(QUOTA_EXCEEDED)
+                    checker.feed(chunk)
+                    await hasher.submit(chunk)
+                    yield chunk
+                checker.finish()
+                await hasher.finish()
+                # Last chance before the object becomes visible under its final name: if the
+                # lease was lost meanwhile, that name may now belong to another upload.
+                if not await self._versions.renew_lock(collection.name, owner, self._lock_lease):
+                    raise LockLost(f"upload lock of {collection.name} was lost")
+            except BaseException:
+                await hasher.abort()
+                raise
+
+        try:
+            async with asyncio.timeout(self._io_timeout):
+                await self._store.put_stream(plan.key, checked())
+        except (InvalidInput, PayloadTooLarge):
+            raise
+        except LockLost as exc:
+            raise Conflict(PARALLEL_UPLOAD) from exc
+        except StorageError as exc:
+            logger.warning("storage failed during upload to %s: %s", plan.key, exc)
+            raise DependencyUnavailable(STORAGE_UNAVAILABLE) from exc
+        return size, digest.hexdigest()
+
+    async def _commit(
+        self, ctx: AuthContext, record: VersionRecord, owner: str, plan: _Plan
+    ) -> None:
+        """Record the version (still under our lock, with the next number) and mark the
+        rotated versions deleted, in one transaction. A single-use token is consumed in
+        the same transaction, so two uploads with it (on any replicas) can never both be
+        recorded."""
+        single_use = ctx.session.single_use_collection is not None
+        try:
+            await self._versions.commit_version(
+                record,
+                owner,
+                [r.id for r in plan.rotated],
+                consume_session_id=ctx.session.id if single_use else None,
+            )
+        except SessionConsumed:
+            # Used (or revoked) meanwhile: nothing was recorded; the object goes.
+            await asyncio.shield(self.cleanup.delete_quietly(record.storage_key))
+            raise AuthenticationFailed(TOKEN_ALREADY_USED) from None
+        except LockLost as exc:
+            # The name may now be the next holder's: leave it alone (its clean-up removes
+            # the object if nobody records it).
+            raise Conflict(PARALLEL_UPLOAD) from exc
+        except (DependencyUnavailable, asyncio.CancelledError):
+            # The connection broke or the request was cancelled while committing: the
+            # version may well be recorded, so its object stays. If it was not, the next
+            # clean-up under the lock removes it (the counter tells which).
+            raise
+        except BaseException:
+            # Certainly not recorded: the object must not stay behind as an orphan.
+            await asyncio.shield(self.cleanup.delete_quietly(record.storage_key))
+            raise
+
+    async def _announce(
+        self, ctx: AuthContext, collection: Collection, record: VersionRecord, plan: _Plan
+    ) -> None:
+        """Log the new version, emit the events of the token it used up and of the versions
+        it rotated out, and delete their objects."""
+        number = record.number
+        logger.info(
+            "stored %s v%d (%d bytes) for %s", collection.name, number, record.size, ctx.user.name
+        )
+        if ctx.session.single_use_collection is not None:
+            await self._events.emit(
+                caller_event(
+                    ctx,
+                    Action.TOKEN_REVOKE,
+                    Outcome.SUCCESS,
+                    collection.name,
+                    version=number,
+                    detail=f"single-use token used by v{number}; session "
+                    f"{short_session(ctx.session.id)} revoked",
+                )
+            )
+        for gone in plan.rotated:
+            await self._events.emit(
+                caller_event(
+                    ctx,
+                    Action.ROTATION_DELETE,
+                    Outcome.SUCCESS,
+                    collection.name,
+                    version=gone.number,
+                    size=gone.size,
+                    detail=f"rotated out by v{number} ({collection.strategy.name})",
+                )
+            )
+        try:
+            await self.cleanup.purge(plan.rotated)
+        except Exception:
+            # Recorded and answered as stored; the next clean-up purges what is left.
+            logger.exception("could not purge the rotated versions of %s", collection.name)
+
+
+def _content_length(header: str | None) -> int | None:
+    """The Content-Length header's value; a malformed one or 0 is refused at once."""
+    if header is None:
+        return None
+    if not _CONTENT_LENGTH.match(header):
+        raise InvalidInput(INVALID_CONTENT_LENGTH)
+    if (length := int(header)) == 0:
+        raise InvalidInput(EMPTY_UPLOAD)
+    return length
+
+
+def _stored(version: VersionRecord) -> StoredVersion:
+    return StoredVersion(number=version.number, size=version.size, created_at=version.created_at)
+
+
+async def _at_most(chunks: AsyncIterable[bytes], limit: int) -> AsyncIterator[bytes]:
+    """``chunks`` until more than ``limit`` bytes came: then PayloadTooLarge."""
+    received = 0
+    async for chunk in chunks:
+        received += len(chunk)
+        if received > limit:
+            raise PayloadTooLarge(QUOTA_EXCEEDED)
+        yield chunk
