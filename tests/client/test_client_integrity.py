@@ -1,140 +1,79 @@
-"""The client's SHA-256 checks and its aborted uploads, against a small fake server that can
-lie: it announces a wrong SHA-256 for a download, records a wrong one for an upload, or
-announces none (as the reference server does); and it tells whether an upload body was
-complete (the final chunk arrived) or cut off."""
+"""The client's SHA-256 checks and its aborted uploads, against the real server (real GnuPG
+keys, file:// storage).
+
+A damaged download is made the way it happens: the stored object is changed on disk, so the
+server sends bytes that no longer match the SHA-256 it recorded at the upload. What the real
+server never does is done by a relay in front of it (relay.py): one byte of an upload
+damaged on its way, answers in the reference server's shape (no checksum headers on a
+download, no SHA-256 for an upload), a broken proxy answering an upload before its body
+ended. The relay also shows how an upload body arrived: chunked, and whether the final chunk
+came."""
 
 from __future__ import annotations
 
 import hashlib
-import json
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
-from client_support import KeyFiles, encrypt_to, run_bm
+from client_support import KeyFiles, LiveServer, encrypt_to, run_bm
+from relay import Relay, relay_to
+
+from support import wait_until
 
 pytestmark = pytest.mark.e2e
 
 PLAINTEXT = b"the real backup\n" * 5000
+CHECKSUM_HEADERS = {"x-content-sha256", "digest", "repr-digest", "etag"}
 
 
-@dataclass
-class Behaviour:
-    stored: bytes = b""  # what a download sends
-    announce: str | None = None  # X-Content-SHA256 of a download; None: no header
-    record: str | None = "actual"  # sha256 an upload reports: "actual", a fixed value, None
-    uploads: list[tuple[bool, int]] = field(default_factory=list)  # (complete, bytes read)
-    answer_early: bool = False  # answer 200 after the first chunk, before the body ended
-
-
-def _read_chunked(handler: BaseHTTPRequestHandler) -> tuple[bool, bytes]:
-    """Decode a chunked body; (False, bytes so far) if the client went away before the
-    final zero-length chunk."""
-    body = bytearray()
-    while True:
-        line = handler.rfile.readline(100)
-        if not line:
-            return False, bytes(body)
-        size = int(line.split(b";")[0].strip() or b"0", 16)
-        if size == 0:
-            handler.rfile.readline(100)
-            return True, bytes(body)
-        chunk = handler.rfile.read(size + 2)
-        if len(chunk) < size + 2:
-            return False, bytes(body + chunk[:size])
-        body += chunk[:size]
-
-
-def make_handler(behaviour: Behaviour) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return None
-
-        def _json(self, status: int, document: dict[str, Any]) -> None:
-            body = json.dumps(document).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self) -> None:
-            if self.path.endswith("/version"):
-                self._json(200, {"status": True, "data": {"versions": []}})
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(len(behaviour.stored)))
-            if behaviour.announce is not None:
-                self.send_header("X-Content-SHA256", behaviour.announce)
-            self.end_headers()
-            self.wfile.write(behaviour.stored)
-
-        def do_POST(self) -> None:
-            if behaviour.answer_early:
-                size = int(self.rfile.readline(100).strip(), 16)
-                self.rfile.read(size)
-                behaviour.uploads.append((False, size))
-                self.close_connection = True
-                self._json(200, {"status": True, "data": {"version": {"versionNumber": 1}}})
-                return
-            complete, body = _read_chunked(self)
-            behaviour.uploads.append((complete, len(body)))
-            if not complete:
-                self.close_connection = True
-                return
-            actual = hashlib.sha256(body).hexdigest()
-            recorded = actual if behaviour.record == "actual" else behaviour.record
-            version = {"versionNumber": 1, "filesize": len(body), "filename": "x-1"}
-            if recorded is not None:
-                version["sha256"] = recorded
-            self._json(200, {"status": True, "data": {"version": version}})
-
-    return Handler
+def server_args(url: str, live_server: LiveServer, collection: str) -> list[str]:
+    return ["-u", url, "-i", collection, "-t", live_server.token()]
 
 
 @pytest.fixture
-def fake() -> Iterator[tuple[str, Behaviour]]:
-    behaviour = Behaviour()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(behaviour))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", behaviour
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-
-
-def global_args(url: str) -> list[str]:
-    return ["-u", url, "-i", "db", "-t", "token"]
+def stored(live_server: LiveServer, collection: str, keys: KeyFiles) -> bytes:
+    """The encrypted PLAINTEXT, uploaded to the real server as version 1 of ``collection``
+    (not compressed, so that there is plenty of ciphertext to damage)."""
+    sealed = encrypt_to(keys.alice_public, PLAINTEXT, compress=False)
+    live_server.upload(collection, sealed)
+    return sealed
 
 
 @pytest.fixture
-def sealed(keys: KeyFiles) -> bytes:
-    return encrypt_to(keys.alice_public, PLAINTEXT)
+def relay(live_server: LiveServer) -> Iterator[Relay]:
+    with relay_to(live_server.url) as relay:
+        yield relay
+
+
+def damage_stored_object(live_server: LiveServer, collection: str) -> None:
+    """Flip one bit in the middle of the stored object, in place (its size stays)."""
+    [path] = live_server.stored_objects(collection)
+    size = path.stat().st_size
+    with path.open("r+b") as file:
+        file.seek(size // 2)
+        byte = file.read(1)
+        file.seek(size // 2)
+        file.write(bytes([byte[0] ^ 0x01]))
+    assert path.stat().st_size == size
+
+
+def assert_nothing_stored(live_server: LiveServer, collection: str) -> None:
+    assert live_server.versions(collection) == []
+    wait_until(lambda: live_server.stored_objects(collection) == [], timeout=15)
 
 
 # -- downloads that do not match what the server announced ------------------------------------
 
 
 def test_restore_refuses_a_download_that_does_not_match_before_running_the_command(
-    fake: tuple[str, Behaviour], keys: KeyFiles, sealed: bytes, tmp_path: Path
+    live_server: LiveServer, collection: str, keys: KeyFiles, stored: bytes, tmp_path: Path
 ) -> None:
-    url, behaviour = fake
-    behaviour.stored = sealed
-    behaviour.announce = hashlib.sha256(b"something else").hexdigest()
+    damage_stored_object(live_server, collection)
     marker = tmp_path / "started"
     result = run_bm(
-        "restore", *global_args(url), "-c", f"touch '{marker}'; cat > /dev/null",
-        "-p", str(keys.alice_secret),
+        "restore", *server_args(live_server.url, live_server, collection),
+        "-c", f"touch '{marker}'; cat > /dev/null", "-p", str(keys.alice_secret),
     )  # fmt: skip
     assert result.returncode == 6, result.stderr
     assert "SHA-256 mismatch" in result.stderr
@@ -142,15 +81,13 @@ def test_restore_refuses_a_download_that_does_not_match_before_running_the_comma
 
 
 def test_restore_stream_stops_the_command_when_the_download_does_not_match(
-    fake: tuple[str, Behaviour], keys: KeyFiles, sealed: bytes, tmp_path: Path
+    live_server: LiveServer, collection: str, keys: KeyFiles, stored: bytes, tmp_path: Path
 ) -> None:
-    url, behaviour = fake
-    behaviour.stored = sealed
-    behaviour.announce = hashlib.sha256(b"something else").hexdigest()
+    damage_stored_object(live_server, collection)
     out = tmp_path / "out"
     result = run_bm(
-        "restore", *global_args(url), "-c", f"cat > '{out}'", "-p", str(keys.alice_secret),
-        "--stream",
+        "restore", *server_args(live_server.url, live_server, collection),
+        "-c", f"cat > '{out}'", "-p", str(keys.alice_secret), "--stream",
     )  # fmt: skip
     assert result.returncode == 6, result.stderr
     assert "SHA-256 mismatch" in result.stderr
@@ -161,44 +98,56 @@ def test_restore_stream_stops_the_command_when_the_download_does_not_match(
 
 @pytest.mark.parametrize("with_key", [True, False], ids=["decrypted", "encrypted"])
 def test_download_keeps_nothing_when_the_download_does_not_match(
-    fake: tuple[str, Behaviour], keys: KeyFiles, sealed: bytes, tmp_path: Path, with_key: bool
+    live_server: LiveServer,
+    collection: str,
+    keys: KeyFiles,
+    stored: bytes,
+    tmp_path: Path,
+    with_key: bool,
 ) -> None:
-    url, behaviour = fake
-    behaviour.stored = sealed
-    behaviour.announce = "0" * 64
+    damage_stored_object(live_server, collection)
     folder = tmp_path / "downloads"
     folder.mkdir()
     key = ["-p", str(keys.alice_secret)] if with_key else []
-    result = run_bm("download", *global_args(url), "--save-path", str(folder / "out"), *key)
+    result = run_bm(
+        "download", *server_args(live_server.url, live_server, collection),
+        "--save-path", str(folder / "out"), *key,
+    )  # fmt: skip
     assert result.returncode == 6, result.stderr
+    assert "SHA-256 mismatch" in result.stderr
     assert list(folder.iterdir()) == []
 
 
 def test_a_download_without_announced_sha256_is_restored_with_a_warning(
-    fake: tuple[str, Behaviour], keys: KeyFiles, sealed: bytes, tmp_path: Path
+    live_server: LiveServer,
+    collection: str,
+    keys: KeyFiles,
+    stored: bytes,
+    relay: Relay,
+    tmp_path: Path,
 ) -> None:
-    url, behaviour = fake
-    behaviour.stored = sealed  # like the reference server: no checksum header
+    relay.drop_response_headers = CHECKSUM_HEADERS  # as the reference server sends it
     out = tmp_path / "out"
     result = run_bm(
-        "restore", *global_args(url), "-c", f"cat > '{out}'", "-p", str(keys.alice_secret)
-    )
+        "restore", *server_args(relay.url, live_server, collection),
+        "-c", f"cat > '{out}'", "-p", str(keys.alice_secret),
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "announced no SHA-256" in result.stderr
     assert out.read_bytes() == PLAINTEXT
 
 
 def test_a_matching_announced_sha256_restores(
-    fake: tuple[str, Behaviour], keys: KeyFiles, sealed: bytes, tmp_path: Path
+    live_server: LiveServer, collection: str, keys: KeyFiles, stored: bytes, tmp_path: Path
 ) -> None:
-    url, behaviour = fake
-    behaviour.stored = sealed
-    behaviour.announce = hashlib.sha256(sealed).hexdigest().upper()  # hex case does not matter
     target = tmp_path / "out"
     result = run_bm(
-        "download", *global_args(url), "--save-path", str(target), "-p", str(keys.alice_secret)
-    )
+        "download", *server_args(live_server.url, live_server, collection),
+        "--save-path", str(target), "-p", str(keys.alice_secret),
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    assert "download verified:" in result.stderr
+    assert f"SHA-256 {hashlib.sha256(stored).hexdigest()}" in result.stderr
     assert target.read_bytes() == PLAINTEXT
 
 
@@ -206,62 +155,81 @@ def test_a_matching_announced_sha256_restores(
 
 
 def test_make_fails_when_the_server_records_another_sha256(
-    fake: tuple[str, Behaviour], keys: KeyFiles
+    live_server: LiveServer, collection: str, keys: KeyFiles, relay: Relay
 ) -> None:
-    url, behaviour = fake
-    behaviour.record = "f" * 64
-    result = run_bm("make", *global_args(url), "-c", "echo data", "-k", str(keys.alice_public))
+    relay.flip_last_upload_byte = True  # damaged between the client and the server
+    result = run_bm(
+        "make", *server_args(relay.url, live_server, collection),
+        "-c", "echo data", "-k", str(keys.alice_public),
+    )  # fmt: skip
     assert result.returncode == 6, result.stderr
     assert "the stored backup is damaged" in result.stderr
-    assert behaviour.uploads[0][0] is True
+    assert [upload.complete for upload in relay.uploads] == [True]
+    [version] = live_server.versions(collection)  # what the server recorded
+    assert version["filesize"] == relay.uploads[0].size
 
 
 def test_make_warns_when_the_server_reports_no_sha256(
-    fake: tuple[str, Behaviour], keys: KeyFiles
+    live_server: LiveServer, collection: str, keys: KeyFiles, relay: Relay
 ) -> None:
-    url, behaviour = fake
-    behaviour.record = None
-    result = run_bm("make", *global_args(url), "-c", "echo data", "-k", str(keys.alice_public))
+    relay.drop_version_fields = {"sha256"}  # the reference server's answer has none
+    result = run_bm(
+        "make", *server_args(relay.url, live_server, collection),
+        "-c", "echo data", "-k", str(keys.alice_public),
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "reported no SHA-256" in result.stderr
+    assert len(live_server.versions(collection)) == 1
 
 
 def test_a_failed_command_never_sends_the_final_chunk(
-    fake: tuple[str, Behaviour], keys: KeyFiles, tmp_path: Path
+    live_server: LiveServer, collection: str, keys: KeyFiles, relay: Relay, tmp_path: Path
 ) -> None:
-    url, behaviour = fake
     data = tmp_path / "data"
     data.write_bytes(PLAINTEXT)
     result = run_bm(
-        "make", *global_args(url), "-c", f"cat '{data}'; exit 1", "-k", str(keys.alice_public)
-    )
+        "make", *server_args(relay.url, live_server, collection),
+        "-c", f"cat '{data}'; exit 1", "-k", str(keys.alice_public),
+    )  # fmt: skip
     assert result.returncode == 3, result.stderr
-    # The server got the whole encrypted message but not the end of the body.
-    assert len(behaviour.uploads) == 1
-    complete, received = behaviour.uploads[0]
-    assert complete is False
-    assert received > 0
+    # The whole encrypted message went out, but not the end of the body ...
+    [upload] = relay.uploads
+    assert upload.chunked
+    assert upload.complete is False
+    assert upload.size > 0
+    # ... so the server, which had it all, recorded nothing and kept nothing.
+    assert_nothing_stored(live_server, collection)
 
 
 def test_a_successful_upload_is_chunked_and_complete(
-    fake: tuple[str, Behaviour], keys: KeyFiles, tmp_path: Path
+    live_server: LiveServer, collection: str, keys: KeyFiles, relay: Relay, tmp_path: Path
 ) -> None:
-    url, behaviour = fake
     data = tmp_path / "data"
     data.write_bytes(PLAINTEXT)
-    result = run_bm("make", *global_args(url), "-c", f"cat '{data}'", "-k", str(keys.alice_public))
+    result = run_bm(
+        "make", *server_args(relay.url, live_server, collection),
+        "-c", f"cat '{data}'", "-k", str(keys.alice_public),
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert behaviour.uploads[0][0] is True
+    [upload] = relay.uploads
+    assert upload.chunked
+    assert upload.complete
+    [version] = live_server.versions(collection)
+    [path] = live_server.stored_objects(collection)
+    assert version["filesize"] == upload.size == path.stat().st_size
+    assert version["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_an_answer_before_the_body_ended_is_not_a_success(
-    fake: tuple[str, Behaviour], keys: KeyFiles
+    live_server: LiveServer, collection: str, keys: KeyFiles, relay: Relay
 ) -> None:
-    url, behaviour = fake
-    behaviour.answer_early = True
+    relay.answer_early = True  # a broken proxy: 200 after the first chunk
     result = run_bm(
-        "make", *global_args(url), "-c", "head -c 20000000 /dev/urandom",
-        "-k", str(keys.alice_public), "--compress-level", "0",
+        "make", *server_args(relay.url, live_server, collection),
+        "-c", "head -c 20000000 /dev/urandom", "-k", str(keys.alice_public),
+        "--compress-level", "0",
     )  # fmt: skip
     assert result.returncode == 5, result.stderr
     assert "answered before the whole backup was sent" in result.stderr
+    assert [upload.complete for upload in relay.uploads] == [False]
+    assert live_server.versions(collection) == []
