@@ -170,9 +170,20 @@ def cmd_make(args: Arguments) -> int:
     return ExitCode.OK
 
 
-def _private_key(args: Arguments) -> str | None:
+@contextlib.contextmanager
+def _decryption_keyring(
+    args: Arguments, secret: str | None, without_key: str, level: int
+) -> Iterator[Keyring | None]:
+    """A keyring holding --private-key, its passphrase checked; None without the flag (then
+    ``without_key`` says what happens instead, logged at ``level``)."""
     value = args.get(PRIVATE_KEY)
-    return str(value) if value else None
+    key_path = str(value) if value else None
+    with keyring_with(key_path, _gpg_binary(args), secret) as keyring:
+        if keyring is None:
+            log.log(level, "no --private-key: %s", without_key)
+        else:
+            keyring.check_passphrase(secret)
+        yield keyring
 
 
 def cmd_restore(args: Arguments) -> int:
@@ -184,12 +195,9 @@ def cmd_restore(args: Arguments) -> int:
     if not spool_dir.is_dir():
         raise UsageError(f"--spool-dir {str(spool_dir)!r} is not a folder")
     secret = passphrase(args)
-    key_path = _private_key(args)
-    with server.open() as client, keyring_with(key_path, _gpg_binary(args), secret) as keyring:
-        if keyring is None:
-            log.warning("no --private-key: the encrypted stream is piped into the command as it is")
-        else:
-            keyring.check_passphrase(secret)
+    without_key = "the encrypted stream is piped into the command as it is"
+    keyring_of = _decryption_keyring(args, secret, without_key, logging.WARNING)
+    with server.open() as client, keyring_of as keyring:
         transfer.restore(
             client,
             collection,
@@ -212,12 +220,9 @@ def cmd_download(args: Arguments) -> int:
         raise UsageError("missing --save-path")
     version = check_version(str(args.get(VERSION)))
     secret = passphrase(args)
-    key_path = _private_key(args)
-    with server.open() as client, keyring_with(key_path, _gpg_binary(args), secret) as keyring:
-        if keyring is None:
-            log.info("no --private-key: saving the encrypted file as stored")
-        else:
-            keyring.check_passphrase(secret)
+    without_key = "saving the encrypted file as stored"
+    keyring_of = _decryption_keyring(args, secret, without_key, logging.INFO)
+    with server.open() as client, keyring_of as keyring:
         transfer.download(
             client, collection, version, Path(target), keyring, secret, progress=_progress(args)
         )

@@ -82,6 +82,16 @@ def _recipient_option(parser: argparse.ArgumentParser, help_text: str) -> None:
     )
 
 
+def _decryption_options(parser: argparse.ArgumentParser, key_help: str) -> None:
+    """The options of the subcommands that fetch and decrypt a version."""
+    parser.add_argument(
+        "-p", "--private-key", metavar="PATH", help=key_help + _env("BM_PRIVATE_KEY_PATH")
+    )
+    _passphrase_options(parser, "of the private key")
+    _version_option(parser)
+    _recipient_option(parser, "accepted for compatibility; decryption does not need it")
+
+
 def build_parser() -> argparse.ArgumentParser:
     formatter = argparse.HelpFormatter
     parser = argparse.ArgumentParser(
@@ -147,14 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
         "-c", "--cmd", metavar="COMMAND",
         help="shell command that reads the backup on its standard input" + _env("BM_CMD"),
     )  # fmt: skip
-    restore.add_argument(
-        "-p", "--private-key", metavar="PATH",
-        help="private key file to decrypt with; without it the encrypted stream is piped "
-        "into the command as it is" + _env("BM_PRIVATE_KEY_PATH"),
-    )  # fmt: skip
-    _passphrase_options(restore, "of the private key")
-    _version_option(restore)
-    _recipient_option(restore, "accepted for compatibility; decryption does not need it")
+    _decryption_options(
+        restore,
+        "private key file to decrypt with; without it the encrypted stream is piped into the "
+        "command as it is",
+    )
     restore.add_argument(
         "--stream", action="store_true",
         help="restore while downloading, without a spool file; a damaged download is then "
@@ -175,14 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         "beside the target and renamed only when the download verified and gpg succeeded.",
     )
     download.add_argument("--save-path", metavar="PATH", help="file to write (mode 0600)")
-    download.add_argument(
-        "-p", "--private-key", metavar="PATH",
-        help="private key file; without it the encrypted file is saved"
-        + _env("BM_PRIVATE_KEY_PATH"),
-    )  # fmt: skip
-    _passphrase_options(download, "of the private key")
-    _version_option(download)
-    _recipient_option(download, "accepted for compatibility; decryption does not need it")
+    _decryption_options(download, "private key file; without it the encrypted file is saved")
 
     login = add(
         "login",
