@@ -30,7 +30,6 @@ from sqlalchemy import (
     Text,
     case,
     func,
-    insert,
     inspect,
     select,
     update,
@@ -39,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from backup_repository.db.repositories import transaction
 from backup_repository.db.tables import BackupVersion, CollectionState
+from backup_repository.db.versions import insert_version
 from backup_repository.domain.import_reference import KnownVersion, ReferenceRow
 from backup_repository.services.ports import LockLost, VersionRecord
 
@@ -204,21 +204,7 @@ class SqlImportRepository:
         least the version's number and record the version. Raises LockLost."""
         async with transaction(self._engine) as connection:
             await self._raise(connection, version.collection_id, version.number, owner)
-            await connection.execute(
-                insert(BackupVersion).values(
-                    id=version.id,
-                    collection_id=version.collection_id,
-                    version_number=version.number,
-                    filename=version.filename,
-                    storage_key=version.storage_key,
-                    filesize=version.size,
-                    sha256=version.sha256,
-                    uploaded_by_session_id=version.session_id,
-                    user_name=version.user,
-                    created_at=version.created_at,
-                    updated_at=version.updated_at,
-                )
-            )
+            await connection.execute(insert_version(version))
 
     async def raise_counter(self, collection_id: str, number: int, owner: str) -> int:
         """Raise the collection's last version number to at least ``number`` (never lower

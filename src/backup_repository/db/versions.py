@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import RowMapping, and_, false, func, insert, or_, select, update
+from sqlalchemy import Insert, RowMapping, and_, false, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -181,21 +181,7 @@ class SqlVersionRepository:
                 )
                 if consumed.rowcount != 1:
                     raise SessionConsumed(f"session {consume_session_id[:12]} is not active")
-            await connection.execute(
-                insert(BackupVersion).values(
-                    id=version.id,
-                    collection_id=version.collection_id,
-                    version_number=version.number,
-                    filename=version.filename,
-                    storage_key=version.storage_key,
-                    filesize=version.size,
-                    sha256=version.sha256,
-                    uploaded_by_session_id=version.session_id,
-                    user_name=version.user,
-                    created_at=version.created_at,
-                    updated_at=version.updated_at,
-                )
-            )
+            await connection.execute(insert_version(version))
             if rotated_ids:
                 await connection.execute(
                     update(BackupVersion)
@@ -267,4 +253,21 @@ def _to_record(row: RowMapping) -> VersionRecord:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         deleted_at=row["deleted_at"],
+    )
+
+
+def insert_version(version: VersionRecord) -> Insert:
+    """The INSERT of one version row (an upload's, or an imported one's)."""
+    return insert(BackupVersion).values(
+        id=version.id,
+        collection_id=version.collection_id,
+        version_number=version.number,
+        filename=version.filename,
+        storage_key=version.storage_key,
+        filesize=version.size,
+        sha256=version.sha256,
+        uploaded_by_session_id=version.session_id,
+        user_name=version.user,
+        created_at=version.created_at,
+        updated_at=version.updated_at,
     )
