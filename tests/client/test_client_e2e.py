@@ -11,7 +11,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -379,7 +378,8 @@ def test_sigterm_aborts_the_upload_and_stops_the_command(
         env=clean_environment(),
     )  # fmt: skip
     wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), timeout=30)
-    time.sleep(0.5)
+    # The upload is under way: the server is writing it to a staging file.
+    wait_until(lambda: live_server.stored_objects(collection), timeout=30)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == 143, stderr

@@ -416,7 +416,8 @@ async def test_api_down_at_start_does_not_block_and_loads_later(
 
     began = time.monotonic()
     await provider.start()
-    assert time.monotonic() - began < 3.0
+    # Not a tight bound: a start that waited for the API would take its 10 s start_timeout.
+    assert time.monotonic() - began < 8.0
     snapshot = provider.snapshot()
     assert not snapshot.usable
     assert "is not reachable" in snapshot.unusable_reason

@@ -1114,7 +1114,8 @@ async def test_a_trickled_body_is_cut_at_the_read_timeout() -> None:
     started = time.monotonic()
     with pytest.raises(RequestTimeout):
         await middleware(scope, trickling, _no_send)
-    assert 0.25 < time.monotonic() - started < 2
+    # Not a tight bound: without the read timeout the trickle would hold it for an hour.
+    assert 0.25 < time.monotonic() - started < 60
 
     reads.clear()
 
