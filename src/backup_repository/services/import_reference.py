@@ -33,7 +33,7 @@ from backup_repository.domain.import_reference import (
     plan_import,
 )
 from backup_repository.domain.openpgp import OpenPGPStreamChecker
-from backup_repository.services.leases import renewed_lease
+from backup_repository.services.leases import renewed_upload_lock
 from backup_repository.services.ports import LockLost, VersionRecord
 from backup_repository.storage.base import BlobNotFound, BlobStore, StorageError
 from backup_repository.streams import ChunkWorker
@@ -167,21 +167,11 @@ class ImportService:
             return report
         report.counter_before = last
 
-        async def renew() -> bool:
-            return await self._versions.renew_lock(collection.name, owner, self._lock_lease)
-
-        async def release() -> None:
-            await self._versions.release_lock(collection.name, owner)
-
         try:
             # The import is not stopped when the lock is lost: its next write under the
             # lock finds out and raises LockLost.
-            async with renewed_lease(
-                renew,
-                release,
-                self._lock_lease,
-                f"upload lock of {collection.name}",
-                stop_on_loss=False,
+            async with renewed_upload_lock(
+                self._versions, collection.name, owner, self._lock_lease, stop_on_loss=False
             ):
                 await self._run(collection, report, owner, allow_non_openpgp)
         except LockLost:

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol
 
 from backup_repository.services.ports import LockLost
 
@@ -79,3 +80,33 @@ async def renewed_lease(
             await renewer
         if not lost.is_set():
             await asyncio.shield(release_quietly())
+
+
+class UploadLocks(Protocol):
+    """The collections' upload locks, as :class:`~services.ports.VersionRepository` holds
+    them."""
+
+    async def renew_lock(self, collection_id: str, owner: str, lease_seconds: float) -> bool: ...
+
+    async def release_lock(self, collection_id: str, owner: str) -> None: ...
+
+
+def renewed_upload_lock(
+    locks: UploadLocks,
+    collection_id: str,
+    owner: str,
+    seconds: float,
+    *,
+    stop_on_loss: bool = True,
+) -> contextlib.AbstractAsyncContextManager[None]:
+    """:func:`renewed_lease` for the upload lock of a collection that ``owner`` took."""
+
+    async def renew() -> bool:
+        return await locks.renew_lock(collection_id, owner, seconds)
+
+    async def release() -> None:
+        await locks.release_lock(collection_id, owner)
+
+    return renewed_lease(
+        renew, release, seconds, f"upload lock of {collection_id}", stop_on_loss=stop_on_loss
+    )

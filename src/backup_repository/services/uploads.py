@@ -52,7 +52,7 @@ from backup_repository.services.events import (
     Outcome,
     short_session,
 )
-from backup_repository.services.leases import renewed_lease
+from backup_repository.services.leases import renewed_upload_lock
 from backup_repository.services.ports import (
     ConfigurationProvider,
     LockLost,
@@ -215,15 +215,9 @@ class UploadService:
         if last_number is None:
             raise Conflict(PARALLEL_UPLOAD)
 
-        async def renew() -> bool:
-            return await self._versions.renew_lock(collection.name, owner, self._lock_lease)
-
-        async def release() -> None:
-            await self._versions.release_lock(collection.name, owner)
-
         try:
-            async with renewed_lease(
-                renew, release, self._lock_lease, f"upload lock of {collection.name}"
+            async with renewed_upload_lock(
+                self._versions, collection.name, owner, self._lock_lease
             ):
                 await self.cleanup.clean_leftovers(collection, last_number)
                 return await self._upload_locked(
