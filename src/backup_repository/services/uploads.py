@@ -7,7 +7,7 @@ services/leases.py), cleans up what an interrupted upload left, and then, in
 :meth:`UploadService._upload_locked`: plans (number, rotation, quota), stores the body
 (counted, hashed and checked as OpenPGP on its way to the store), commits the version and
 announces it. Every refusal, whichever step refuses, emits one event with its reason
-(:func:`refusal_reason`), here and nowhere else.
+(services/upload_refusals.py), here and nowhere else.
 """
 
 from __future__ import annotations
