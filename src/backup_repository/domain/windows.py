@@ -19,9 +19,20 @@ from datetime import UTC, datetime, timedelta
 
 from croniter import croniter
 
+from backup_repository.domain.errors import Forbidden
 from backup_repository.domain.identity import BackupWindow
 
 _MINUTE = timedelta(minutes=1)
+
+WINDOW_CLOSED = "backup window does not allow you to send a backup at this time"
+
+
+class WindowClosed(Forbidden):
+    """An upload outside the collection's backup windows by a caller who may not upload
+    outside them (403)."""
+
+    def __init__(self, message: str = WINDOW_CLOSED) -> None:
+        super().__init__(message)
 
 
 def _utc(moment: datetime, name: str) -> datetime:
