@@ -23,8 +23,8 @@ import click
 
 from backup_repository.cli.options import (
     CONTEXT_SETTINGS,
-    LOG_LEVELS,
     database_options,
+    log_level_option,
     missing_sqlite_file,
     option,
     provider_options,
@@ -118,13 +118,7 @@ def _unreachable(what: str, url: str, cause: BaseException) -> str:
     default=False,
     help="Register objects that are not encrypted OpenPGP messages too (reported)",
 )
-@option(
-    "--log-level",
-    env="BR_LOG_LEVEL",
-    default="warning",
-    show_default=True,
-    type=LOG_LEVELS,
-)
+@log_level_option("warning")
 def import_reference(**options: Any) -> None:
     """Register the versions already in a reference deployment's bucket.
 

@@ -37,6 +37,13 @@ def option(*names: str, env: str, **kwargs: Any) -> Callable[[F], F]:
     return decorator
 
 
+def log_level_option(default: str) -> Callable[[F], F]:
+    """``--log-level`` (``BR_LOG_LEVEL``) with the command's own default."""
+    return option(
+        "--log-level", env="BR_LOG_LEVEL", default=default, show_default=True, type=LOG_LEVELS
+    )
+
+
 def duration(ctx: click.Context, param: click.Parameter, value: str | None) -> timedelta | None:
     """Callback: a Go-style duration (``30s``, ``1h30m``, ``5d``) as a timedelta."""
     if value is None:

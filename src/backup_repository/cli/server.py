@@ -21,9 +21,9 @@ from pydantic import ValidationError
 from backup_repository.cli.import_reference import import_reference
 from backup_repository.cli.options import (
     CONTEXT_SETTINGS,
-    LOG_LEVELS,
     database_options,
     duration,
+    log_level_option,
     option,
     positive_duration,
     provider_options,
@@ -155,13 +155,7 @@ DEV_CREDENTIALS = (
     help="/health and /ready requests per minute per client IP",
 )
 @provider_options("Where users and collections come from")
-@option(
-    "--log-level",
-    env="BR_LOG_LEVEL",
-    default="info",
-    show_default=True,
-    type=LOG_LEVELS,
-)
+@log_level_option("info")
 @option(
     "--log-format",
     env="BR_LOG_FORMAT",

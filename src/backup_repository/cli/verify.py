@@ -17,8 +17,8 @@ from click.core import ParameterSource
 
 from backup_repository.cli.options import (
     CONTEXT_SETTINGS,
-    LOG_LEVELS,
     database_options,
+    log_level_option,
     missing_sqlite_file,
     option,
     resolve_db_url,
@@ -60,13 +60,7 @@ _SHARED: Final = (
     help="Check only this collection (repeatable; the variable takes names separated by "
     "spaces) [default: every collection]",
 )
-@option(
-    "--log-level",
-    env="BR_LOG_LEVEL",
-    default="warning",
-    show_default=True,
-    type=LOG_LEVELS,
-)
+@log_level_option("warning")
 def verify(ctx: click.Context, /, **options: Any) -> None:
     """Re-read every stored version, recompute its size and SHA-256 and record the result.
 
