@@ -16,6 +16,11 @@ Failure rules:
   ciphertext is verified in full before gpg even starts (spooled, encrypted, to a
   temporary file that is deleted on close). A download goes to a temporary file beside
   the target, renamed only when everything passed.
+
+Longer than most modules on purpose: the three transfers share their stages (the spool
+file, the checksum verification, stopping gpg and the command together on any failure),
+and the failure rules above hold only when read as one; gpg, the processes, the checksums
+and the HTTP client are modules of their own.
 """
 
 from __future__ import annotations

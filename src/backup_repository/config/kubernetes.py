@@ -18,6 +18,12 @@ exponential backoff and recovers by itself.
 Secret values are used as the API returns them in ``data``: the text written under
 ``data:`` in the manifest, as the reference project (and the filesystem provider) does.
 Secret contents are never logged.
+
+Longer than most modules on purpose: the list and watch loop, its backoff, the reading of
+the API's answers (401, 403, 404, 410, a dropped stream) into reasons and the kubeconfig
+handling are one provider, tested together against a fake API server; the YAML and the
+snapshot rules it shares with the filesystem provider live in ``documents.py`` and
+``loader.py``.
 """
 
 from __future__ import annotations
