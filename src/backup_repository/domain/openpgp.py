@@ -30,6 +30,10 @@ bytes of the stream:
 
 Memory stays bounded by a few kilobytes (see :attr:`OpenPGPStreamChecker.buffered_bytes`)
 however long the stream is.
+
+The module is longer than most (about 600 lines) because it is one state machine: packet
+headers in both formats, partial bodies, armor lines and the stream's tail feed the same
+states, and splitting it would spread one decision over several files.
 """
 
 from __future__ import annotations

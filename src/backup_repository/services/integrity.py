@@ -20,17 +20,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from backup_repository.domain import integrity
-from backup_repository.domain.errors import DependencyUnavailable
 from backup_repository.domain.identity import Collection
 from backup_repository.domain.integrity import CheckStatus, LatestCheck, Tally, Verdict
 from backup_repository.domain.units import format_duration
 from backup_repository.services.events import Action, Event, EventSink, NullSink, Outcome
 from backup_repository.services.health import CheckResult
-from backup_repository.services.leases import renewed_lease
+from backup_repository.services.leases import repeat_forever, run_on_schedule
 from backup_repository.services.ports import (
     IntegrityRepository,
     LeaseRepository,
-    LockLost,
     VersionCheck,
     VersionRecord,
     VersionRepository,
@@ -297,14 +295,7 @@ class IntegrityService:
         logger.info(
             "integrity checks scheduled every %s", format_duration(timedelta(seconds=interval))
         )
-        while True:
-            try:
-                await self.run_if_due(interval)
-            except DependencyUnavailable as exc:
-                logger.warning("scheduled integrity check failed: %s; trying again later", exc)
-            except Exception:
-                logger.exception("scheduled integrity check failed; trying again later")
-            await asyncio.sleep(poll)
+        await repeat_forever(lambda: self.run_if_due(interval), poll, "scheduled integrity check")
 
     async def run_if_due(self, interval: float) -> VerifyReport | None:
         """Run a pass when no replica ran one in the last ``interval`` seconds and none is
@@ -313,30 +304,15 @@ class IntegrityService:
         so the replicas share one schedule."""
         if self._leases is None:
             raise RuntimeError("IntegrityService was built without a lease repository")
-        owner = f"{self._instance}:{secrets.token_hex(4)}"
-        if not await self._leases.try_take(LEASE_NAME, owner, self._lease_seconds):
-            return None
-        started = datetime.now(UTC)
-        finished = False
-
-        async def renew() -> bool:
-            assert self._leases is not None
-            return await self._leases.renew(LEASE_NAME, owner, self._lease_seconds)
-
-        async def release() -> None:
-            # After a pass that finished the lease stays until its interval is over.
-            assert self._leases is not None
-            until = started + timedelta(seconds=interval) if finished else None
-            await self._leases.release(LEASE_NAME, owner, until)
-
-        try:
-            async with renewed_lease(renew, release, self._lease_seconds, "integrity check lease"):
-                report = await self.verify()
-                finished = True
-        except LockLost:
-            # Logged by renewed_lease; another replica runs the check now.
-            return None
-        return report
+        return await run_on_schedule(
+            self._leases,
+            LEASE_NAME,
+            f"{self._instance}:{secrets.token_hex(4)}",
+            self._lease_seconds,
+            interval,
+            self.verify,
+            "integrity check lease",
+        )
 
     async def free_lease_of_previous_life(self, tag: str | None) -> int:
         """At start-up: free the lease of a pass that a previous life of this replica

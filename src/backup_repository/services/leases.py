@@ -16,9 +16,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Protocol
+from datetime import UTC, datetime, timedelta
+from typing import Protocol, TypeVar
 
-from backup_repository.services.ports import LockLost
+from backup_repository.domain.errors import DependencyUnavailable
+from backup_repository.services.ports import LeaseRepository, LockLost
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -110,3 +114,54 @@ def renewed_upload_lock(
     return renewed_lease(
         renew, release, seconds, f"upload lock of {collection_id}", stop_on_loss=stop_on_loss
     )
+
+
+async def run_on_schedule(
+    leases: LeaseRepository,
+    name: str,
+    owner: str,
+    lease_seconds: float,
+    interval: float,
+    work: Callable[[], Awaitable[T]],
+    what: str,
+) -> T | None:
+    """Scheduled maintenance that one replica at a time does: run ``work`` when no replica
+    ran it in the last ``interval`` seconds and none is running it, under the maintenance
+    lease ``name`` (renewed by :func:`renewed_lease` while the work runs). After work that
+    finished, the lease stays taken until ``interval`` after its start, so the replicas
+    share one schedule. Returns what ``work`` returned, or None when it was not this
+    replica's turn or the lease was lost (another replica goes on)."""
+    if not await leases.try_take(name, owner, lease_seconds):
+        return None
+    started = datetime.now(UTC)
+    finished = False
+
+    async def renew() -> bool:
+        return await leases.renew(name, owner, lease_seconds)
+
+    async def release() -> None:
+        until = started + timedelta(seconds=interval) if finished else None
+        await leases.release(name, owner, until)
+
+    try:
+        async with renewed_lease(renew, release, lease_seconds, what):
+            result = await work()
+            finished = True
+    except LockLost:
+        # Logged by renewed_lease.
+        return None
+    return result
+
+
+async def repeat_forever(run: Callable[[], Awaitable[object]], poll: float, what: str) -> None:
+    """Call ``run`` every ``poll`` seconds until cancelled. Never raises: a failure is
+    logged (a database or storage outage as a warning) and ``run`` is tried again at the
+    next turn."""
+    while True:
+        try:
+            await run()
+        except DependencyUnavailable as exc:
+            logger.warning("%s failed: %s; trying again later", what, exc)
+        except Exception:
+            logger.exception("%s failed; trying again later", what)
+        await asyncio.sleep(poll)

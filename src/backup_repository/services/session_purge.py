@@ -10,15 +10,14 @@ integrity check does (services/integrity.py).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from backup_repository.domain.errors import DependencyUnavailable
 from backup_repository.domain.units import format_duration
+from backup_repository.services.leases import repeat_forever, run_on_schedule
 from backup_repository.services.ports import LeaseRepository, SessionRepository
 
 logger = logging.getLogger(__name__)
@@ -26,8 +25,8 @@ logger = logging.getLogger(__name__)
 LEASE_NAME: Final = "session-purge"
 # Rows deleted per transaction, so that no purge holds the table for long.
 BATCH: Final = 1000
-# How long a purge in progress holds the lease without renewing it (it renews after every
-# batch), so the purge of a replica that died is taken over within this time.
+# How long a purge in progress holds the lease without renewing it (it renews every third),
+# so the purge of a replica that died is taken over within this time.
 DEFAULT_LEASE_SECONDS: Final = 60.0
 # Replicas look at the lease at least this often.
 MAX_POLL_SECONDS: Final = 60.0
@@ -64,34 +63,24 @@ class SessionPurger:
             format_duration(self._retention),
             format_duration(timedelta(seconds=interval)),
         )
-        while True:
-            try:
-                await self.run_if_due(interval)
-            except DependencyUnavailable as exc:
-                logger.warning("session purge failed: %s; trying again later", exc)
-            except Exception:
-                logger.exception("session purge failed; trying again later")
-            await asyncio.sleep(poll)
+        await repeat_forever(lambda: self.run_if_due(interval), poll, "session purge")
 
     async def run_if_due(self, interval: float) -> int | None:
         """Purge when no replica did in the last ``interval`` seconds and none is purging;
         the number of sessions deleted, or None when it was not this replica's turn. The
-        lease is held while the purge runs (renewed after every batch) and, after a purge
+        lease is held while the purge runs (renewed every third of it) and, after a purge
         that finished, until ``interval`` after its start."""
-        owner = f"{self._instance}:{secrets.token_hex(4)}"
-        if not await self._leases.try_take(LEASE_NAME, owner, self._lease_seconds):
-            return None
-        started = datetime.now(UTC)
-        finished = False
-        try:
-            deleted = await self._purge(owner)
-            finished = True
-        finally:
-            until = started + timedelta(seconds=interval) if finished else None
-            await asyncio.shield(self._release(owner, until))
-        return deleted
+        return await run_on_schedule(
+            self._leases,
+            LEASE_NAME,
+            f"{self._instance}:{secrets.token_hex(4)}",
+            self._lease_seconds,
+            interval,
+            self._purge,
+            "session purge lease",
+        )
 
-    async def _purge(self, owner: str) -> int:
+    async def _purge(self) -> int:
         cutoff = self._clock() - self._retention
         deleted = 0
         while True:
@@ -99,18 +88,8 @@ class SessionPurger:
             deleted += count
             if count < self._batch:
                 break
-            if not await self._leases.renew(LEASE_NAME, owner, self._lease_seconds):
-                logger.warning("the session purge lease was lost; another replica goes on")
-                break
         if deleted:
             logger.info(
                 "purged %d sessions expired or revoked before %s", deleted, cutoff.isoformat()
             )
         return deleted
-
-    async def _release(self, owner: str, until: datetime | None) -> None:
-        try:
-            await self._leases.release(LEASE_NAME, owner, until)
-        except Exception:
-            # The lease runs out by itself.
-            logger.exception("could not release the session purge lease")

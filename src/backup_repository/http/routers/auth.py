@@ -17,16 +17,15 @@ from backup_repository.http.deps import Auth, ClientIP, ServicesDep
 from backup_repository.http.envelope import ok, rfc3339
 from backup_repository.http.errors import describe_validation_error
 from backup_repository.http.openapi import responses as openapi
-from backup_repository.services.auth import (
+from backup_repository.services.auth import MISSING_CREDENTIALS, ScopeElementInput
+from backup_repository.services.ports import SessionRecord
+from backup_repository.services.session_listing import (
     DEFAULT_SESSION_LIMIT,
     MAX_SESSION_CURSOR,
     MAX_SESSION_LIMIT,
-    MISSING_CREDENTIALS,
     UNPAGED_LIMIT,
-    ScopeElementInput,
     SessionPage,
 )
-from backup_repository.services.ports import SessionRecord
 from backup_repository.services.tokens import IssuedToken
 
 router = APIRouter(prefix="/api/stable/auth", tags=["auth"])
