@@ -22,11 +22,22 @@ run: $(STAMP)
 # process, a database or gpg rather than on the CPU. TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 3
 
-test: $(STAMP)
+# Azurite, the Azure Blob Storage emulator of the storage tests, pinned in tools/azurite and
+# installed with the machine's npm; without npm those tests skip with a reason.
+AZURITE := tools/azurite/node_modules/.bin/azurite-blob
+
+$(AZURITE): tools/azurite/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		cd tools/azurite && npm ci --no-audit --no-fund --loglevel=error; \
+	else \
+		echo "npm not found: the Azure Blob Storage tests will skip"; \
+	fi
+
+test: $(STAMP) $(AZURITE)
 	$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 # The long reliability suites (crash rounds, replicas, load); CI runs them after `make test`.
-test-slow: $(STAMP)
+test-slow: $(STAMP) $(AZURITE)
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 check: $(STAMP)
@@ -47,4 +58,4 @@ image:
 	docker build -t backup-repository:$$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml) .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache tools/azurite/node_modules
