@@ -283,7 +283,6 @@ def find_fake_gcs_server() -> str | None:
     return None
 
 
-@dataclass
 class _QuietServer(ThreadingHTTPServer):
     """The translator's server: a client that goes away mid-answer (the abort tests cancel
     writes on purpose) is no error worth a traceback in the test output."""
@@ -293,6 +292,7 @@ class _QuietServer(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
+@dataclass
 class FakeGCSServer:
     process: subprocess.Popen[bytes]
     writes: ThreadingHTTPServer

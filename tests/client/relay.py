@@ -173,6 +173,10 @@ def relay_to(url: str) -> Iterator[Relay]:
     try:
         yield relay
     finally:
+        # Closing alone does not wake a thread blocked in accept() on Linux; shutting the
+        # listening socket down does.
+        with suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)
         listener.close()
         server.join(10)
         for thread in relay._threads:
