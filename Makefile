@@ -36,7 +36,10 @@ $(AZURITE): tools/azurite/package-lock.json
 test: $(STAMP) $(AZURITE)
 	$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
-# The long reliability suites (crash rounds, replicas, load); CI runs them after `make test`.
+# The long suites (crash rounds, replicas, sustained load, slow clients, long schemathesis
+# runs): about 6 minutes, serial (they measure timing and memory). Not part of CI, which
+# runs `make test` (with the short variants of the same suites); run them before a release
+# and after changes to uploads, locks, storage or the HTTP layer.
 test-slow: $(STAMP) $(AZURITE)
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
