@@ -2,6 +2,12 @@
 ``application/x-www-form-urlencoded`` with the file in the field ``file``. Forms are parsed
 incrementally; nothing is buffered beyond one network chunk.
 
+A body labelled urlencoded that plainly is no form is the raw file: ``curl --data-binary
+@backup.gpg`` labels every body so. It is recognised by its first bytes, an OpenPGP packet
+header (a byte with the high bit set) or the armor line ``-----BEGIN PGP MESSAGE-----``;
+neither can start the name of a form field (names are ASCII, and a field named like the
+armor line is no field anyone sends).
+
 What a form carries besides the file is capped (the file itself only by the collection's
 quota, which counts every byte of the body): a refusal comes as soon as a cap is passed,
 before the rest of the body is read."""
@@ -68,8 +74,52 @@ def form_decoder(content_type: str) -> BodyDecoder | None:
             )
         return lambda chunks: _multipart_file(boundary, chunks)
     if media == b"application/x-www-form-urlencoded":
-        return _urlencoded_file
+        return _urlencoded_or_raw
     return None
+
+
+ARMOR_HEADER = b"-----BEGIN PGP MESSAGE-----"
+
+
+def _form_or_raw(head: bytes) -> bool | None:
+    """Whether a body that starts with ``head`` is a form (True), the raw file (False), or
+    cannot be told yet (None: ``head`` is a beginning of the armor line)."""
+    if not head:
+        return None
+    if head[0] & 0x80:  # an OpenPGP packet tag, old or new format
+        return False
+    if head.startswith(ARMOR_HEADER):
+        return False
+    if ARMOR_HEADER.startswith(head):
+        return None
+    return True
+
+
+async def _urlencoded_or_raw(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The file of a urlencoded form, or the body itself when its first bytes show it is
+    an OpenPGP message (see the module's description)."""
+    head = b""
+    is_form: bool | None = None
+    async for chunk in chunks:
+        head += chunk
+        is_form = _form_or_raw(head)
+        if is_form is not None:
+            break
+    if is_form is False:
+        yield head
+        async for chunk in chunks:
+            yield chunk
+        return
+    async for piece in _urlencoded_file(_replayed(head, chunks)):
+        yield piece
+
+
+async def _replayed(head: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The bytes already read, then the rest of the stream."""
+    if head:
+        yield head
+    async for chunk in rest:
+        yield chunk
 
 
 async def _drive(
