@@ -200,9 +200,14 @@ class RepositoryClient:
                 content=body,
                 headers={"Content-Type": "application/octet-stream"},
             )
-        version = self._data(response, what).get("version")
+        data = self._data(response, what)
+        version = data.get("version")
         if not isinstance(version, dict):
             raise ServerError(f"{what}: the server's answer holds no version")
+        # Stored, but worth knowing (e.g. over maxOneVersionSize, in the extra space).
+        warnings = data.get("warnings")
+        for warning in warnings if isinstance(warnings, list) else []:
+            log.warning("the server stored the upload with a warning: %s", warning)
         return version
 
     @contextlib.contextmanager

@@ -26,6 +26,8 @@ is left of the 4 MiB: with remaining versions of 1, 1 and 1.5 MiB only ``0.5 MiB
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
 
 from backup_repository.domain.identity import Collection
 from backup_repository.domain.versions import StoredVersion
@@ -38,16 +40,72 @@ def extra_space(collection: Collection) -> int:
     )
 
 
-def max_upload_size(collection: Collection, remaining: Sequence[StoredVersion]) -> int:
-    """The largest number of bytes the next upload may have; 0 means none at all.
+class QuotaRule(StrEnum):
+    """Which rule gave the limit of the next upload."""
+
+    ONE_VERSION = "maxOneVersionSize"  # no extra space: one version's size
+    EXTRA_SPACE = "extra space"  # maxOneVersionSize plus the extra space not yet borrowed
+    COLLECTION_TOTAL = "maxCollectionSize"  # what is left of the collection's total
+
+
+@dataclass(frozen=True)
+class UploadLimit:
+    """The largest next upload (``bytes``; 0: none at all), the rule that gave it, and the
+    figures it was computed from."""
+
+    bytes: int
+    rule: QuotaRule
+    max_one_version_size: int
+    max_collection_size: int
+    extra_left: int  # extra space not borrowed by the remaining versions (0: none)
+    used: int  # bytes of the remaining versions
+
+    def explain(self) -> str:
+        """How the limit was computed, for a person: the rule and its figures."""
+        if self.rule is QuotaRule.COLLECTION_TOTAL:
+            return (
+                f"rule maxCollectionSize: {self.max_collection_size} bytes in total, "
+                f"{self.used} already used by the versions that stay"
+            )
+        if self.rule is QuotaRule.EXTRA_SPACE:
+            return (
+                f"rule extra space: maxOneVersionSize {self.max_one_version_size} bytes plus "
+                f"{self.extra_left} bytes of extra space not yet borrowed"
+            )
+        return f"rule maxOneVersionSize: {self.max_one_version_size} bytes per version"
+
+
+def upload_limit(collection: Collection, remaining: Sequence[StoredVersion]) -> UploadLimit:
+    """The limit of the next upload and the rule that gave it.
 
     ``remaining`` are the versions that stay after this upload's rotation."""
     per_version = collection.max_one_version_size
     extra = extra_space(collection)
     if extra > 0:
         borrowed = sum(max(0, version.size - per_version) for version in remaining)
+        extra_left = max(0, extra - borrowed)
         allowed = per_version + (extra - borrowed)
+        rule = QuotaRule.EXTRA_SPACE if extra_left > 0 else QuotaRule.ONE_VERSION
     else:
+        extra_left = 0
         allowed = per_version
-    left_in_collection = collection.max_collection_size - sum(v.size for v in remaining)
-    return max(0, min(allowed, left_in_collection))
+        rule = QuotaRule.ONE_VERSION
+    used = sum(v.size for v in remaining)
+    left_in_collection = collection.max_collection_size - used
+    if left_in_collection < allowed:
+        allowed, rule = left_in_collection, QuotaRule.COLLECTION_TOTAL
+    return UploadLimit(
+        bytes=max(0, allowed),
+        rule=rule,
+        max_one_version_size=per_version,
+        max_collection_size=collection.max_collection_size,
+        extra_left=extra_left,
+        used=used,
+    )
+
+
+def max_upload_size(collection: Collection, remaining: Sequence[StoredVersion]) -> int:
+    """The largest number of bytes the next upload may have; 0 means none at all.
+
+    ``remaining`` are the versions that stay after this upload's rotation."""
+    return upload_limit(collection, remaining).bytes

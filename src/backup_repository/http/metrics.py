@@ -240,6 +240,12 @@ def collection_source(stats: StatsService, clock: Callable[[], datetime] = _utcn
                 {r.name: r.max_versions for r in rows},
             ),
             collection_gauge(
+                f"{PREFIX}_collection_next_version_max_bytes",
+                "The largest next version the quota allows now (after the rotation it causes), "
+                "in bytes; 0: the next upload is refused",
+                {r.name: r.next_version_room for r in rows},
+            ),
+            collection_gauge(
                 f"{PREFIX}_collection_last_upload_timestamp_seconds",
                 "Unix time of the last successful upload (absent: never uploaded)",
                 {name: at.timestamp() for name, at in uploaded.items()},

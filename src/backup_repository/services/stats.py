@@ -1,12 +1,17 @@
 """Figures about every configured collection and the configuration itself, read when the
 metrics are scraped (``http/metrics.py``): live versions and bytes, the limits, and when
-the last upload was recorded."""
+the last upload was recorded, and the room the quota leaves for the next version."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
+from backup_repository.domain.identity import Collection
+from backup_repository.domain.quota import max_upload_size
+from backup_repository.domain.rotation import versions_to_rotate
+from backup_repository.domain.versions import StoredVersion
 from backup_repository.services.ports import ConfigurationProvider, VersionRepository
 
 
@@ -18,6 +23,7 @@ class CollectionStats:
     max_versions: int  # maxBackupsCount
     max_bytes: int  # maxCollectionSize
     last_upload_at: datetime | None  # None: nothing was ever uploaded
+    next_version_room: int  # the largest next upload the quota allows now, in bytes
 
 
 @dataclass(frozen=True)
@@ -27,9 +33,15 @@ class ConfigStats:
 
 
 class StatsService:
-    def __init__(self, config: ConfigurationProvider, versions: VersionRepository) -> None:
+    def __init__(
+        self,
+        config: ConfigurationProvider,
+        versions: VersionRepository,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self._config = config
         self._versions = versions
+        self._clock = clock
 
     async def collections(self) -> list[CollectionStats]:
         """One entry per configured collection, by name; collections that exist only in the
@@ -49,9 +61,20 @@ class StatsService:
                     max_versions=collection.max_backups_count,
                     max_bytes=collection.max_collection_size,
                     last_upload_at=last.get(name),
+                    next_version_room=await self._next_version_room(collection),
                 )
             )
         return stats
+
+    async def _next_version_room(self, collection: Collection) -> int:
+        """What an upload now may have: the quota once the rotation it causes is done, as
+        the upload itself computes it (services/uploads.py)."""
+        live = [
+            StoredVersion(number=v.number, size=v.size, created_at=v.created_at)
+            for v in await self._versions.live_versions(collection.name)
+        ]
+        rotated = {r.number for r in versions_to_rotate(collection, live, self._clock())}
+        return max_upload_size(collection, [v for v in live if v.number not in rotated])
 
     def configuration(self) -> ConfigStats:
         snapshot = self._config.snapshot()

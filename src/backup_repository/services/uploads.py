@@ -34,7 +34,7 @@ from backup_repository.domain.errors import (
 )
 from backup_repository.domain.identity import Collection
 from backup_repository.domain.openpgp import OpenPGPStreamChecker
-from backup_repository.domain.quota import max_upload_size
+from backup_repository.domain.quota import QuotaRule, UploadLimit, upload_limit
 from backup_repository.domain.rotation import versions_to_rotate
 from backup_repository.domain.versions import StoredVersion
 from backup_repository.domain.windows import WindowClosed, is_window_open
@@ -110,8 +110,12 @@ class _Plan:
     number: int
     filename: str
     key: str
-    limit: int
+    quota: UploadLimit
     rotated: list[VersionRecord]
+
+    @property
+    def limit(self) -> int:
+        return self.quota.bytes
 
 
 class UploadService:
@@ -191,6 +195,14 @@ class UploadService:
         )
         return record
 
+    def warnings(self, record: VersionRecord) -> list[str]:
+        """What the uploader of ``record`` should be told although it was stored."""
+        collection = self._config.snapshot().collections.get(record.collection_id)
+        if collection is None:
+            return []
+        warning = extra_space_warning(collection, record.size)
+        return [warning] if warning else []
+
     async def _upload(
         self,
         ctx: AuthContext,
@@ -240,10 +252,10 @@ class UploadService:
     ) -> VersionRecord:
         plan = await self._plan(collection, last_number)
         if content_length is not None and content_length > plan.limit:
-            raise PayloadTooLarge(QUOTA_EXCEEDED)
+            raise quota_exceeded(collection, plan.quota, content_length, declared=True)
         if decode is not None:
             # A form: its every byte counts, not only the file's (which are fewer).
-            body = decode(_at_most(body, plan.limit))
+            body = decode(_at_most(body, collection, plan.quota))
         size, sha256 = await self._store_body(collection, owner, plan, body)
         record = VersionRecord(
             id=str(uuid.uuid4()),
@@ -278,7 +290,7 @@ class UploadService:
             number=number,
             filename=filename,
             key=f"{collection.name}/{filename}",
-            limit=max_upload_size(collection, remaining),
+            quota=upload_limit(collection, remaining),
             rotated=[by_number[r.number] for r in rotated],
         )
 
@@ -302,7 +314,7 @@ class UploadService:
                         continue
                     size += len(chunk)
                     if size > plan.limit:
-                        raise PayloadTooLarge(QUOTA_EXCEEDED)
+                        raise quota_exceeded(collection, plan.quota, size, declared=False)
                     checker.feed(chunk)
                     await hasher.submit(chunk)
                     yield chunk
@@ -416,11 +428,39 @@ def _stored(version: VersionRecord) -> StoredVersion:
     return StoredVersion(number=version.number, size=version.size, created_at=version.created_at)
 
 
-async def _at_most(chunks: AsyncIterable[bytes], limit: int) -> AsyncIterator[bytes]:
-    """``chunks`` until more than ``limit`` bytes came: then PayloadTooLarge."""
+async def _at_most(
+    chunks: AsyncIterable[bytes], collection: Collection, quota: UploadLimit
+) -> AsyncIterator[bytes]:
+    """``chunks`` until more than the quota's bytes came: then PayloadTooLarge."""
     received = 0
     async for chunk in chunks:
         received += len(chunk)
-        if received > limit:
-            raise PayloadTooLarge(QUOTA_EXCEEDED)
+        if received > quota.bytes:
+            raise quota_exceeded(collection, quota, received, declared=False)
         yield chunk
+
+
+def quota_exceeded(
+    collection: Collection, quota: UploadLimit, size: int, *, declared: bool
+) -> PayloadTooLarge:
+    """The refusal of an upload over ``quota``: the reference phrase first, then the limit,
+    the size (declared in Content-Length, or received so far) and the rule, and what to do."""
+    so_far = f"Content-Length declares {size} bytes" if declared else f"{size} bytes so far"
+    return PayloadTooLarge(
+        f"{QUOTA_EXCEEDED}: {so_far}, but the next version of collection {collection.name} "
+        f"may have at most {quota.bytes} bytes ({quota.explain()}); make the backup "
+        f"smaller, or raise maxOneVersionSize or maxCollectionSize of the collection"
+    )
+
+
+def extra_space_warning(collection: Collection, size: int) -> str | None:
+    """What an uploader is told when its version is over ``maxOneVersionSize`` and was
+    stored only by borrowing extra space (the collection health then fails); None if not."""
+    limit = collection.max_one_version_size
+    if size <= limit:
+        return None
+    return (
+        f"the version has {size} bytes, over maxOneVersionSize ({limit} bytes): it was stored "
+        f"in the collection's {QuotaRule.EXTRA_SPACE}, and the collection health reports it "
+        f"until it is rotated out; make the backup smaller or raise maxOneVersionSize"
+    )

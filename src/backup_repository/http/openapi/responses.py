@@ -145,6 +145,11 @@ class Version(_Doc):
 
 class UploadData(_Doc):
     version: Version
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="what the uploader should know although the version was stored, e.g. "
+        "that it is over maxOneVersionSize and used the collection's extra space",
+    )
 
 
 class UploadEnvelope(_Doc):

@@ -157,7 +157,7 @@ async def upload(
             reading_body=reading_body,
         )
     )
-    return ok({"version": version_json(version)})
+    return ok({"version": version_json(version), "warnings": services.uploads.warnings(version)})
 
 
 @router.get(
