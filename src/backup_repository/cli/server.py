@@ -33,6 +33,12 @@ from backup_repository.cli.options import (
     resolve_storage_url,
     storage_options,
 )
+from backup_repository.cli.preflight import (
+    DatabaseFlags,
+    StartupError,
+    check_dependencies,
+    check_port,
+)
 from backup_repository.cli.verify import verify
 from backup_repository.logs import configure_logging
 from backup_repository.services.passwords import PasswordHasher
@@ -267,6 +273,17 @@ def main(ctx: click.Context, /, **options: Any) -> None:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     configure_logging(settings.log_level, settings.log_format)
+    database = (
+        DatabaseFlags.for_parts()
+        if any(options[k] for k in ("db_hostname", "db_user", "db_name", "db_password"))
+        else DatabaseFlags.for_url()
+    )
+    try:
+        check_port(settings.listen)
+        asyncio.run(check_dependencies(settings, database))
+    except StartupError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
     run_server(settings)
 
 
