@@ -86,6 +86,7 @@ def refusals(collection: str) -> dict[str, dict[str, Any]]:
         "no code": {"url": url},
         "wrong code": {"url": url, "params": {"code": WRONG_CODE}},
         "wrong header": {"url": url, "headers": {"Authorization": WRONG_CODE}},
+        "wrong bearer": {"url": url, "headers": {"Authorization": f"Bearer {WRONG_CODE}"}},
     }
 
 
@@ -104,14 +105,21 @@ def test_an_unknown_collection_answers_as_a_wrong_code_does(server: ServerProces
         assert body == {
             "status": False,
             "error": "not authorized - invalid value of 'code' parameter: give the "
-            "collection's health code as ?code= or as the Authorization header",
+            "collection's health code as ?code=, as the Authorization header or as "
+            "'Authorization: Bearer <code>'",
             "data": {},
         }
         # The right code still opens the guarded collection, and no other name.
-        ok = http.get(f"{BASE}/guarded/health", params={"code": COLLECTION_CODE})
-        assert ok.status_code == 200, ok.text
-        other = http.get(f"{BASE}/{UNKNOWN}/health", params={"code": COLLECTION_CODE})
-        assert other.status_code == 403
+        # The right code, in each of the three ways /ready and /metrics take a key.
+        for right in (
+            {"params": {"code": COLLECTION_CODE}},
+            {"headers": {"Authorization": COLLECTION_CODE}},
+            {"headers": {"Authorization": f"Bearer {COLLECTION_CODE}"}},
+        ):
+            ok = http.get(f"{BASE}/guarded/health", **right)
+            assert ok.status_code == 200, (right, ok.text)
+            other = http.get(f"{BASE}/{UNKNOWN}/health", **right)
+            assert answer(other) == answer(http.get(f"{BASE}/{UNKNOWN}/health")), right
         # A collection without a health secret stays open to monitoring, as before.
         assert http.get(f"{BASE}/open/health").status_code == 200
 
@@ -124,6 +132,14 @@ def test_refusals_of_unknown_and_known_collections_take_about_the_same_time(
         "unknown, wrong code": {"url": f"{BASE}/{UNKNOWN}/health", "params": {"code": WRONG_CODE}},
         "guarded, no code": {"url": f"{BASE}/guarded/health"},
         "guarded, wrong code": {"url": f"{BASE}/guarded/health", "params": {"code": WRONG_CODE}},
+        "unknown, wrong bearer": {
+            "url": f"{BASE}/{UNKNOWN}/health",
+            "headers": {"Authorization": f"Bearer {WRONG_CODE}"},
+        },
+        "guarded, wrong bearer": {
+            "url": f"{BASE}/guarded/health",
+            "headers": {"Authorization": f"Bearer {WRONG_CODE}"},
+        },
     }
     times: dict[str, list[float]] = {kind: [] for kind in kinds}
     with httpx.Client(base_url=server.url, timeout=30) as http:

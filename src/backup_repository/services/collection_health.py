@@ -23,7 +23,7 @@ from backup_repository.storage.base import BlobStore, StorageError
 
 HEALTH_CODE_INVALID = (
     "not authorized - invalid value of 'code' parameter: give the collection's health code "
-    "as ?code= or as the Authorization header"
+    "as ?code=, as the Authorization header or as 'Authorization: Bearer <code>'"
 )
 # What an unknown collection's health code is compared with: SHA-256 hex is 64 digits, as a
 # real secret is, so the comparison takes as long (and a match still refuses).
@@ -55,17 +55,24 @@ class CollectionHealthService:
         self._checks = tuple(checks)
         self._clock = clock
 
-    async def report(self, collection_id: str, code: str) -> list[CheckResult]:
-        """Every check's result; Forbidden for a wrong code or an unknown collection."""
+    async def report(self, collection_id: str, codes: Sequence[str]) -> list[CheckResult]:
+        """Every check's result; Forbidden for a wrong code or an unknown collection.
+        ``codes``: what the caller may have meant as the code (the ``code`` parameter, the
+        Authorization header as it is and its Bearer credentials); one match is enough."""
         # An unknown collection is refused exactly as a wrong code is, after the same work
-        # (a SHA-256 and a constant-time comparison against a stand-in secret), so the
-        # answer does not tell which collection names exist.
+        # (a SHA-256 and a constant-time comparison per candidate against a stand-in
+        # secret), so the answer does not tell which collection names exist.
         collection = self._config.snapshot().collections.get(collection_id)
         secret = _UNKNOWN_COLLECTION_SECRET if collection is None else collection.health_secret
         matches = True  # a collection without a health secret is open to monitoring
         if secret is not None:
-            given = hashlib.sha256(code.encode()).hexdigest()
-            matches = hmac.compare_digest(given.encode(), secret.lower().encode())
+            expected = secret.lower().encode()
+            # Every candidate is compared (no early exit).
+            compared = [
+                hmac.compare_digest(hashlib.sha256(code.encode()).hexdigest().encode(), expected)
+                for code in (list(codes) or [""])
+            ]
+            matches = any(compared)
         if collection is None or not matches:
             raise Forbidden(HEALTH_CODE_INVALID)
         now = self._clock()

@@ -15,7 +15,14 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 
 from backup_repository.domain.errors import RequestTimeout
 from backup_repository.http.bodies import form_decoder
-from backup_repository.http.deps import Auth, BearerDoc, ClientIP, ServicesDep, bearer_token
+from backup_repository.http.deps import (
+    Auth,
+    BearerDoc,
+    ClientIP,
+    ServicesDep,
+    bearer_token,
+    presented_keys,
+)
 from backup_repository.http.envelope import error, ok, rfc3339
 from backup_repository.http.openapi import responses as openapi
 from backup_repository.services.auth import AuthContext
@@ -328,7 +335,7 @@ async def collection_health(
     services: ServicesDep,
     code: Annotated[str | None, Query(max_length=1024)] = None,
 ) -> JSONResponse:
-    given = code if code is not None else request.headers.get("authorization", "")
+    given = presented_keys(request.headers.get("authorization"), code)
     results = await services.collection_health.report(collectionId, given)
     data = {"health": [r.as_dict() for r in results]}
     if not all(r.status for r in results):
