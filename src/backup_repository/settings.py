@@ -74,9 +74,10 @@ class Settings(BaseModel):
     # name): a restart frees what the previous life of the same id held.
     replica_id: str = Field(default_factory=lambda: replica_id_from_hostname(socket.gethostname()))
     # Requests per second (default) and per minute (the three others); 0 disables a limit.
-    rate_default_limit: int = Field(default=5, ge=0)
+    # Why these values: docs/configuration.md (Rate limits and the login queue).
+    rate_default_limit: int = Field(default=50, ge=0)
     rate_auth_limit: int = Field(default=10, ge=0)
-    rate_collection_health_limit: int = Field(default=10, ge=0)
+    rate_collection_health_limit: int = Field(default=60, ge=0)
     rate_server_health_limit: int = Field(default=160, ge=0)
     provider: Literal["filesystem", "kubernetes"] = "filesystem"
     config_local_path: Path

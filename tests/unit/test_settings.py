@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from backup_repository.cli.server import build_settings, main
-from backup_repository.settings import Listen, SettingsError
+from backup_repository.settings import Listen, Settings, SettingsError
 
 SECRET = "settings-test-secret-long-enough"
 
@@ -34,9 +34,9 @@ def options(**overrides: Any) -> dict[str, Any]:
         "http_download_timeout": timedelta(minutes=180),
         "upload_lock_lease": timedelta(seconds=30),
         "replica_id": None,
-        "rate_default_limit": 5,
+        "rate_default_limit": 50,
         "rate_auth_limit": 10,
-        "rate_collection_health_limit": 10,
+        "rate_collection_health_limit": 60,
         "rate_server_health_limit": 160,
         "provider": "filesystem",
         "config_local_path": None,
@@ -73,7 +73,7 @@ def test_defaults() -> None:
     assert settings.db_url == "sqlite+aiosqlite:///data/backup-repository.db"
     assert settings.storage_url.startswith("file:///")
     assert settings.config_local_path == Path("~/.backup-repository").expanduser()
-    assert settings.rate_default_limit == 5
+    assert settings.rate_default_limit == 50
     assert settings.jwt_lifetime == timedelta(hours=8760)
 
 
@@ -204,3 +204,24 @@ def test_http2_is_off_unless_asked_for(
     context = main.make_context("backup-repository", argv, resilient_parsing=True)
     assert context.params["http2"] is expected
     assert build_settings(options(http2=context.params["http2"])).http2 is expected
+
+
+def test_rate_limit_defaults_of_the_flags_and_the_settings_agree() -> None:
+    flags = {p.name: p.default for p in main.params}
+    for name in (
+        "rate_default_limit",
+        "rate_auth_limit",
+        "rate_collection_health_limit",
+        "rate_server_health_limit",
+    ):
+        assert flags[name] == Settings.model_fields[name].default, name
+
+
+def test_help_and_readme_agree_on_what_the_server_health_limit_covers() -> None:
+    readme = Path(__file__).resolve().parents[2].joinpath("README.md").read_text()
+    row = next(line for line in readme.splitlines() if "`--rate-server-health-limit`" in line)
+    flag = next(p for p in main.params if p.name == "rate_server_health_limit")
+    help_text = getattr(flag, "help", "") or ""
+    for path in ("/health", "/ready", "/metrics"):
+        assert path in help_text, help_text
+        assert f"`{path}`" in row, row

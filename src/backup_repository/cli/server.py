@@ -131,10 +131,10 @@ DEV_CREDENTIALS = (
 @option(
     "--rate-default-limit",
     env="BR_RATE_DEFAULT_LIMIT",
-    default=5,
+    default=50,
     show_default=True,
     type=click.IntRange(min=0),
-    help="Requests per second per client IP (0: no limit)",
+    help="Requests per second per client IP to everything but logins and health (0: no limit)",
 )
 @option(
     "--rate-auth-limit",
@@ -142,15 +142,15 @@ DEV_CREDENTIALS = (
     default=10,
     show_default=True,
     type=click.IntRange(min=0),
-    help="Logins per minute per client IP",
+    help="Logins and token refreshes per minute per client IP (0: no limit)",
 )
 @option(
     "--rate-collection-health-limit",
     env="BR_RATE_COLLECTION_HEALTH_LIMIT",
-    default=10,
+    default=60,
     show_default=True,
     type=click.IntRange(min=0),
-    help="Collection health requests per minute per client IP",
+    help="Collection health requests per minute per client IP (0: no limit)",
 )
 @option(
     "--rate-server-health-limit",
@@ -158,7 +158,8 @@ DEV_CREDENTIALS = (
     default=160,
     show_default=True,
     type=click.IntRange(min=0),
-    help="/health and /ready requests per minute per client IP",
+    help="/health, /ready and /metrics requests per minute per client IP, together "
+    "(Kubernetes probes and Prometheus scrapes count; 0: no limit)",
 )
 @provider_options("Where users and collections come from")
 @log_level_option("info")
