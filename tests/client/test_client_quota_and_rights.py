@@ -1,12 +1,15 @@
 """Quota answers that say their numbers, the warning of an upload stored in the extra space,
-the room left for the next version in the metrics, and what an upload-only access key may
-see: against the real server process, with ``backup-maker`` and real GnuPG keys."""
+the room left for the next version in the metrics, backup windows that say when they open
+(and a client that checks before it runs the backup command), and what an upload-only
+access key may see: against the real server process, with ``backup-maker`` and real GnuPG
+keys."""
 
 from __future__ import annotations
 
 import os
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -21,6 +24,10 @@ API = "/api/stable/repository/collection"
 MiB = 1024 * 1024
 # "extra": 3 versions of 1 MiB in 5 MiB, so 2 MiB of extra space.
 QUOTA = {"maxBackupsCount": 3, "maxOneVersionSize": "1M", "maxCollectionSize": "5M"}
+WINDOW_CLOSED = "backup window does not allow you to send a backup at this time"
+# "windowed": one 30-minute window a day, starting two to three hours from now (UTC).
+OPENS = (datetime.now(UTC) + timedelta(hours=3)).replace(minute=0, second=0, microsecond=0)
+WINDOW = {"from": f"0 {OPENS.hour} * * *", "duration": "30m"}
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +51,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
             ],
         ),
     ]
-    for name in ("extra", "refused", "listed"):
+    for name in ("extra", "refused", "listed", "windowed"):
         doc = collection_doc(name, acl=acl)
         doc["spec"].update(QUOTA)
         docs.append(doc)
+    docs[-1]["spec"]["windows"] = [WINDOW]
     write_config(workdir / "config", docs)
     process = start_server(workdir, workdir / "config")
     try:
@@ -169,3 +177,53 @@ def test_an_upload_only_key_lists_versions_but_cannot_download(
     other = run_bm("versions", "-u", server.url, "-i", "extra", "-t", ci)
     assert other.returncode != 0
     assert "not authorized to list versions" in other.stderr
+
+
+def test_a_closed_window_says_utc_and_when_the_next_one_opens(
+    server: ServerProcess, keys: KeyFiles, tmp_path: Path
+) -> None:
+    opens = OPENS.strftime("%Y-%m-%dT%H:%M:%SZ")
+    closes = (OPENS + timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    ci = token(server, "ci", "ci-pass")
+    sealed = encrypt_to(keys.alice_public, b"outside the window\n")
+    refused = httpx.post(
+        f"{server.url}{API}/windowed/version",
+        content=sealed,
+        headers={"Authorization": f"Bearer {ci}"},
+    )
+    assert refused.status_code == 403, refused.text
+    message = refused.json()["error"]
+    assert message.startswith(f"{WINDOW_CLOSED}: backup windows are in UTC")
+    assert f"the next one opens at {opens} and closes at {closes}" in message
+
+    # The listing tells an uploader before it starts; uploadsAnytime (admin) may upload.
+    mine = httpx.get(
+        f"{server.url}{API}/windowed/version", headers={"Authorization": f"Bearer {ci}"}
+    )
+    assert mine.json()["data"]["backupWindow"] == {
+        "timezone": "UTC",
+        "open": False,
+        "uploadAllowed": False,
+        "opensAt": opens,
+        "closesAt": closes,
+    }
+    admins = httpx.get(f"{server.url}{API}/windowed/version", headers=auth(server))
+    assert admins.json()["data"]["backupWindow"]["uploadAllowed"] is True
+
+    # make does not run the backup command at all.
+    marker = tmp_path / "dump-started"
+    made = run_bm(
+        "make", "-u", server.url, "-i", "windowed", "-t", ci, "-k", str(keys.alice_public),
+        "-c", f"touch '{marker}'; echo rows",
+    )  # fmt: skip
+    assert made.returncode == 5, made.stderr
+    assert WINDOW_CLOSED in made.stderr
+    assert f"opens at {opens}" in made.stderr
+    assert "the backup command was not started" in made.stderr
+    assert not marker.exists()
+
+    # collections shows the window with its duration and time zone.
+    listed = run_bm("collections", "-u", server.url, "-t", ci)
+    assert listed.returncode == 0, listed.stderr
+    row = next(line for line in listed.stdout.splitlines() if line.startswith("windowed"))
+    assert f"0 {OPENS.hour} * * * for 30m (UTC)" in row

@@ -357,7 +357,7 @@ def test_collections_table() -> None:
     }  # fmt: skip
     lines = collections_table(data).splitlines()
     assert lines[0].split()[:3] == ["ID", "VERSIONS", "USED"]
-    assert "30 0 * * *" in lines[1]
+    assert "30 0 * * * for 1h (UTC)" in lines[1]
     assert lines[1].split()[:3] == ["db", "1/3", "10"]
     assert lines[2].split()[:2] == ["empty", "-/-"]
     assert "any time" in lines[2]

@@ -18,6 +18,8 @@ from backup_repository.domain.windows import (
     last_closed_window,
     latest_start,
     upload_matches_windows,
+    window_closed,
+    window_state,
 )
 
 MINUTE = timedelta(minutes=1)
@@ -288,3 +290,33 @@ def test_open_agrees_with_a_minute_scan(cron: str, minutes: int, now: datetime) 
     # The next start (found forwards, by get_next) has not closed yet.
     following: datetime = croniter(cron, start).get_next(datetime)
     assert following + duration > now
+
+
+# --- window_state and the refusal message ----------------------------------------------------
+
+
+def test_window_state_without_windows_is_open_with_no_times() -> None:
+    state = window_state([], at("2026-11-27T12:00:00"))
+    assert (state.open, state.opens, state.closes) == (True, None, None)
+
+
+def test_window_state_while_open_gives_the_open_slot() -> None:
+    state = window_state([NIGHTLY], at("2026-11-27T01:00:00"))
+    assert state.open
+    assert (state.opens, state.closes) == (at("2026-11-27T00:30:00"), at("2026-11-27T01:30:00"))
+
+
+def test_window_state_while_closed_gives_the_next_slot_of_all_windows() -> None:
+    early = window("0 3 * * *", timedelta(minutes=10))
+    state = window_state([NIGHTLY, early], at("2026-11-27T01:30:00"))  # NIGHTLY just closed
+    assert not state.open
+    assert (state.opens, state.closes) == (at("2026-11-27T03:00:00"), at("2026-11-27T03:10:00"))
+    state = window_state([NIGHTLY, early], at("2026-11-27T03:10:00"))
+    assert (state.opens, state.closes) == (at("2026-11-28T00:30:00"), at("2026-11-28T01:30:00"))
+
+
+def test_the_refusal_says_utc_and_the_next_slot_after_the_reference_phrase() -> None:
+    message = window_closed([NIGHTLY], at("2026-11-27T12:00:00")).message
+    assert message.startswith("backup window does not allow you to send a backup at this time: ")
+    assert "windows are in UTC (now 2026-11-27T12:00:00Z)" in message
+    assert "opens at 2026-11-28T00:30:00Z and closes at 2026-11-28T01:30:00Z" in message

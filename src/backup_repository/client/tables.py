@@ -55,6 +55,26 @@ def _short_sha(value: object) -> str:
     return value[:16] if isinstance(value, str) and value else "-"
 
 
+def duration_text(seconds: object) -> str:
+    """``5400`` -> ``1h30m``; anything that is not a number of seconds -> ``-``."""
+    if not isinstance(seconds, int) or isinstance(seconds, bool) or seconds < 0:
+        return "-"
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [
+        f"{hours}h" if hours else "",
+        f"{minutes}m" if minutes else "",
+        f"{secs}s" if secs else "",
+    ]
+    return "".join(parts) or "0s"
+
+
+def window_text(window: Mapping[str, Any]) -> str:
+    """``30 0 * * * for 1h (UTC)``: the start, the duration and the time zone."""
+    zone = window.get("timezone") or "UTC"
+    return f"{_text(window.get('from'))} for {duration_text(window.get('duration'))} ({zone})"
+
+
 def usage_line(collection_id: str, usage: Mapping[str, Any]) -> str:
     count = usage.get("versions")
     return (
@@ -104,8 +124,7 @@ def collections_table(data: Mapping[str, Any]) -> str:
                 human_size(usage.get("maxCollectionSize")),
                 human_size(usage.get("maxOneVersionSize")),
                 _text(c.get("strategyName")),
-                ", ".join(_text(w.get("from")) for w in windows if isinstance(w, Mapping))
-                or "any time",
+                ", ".join(window_text(w) for w in windows if isinstance(w, Mapping)) or "any time",
                 _text(c.get("description")),
             ]
         )

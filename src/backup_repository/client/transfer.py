@@ -87,18 +87,32 @@ def describe_status(code: int) -> str:
 # -- make -----------------------------------------------------------------------------------
 
 
+WINDOW_CLOSED = "backup window does not allow you to send a backup at this time"
+
+
 def preflight(client: RepositoryClient, collection_id: str) -> None:
     """Ask the server about the collection before running a possibly long backup command:
-    an unreachable server, a refused token or an unknown collection fail at once. Other
-    refusals of the listing are left to the upload itself to report."""
+    an unreachable server, a refused token, an unknown collection or a closed backup window
+    fail at once. Other refusals of the listing are left to the upload itself to report."""
     try:
-        client.list_versions(collection_id)
+        data = client.list_versions(collection_id)
     except ServerError as exc:
         if exc.status is None or exc.status == 401:
             raise
         if exc.status == 404 and "collection" in exc.message:
             raise
         log.debug("the pre-flight listing was refused, trying the upload anyway: %s", exc)
+        return
+    window = data.get("backupWindow")
+    # Servers that do not say (the reference) leave the window to the upload.
+    if isinstance(window, dict) and window.get("uploadAllowed") is False:
+        raise ServerError(
+            f"collection {collection_id!r}: {WINDOW_CLOSED}: backup windows are in UTC; the "
+            f"next one opens at {window.get('opensAt')} and closes at "
+            f"{window.get('closesAt')}; the backup command was not started. Run it then, or "
+            "ask for the uploadsAnytime role on the collection",
+            403,
+        )
 
 
 def _upload_body(

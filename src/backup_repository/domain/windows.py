@@ -15,6 +15,7 @@ most recent slot that has closed by ``now`` is the one of the latest start at or
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from croniter import croniter
@@ -33,6 +34,53 @@ class WindowClosed(Forbidden):
 
     def __init__(self, message: str = WINDOW_CLOSED) -> None:
         super().__init__(message)
+
+
+@dataclass(frozen=True)
+class WindowState:
+    """The windows of a collection at one moment: open or not, and the slot that is open
+    (``opens`` in the past) or, when none is, the next one; both None without windows."""
+
+    open: bool
+    opens: datetime | None
+    closes: datetime | None
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def next_start(window: BackupWindow, at: datetime) -> datetime:
+    """The first start of ``window`` strictly after ``at`` (returned in UTC)."""
+    start: datetime = croniter(window.cron, _utc(at, "at")).get_next(datetime)
+    return start.astimezone(UTC)
+
+
+def window_state(windows: Sequence[BackupWindow], now: datetime) -> WindowState:
+    """Whether a window is open at ``now`` and the slot that matters: the open slot that
+    closes last, or else the next slot to open (of two opening together, the longer)."""
+    if not windows:
+        return WindowState(open=True, opens=None, closes=None)
+    open_slots = [slot for w in windows if (slot := current_slot(w, now)) is not None]
+    if open_slots:
+        start, end = max(open_slots, key=lambda slot: slot[1])
+        return WindowState(open=True, opens=start, closes=end)
+    upcoming = [(start, start + w.duration) for w in windows for start in [next_start(w, now)]]
+    start, end = min(upcoming, key=lambda slot: (slot[0], -slot[1].timestamp()))
+    return WindowState(open=False, opens=start, closes=end)
+
+
+def window_closed(windows: Sequence[BackupWindow], now: datetime) -> WindowClosed:
+    """The refusal of an upload at ``now``, outside ``windows``: the reference phrase first,
+    then that windows are UTC, when the next one opens and closes, and what to do."""
+    state = window_state(windows, now)
+    if state.opens is None or state.closes is None:
+        return WindowClosed()
+    return WindowClosed(
+        f"{WINDOW_CLOSED}: backup windows are in UTC (now {_iso(now)}); the next one opens at "
+        f"{_iso(state.opens)} and closes at {_iso(state.closes)}; upload then, or ask for "
+        f"the uploadsAnytime role on the collection"
+    )
 
 
 def _utc(moment: datetime, name: str) -> datetime:

@@ -6,12 +6,15 @@ and authorize collections here, and describe what a caller did with :func:`calle
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from backup_repository.domain import authz
 from backup_repository.domain.authz import CollectionAction
 from backup_repository.domain.errors import Forbidden, NotFound
 from backup_repository.domain.identity import Collection
+from backup_repository.domain.windows import WindowState, window_state
 from backup_repository.services.auth import AuthContext
 from backup_repository.services.events import Action, Event, Outcome, short_session
 from backup_repository.services.ports import (
@@ -36,6 +39,19 @@ class Usage:
     max_collection_size: int
 
 
+@dataclass(frozen=True)
+class UploadWindow:
+    """The collection's backup windows now, for one caller: ``anytime`` when it may upload
+    outside them (``uploadsAnytime``)."""
+
+    state: WindowState
+    anytime: bool
+
+    @property
+    def upload_allowed(self) -> bool:
+        return self.state.open or self.anytime
+
+
 def caller_event(
     ctx: AuthContext, action: Action, outcome: Outcome, collection_id: str, **details: object
 ) -> Event:
@@ -53,9 +69,15 @@ def caller_event(
 
 
 class CollectionService:
-    def __init__(self, config: ConfigurationProvider, versions: VersionRepository) -> None:
+    def __init__(
+        self,
+        config: ConfigurationProvider,
+        versions: VersionRepository,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self._config = config
         self._versions = versions
+        self._clock = clock
 
     def collection(self, collection_id: str) -> Collection:
         found = self._config.snapshot().collections.get(collection_id)
@@ -75,14 +97,21 @@ class CollectionService:
 
     async def list_versions(
         self, ctx: AuthContext, collection_id: str
-    ) -> tuple[Collection, list[VersionRecord], Usage]:
-        """The collection's live versions, newest first, and its usage."""
+    ) -> tuple[Collection, list[VersionRecord], Usage, UploadWindow]:
+        """The collection's live versions, newest first, its usage, and its backup windows
+        now for this caller (so that an uploader can check before it makes a backup)."""
         collection = self.authorized(
             ctx, collection_id, CollectionAction.LIST_VERSIONS, NOT_AUTHORIZED_LIST
         )
         live = await self._versions.live_versions(collection.name)
         usage = _usage(collection, len(live), sum(v.size for v in live))
-        return collection, list(reversed(live)), usage
+        window = UploadWindow(
+            state=window_state(collection.windows, self._clock()),
+            anytime=authz.may_act_on_collection(
+                ctx.principal, collection, CollectionAction.UPLOAD_OUTSIDE_WINDOW
+            ),
+        )
+        return collection, list(reversed(live)), usage, window
 
     async def list_collections(self, ctx: AuthContext) -> list[tuple[Collection, Usage]]:
         """The collections ``ctx`` may list, upload to or download from, by name."""

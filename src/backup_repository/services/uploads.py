@@ -37,7 +37,7 @@ from backup_repository.domain.openpgp import OpenPGPStreamChecker
 from backup_repository.domain.quota import QuotaRule, UploadLimit, upload_limit
 from backup_repository.domain.rotation import versions_to_rotate
 from backup_repository.domain.versions import StoredVersion
-from backup_repository.domain.windows import WindowClosed, is_window_open
+from backup_repository.domain.windows import is_window_open, window_closed
 from backup_repository.services.auth import AuthContext
 from backup_repository.services.collections import (
     NOT_AUTHORIZED_UPLOAD,
@@ -214,12 +214,13 @@ class UploadService:
         collection = self._collections.authorized(
             ctx, collection_id, CollectionAction.UPLOAD, NOT_AUTHORIZED_UPLOAD
         )
-        if not is_window_open(collection.windows, self._clock()) and not (
+        now = self._clock()
+        if not is_window_open(collection.windows, now) and not (
             authz.may_act_on_collection(
                 ctx.principal, collection, CollectionAction.UPLOAD_OUTSIDE_WINDOW
             )
         ):
-            raise WindowClosed()
+            raise window_closed(collection.windows, now)
 
         owner = f"{self._instance}:{uuid.uuid4().hex[:16]}"
         await self.cleanup.wait_for(collection)

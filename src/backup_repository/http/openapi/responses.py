@@ -165,10 +165,26 @@ class Usage(_Doc):
     maxCollectionSize: int
 
 
+class BackupWindowState(_Doc):
+    timezone: Literal["UTC"] = Field(description="windows are always evaluated in UTC")
+    open: bool = Field(description="whether a backup window is open now (true without windows)")
+    uploadAllowed: bool = Field(
+        description="whether the caller may upload now: a window is open, or it has uploadsAnytime"
+    )
+    opensAt: str | None = Field(
+        description="RFC 3339: when the open slot opened, or when the next one opens; "
+        "null without windows"
+    )
+    closesAt: str | None = Field(
+        description="RFC 3339: when that slot closes; null without windows"
+    )
+
+
 class VersionsData(_Doc):
     collectionId: str
     versions: list[Version]
     usage: Usage
+    backupWindow: BackupWindowState
 
 
 class VersionsEnvelope(_Doc):
@@ -179,6 +195,7 @@ class VersionsEnvelope(_Doc):
 class Window(_Doc):
     from_: str = Field(alias="from", description="5-field cron expression of the start")
     duration: int = Field(description="seconds")
+    timezone: Literal["UTC"] = Field(description="the cron expression is evaluated in UTC")
 
 
 class CollectionInfo(_Doc):

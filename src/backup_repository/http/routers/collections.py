@@ -26,7 +26,7 @@ from backup_repository.http.deps import (
 from backup_repository.http.envelope import error, ok, rfc3339
 from backup_repository.http.openapi import responses as openapi
 from backup_repository.services.auth import AuthContext
-from backup_repository.services.collections import Usage
+from backup_repository.services.collections import UploadWindow, Usage
 from backup_repository.services.downloads import Download
 from backup_repository.services.ports import VersionRecord
 from backup_repository.services.uploads import TOOK_TOO_LONG, BodyDecoder, UploadRequest
@@ -107,6 +107,16 @@ def usage_json(usage: Usage) -> dict[str, Any]:
     }
 
 
+def window_json(window: UploadWindow) -> dict[str, Any]:
+    return {
+        "timezone": "UTC",
+        "open": window.state.open,
+        "uploadAllowed": window.upload_allowed,
+        "opensAt": rfc3339(window.state.opens),
+        "closesAt": rfc3339(window.state.closes),
+    }
+
+
 async def _with_deadline(chunks: AsyncIterator[bytes], seconds: float) -> AsyncIterator[bytes]:
     deadline = asyncio.get_running_loop().time() + seconds
     async for chunk in chunks:
@@ -176,12 +186,15 @@ async def upload(
 async def list_versions(
     collectionId: CollectionId, auth: Auth, services: ServicesDep
 ) -> JSONResponse:
-    collection, versions, usage = await services.collections.list_versions(auth, collectionId)
+    collection, versions, usage, window = await services.collections.list_versions(
+        auth, collectionId
+    )
     return ok(
         {
             "collectionId": collection.name,
             "versions": [version_json(v) for v in versions],
             "usage": usage_json(usage),
+            "backupWindow": window_json(window),
         }
     )
 
@@ -203,7 +216,11 @@ async def list_collections(auth: Auth, services: ServicesDep) -> JSONResponse:
                     "filenameTemplate": c.filename_template,
                     "strategyName": c.strategy.name,
                     "windows": [
-                        {"from": w.cron, "duration": int(w.duration.total_seconds())}
+                        {
+                            "from": w.cron,
+                            "duration": int(w.duration.total_seconds()),
+                            "timezone": "UTC",
+                        }
                         for w in c.windows
                     ],
                     "usage": usage_json(u),
