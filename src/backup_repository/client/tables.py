@@ -85,6 +85,13 @@ def usage_line(collection_id: str, usage: Mapping[str, Any]) -> str:
     )
 
 
+def _uploader(version: Mapping[str, Any]) -> str:
+    """Who uploaded a version: ``alice``, or ``alice$ci`` for an upload made with the access
+    key ``ci`` (the login it was made with)."""
+    user, key = _text(version.get("user")), version.get("accessKeyName")
+    return f"{user}${key}" if key else user
+
+
 def versions_table(data: Mapping[str, Any]) -> str:
     """The listing of one collection, newest first, as the server sends it."""
     versions: Sequence[Mapping[str, Any]] = data.get("versions") or []
@@ -94,7 +101,7 @@ def versions_table(data: Mapping[str, Any]) -> str:
             human_size(v.get("filesize")),
             _when(v.get("CreatedAt")),
             _short_sha(v.get("sha256")),
-            _text(v.get("user")),
+            _uploader(v),
             _text(v.get("filename")),
         ]
         for v in versions

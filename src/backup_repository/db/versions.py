@@ -17,6 +17,14 @@ from backup_repository.db.repositories import transaction
 from backup_repository.db.tables import BackupVersion, CollectionState, GrantedAccess
 from backup_repository.services.ports import LockLost, SessionConsumed, VersionRecord
 
+# The access key of the uploading session, from its row while it exists (sessions are
+# purged --session-retention after they expire).
+_UPLOADING_KEY: Final = (
+    select(GrantedAccess.access_key_name)
+    .where(GrantedAccess.id == BackupVersion.uploaded_by_session_id)
+    .scalar_subquery()
+    .label("access_key_name")
+)
 _VERSION_COLUMNS: Final = (
     BackupVersion.id,
     BackupVersion.collection_id,
@@ -30,6 +38,7 @@ _VERSION_COLUMNS: Final = (
     BackupVersion.created_at,
     BackupVersion.updated_at,
     BackupVersion.deleted_at,
+    _UPLOADING_KEY,
 )
 
 
@@ -253,6 +262,7 @@ def _to_record(row: RowMapping) -> VersionRecord:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         deleted_at=row["deleted_at"],
+        access_key=row.get("access_key_name"),
     )
 
 

@@ -165,6 +165,9 @@ class VersionRecord:
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None = None
+    # The access key of the uploading session ("" for the user's own password); None when
+    # not known: the session's row was purged, or the version was imported.
+    access_key: str | None = None
 
 
 class LockLost(Exception):

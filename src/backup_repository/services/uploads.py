@@ -268,6 +268,7 @@ class UploadService:
             sha256=sha256,
             session_id=ctx.session.id,
             user=ctx.user.name,
+            access_key=ctx.principal.access_key_name,
             created_at=plan.now,
             updated_at=plan.now,
         )

@@ -138,6 +138,12 @@ class Version(_Doc):
     sha256: str
     uploadedBySessionId: str
     user: str
+    accessKeyName: str | None = Field(
+        default=None,
+        description="the access key the upload was made with ('' for the user's own "
+        "password); null when no longer known (the session was purged, or the version was "
+        "imported)",
+    )
     CreatedAt: str | None
     UpdatedAt: str | None
     DeletedAt: str | None

@@ -91,6 +91,8 @@ def version_json(version: VersionRecord) -> dict[str, Any]:
         "sha256": version.sha256,
         "uploadedBySessionId": version.session_id,
         "user": version.user,
+        # "" for the user's own password; null when no longer known.
+        "accessKeyName": version.access_key,
         "CreatedAt": rfc3339(version.created_at),
         "UpdatedAt": rfc3339(version.updated_at),
         "DeletedAt": rfc3339(version.deleted_at),
