@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pty
+import select
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -19,7 +23,7 @@ pytestmark = pytest.mark.e2e
 
 
 def run_cli(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, stdin: str = ""
 ) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("BR_")}
     clean.update(env or {})
@@ -31,19 +35,77 @@ def run_cli(
         env=clean,
         cwd=cwd,
         check=False,
+        input=stdin,
     )
 
 
-def test_encode_password_prints_a_reference_compatible_hash() -> None:
-    result = run_cli("--encode-password=correct horse")
+def test_encode_password_reads_standard_input_with_a_dash() -> None:
+    result = run_cli("--encode-password", "-", stdin="correct horse\n")
     assert result.returncode == 0, result.stderr
     encoded = result.stdout.strip()
     hasher = PasswordHasher(1)
+    # The line's end is not part of the password; the space inside is.
     assert hasher.verify_sync(encoded, "correct horse")
     assert not hasher.verify_sync(encoded, "wrong horse")
-    # The space-separated spelling works too.
-    result = run_cli("--encode-password", "other")
+    result = run_cli("--encode-password=-", stdin="other")
     assert hasher.verify_sync(result.stdout.strip(), "other")
+
+
+def test_encode_password_asks_without_echo() -> None:
+    """On a terminal: asked twice, the typed password never shown."""
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: the command on the terminal
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("BR_")}
+        command = server_command("--encode-password")
+        os.execve(command[0], command, clean)  # noqa: S606
+    transcript = b""
+
+    def read_until(marker: bytes) -> None:
+        nonlocal transcript
+        deadline = time.monotonic() + 30
+        while marker not in transcript:
+            assert time.monotonic() < deadline, transcript
+            if select.select([terminal], [], [], 0.2)[0]:
+                transcript += os.read(terminal, 1024)
+
+    try:
+        read_until(b"Password:")
+        os.write(terminal, b"correct horse\n")
+        read_until(b"Repeat for confirmation:")
+        os.write(terminal, b"correct horse\n")
+        # Up to the hash's line end; the terminal closes when the command ends.
+        read_until(b"==\r\n")
+        _, status = os.waitpid(pid, 0)
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+    finally:
+        os.close(terminal)
+    assert os.waitstatus_to_exitcode(status) == 0, transcript
+    output = transcript.decode()
+    assert "correct horse" not in output
+    encoded = output.strip().splitlines()[-1].strip()
+    assert PasswordHasher(1).verify_sync(encoded, "correct horse")
+
+
+def test_encode_password_refuses_a_password_in_the_arguments() -> None:
+    result = run_cli("--encode-password=correct horse")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "shell history" in result.stderr
+    assert "--encode-password -" in result.stderr
+    assert "correct horse" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("stdin", ["", "\n"])
+def test_encode_password_refuses_an_empty_password(stdin: str) -> None:
+    result = run_cli("--encode-password", "-", stdin=stdin)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "the password is empty" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_hash_jwt_prints_the_session_id() -> None:

@@ -47,6 +47,8 @@ from backup_repository.settings import Listen, Settings, SettingsError
 
 logger = logging.getLogger("backup_repository")
 
+# The value of a bare --encode-password: ask for the password.
+ASK_PASSWORD = "\0ask"  # noqa: S105 (a marker, not a password)
 DEV_CONFIG_PATH = Path("examples/config")
 DEV_SECRET_FILE = Path("data/.dev-jwt-secret")
 DEV_CREDENTIALS = (
@@ -245,7 +247,13 @@ DEV_CREDENTIALS = (
     help="Rate limits count an IPv6 client by its network of this many bits (128: per address)",
 )
 @click.option(
-    "--encode-password", default=None, help="Print the encoded hash of a password and exit"
+    "--encode-password",
+    is_flag=False,
+    flag_value=ASK_PASSWORD,
+    default=None,
+    metavar="[-]",
+    help="Print the encoded hash of a password for a Secret and exit; asks for the password "
+    "without echoing it, or reads it from standard input with '-'",
 )
 @click.option("--hash-jwt", default=None, help="Print the session id (SHA-256) of a token and exit")
 @option(
@@ -263,7 +271,8 @@ def main(ctx: click.Context, /, **options: Any) -> None:
     if ctx.invoked_subcommand is not None:
         return
     if options["encode_password"] is not None:
-        click.echo(PasswordHasher(1).hash_sync(options["encode_password"]))
+        password = _password_to_encode(options["encode_password"])
+        click.echo(PasswordHasher(1).hash_sync(password))
         return
     if options["hash_jwt"] is not None:
         click.echo(session_id_of(options["hash_jwt"]))
@@ -351,6 +360,41 @@ def build_settings(options: dict[str, Any]) -> Settings:
                 message if message.startswith("--") or not field else f"{field}: {message}"
             )
         raise SettingsError("; ".join(messages)) from None
+
+
+def _password_to_encode(value: str) -> str:
+    """The password for ``--encode-password``: asked for (no echo, twice) or read from
+    standard input (``-``). One given as the value itself is refused: it would stay in the
+    shell history and be visible to every user of the machine in ``ps``."""
+    if value == ASK_PASSWORD:
+        password = click.prompt(
+            "Password",
+            hide_input=True,
+            confirmation_prompt=True,
+            err=True,
+            default="",
+            show_default=False,
+        )
+    elif value == "-":
+        password = sys.stdin.read()
+        password = password.removesuffix("\n").removesuffix("\r")
+    else:
+        click.echo(
+            "error: --encode-password: a password given on the command line stays in the shell "
+            "history and shows in `ps`; run `backup-repository --encode-password` to be asked "
+            'for it, or pipe it in: `printf %s "$PASSWORD" | backup-repository '
+            "--encode-password -`",
+            err=True,
+        )
+        sys.exit(2)
+    if not password:
+        click.echo(
+            "error: --encode-password: the password is empty; type a password, or pipe a "
+            "non-empty one into `--encode-password -`",
+            err=True,
+        )
+        sys.exit(2)
+    return str(password)
 
 
 def _dev_secret() -> str:

@@ -401,7 +401,7 @@ def password_hash_problem(value: str) -> str:
     except InvalidPasswordHash:
         return (
             "is not an encoded Argon2 password hash (make one with "
-            "`backup-repository --encode-password=SECRET`)"
+            "`backup-repository --encode-password`)"
         )
     try:
         argon2.extract_parameters(phc)
