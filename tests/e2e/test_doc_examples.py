@@ -50,6 +50,11 @@ PASSWORD = "docs-example-pass"
 PASSWORDS = {"admin": "admin", "alice": PASSWORD, "alice$ci": PASSWORD}
 COMMAND = re.compile(r"(?:^|[\s($|;&])(curl|backup-maker|backup-repository)\s")
 EXAMPLE_URLS = ("https://backups.example.org", "http://127.0.0.1:8080")
+SHELL = ("sh", "bash", "shell")
+# Blocks without a language, or labelled as a terminal session, that run one of the commands
+# would escape the test: they must be labelled ``sh``.
+UNMARKED = ("", "console", "text", "shell-session")
+UNLABELLED: list[Block] = []
 EXPECTED_STATUS = re.compile(r"#\s*(\d{3})\s*$")
 
 # (file, how the block's first line starts): why the block is not run here.
@@ -110,8 +115,10 @@ def shell_blocks() -> list[Block]:
                 index += 1
             index += 1
             text = "\n".join(body)
-            if fence.group(1) in ("sh", "bash", "shell") and COMMAND.search(text):
+            if fence.group(1) in SHELL and COMMAND.search(text):
                 blocks.append(Block(path, start + 1, _dedent(text)))
+            elif fence.group(1) in UNMARKED and COMMAND.search(text):
+                UNLABELLED.append(Block(path, start + 1, text))
     return blocks
 
 
@@ -213,6 +220,10 @@ def server_environment(server: ServerProcess) -> dict[str, str]:
         "BR_CONFIG_LOCAL_PATH": args[args.index("--config-local-path") + 1],
     }
     return values
+
+
+def test_every_command_block_is_labelled_sh() -> None:
+    assert not UNLABELLED, [str(block) for block in UNLABELLED]
 
 
 def test_every_listed_block_still_exists() -> None:
