@@ -42,6 +42,7 @@ from backup_repository.cli.preflight import (
 from backup_repository.cli.verify import verify
 from backup_repository.logs import configure_logging
 from backup_repository.services.passwords import PasswordHasher
+from backup_repository.services.ports import ConfigSnapshot
 from backup_repository.services.tokens import session_id_of
 from backup_repository.settings import Listen, Settings, SettingsError
 
@@ -410,32 +411,75 @@ def _dev_secret() -> str:
     return secret
 
 
-def _banner(settings: Settings) -> None:
+def _banner(settings: Settings, snapshot: ConfigSnapshot) -> None:
+    """In production one line with the URL. In development mode a drawing with the example
+    accounts the loaded configuration really has; a password is shown only when the
+    account's stored hash is still that of the published example password."""
     url = settings.listen.url()
-    if settings.log_format == "json":
+    if not settings.dev_mode or settings.log_format == "json":
         # Collectors read the output as JSON lines: one line instead of the drawing.
         logger.info("Backup Repository is listening on %s", url)
         return
+    accounts = _example_accounts(snapshot)
     lines = [
         "",
         "=" * 78,
         f" Backup Repository is listening on {url}",
         f"   health:    {url}/health      readiness: {url}/ready",
-        f"   log in:    curl -s -X POST {url}/api/stable/auth/login \\",
-        "                   -H 'Content-Type: application/json' \\",
-        '                   -d \'{"username": "admin", "password": "admin"}\'',
     ]
-    if settings.dev_mode:
-        lines += ["", " Example accounts (from examples/config, for trying out only):"]
-        lines += [f"   {login:<18} password {pw:<16} {what}" for login, pw, what in DEV_CREDENTIALS]
+    known = [(login, pw) for login, pw, _ in accounts if pw is not None]
+    if known:
+        login, pw = known[0]
         lines += [
-            "",
-            " WARNING: development mode. The JWT secret was generated and is kept in",
-            f" {DEV_SECRET_FILE}; never run like this in production: set --jwt-secret-key",
-            " (BR_JWT_SECRET_KEY) and your own configuration folder instead.",
+            f"   log in:    curl -s -X POST {url}/api/stable/auth/login \\",
+            "                   -H 'Content-Type: application/json' \\",
+            f'                   -d \'{{"username": "{login}", "password": "{pw}"}}\'',
+        ]
+    where = settings.config_local_path if settings.provider == "filesystem" else "the cluster"
+    if accounts:
+        lines += ["", f" Example accounts (in {where}, for trying out only):"]
+        lines += [
+            f"   {login:<18} password {pw or '(not the example one)':<21} {what}"
+            for login, pw, what in accounts
+        ]
+    else:
+        lines += ["", f" No example accounts in {where}: log in with your own users."]
+    lines += ["", " WARNING: development mode, never run like this in production."]
+    if settings.jwt_secret_key == _stored_dev_secret():
+        lines += [
+            f" The JWT secret was generated and is kept in {DEV_SECRET_FILE}; set",
+            " --jwt-secret-key (BR_JWT_SECRET_KEY) and your own configuration folder instead.",
         ]
     lines.append("=" * 78)
     click.echo("\n".join(lines), err=False)
+
+
+def _example_accounts(snapshot: ConfigSnapshot) -> list[tuple[str, str | None, str]]:
+    """The example accounts present in ``snapshot``: login, the example password when the
+    stored hash still matches it (else None), what the account may do."""
+    hasher = PasswordHasher(1)
+    found: list[tuple[str, str | None, str]] = []
+    for login, password, what in DEV_CREDENTIALS:
+        user_name, _, key_name = login.partition("$")
+        user = snapshot.users.get(user_name)
+        if user is None:
+            continue
+        stored = user.password_hash
+        if key_name:
+            key = user.access_key(key_name)
+            if key is None:
+                continue
+            stored = key.password_hash
+        known = password if hasher.verify_sync(stored, password) else None
+        found.append((login, known, what))
+    return found
+
+
+def _stored_dev_secret() -> str | None:
+    try:
+        return DEV_SECRET_FILE.read_text().strip() or None
+    except OSError:
+        return None
 
 
 def run_server(settings: Settings) -> None:
@@ -443,9 +487,7 @@ def run_server(settings: Settings) -> None:
     from backup_repository.http.serve import serve
 
     if settings.dev_mode:
-        logger.warning(
-            "DEVELOPMENT MODE: generated JWT secret, example users with published passwords"
-        )
+        logger.warning("DEVELOPMENT MODE: development defaults, never run like this in production")
     if settings.metrics_public_by_default:
         logger.warning(
             "/metrics is public: it shows every collection's name, versions, bytes and last "
@@ -453,5 +495,5 @@ def run_server(settings: Settings) -> None:
             "(BR_HEALTH_CHECK_KEY) to require that key, or --metrics-public "
             "(BR_METRICS_PUBLIC=true) to keep it public on purpose"
         )
-    app = create_app(settings, on_started=lambda: _banner(settings))
+    app = create_app(settings, on_started=lambda snapshot: _banner(settings, snapshot))
     asyncio.run(serve(app, settings.listen, settings.log_level, http2=settings.http2))

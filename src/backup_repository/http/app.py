@@ -59,6 +59,7 @@ from backup_repository.services.health import (
 )
 from backup_repository.services.integrity import IntegrityService
 from backup_repository.services.passwords import PasswordHasher
+from backup_repository.services.ports import ConfigSnapshot
 from backup_repository.services.resolver import CachingResolver
 from backup_repository.services.session_purge import SessionPurger
 from backup_repository.services.stats import StatsService
@@ -101,7 +102,11 @@ class App(FastAPI):
         return self.openapi_schema
 
 
-def create_app(settings: Settings, on_started: Callable[[], None] | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, on_started: Callable[[ConfigSnapshot], None] | None = None
+) -> FastAPI:
+    """The app. ``on_started`` is called once everything is running, with the
+    configuration as it was loaded (the start-up banner lists its accounts)."""
     # Its own registry per app; the scrape-time sources join once the database is open.
     metrics = Metrics(__version__)
 
@@ -219,7 +224,7 @@ def create_app(settings: Settings, on_started: Callable[[], None] | None = None)
                 metrics=metrics,
             )
             if on_started is not None:
-                on_started()
+                on_started(provider.snapshot())
             yield
             for task in (scrubber, purger):
                 if task is not None:
