@@ -151,3 +151,15 @@ def test_a_missing_configuration_folder(tmp_path: Path) -> None:
     assert "--config-local-path (BR_CONFIG_LOCAL_PATH)" in line
     assert "does not exist" in line
     assert "point it at the folder with your users and collections" in line
+
+
+def test_a_kubeconfig_that_does_not_exist(tmp_path: Path) -> None:
+    """An API outage is waited for (/ready reports it); a kubeconfig given on purpose that
+    is not there is a wrong setting."""
+    missing = tmp_path / "no-kubeconfig"
+    result = start_failing(tmp_path, "--provider=kubernetes", f"--kubeconfig={missing}")
+    assert result.returncode == 2
+    line = the_one_line(result)
+    assert "--kubeconfig (BR_KUBECONFIG)" in line
+    assert str(missing) in line
+    assert "readable kubeconfig file" in line

@@ -4,8 +4,9 @@ configuration folder can be read. A failure becomes one :class:`StartupError`: o
 that names the setting (flag and ``BR_*`` variable), the cause and what to do, and the
 exit code (2: a setting's value is wrong, 1: a dependency cannot be used right now).
 
-The Kubernetes provider is not checked here: an API outage is routine in a cluster, so the
-server starts anyway and ``/ready`` reports it (docs/configuration.md).
+The Kubernetes API is not checked here: an outage is routine in a cluster, so the server
+starts anyway and ``/ready`` reports it (docs/configuration.md); only a ``--kubeconfig``
+that cannot be read stops it.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ EXIT_UNAVAILABLE: Final = 1
 STORAGE_FLAG: Final = "--storage-url (BR_STORAGE_DRIVER_URL)"
 CONFIG_FLAG: Final = "--config-local-path (BR_CONFIG_LOCAL_PATH)"
 LISTEN_FLAG: Final = "--listen (BR_LISTEN)"
+KUBECONFIG_FLAG: Final = "--kubeconfig (BR_KUBECONFIG)"
 
 # PostgreSQL error codes (SQLSTATE) that mean a setting is wrong.
 _NO_SUCH_DATABASE: Final = "3D000"
@@ -110,6 +112,8 @@ async def check_dependencies(settings: Settings, database: DatabaseFlags) -> Non
         await _check_storage(settings)
         if settings.provider == "filesystem":
             await _check_configuration_folder(settings.config_local_path, settings.namespace)
+        elif settings.kubeconfig is not None:
+            _check_kubeconfig(settings.kubeconfig)
 
 
 @contextlib.contextmanager
@@ -212,6 +216,25 @@ async def _check_storage(settings: Settings) -> None:
         ) from None
     finally:
         await store.close()
+
+
+def _check_kubeconfig(path: Path) -> None:
+    """A kubeconfig named on purpose must be there: that is a setting, not an outage."""
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise StartupError(
+            f"{KUBECONFIG_FLAG}: the kubeconfig {path} cannot be read ({exc.strerror or exc}); "
+            "give the path of a readable kubeconfig file, or leave it out inside the cluster "
+            "to use the service account",
+            EXIT_BAD_SETTING,
+        ) from None
+    if not path.is_file():
+        raise StartupError(
+            f"{KUBECONFIG_FLAG}: {path} is not a file; give the path of a kubeconfig file",
+            EXIT_BAD_SETTING,
+        )
 
 
 async def _check_configuration_folder(folder: Path, namespace: str) -> None:
