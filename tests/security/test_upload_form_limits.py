@@ -326,7 +326,7 @@ def test_a_form_whose_content_length_passes_the_limit_is_413_before_it_is_read(
     assert received, "no answer before the body"
     status, envelope = answer(received)
     assert status == 413, envelope
-    assert envelope["error"] == "filesize reached allowed limit"
+    assert envelope["error"].startswith("filesize reached allowed limit"), envelope
     assert time.monotonic() - started < 5
     received = ask_and_wait(server, head("db", token, content_type, 10_000_000_000))
     assert answer(received)[0] == 413
@@ -340,7 +340,7 @@ def test_every_byte_of_a_form_counts_against_the_limit(server: ServerProcess) ->
     assert len(SAMPLE) < TIGHT_LIMIT < len(padded)
     response = chunked_upload(server, token, "tight", padded, MULTIPART)
     assert response.status_code == 413, response.text
-    assert response.json()["error"] == "filesize reached allowed limit"
+    assert response.json()["error"].startswith("filesize reached allowed limit"), response.text
     # The same with Content-Length: refused before the body is read.
     response = upload(server, token, "tight", padded, MULTIPART)
     assert response.status_code == 413, response.text
