@@ -75,7 +75,7 @@ class Settings(BaseModel):
     replica_id: str = Field(default_factory=lambda: replica_id_from_hostname(socket.gethostname()))
     # Requests per second (default) and per minute (the three others); 0 disables a limit.
     # Why these values: docs/configuration.md (Rate limits and the login queue).
-    rate_default_limit: int = Field(default=50, ge=0)
+    rate_default_limit: int = Field(default=100, ge=0)
     rate_auth_limit: int = Field(default=10, ge=0)
     rate_collection_health_limit: int = Field(default=60, ge=0)
     rate_server_health_limit: int = Field(default=160, ge=0)

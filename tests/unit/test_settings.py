@@ -34,7 +34,7 @@ def options(**overrides: Any) -> dict[str, Any]:
         "http_download_timeout": timedelta(minutes=180),
         "upload_lock_lease": timedelta(seconds=30),
         "replica_id": None,
-        "rate_default_limit": 50,
+        "rate_default_limit": 100,
         "rate_auth_limit": 10,
         "rate_collection_health_limit": 60,
         "rate_server_health_limit": 160,
@@ -73,7 +73,7 @@ def test_defaults() -> None:
     assert settings.db_url == "sqlite+aiosqlite:///data/backup-repository.db"
     assert settings.storage_url.startswith("file:///")
     assert settings.config_local_path == Path("~/.backup-repository").expanduser()
-    assert settings.rate_default_limit == 50
+    assert settings.rate_default_limit == 100
     assert settings.jwt_lifetime == timedelta(hours=8760)
 
 

@@ -134,7 +134,7 @@ DEV_CREDENTIALS = (
 @option(
     "--rate-default-limit",
     env="BR_RATE_DEFAULT_LIMIT",
-    default=50,
+    default=100,
     show_default=True,
     type=click.IntRange(min=0),
     help="Requests per second per client IP to everything but logins and health (0: no limit)",
