@@ -90,7 +90,7 @@ MAX_TOTAL = 4 * MiB  # extra space = 4 - 3 * 1 = 1 MiB that versions may borrow
 UPLOAD_SIZES = (4 * KiB, 64 * KiB, 512 * KiB, 1 * MiB, 1 * MiB + 320 * KiB)
 OVERSIZE = MAX_ONE + (MAX_TOTAL - MAX_BACKUPS * MAX_ONE) + 64 * KiB  # over any quota
 STATIC_SIZES = (64 * KiB, 1 * MiB, 1 * MiB + 320 * KiB)
-RATE_LIMIT_PER_MINUTE = 20  # /health bucket, hit through a trusted-proxy address
+RATE_LIMIT_PER_MINUTE = 5  # /health bucket, hit through a trusted-proxy address
 FORWARDED_CLIENT = "203.0.113.9"  # TEST-NET-3: the client the trusted proxy names
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import sys
 from pathlib import Path
@@ -294,7 +295,12 @@ def main(ctx: click.Context, /, **options: Any) -> None:
         asyncio.run(check_dependencies(settings, database))
     except StartupError as exc:
         click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Nothing was started that needs cleaning up; skipping the interpreter's shutdown
+        # keeps the storage client's runtime threads from aborting the process (SIGABRT,
+        # seen under load) after the one line was printed, which would lose the exit code.
+        os._exit(exc.exit_code)
     run_server(settings)
 
 
