@@ -19,6 +19,7 @@ import ipaddress
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterError, croniter
 from pydantic import (
@@ -27,6 +28,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    field_validator,
     model_validator,
 )
 
@@ -304,6 +306,26 @@ class StrategySpec(_Strict):
     max_older_copies: Annotated[int, Field(strict=True, ge=0)] = Field(
         default=0, alias="maxOlderCopies"
     )
+    # strategyName: gfs (grandfather-father-son), Proxmox Backup Server's keep-* options.
+    keep_last: Annotated[int, Field(strict=True, ge=0)] = Field(default=0, alias="keepLast")
+    keep_hourly: Annotated[int, Field(strict=True, ge=0)] = Field(default=0, alias="keepHourly")
+    keep_daily: Annotated[int, Field(strict=True, ge=0)] = Field(default=0, alias="keepDaily")
+    keep_weekly: Annotated[int, Field(strict=True, ge=0)] = Field(default=0, alias="keepWeekly")
+    keep_monthly: Annotated[int, Field(strict=True, ge=0)] = Field(default=0, alias="keepMonthly")
+    keep_yearly: Annotated[int, Field(strict=True, ge=0)] = Field(default=0, alias="keepYearly")
+    # The time zone hours, days, weeks, months and years of gfs are counted in (IANA name).
+    time_zone: str = Field(default="UTC", alias="timeZone")
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(
+                f"unknown time zone {value!r}: give an IANA name such as UTC or Europe/Warsaw"
+            ) from exc
+        return value
 
 
 class AccessControlEntrySpec(_Strict):
@@ -335,7 +357,9 @@ class BackupCollectionSpec(_Strict):
     max_one_version_size: Size = Field(alias="maxOneVersionSize")
     max_collection_size: Size = Field(alias="maxCollectionSize")
     windows: tuple[WindowSpec, ...] = ()
-    strategy_name: Literal["fifo", "fifo-plus-older"] = Field(default="fifo", alias="strategyName")
+    strategy_name: Literal["fifo", "fifo-plus-older", "gfs"] = Field(
+        default="fifo", alias="strategyName"
+    )
     strategy_spec: StrategySpec = Field(default_factory=StrategySpec, alias="strategySpec")
     health_secret_ref: SecretRef | None = Field(default=None, alias="healthSecretRef")
     access_control: tuple[AccessControlEntrySpec, ...] = Field(default=(), alias="accessControl")

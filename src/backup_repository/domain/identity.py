@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from backup_repository.domain.notification_channels import NotificationPolicy
 from backup_repository.domain.roles import Role
 
 COLLECTION = "collection"
@@ -85,9 +86,18 @@ class BackupWindow:
 
 @dataclass(frozen=True)
 class RotationStrategy:
-    name: str  # "fifo" | "fifo-plus-older"
+    name: str  # "fifo" | "fifo-plus-older" | "gfs"
     keep_last_older_not_more_than: timedelta | None = None
     max_older_copies: int = 0
+    # gfs: how many versions each rule keeps (Proxmox Backup Server's keep-* options).
+    keep_last: int = 0
+    keep_hourly: int = 0
+    keep_daily: int = 0
+    keep_weekly: int = 0
+    keep_monthly: int = 0
+    keep_yearly: int = 0
+    # gfs: the IANA time zone its hours, days, weeks, months and years are counted in.
+    time_zone: str = "UTC"
 
 
 @dataclass(frozen=True)
@@ -103,6 +113,8 @@ class Collection:
     # The expected SHA-256 hex of the health code, already read from its Secret; None: open.
     health_secret: str | None = None
     access_control: tuple[AccessControlEntry, ...] = ()
+    # spec.notifications: the channels it subscribes to and its thresholds.
+    notifications: NotificationPolicy = field(default_factory=NotificationPolicy)
 
     def roles_of(self, user: str) -> frozenset[Role]:
         roles: set[Role] = set()

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Protocol
 
 from backup_repository.domain.identity import Collection, ObjectGrant, User
+from backup_repository.domain.notification_channels import Channel
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class ConfigSnapshot:
 
     users: Mapping[str, User] = field(default_factory=dict)
     collections: Mapping[str, Collection] = field(default_factory=dict)
+    # NotificationChannel objects, by name.
+    channels: Mapping[str, Channel] = field(default_factory=dict)
     problems: tuple[ConfigProblem, ...] = ()
     # False when the provider itself could not be read (folder missing, API unreachable).
     usable: bool = True
