@@ -172,3 +172,14 @@ class NotificationEvent:
     summary: str
     facts: Mapping[str, object] = field(default_factory=dict)
     reminder: bool = False
+
+
+class DeliveryError(Exception):
+    """A channel could not take an event. ``permanent`` when trying again cannot help (the
+    receiver refused the message itself, say with a 4xx other than 408 or 429, or the
+    channel is misconfigured); the message never contains a secret."""
+
+    def __init__(self, reason: str, *, permanent: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.permanent = permanent

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Protocol
 
 from backup_repository.domain.identity import Collection, ObjectGrant, User
-from backup_repository.domain.notification_channels import Channel
+from backup_repository.domain.notification_channels import Channel, NotificationEvent
 
 
 @dataclass(frozen=True)
@@ -278,3 +278,10 @@ class LeaseRepository(Protocol):
         """Free the leases whose owner is ``<tag>/…`` (None: any server's, owners with a
         ``/``) and whose expiry is after now but before ``ending_before`` (held by work in
         progress, not kept for a schedule). Returns how many were freed."""
+
+
+class NotificationSender(Protocol):
+    async def send(self, channel: Channel, event: NotificationEvent) -> None:
+        """Deliver one event to one channel, or raise
+        :class:`~backup_repository.domain.notification_channels.DeliveryError`. Never logs
+        a secret; may take up to the channel's timeout."""
