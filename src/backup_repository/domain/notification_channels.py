@@ -55,6 +55,9 @@ class WebhookTarget:
     # The HMAC-SHA256 key of the signature header, read from its Secret.
     signing_secret: str = field(repr=False)
     timeout: timedelta = timedelta(seconds=10)
+    # A PEM file of the certificate authorities to trust for an https URL (a private CA);
+    # empty: the system's trust store.
+    ca_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,9 @@ class EmailTarget:
     username: str = ""
     password: str = field(default="", repr=False)
     timeout: timedelta = timedelta(seconds=30)
+    # A PEM file of the certificate authorities to trust for TLS and STARTTLS (a private
+    # CA); empty: the system's trust store. Certificates are always verified.
+    ca_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -177,9 +183,14 @@ class NotificationEvent:
 class DeliveryError(Exception):
     """A channel could not take an event. ``permanent`` when trying again cannot help (the
     receiver refused the message itself, say with a 4xx other than 408 or 429, or the
-    channel is misconfigured); the message never contains a secret."""
+    channel is misconfigured); the message never contains a secret. ``retry_after`` is how
+    long the receiver asked to wait before trying again (a ``Retry-After`` header), when it
+    said so."""
 
-    def __init__(self, reason: str, *, permanent: bool = False) -> None:
+    def __init__(
+        self, reason: str, *, permanent: bool = False, retry_after: timedelta | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.permanent = permanent
+        self.retry_after = retry_after
