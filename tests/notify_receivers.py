@@ -1,0 +1,111 @@
+"""Real receivers on loopback for the notification senders' tests: an HTTP server that
+records every request and answers as its path says, and the code blocks of
+docs/notifications.md (the reference webhook receiver is run, not copied)."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "notifications.md"
+
+
+@dataclass(frozen=True)
+class Captured:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class Recorder(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.requests: list[Captured] = []
+        self.lock = threading.Lock()
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}{path}"
+
+    def taken(self) -> list[Captured]:
+        with self.lock:
+            return list(self.requests)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.requests.clear()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Answers by path: ``/status/<code>?retry=<Retry-After>``, ``/slow/<seconds>``,
+    ``/redirect``; anything else 204 (200 with ``{}`` for ``/json``)."""
+
+    server: Recorder
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        parts = urlsplit(self.path)
+        with self.server.lock:
+            self.server.requests.append(
+                Captured(self.command, self.path, {k: v for k, v in self.headers.items()}, body)
+            )
+        status, headers, answer = 204, {}, b""
+        if match := re.fullmatch(r"/status/(\d{3})", parts.path):
+            status = int(match.group(1))
+            retry = parse_qs(parts.query).get("retry")
+            if retry:
+                headers["Retry-After"] = retry[0]
+        elif match := re.fullmatch(r"/slow/([\d.]+)", parts.path):
+            time.sleep(float(match.group(1)))
+        elif parts.path == "/redirect":
+            status, headers = 302, {"Location": "http://elsewhere.invalid/hook"}
+        elif parts.path.startswith("/json"):
+            status, answer = 200, b"{}"
+            headers["Content-Type"] = "application/json"
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    do_POST = _serve
+    do_GET = _serve
+    do_PUT = _serve
+
+
+@contextmanager
+def recorder() -> Iterator[Recorder]:
+    server = Recorder()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def doc_block(marker: str) -> str:
+    """The code block right after the HTML comment of docs/notifications.md that contains
+    ``marker``."""
+    text = DOC.read_text()
+    match = re.search(
+        r"<!--[^>]*" + re.escape(marker) + r"[^>]*-->\s*```\w*\n(.*?)\n```", text, re.DOTALL
+    )
+    assert match is not None, f"no code block marked {marker!r} in {DOC.name}"
+    return match.group(1)
