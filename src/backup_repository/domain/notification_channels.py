@@ -79,6 +79,8 @@ class EmailTarget:
 class AppriseTarget:
     # Apprise URLs carry the services' tokens, so they come from a Secret.
     urls: tuple[str, ...] = field(repr=False)
+    # The longest one delivery (to every URL) may take.
+    timeout: timedelta = timedelta(seconds=30)
 
 
 @dataclass(frozen=True)
