@@ -24,7 +24,7 @@ from backup_repository.db.repositories import SqlDatabaseHealth, SqlSessionRepos
 from backup_repository.db.urls import render_url_safely
 from backup_repository.db.versions import SqlVersionRepository
 from backup_repository.domain.replica import ReplicaIdentity
-from backup_repository.http import errors
+from backup_repository.http import errors, ui
 from backup_repository.http.deps import Services
 from backup_repository.http.metrics import (
     Metrics,
@@ -270,6 +270,9 @@ def create_app(
     app.add_middleware(HeaderLimitMiddleware)
     # Outermost: every request is counted, those refused by the middleware above included.
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    # The web console under /ui (its pages, static files and security headers); its login
+    # form counts in the login bucket of the rate limits.
+    ui.install(app, limiter)
     # Outside even Starlette's error layer: every log line of a request carries its id, and
     # every response (a 500 too) the X-Request-ID header.
     app.add_outermost_middleware(RequestIdMiddleware)

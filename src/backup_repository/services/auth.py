@@ -118,13 +118,15 @@ class AuthService:
         scope: Sequence[ScopeElementInput] | None = None,
         ttl: timedelta | None = None,
         single_use_upload: str | None = None,
+        description: str = "Login",
     ) -> tuple[IssuedToken, SessionRecord]:
         """Issue a token. ``single_use_upload`` names a collection: the token then allows one
-        upload there and nothing else, and is revoked by that upload."""
+        upload there and nothing else, and is revoked by that upload. ``description`` is
+        what session listings show (the web console's sessions say so)."""
         login = Login.parse(username) if username else Login("", "")
         try:
             issued, record = await self._login(
-                username, password, client_ip, scope, ttl, single_use_upload
+                username, password, client_ip, scope, ttl, single_use_upload, description
             )
         except DomainError as exc:
             await self._events.emit(
@@ -158,6 +160,7 @@ class AuthService:
         scope: Sequence[ScopeElementInput] | None,
         ttl: timedelta | None,
         single_use_upload: str | None,
+        description: str = "Login",
     ) -> tuple[IssuedToken, SessionRecord]:
         if not username or not password:
             raise AuthenticationFailed(MISSING_CREDENTIALS)
@@ -183,7 +186,6 @@ class AuthService:
         if not await self._ip_allowed(user, client_ip):
             logger.info("login refused for %r: address %s not allowed", username, client_ip)
             raise AuthenticationFailed(BAD_CREDENTIALS)
-        description = "Login"
         if single_use_upload is not None:
             key = user.access_key(login.access_key) if login.access_key else None
             principal = authz.Principal(user=user, access_key=key, scope=grants)
