@@ -48,7 +48,9 @@ class Recorder(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     """Answers by path: ``/status/<code>?retry=<Retry-After>``, ``/slow/<seconds>``,
-    ``/redirect``; anything else 204 (200 with ``{}`` for ``/json``)."""
+    ``/redirect``; a JSON body whose ``topic`` starts with ``status-<code>`` (ntfy posts
+    to the root) gets that status; anything else 200 with the JSON ``{}`` (what ntfy's
+    client expects)."""
 
     server: Recorder
 
@@ -63,9 +65,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.requests.append(
                 Captured(self.command, self.path, {k: v for k, v in self.headers.items()}, body)
             )
-        status, headers, answer = 204, {}, b""
-        if match := re.fullmatch(r"/status/(\d{3})", parts.path):
-            status = int(match.group(1))
+        status, headers, answer = 200, {"Content-Type": "application/json"}, b"{}"
+        topic = re.search(rb'"topic":\s*"status-(\d{3})', body)
+        if topic is not None:
+            status, headers, answer = int(topic.group(1)), {}, b""
+        elif match := re.fullmatch(r"/status/(\d{3})", parts.path):
+            status, headers, answer = int(match.group(1)), {}, b""
             retry = parse_qs(parts.query).get("retry")
             if retry:
                 headers["Retry-After"] = retry[0]
@@ -73,9 +78,6 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(float(match.group(1)))
         elif parts.path == "/redirect":
             status, headers = 302, {"Location": "http://elsewhere.invalid/hook"}
-        elif parts.path.startswith("/json"):
-            status, answer = 200, b"{}"
-            headers["Content-Type"] = "application/json"
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)

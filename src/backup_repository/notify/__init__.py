@@ -20,6 +20,8 @@ from backup_repository.domain.notification_channels import (
     DeliveryError,
     NotificationEvent,
 )
+from backup_repository.notify.apprise import AppriseSender
+from backup_repository.notify.email import EmailSender
 from backup_repository.notify.payload import ServerInfo
 from backup_repository.notify.webhook import WebhookSender
 
@@ -43,13 +45,22 @@ class ChannelSender:
     ) -> None:
         self.server = server
         self._webhook = WebhookSender(http, server, clock)
+        self._email = EmailSender(server, clock)
+        self._apprise = AppriseSender(server)
 
     async def send(self, channel: Channel, event: NotificationEvent) -> None:
         if channel.type is ChannelType.WEBHOOK and channel.webhook is not None:
             await self._webhook.send(channel.webhook, event)
             return
+        if channel.type is ChannelType.EMAIL and channel.email is not None:
+            await self._email.send(channel.email, event)
+            return
+        if channel.type is ChannelType.APPRISE and channel.apprise is not None:
+            await self._apprise.send(channel.apprise, event)
+            return
         raise DeliveryError(
-            f"channel {channel.name}: {channel.type} channels are not supported yet",
+            f"channel {channel.name} of type {channel.type} has no {channel.type} settings; "
+            "check its spec",
             permanent=True,
         )
 
