@@ -71,7 +71,7 @@ def test_role_allows_every_request_the_server_makes(tmp_path: Path) -> None:
             )
             checks = {c["name"]: c for c in ready.json()["data"]["health"]}
             assert checks["ConfigurationProviderValidator"]["message"] == (
-                "2 users and 1 collections loaded"
+                "2 users, 1 collection and 0 notification channels loaded"
             )
             # bob's hash in the example Secret is the password "test"; alice may only log in
             # from her restrictByIP networks, which loopback is not.

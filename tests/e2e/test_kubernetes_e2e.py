@@ -58,7 +58,7 @@ def test_server_follows_the_kubernetes_api(tmp_path: Path) -> None:
             status, check = provider_check(server.url)
             assert status == 200
             assert check["status"] is True
-            assert check["message"] == "3 users and 1 collections loaded"
+            assert check["message"] == "3 users, 1 collection and 0 notification channels loaded"
 
             api.put(user_doc("added-live", "live-pass", []))
             wait_until(lambda: login(server.url, "added-live", "live-pass") == 200, timeout=5)

@@ -133,7 +133,7 @@ def test_kubectl_style_folder_logs_in(tmp_path: Path) -> None:
         ready = httpx.get(server.url + "/ready").json()
         check = {c["name"]: c for c in ready["data"]["health"]}["ConfigurationProviderValidator"]
         assert check["status"] is True
-        assert "1 collections" in check["message"] or "collections loaded" in check["message"]
+        assert "1 collection and" in check["message"]
     finally:
         server.stop()
 

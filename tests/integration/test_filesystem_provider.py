@@ -16,6 +16,7 @@ import pytest
 from backup_repository.config import filesystem
 from backup_repository.config.filesystem import FilesystemProvider
 from backup_repository.domain.roles import Role
+from backup_repository.services.health import ConfigurationProviderValidator
 from backup_repository.services.ports import ConfigSnapshot
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
@@ -286,7 +287,10 @@ async def test_a_file_broken_then_fixed(
     fixed = await wait_for(provider, lambda s: "admin" in s.users)
     assert fixed.problems == ()
     summaries = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
-    assert any("3 users, 1 collections, 2 secrets loaded; 0 problems" in m for m in summaries)
+    assert any(
+        "3 users, 1 collection, 0 notification channels, 2 secrets loaded; 0 problems" in m
+        for m in summaries
+    )
 
 
 async def test_bad_yaml_written_on_disk_then_fixed(
@@ -432,3 +436,56 @@ async def test_close_returns_promptly_and_stops_following(kubectl_root: Path) ->
 
 async def test_close_without_start(kubectl_root: Path) -> None:
     await provider_for(kubectl_root).close()
+
+
+async def test_a_broken_secrets_file_is_named_by_the_objects_that_refer_to_it(
+    kubectl_root: Path, running: Callable[[FilesystemProvider], None]
+) -> None:
+    """The case that hid everything: a syntax error in the Secrets' file. It is reported
+    once with its line, the users and the collection that refer to a Secret in it say the
+    Secret may be there, and readiness passes as degraded with every problem listed."""
+    path = kubectl_root / "secret.yaml"
+    good = path.read_text()
+    # One space too many before the first entry: the next one no longer lines up.
+    path.write_text(good.replace("\n    admin:", "\n     admin:", 1))
+    provider = await started(kubectl_root, running)
+
+    snapshot = provider.snapshot()
+    assert snapshot.usable
+    assert snapshot.users == {}
+    assert snapshot.collections == {}
+    first = snapshot.problems[0]
+    assert first.source == "secret.yaml"
+    assert first.message.startswith("invalid YAML at line ")
+    assert "(value not shown: the file holds a Secret)" in first.message
+    assert "JGFy" not in first.message
+    assert len([p for p in snapshot.problems if p.source == "secret.yaml"]) == 1
+    others = snapshot.problems[1:]
+    assert {p.source for p in others} == {
+        "collection.yaml",
+        "user.yaml",
+        "user.second-actor.yaml",
+        "user.without-any-roles.yaml",
+    }
+    for problem in others:
+        assert "was not found; secret.yaml could not be read" in problem.message, problem
+
+    check = await ConfigurationProviderValidator(provider).run()
+    assert check.status is True
+    assert check.state == "degraded"
+    assert check.message.startswith("0 users, 0 collections and 0 notification channels loaded; ")
+    assert "1 file could not be read, 4 objects refused" in check.message
+    problems = check.as_dict()["problems"]
+    assert problems[0] == {
+        "source": "secret.yaml",
+        "kind": "",
+        "name": "",
+        "field": "",
+        "message": first.message,
+    }
+
+    path.write_text(good)
+    await provider.reload()
+    check = await ConfigurationProviderValidator(provider).run()
+    assert check.state == "ok"
+    assert "problems" not in check.as_dict()

@@ -660,7 +660,7 @@ def test_objects_of_another_namespace_are_skipped() -> None:
     assert result.snapshot.problems == ()
     assert set(result.snapshot.users) == {"alice", "carol"}
     assert result.other_namespace == 1
-    assert "1 objects of other namespaces skipped" in result.summary()
+    assert "1 object of other namespaces skipped" in result.summary()
 
 
 def test_reference_layout_placement_is_checked() -> None:

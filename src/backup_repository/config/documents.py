@@ -9,6 +9,7 @@ its file's place is a problem too. Building the snapshot from the documents is
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -104,20 +105,43 @@ class SourceFile:
 
 
 @dataclass(frozen=True)
+class UnreadFile:
+    """A file (or folder) whose objects are unknown: it could not be read or parsed. A
+    reference that finds nothing may be pointing into it. ``kind`` and ``name`` narrow what
+    it can hold (the reference layout's folders and file names); empty: anything."""
+
+    source: str
+    kind: str = ""
+    name: str = ""
+
+    def may_hold(self, kind: str, name: str) -> bool:
+        return self.kind in ("", kind) and self.name in ("", name)
+
+    @classmethod
+    def at(cls, source: str, placement: Placement | None) -> UnreadFile:
+        if placement is None:
+            return cls(source)
+        return cls(source, placement.kind, placement.name)
+
+
+@dataclass(frozen=True)
 class ParsedFile:
     documents: tuple[Document, ...]
     problems: tuple[ConfigProblem, ...]
+    # Set when the file could not be parsed: none of its objects is known.
+    unread: UnreadFile | None = None
 
 
 def parse_yaml(source: str, text: str, placement: Placement | None = None) -> ParsedFile:
     """The documents of one file. Bad YAML anywhere in the file is one problem for the file
-    and none of its documents is used. Empty documents are skipped; a ``kind: List`` is
-    unpacked into its ``items``."""
+    (with the line, the column and the offending line) and none of its documents is used.
+    Empty documents are skipped; a ``kind: List`` is unpacked into its ``items``."""
     try:
         raw = list(yaml.load_all(text, Loader=_StrictLoader))
     except yaml.YAMLError as exc:
-        message = " ".join(str(exc).split())
-        return ParsedFile((), (ConfigProblem(source=source, message=f"invalid YAML: {message}"),))
+        hide = _holds_secret(text, placement)
+        problem = ConfigProblem(source=source, message=yaml_error_message(exc, text, hide))
+        return ParsedFile((), (problem,), UnreadFile.at(source, placement))
 
     bodies: list[Mapping[str, Any]] = []
     for item in raw:
@@ -170,3 +194,64 @@ def our_kind(document: Document) -> str | None:
     kind = document.kind
     # A wrong apiVersion on one of our kinds is reported by the model, not skipped.
     return kind if kind in (KIND_USER, KIND_COLLECTION, KIND_SECRET) else None
+
+
+# --- YAML errors in operator words -------------------------------------------------------------
+
+_EXCERPT_CHARS = 80
+_SECRET_KIND = re.compile(r"^\s*kind\s*:\s*[\"']?Secret[\"']?\s*(#.*)?$", re.MULTILINE)
+_KEY_PART = re.compile(r"^(\s*(?:-\s+)?[^\s:#][^:#]*:)(\s.*)?$")
+
+
+def yaml_error_message(exc: yaml.YAMLError, text: str, hide_values: bool = False) -> str:
+    """``invalid YAML at line L, column C: <what>; line N reads: <excerpt>``. Lines and
+    columns count from 1, as editors do. With ``hide_values`` (a Secret's file) the excerpt
+    keeps a mapping key but not its value."""
+    if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem_mark is None:
+        return "invalid YAML: " + " ".join(str(exc).split())
+    mark = exc.problem_mark
+    what = " ".join((exc.problem or "cannot be parsed").split())
+    message = f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {what}"
+    context = exc.context_mark
+    if (
+        exc.context
+        and context is not None
+        and (context.line, context.column)
+        != (
+            mark.line,
+            mark.column,
+        )
+    ):
+        message += (
+            f" ({' '.join(exc.context.split())} that starts at line {context.line + 1}, "
+            f"column {context.column + 1})"
+        )
+    lines = text.splitlines()
+    if 0 <= mark.line < len(lines) and lines[mark.line][mark.column : mark.column + 1] == "\t":
+        message += " (a tab character: YAML is indented with spaces only)"
+    shown = mark.line
+    if not (0 <= shown < len(lines) and lines[shown].strip()) and context is not None:
+        shown = context.line  # the end of the file, or a blank line: show where it started
+    if 0 <= shown < len(lines) and lines[shown].strip():
+        message += f"; line {shown + 1} reads: {_excerpt(lines[shown], hide_values)}"
+    return message
+
+
+def _excerpt(line: str, hide_values: bool) -> str:
+    text = line.rstrip()
+    if hide_values:
+        match = _KEY_PART.match(text)
+        if match is None:
+            return "(not shown: the file holds a Secret)"
+        if match.group(2) and match.group(2).strip():
+            text = match.group(1) + " (value not shown: the file holds a Secret)"
+    text = text.strip()
+    if len(text) > _EXCERPT_CHARS:
+        text = text[: _EXCERPT_CHARS - 1] + "…"
+    return text
+
+
+def _holds_secret(text: str, placement: Placement | None) -> bool:
+    if placement is not None:
+        return placement.kind == KIND_SECRET
+    return _SECRET_KIND.search(text) is not None

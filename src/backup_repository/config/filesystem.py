@@ -23,12 +23,12 @@ import asyncio
 import contextlib
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from watchfiles import Change, awatch
 
-from backup_repository.config.documents import Placement, SourceFile
+from backup_repository.config.documents import Placement, SourceFile, UnreadFile
 from backup_repository.config.loader import BuildResult, load_files
 from backup_repository.config.models import API_GROUP, KIND_COLLECTION, KIND_SECRET, KIND_USER
 from backup_repository.services.ports import ConfigProblem, ConfigSnapshot
@@ -57,6 +57,8 @@ class FolderScan:
     files: tuple[SourceFile, ...] = ()
     problems: tuple[ConfigProblem, ...] = ()
     unusable_reason: str = ""
+    # The files and folders behind ``problems``: what they hold is unknown.
+    unread: tuple[UnreadFile, ...] = ()
 
 
 def scan_folder(root: Path, namespace: str) -> FolderScan:
@@ -94,9 +96,26 @@ def _is_reference_namespace(folder: Path) -> bool:
     return any(folder.joinpath(*parts).is_dir() for parts in REFERENCE_FOLDERS.values())
 
 
+@dataclass
+class _Reading:
+    """What a scan collects."""
+
+    files: list[SourceFile] = field(default_factory=list)
+    problems: list[ConfigProblem] = field(default_factory=list)
+    unread: list[UnreadFile] = field(default_factory=list)
+
+    def failed(self, problem: ConfigProblem, unread: UnreadFile) -> None:
+        self.problems.append(problem)
+        self.unread.append(unread)
+
+    def result(self, layout: str) -> FolderScan:
+        return FolderScan(
+            layout, tuple(self.files), tuple(self.problems), unread=tuple(self.unread)
+        )
+
+
 def _scan_reference(root: Path, namespace: str) -> FolderScan:
-    files: list[SourceFile] = []
-    problems: list[ConfigProblem] = []
+    reading = _Reading()
     for kind, parts in REFERENCE_FOLDERS.items():
         folder = root.joinpath(namespace, *parts)
         try:
@@ -104,42 +123,38 @@ def _scan_reference(root: Path, namespace: str) -> FolderScan:
         except FileNotFoundError:
             continue
         except OSError as exc:
-            problems.append(_folder_problem(root, folder, exc))
+            problem = _folder_problem(root, folder, exc)
+            reading.failed(problem, UnreadFile(problem.source, kind))
             continue
         for name in names:
             path = folder / name
             if name.startswith(".") or not name.lower().endswith(YAML_SUFFIXES):
                 continue
             placement = Placement(kind=kind, name=path.stem, namespace=namespace)
-            _read_into(root, path, placement, files, problems)
-    return FolderScan("reference", tuple(files), tuple(problems))
+            _read_into(root, path, placement, reading)
+    return reading.result("reference")
 
 
 def _scan_files(root: Path) -> FolderScan:
-    files: list[SourceFile] = []
-    problems: list[ConfigProblem] = []
+    reading = _Reading()
 
     def on_error(exc: OSError) -> None:
         if not isinstance(exc, FileNotFoundError):
-            problems.append(_folder_problem(root, Path(exc.filename or root), exc))
+            problem = _folder_problem(root, Path(exc.filename or root), exc)
+            reading.failed(problem, UnreadFile(problem.source))
 
     for current, folders, names in os.walk(root, onerror=on_error):
         folders[:] = sorted(f for f in folders if not f.startswith("."))
         for name in sorted(names):
             if name.startswith(".") or not name.lower().endswith(YAML_SUFFIXES):
                 continue
-            _read_into(root, Path(current, name), None, files, problems)
-    return FolderScan("files", tuple(files), tuple(problems))
+            _read_into(root, Path(current, name), None, reading)
+    return reading.result("files")
 
 
-def _read_into(
-    root: Path,
-    path: Path,
-    placement: Placement | None,
-    files: list[SourceFile],
-    problems: list[ConfigProblem],
-) -> None:
+def _read_into(root: Path, path: Path, placement: Placement | None, reading: _Reading) -> None:
     source = _relative(root, path)
+    unread = UnreadFile.at(source, placement)
     try:
         data = path.read_bytes()
     except (FileNotFoundError, IsADirectoryError):
@@ -147,14 +162,18 @@ def _read_into(
         # that removed it triggers another reload.
         return
     except OSError as exc:
-        problems.append(ConfigProblem(source=source, message=f"cannot read file: {_why(exc)}"))
+        reading.failed(
+            ConfigProblem(source=source, message=f"cannot read file: {_why(exc)}"), unread
+        )
         return
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        problems.append(ConfigProblem(source=source, message=f"not UTF-8 text (byte {exc.start})"))
+        reading.failed(
+            ConfigProblem(source=source, message=f"not UTF-8 text (byte {exc.start})"), unread
+        )
         return
-    files.append(SourceFile(source=source, text=text, placement=placement))
+    reading.files.append(SourceFile(source=source, text=text, placement=placement))
 
 
 def _folder_problem(root: Path, folder: Path, exc: OSError) -> ConfigProblem:
@@ -266,7 +285,7 @@ class FilesystemProvider:
                 result = None
                 if not scan.unusable_reason:
                     result = await asyncio.to_thread(
-                        load_files, scan.files, self._namespace, scan.problems
+                        load_files, scan.files, self._namespace, scan.problems, scan.unread
                     )
             except Exception as exc:
                 # A bug, not a configuration error: refuse everything rather than keep objects

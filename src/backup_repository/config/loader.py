@@ -23,7 +23,13 @@ from typing import TypeVar
 import argon2
 from pydantic import BaseModel, ValidationError
 
-from backup_repository.config.documents import Document, SourceFile, our_kind, parse_yaml
+from backup_repository.config.documents import (
+    Document,
+    SourceFile,
+    UnreadFile,
+    our_kind,
+    parse_yaml,
+)
 from backup_repository.config.models import (
     KIND_COLLECTION,
     KIND_SECRET,
@@ -46,6 +52,7 @@ from backup_repository.domain.identity import (
     User,
 )
 from backup_repository.domain.password_format import InvalidPasswordHash, decode_stored_hash
+from backup_repository.services.health import describe_problems, plural
 from backup_repository.services.ports import ConfigProblem, ConfigSnapshot
 
 _M = TypeVar("_M", bound=BaseModel)
@@ -59,15 +66,19 @@ class BuildResult:
     other_namespace: int = 0  # our kinds, declared in another namespace, skipped
 
     def summary(self) -> str:
+        """``3 users, 2 collections, 1 notification channel, 4 secrets loaded; 2 problems
+        (1 file could not be read, 1 object refused)``."""
         snap = self.snapshot
         text = (
-            f"{len(snap.users)} users, {len(snap.collections)} collections, "
-            f"{self.secrets} secrets loaded; {len(snap.problems)} problems"
+            f"{plural(len(snap.users), 'user')}, "
+            f"{plural(len(snap.collections), 'collection')}, "
+            f"{plural(len(snap.channels), 'notification channel')}, "
+            f"{plural(self.secrets, 'secret')} loaded; {describe_problems(snap)}"
         )
         if self.ignored:
-            text += f"; {self.ignored} documents of other kinds ignored"
+            text += f"; {plural(self.ignored, 'document')} of other kinds ignored"
         if self.other_namespace:
-            text += f"; {self.other_namespace} objects of other namespaces skipped"
+            text += f"; {plural(self.other_namespace, 'object')} of other namespaces skipped"
         return text
 
 
@@ -75,16 +86,23 @@ def load_files(
     files: Iterable[SourceFile],
     namespace: str | None = None,
     problems: Iterable[ConfigProblem] = (),
+    unread: Iterable[UnreadFile] | None = None,
 ) -> BuildResult:
     """Parse every file and build the snapshot from all of them together. ``problems`` found
-    while reading the files (unreadable ones) come first in the snapshot's problems."""
+    while reading the files (unreadable ones) come first in the snapshot's problems;
+    ``unread`` names those files (by default, the source of every one of ``problems``)."""
     found = list(problems)
+    missing = (
+        list(unread) if unread is not None else [UnreadFile(p.source) for p in found if p.source]
+    )
     documents: list[Document] = []
     for file in files:
         parsed = parse_yaml(file.source, file.text, file.placement)
         documents.extend(parsed.documents)
         found.extend(parsed.problems)
-    return build(documents, found, namespace=namespace)
+        if parsed.unread is not None:
+            missing.append(parsed.unread)
+    return build(documents, found, namespace=namespace, unread=missing)
 
 
 def build(
@@ -92,17 +110,20 @@ def build(
     problems: Iterable[ConfigProblem] = (),
     *,
     namespace: str | None = None,
+    unread: Iterable[UnreadFile] = (),
 ) -> BuildResult:
     """The snapshot of every usable object among ``documents``; ``problems`` found earlier
     (unreadable files, bad YAML) are carried into it. With ``namespace``, objects that
-    declare another ``metadata.namespace`` are skipped."""
-    return _Builder(list(problems), namespace).run(documents)
+    declare another ``metadata.namespace`` are skipped. ``unread`` are the files whose
+    objects are unknown: a reference that finds nothing says it may be in one of them."""
+    return _Builder(list(problems), namespace, list(unread)).run(documents)
 
 
 @dataclass
 class _Builder:
     problems: list[ConfigProblem]
     namespace: str | None
+    unread: list[UnreadFile] = field(default_factory=list)
     secrets: dict[str, Secret] = field(default_factory=dict)
     # Secret names that exist but cannot be used, with the reason.
     unusable_secrets: dict[str, str] = field(default_factory=dict)
@@ -195,13 +216,28 @@ class _Builder:
             return None, f"Secret {ref.name!r} {self.unusable_secrets[ref.name]}"
         secret = self.secrets.get(ref.name)
         if secret is None:
-            return None, f"Secret {ref.name!r} does not exist"
+            return None, self._not_found(KIND_SECRET, ref.name)
         value = secret.value(ref.entry)
         if value is None:
             return None, f"Secret {ref.name!r} has no entry {ref.entry!r}"
         if not value:
             return None, f"entry {ref.entry!r} of Secret {ref.name!r} is empty"
         return value, ""
+
+    def _not_found(self, kind: str, name: str) -> str:
+        """``Secret 'x' does not exist``; when files could not be read, that it may be in
+        one of them (only the files that could hold it: in the reference layout, the file
+        of that kind and name)."""
+        candidates = [u.source for u in self.unread if u.may_hold(kind, name)]
+        if not candidates:
+            return f"{kind} {name!r} does not exist"
+        shown = ", ".join(candidates[:3])
+        if len(candidates) > 3:
+            shown += f" and {len(candidates) - 3} more"
+        verb = "could not be read (see the problem reported for it)"
+        if len(candidates) > 1:
+            verb = "could not be read (see the problems reported for them)"
+        return f"{kind} {name!r} was not found; {shown} {verb}, it may be there"
 
     def _password(
         self,

@@ -225,16 +225,31 @@ class CollectionsEnvelope(_Doc):
 # -- health ----------------------------------------------------------------------------------
 
 
+class ConfigProblemDoc(_Doc):
+    source: str
+    kind: str
+    name: str
+    field: str
+    message: str
+
+
 class Check(_Doc):
     name: str
     status: bool
     statusText: str
     message: str
+    state: Literal["ok", "degraded", "failed"] | None = Field(
+        default=None,
+        description="ok; degraded: passes with something to fix (a configuration with "
+        "broken objects); failed: status false",
+    )
     details: list[str] | None = None
+    problems: list[ConfigProblemDoc] | None = None
 
 
 class HealthData(_Doc):
     health: list[Check]
+    state: Literal["ok", "degraded", "failed"] | None = None
 
 
 class HealthEnvelope(_Doc):

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from backup_repository.http.deps import ServicesDep, key_accepted, presented_keys
 from backup_repository.http.envelope import error, ok
 from backup_repository.http.openapi import responses as openapi
-from backup_repository.services.health import run_checks
+from backup_repository.services.health import overall_state, run_checks
 
 router = APIRouter(tags=["health"])
 
@@ -58,7 +58,8 @@ async def ready(
         return error(403, HEALTH_CODE_INVALID)
     timeout = services.settings.storage_health_timeout.total_seconds()
     results = await run_checks(services.readiness, timeout)
-    data = {"health": [r.as_dict() for r in results]}
+    # "state": ok, degraded (passes, with something to fix: still 200) or failed (500).
+    data = {"health": [r.as_dict() for r in results], "state": overall_state(results)}
     if not all(r.status for r in results):
         return error(500, "one of checks failed", data)
     return ok(data)
