@@ -34,6 +34,7 @@ UPLOAD = CollectionAction.UPLOAD
 DOWNLOAD = CollectionAction.DOWNLOAD
 LIST = CollectionAction.LIST_VERSIONS
 ANYTIME = CollectionAction.UPLOAD_OUTSIDE_WINDOW
+RETENTION = CollectionAction.VIEW_RETENTION
 ACTIONS = list(CollectionAction)
 
 ADMIN = Role.SYSTEM_ADMIN
@@ -85,8 +86,8 @@ def allowed_actions(principal: Principal, coll: Collection) -> set[CollectionAct
 # Written out from the rules of docs/security.md and the role inclusions, one row per single role.
 ROLE_ACTIONS: dict[Role | None, set[CollectionAction]] = {
     None: set(),
-    ADMIN: {UPLOAD, DOWNLOAD, LIST, ANYTIME},
-    COLL_MGR: {UPLOAD, DOWNLOAD, LIST, ANYTIME},
+    ADMIN: {UPLOAD, DOWNLOAD, LIST, ANYTIME, RETENTION},
+    COLL_MGR: {UPLOAD, DOWNLOAD, LIST, ANYTIME, RETENTION},
     USER_MGR: set(),
     UPLOADER: {UPLOAD, LIST},
     DOWNLOADER: {DOWNLOAD, LIST},
@@ -499,6 +500,7 @@ _NEEDS = {
     DOWNLOAD: {DOWNLOADER},
     LIST: {UPLOADER, DOWNLOADER},
     ANYTIME: {UPLOADS_ANYTIME},
+    RETENTION: {COLL_MGR},
 }
 
 

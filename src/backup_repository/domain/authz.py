@@ -28,6 +28,7 @@ class CollectionAction(StrEnum):
     DOWNLOAD = "download"
     LIST_VERSIONS = "listVersions"
     UPLOAD_OUTSIDE_WINDOW = "uploadOutsideWindow"
+    VIEW_RETENTION = "viewRetention"  # the retention dry run (services/retention.py)
 
 
 # What a single-use upload token may do, on its one collection only.
@@ -41,6 +42,7 @@ _ACTION_ROLES: dict[CollectionAction, tuple[Role, ...]] = {
     CollectionAction.DOWNLOAD: (Role.BACKUP_DOWNLOADER,),
     CollectionAction.LIST_VERSIONS: (Role.BACKUP_UPLOADER, Role.BACKUP_DOWNLOADER),
     CollectionAction.UPLOAD_OUTSIDE_WINDOW: (Role.UPLOADS_ANYTIME,),
+    CollectionAction.VIEW_RETENTION: (Role.COLLECTION_MANAGER,),
 }
 
 

@@ -11,7 +11,11 @@ stay have borrowed is no longer available::
     allowed = max(allowed, 0)
 
 "Remaining" means the versions that stay after the rotation this upload causes
-(``rotation.versions_to_rotate``): a version about to be deleted does not count.
+(``rotation.versions_to_rotate``, computed with the incoming version created at ``now``):
+a version about to be deleted does not count. Under ``gfs`` that set depends on the new
+version's period (a second upload on one day under ``keepDaily`` pushes out the first), so
+:func:`next_upload` computes it with the incoming version in place: the limit is never
+smaller than what the commit frees makes room for, nor larger.
 
 Examples (``n = 5``, ``s = 1 MiB``, ``H = 10 MiB``, so ``extra = 5 MiB``):
 
@@ -27,9 +31,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 from backup_repository.domain.identity import Collection
+from backup_repository.domain.rotation import versions_to_rotate
 from backup_repository.domain.versions import StoredVersion
 
 
@@ -109,3 +115,27 @@ def max_upload_size(collection: Collection, remaining: Sequence[StoredVersion]) 
 
     ``remaining`` are the versions that stay after this upload's rotation."""
     return upload_limit(collection, remaining).bytes
+
+
+@dataclass(frozen=True)
+class NextUpload:
+    """An upload at ``now``: the versions its commit rotates out (oldest first), those that
+    remain, and the limit of its size."""
+
+    rotated: list[StoredVersion]
+    remaining: list[StoredVersion]
+    limit: UploadLimit
+
+
+def next_upload(
+    collection: Collection, existing: Sequence[StoredVersion], now: datetime
+) -> NextUpload:
+    """What an upload created at ``now`` frees and may use: the rotation computed with the
+    incoming version in place, then the limit from the versions that remain."""
+    rotated = versions_to_rotate(collection, existing, now)
+    gone = {version.number for version in rotated}
+    remaining = sorted(
+        (version for version in existing if version.number not in gone),
+        key=lambda version: version.number,
+    )
+    return NextUpload(rotated, remaining, upload_limit(collection, remaining))

@@ -34,8 +34,7 @@ from backup_repository.domain.errors import (
 )
 from backup_repository.domain.identity import Collection
 from backup_repository.domain.openpgp import OpenPGPStreamChecker
-from backup_repository.domain.quota import QuotaRule, UploadLimit, upload_limit
-from backup_repository.domain.rotation import versions_to_rotate
+from backup_repository.domain.quota import QuotaRule, UploadLimit, next_upload
 from backup_repository.domain.versions import StoredVersion
 from backup_repository.domain.windows import is_window_open, window_closed
 from backup_repository.services.auth import AuthContext
@@ -60,6 +59,7 @@ from backup_repository.services.ports import (
     VersionRecord,
     VersionRepository,
 )
+from backup_repository.services.retention import RetentionService
 from backup_repository.services.upload_cleanup import UploadCleanup
 from backup_repository.services.upload_refusals import refusal_event
 from backup_repository.storage.base import BlobStore, StorageError
@@ -146,6 +146,8 @@ class UploadService:
         # ``<replica tag>/<life>`` (domain/replica.py) from the composition root.
         self._instance = instance or secrets.token_hex(8)
         self.cleanup = UploadCleanup(config, versions, store, lock_lease, self._instance)
+        # The retention dry run: what the next upload rotates out, by this service's clock.
+        self.retention = RetentionService(collections, versions, clock)
 
     async def upload(self, request: UploadRequest) -> VersionRecord:
         """Store the request's body as the next version. Every byte of the body counts
@@ -279,12 +281,12 @@ class UploadService:
     async def _plan(self, collection: Collection, last_number: int) -> _Plan:
         """The next number and its object, the versions this upload rotates out, and the
         largest upload the quota leaves room for once they are gone."""
+        # The version is recorded with this time, so the rotation computed here (gfs looks
+        # at the new version's period) is the one its commit makes.
         now = self._clock()
         live = await self._versions.live_versions(collection.name)
         by_number = {v.number: v for v in live}
-        rotated = versions_to_rotate(collection, [_stored(v) for v in live], now)
-        rotated_numbers = {r.number for r in rotated}
-        remaining = [_stored(v) for v in live if v.number not in rotated_numbers]
+        upcoming = next_upload(collection, [_stored(v) for v in live], now)
         number = last_number + 1
         filename = collection.filename_for(number)
         return _Plan(
@@ -292,8 +294,8 @@ class UploadService:
             number=number,
             filename=filename,
             key=f"{collection.name}/{filename}",
-            quota=upload_limit(collection, remaining),
-            rotated=[by_number[r.number] for r in rotated],
+            quota=upcoming.limit,
+            rotated=[by_number[r.number] for r in upcoming.rotated],
         )
 
     async def _store_body(
