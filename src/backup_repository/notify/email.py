@@ -48,8 +48,8 @@ def message_id(event_id: str, sender: str, server: ServerInfo) -> str:
     left = event_id.strip(".")
     if not _MSG_ID_LEFT.fullmatch(left) or ".." in left:
         left = hashlib.sha256(event_id.encode()).hexdigest()
-    domain = parseaddr(sender)[1].rpartition("@")[2]
-    if not _DOMAIN.fullmatch(domain):
+    _local, at, domain = parseaddr(sender)[1].rpartition("@")
+    if not at or not _DOMAIN.fullmatch(domain):
         domain = server.name if _DOMAIN.fullmatch(server.name) else "backup-repository.invalid"
     return f"<{left}@{domain}>"
 
