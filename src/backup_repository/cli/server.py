@@ -20,6 +20,7 @@ import click
 from pydantic import ValidationError
 
 from backup_repository.cli.import_reference import import_reference
+from backup_repository.cli.notify import notify_test
 from backup_repository.cli.options import (
     CONTEXT_SETTINGS,
     database_options,
@@ -306,6 +307,7 @@ def main(ctx: click.Context, /, **options: Any) -> None:
 
 main.add_command(import_reference)
 main.add_command(verify)
+main.add_command(notify_test)
 
 
 def build_settings(options: dict[str, Any]) -> Settings:
