@@ -94,6 +94,16 @@ class Settings(BaseModel):
     session_retention: timedelta | None = timedelta(days=30)
     # How often one replica looks for sessions to purge.
     session_purge_interval: timedelta = timedelta(hours=1)
+    # Notifications (docs/notifications.md): conditions judged this often, one replica at a
+    # time; None: no notifications from this replica (neither judged nor delivered).
+    notify_interval: timedelta | None = timedelta(seconds=60)
+    # An undelivered notification is retried until this long after it was queued.
+    notify_max_age: timedelta = timedelta(hours=24)
+    # How often each replica looks for notifications due for delivery.
+    notify_dispatch_interval: timedelta = timedelta(seconds=2)
+    # Test facility only: the server's clock is real time plus the seconds in this file
+    # (services/clock.py); refused unless test facilities are enabled (cli/server.py).
+    test_clock_file: Path | None = None
     # /metrics: None (neither --metrics-public nor --metrics-protected) asks for the health
     # check key when one is set and is public otherwise; True is public on purpose; False
     # always asks for the key (and needs one). See ``metrics_need_key``.
@@ -139,6 +149,8 @@ class Settings(BaseModel):
         "http_download_timeout",
         "upload_lock_lease",
         "session_purge_interval",
+        "notify_max_age",
+        "notify_dispatch_interval",
     )
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:

@@ -200,6 +200,46 @@ DEV_CREDENTIALS = (
     help="How often one replica purges old sessions (see --session-retention)",
 )
 @option(
+    "--notify-interval",
+    env="BR_NOTIFY_INTERVAL",
+    default="60s",
+    show_default=True,
+    callback=duration,
+    help="Judge every collection's notification conditions this often, one replica at a "
+    "time; 0: no notifications from this replica",
+)
+@option(
+    "--notify-max-age",
+    env="BR_NOTIFY_MAX_AGE",
+    default="24h",
+    show_default=True,
+    callback=positive_duration,
+    help="Retry an undelivered notification until this long after it was queued",
+)
+@option(
+    "--notify-dispatch-interval",
+    env="BR_NOTIFY_DISPATCH_INTERVAL",
+    default="2s",
+    show_default=True,
+    callback=positive_duration,
+    help="How often each replica looks for notifications due for delivery",
+)
+@option(
+    "--test-clock-file",
+    env="BR_TEST_CLOCK_FILE",
+    default=None,
+    hidden=True,
+    help="Test facility: the clock is real time plus the seconds in this file",
+)
+@option(
+    "--enable-test-facilities",
+    env="BR_ENABLE_TEST_FACILITIES",
+    is_flag=True,
+    default=False,
+    hidden=True,
+    help="Allow the test facilities (--test-clock-file)",
+)
+@option(
     "--metrics-public/--metrics-protected",
     env="BR_METRICS_PUBLIC",
     default=None,
@@ -356,6 +396,13 @@ def build_settings(options: dict[str, Any]) -> Settings:
         "rate_limit_ipv6_prefix": options.get("rate_limit_ipv6_prefix", 64),
         "dev_mode": dev,
     }
+    notify_interval = options.get("notify_interval")
+    values["notify_interval"] = notify_interval if notify_interval else None
+    if options.get("notify_max_age") is not None:
+        values["notify_max_age"] = options["notify_max_age"]
+    if options.get("notify_dispatch_interval") is not None:
+        values["notify_dispatch_interval"] = options["notify_dispatch_interval"]
+    values["test_clock_file"] = _test_clock_file(options)
     if options.get("replica_id") is not None:
         values["replica_id"] = options["replica_id"]
     try:
@@ -369,6 +416,21 @@ def build_settings(options: dict[str, Any]) -> Settings:
                 message if message.startswith("--") or not field else f"{field}: {message}"
             )
         raise SettingsError("; ".join(messages)) from None
+
+
+def _test_clock_file(options: dict[str, Any]) -> Path | None:
+    """The test clock's file (docs/notifications.md, "The test clock"), only with the test
+    facilities enabled on purpose."""
+    path = options.get("test_clock_file")
+    if not path:
+        return None
+    if not options.get("enable_test_facilities"):
+        raise SettingsError(
+            "BR_TEST_CLOCK_FILE is a test facility that moves the server's clock; it is "
+            "refused unless BR_ENABLE_TEST_FACILITIES=1 is set too (never in production): "
+            "unset BR_TEST_CLOCK_FILE"
+        )
+    return Path(path)
 
 
 def _password_to_encode(value: str) -> str:

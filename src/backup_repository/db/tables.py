@@ -12,6 +12,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -182,3 +183,55 @@ class MaintenanceLease(Base):
     owner: Mapped[str | None] = mapped_column(String(64))
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class NotificationState(Base):
+    """The last judged state of one condition of one collection (services/notifications.py):
+    whether it is failing, since when, and what was announced last. Evaluators write it
+    with a compare-and-set on ``revision``, in the transaction that queues the announcement
+    (migration 0007)."""
+
+    __tablename__ = "notification_states"
+
+    collection_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    # missing | shrunk | refusals | usage | extra-space | integrity (domain/notifications.py)
+    condition: Mapped[str] = mapped_column(String(32), primary_key=True)
+    failing: Mapped[bool] = mapped_column(Boolean)
+    since: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_announced_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_event_id: Mapped[str | None] = mapped_column(String(36))
+    # The figures of the last verdict, as JSON.
+    facts: Mapped[str] = mapped_column(Text)
+    revision: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class NotificationOutbox(Base):
+    """One event to deliver to one channel, until it is delivered or given up (the outbox
+    of services/notifications.py; migration 0007). A dispatcher claims a due row by setting
+    ``claimed_by`` and ``claimed_until``; a claim that runs out is taken again."""
+
+    __tablename__ = "notification_outbox"
+    __table_args__ = (
+        UniqueConstraint("event_id", "channel"),
+        Index("ix_notification_outbox_status_next_attempt_at", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    event_id: Mapped[str] = mapped_column(String(36))
+    channel: Mapped[str] = mapped_column(String(255))
+    collection_id: Mapped[str] = mapped_column(String(255))
+    # The NotificationEvent as JSON.
+    event: Mapped[str] = mapped_column(Text)
+    # pending | delivered | failed
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str] = mapped_column(String(1024), default="", server_default="")
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())

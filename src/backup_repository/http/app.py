@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 from fastapi import FastAPI
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp
@@ -20,6 +22,11 @@ from backup_repository.config.providers import open_provider
 from backup_repository.db.audit import SqlAuditRepository
 from backup_repository.db.engine import create_engine, migrate
 from backup_repository.db.integrity import SqlIntegrityRepository, SqlLeaseRepository
+from backup_repository.db.notifications import (
+    SqlNotificationFacts,
+    SqlNotificationStateRepository,
+    SqlOutboxRepository,
+)
 from backup_repository.db.repositories import SqlDatabaseHealth, SqlSessionRepository
 from backup_repository.db.urls import render_url_safely
 from backup_repository.db.versions import SqlVersionRepository
@@ -27,12 +34,14 @@ from backup_repository.domain.replica import ReplicaIdentity
 from backup_repository.http import errors, ui
 from backup_repository.http.deps import Services
 from backup_repository.http.metrics import (
+    DeliveryCounter,
     Metrics,
     MetricsMiddleware,
     MetricsSink,
     collection_source,
     configuration_source,
     integrity_source,
+    notification_source,
 )
 from backup_repository.http.middleware import (
     BodyLimitMiddleware,
@@ -46,8 +55,11 @@ from backup_repository.http.ratelimit import RateLimiter
 from backup_repository.http.request_log import RequestIdMiddleware
 from backup_repository.http.routers import audit, auth, collections, health
 from backup_repository.http.routers import metrics as metrics_router
+from backup_repository.http.routers import notifications as notifications_router
+from backup_repository.notify import build_sender
 from backup_repository.services.audit import AuditLog, AuditService
 from backup_repository.services.auth import AuthService
+from backup_repository.services.clock import clock_for
 from backup_repository.services.collection_health import CollectionHealthService
 from backup_repository.services.collections import CollectionService
 from backup_repository.services.downloads import DownloadService
@@ -58,6 +70,7 @@ from backup_repository.services.health import (
     StorageAvailabilityValidator,
 )
 from backup_repository.services.integrity import IntegrityService
+from backup_repository.services.notifications import NotificationService
 from backup_repository.services.passwords import PasswordHasher
 from backup_repository.services.ports import ConfigSnapshot
 from backup_repository.services.resolver import CachingResolver
@@ -129,12 +142,14 @@ def create_app(
             logger.info("replica id: %s", settings.replica_id)
             await migrate(engine)
             await provider.start()
+            # The server's clock: real time, or the test facility's (docs/notifications.md).
+            clock = clock_for(settings.test_clock_file)
             database_health = SqlDatabaseHealth(engine)
             # Every listener of what happens (audit log, metrics) joins this fan-out.
             events = FanOut([])
             audit_events = SqlAuditRepository(engine)
             events.add(AuditLog(audit_events))
-            stats = StatsService(provider, SqlVersionRepository(engine))
+            stats = StatsService(provider, SqlVersionRepository(engine), clock=clock)
             events.add(MetricsSink(metrics, stats.is_configured))
             metrics.add_source("collections", collection_source(stats))
             metrics.add_source("configuration", configuration_source(stats))
@@ -151,7 +166,7 @@ def create_app(
             )
             metrics.add_source("integrity", integrity_source(integrity))
             versions = SqlVersionRepository(engine)
-            collection_service = CollectionService(provider, versions)
+            collection_service = CollectionService(provider, versions, clock=clock)
             uploads = UploadService(
                 collection_service,
                 provider,
@@ -162,13 +177,35 @@ def create_app(
                 lock_lease=settings.upload_lock_lease.total_seconds(),
                 events=events,
                 instance=identity.instance,
+                clock=clock,
             )
+            # Notifications: judged on a schedule and after uploads, delivered from the
+            # outbox by every replica (services/notifications.py).
+            notify_http = httpx.AsyncClient()
+            notifications = NotificationService(
+                provider,
+                versions,
+                SqlIntegrityRepository(engine),
+                SqlNotificationFacts(engine),
+                SqlNotificationStateRepository(engine),
+                SqlOutboxRepository(engine),
+                build_sender(http=notify_http, server_name=socket.gethostname(), clock=clock),
+                max_age=settings.notify_max_age,
+                events=events,
+                leases=SqlLeaseRepository(engine),
+                observer=DeliveryCounter(metrics),
+                clock=clock,
+                instance=identity.instance,
+            )
+            events.add(notifications.trigger)
+            metrics.add_source("notifications", notification_source(notifications))
             # What this replica's previous life held (killed mid-upload, say) is freed before
             # anything takes a lock, not left until its leases run out. A server on SQLite
             # is the only one on its database: every server's locks go.
             previous = None if engine.dialect.name == "sqlite" else identity.tag
             await uploads.cleanup.free_locks_of_previous_life(previous)
             await integrity.free_lease_of_previous_life(previous)
+            await notifications.free_claims_of_previous_life(previous)
             # In the background: an unreachable storage must not keep the server from
             # starting (and from reporting the problem in /ready).
             cleanup = asyncio.create_task(uploads.cleanup.clean_all(), name="start-up clean-up")
@@ -180,6 +217,25 @@ def create_app(
                 )
                 if settings.verify_interval
                 else None
+            )
+            notify_tasks = (
+                [
+                    asyncio.create_task(
+                        notifications.run_evaluator(settings.notify_interval.total_seconds()),
+                        name="notification evaluation",
+                    ),
+                    asyncio.create_task(
+                        notifications.run_triggered(), name="notification evaluation on upload"
+                    ),
+                    asyncio.create_task(
+                        notifications.run_dispatcher(
+                            settings.notify_dispatch_interval.total_seconds()
+                        ),
+                        name="notification delivery",
+                    ),
+                ]
+                if settings.notify_interval
+                else []
             )
             sessions = SqlSessionRepository(engine)
             # Sessions expired or revoked longer than --session-retention ago are deleted,
@@ -211,7 +267,7 @@ def create_app(
                 uploads=uploads,
                 downloads=DownloadService(collection_service, versions, store, events),
                 collection_health=CollectionHealthService(
-                    provider, versions, store, checks=[integrity.health_check]
+                    provider, versions, store, checks=[integrity.health_check], clock=clock
                 ),
                 integrity=integrity,
                 events=events,
@@ -222,11 +278,12 @@ def create_app(
                     ConfigurationProviderValidator(provider),
                 ],
                 metrics=metrics,
+                notifications=notifications,
             )
             if on_started is not None:
                 on_started(provider.snapshot())
             yield
-            for task in (scrubber, purger):
+            for task in (scrubber, purger, *notify_tasks):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -234,6 +291,7 @@ def create_app(
             cleanup.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await cleanup
+            await notify_http.aclose()
         finally:
             await provider.close()
             await store.close()
@@ -253,6 +311,7 @@ def create_app(
     app.include_router(collections.router)
     app.include_router(audit.router)
     app.include_router(metrics_router.router)
+    app.include_router(notifications_router.router)
 
     limiter = RateLimiter(
         default_per_second=settings.rate_default_limit,

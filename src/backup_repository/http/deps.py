@@ -20,6 +20,7 @@ from backup_repository.services.downloads import DownloadService
 from backup_repository.services.events import FanOut
 from backup_repository.services.health import ReadinessCheck
 from backup_repository.services.integrity import IntegrityService
+from backup_repository.services.notifications import NotificationService
 from backup_repository.services.uploads import UploadService
 from backup_repository.settings import Settings
 
@@ -39,6 +40,7 @@ class Services:
     audit: AuditService
     readiness: list[ReadinessCheck]
     metrics: Metrics
+    notifications: NotificationService
 
 
 def get_services(request: Request) -> Services:

@@ -142,6 +142,12 @@ class Metrics:
             ["collection"],
             registry=registry,
         )
+        self.notifications_delivered = Counter(
+            f"{PREFIX}_notifications_delivered",
+            "Notification delivery attempts by channel and outcome (delivered, retry, failed)",
+            ["channel", "outcome"],
+            registry=registry,
+        )
         # Series that alerts compute rates of exist from the start, at 0.
         for outcome in Outcome:
             self.logins.labels(outcome.value)
@@ -279,6 +285,38 @@ def integrity_source(integrity: CorruptCounts) -> ScrapeSource:
         ]
 
     return corrupt_versions
+
+
+class OutboxCounts(Protocol):
+    async def outbox_counts(self) -> dict[str, int]: ...
+
+
+def notification_source(notifications: OutboxCounts) -> ScrapeSource:
+    """The notification outbox by status (pending, delivered, failed)."""
+
+    async def outbox() -> list[Metric]:
+        counts = await notifications.outbox_counts()
+        family = GaugeMetricFamily(
+            f"{PREFIX}_notification_outbox",
+            "Notifications in the outbox by status (pending: waiting for delivery or a retry)",
+            labels=["status"],
+        )
+        for status in sorted(counts):
+            family.add_metric([status], counts[status])
+        return [family]
+
+    return outbox
+
+
+class DeliveryCounter:
+    """Counts notification delivery attempts (the ``DeliveryObserver`` of
+    services/notifications.py). Channel names come from the configuration only."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def delivery(self, channel: str, outcome: str) -> None:
+        self._metrics.notifications_delivered.labels(channel, outcome).inc()
 
 
 def configuration_source(stats: StatsService) -> ScrapeSource:

@@ -31,6 +31,11 @@ class Action(StrEnum):
     DOWNLOAD = "download"
     ROTATION_DELETE = "rotation.delete"
     VERIFY = "verify"
+    # An attempt to deliver a notification to a channel (services/notifications.py); the
+    # reason is delivered, retry or failed.
+    NOTIFICATION_DELIVERY = "notification.delivery"
+    # A test message sent to a channel by an administrator.
+    NOTIFICATION_TEST = "notification.test"
 
 
 class Outcome(StrEnum):

@@ -10,6 +10,7 @@ from typing import Protocol
 
 from backup_repository.domain.identity import Collection, ObjectGrant, User
 from backup_repository.domain.notification_channels import Channel, NotificationEvent
+from backup_repository.domain.notifications import StoredState, VersionFacts
 
 
 @dataclass(frozen=True)
@@ -285,3 +286,121 @@ class NotificationSender(Protocol):
         """Deliver one event to one channel, or raise
         :class:`~backup_repository.domain.notification_channels.DeliveryError`. Never logs
         a secret; may take up to the channel's timeout."""
+
+
+# -- notifications (services/notifications.py) ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class StateWrite:
+    """The new state of one (collection, condition). ``event_id`` and ``announced_at`` are
+    set when the change is announced; otherwise the stored ones are kept."""
+
+    collection: str
+    condition: str
+    failing: bool
+    since: datetime
+    facts: Mapping[str, object]
+    at: datetime
+    event_id: str | None = None
+    announced_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """An event queued for one channel."""
+
+    channel: str
+    event: NotificationEvent
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """A row of the outbox. ``status`` is pending, delivered or failed."""
+
+    id: int
+    channel: str
+    event: NotificationEvent
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    created_at: datetime
+    delivered_at: datetime | None = None
+    last_error: str = ""
+    claimed_by: str | None = None
+    claimed_until: datetime | None = None
+
+
+class NotificationStateRepository(Protocol):
+    async def states(self, collection_id: str | None = None) -> list[StoredState]:
+        """The stored states (of one collection, or all), by collection and condition."""
+
+    async def apply(
+        self, expected: StoredState | None, write: StateWrite, outbox: Sequence[OutboxItem]
+    ) -> bool:
+        """In one transaction: write the state when the stored one is still ``expected``
+        (the same revision; with None: when none is stored), and queue ``outbox``. False,
+        and nothing written, when another evaluator changed the state first."""
+
+
+class OutboxRepository(Protocol):
+    async def claim(
+        self, claimer: str, due: datetime, now: datetime, until: datetime, limit: int
+    ) -> list[OutboxEntry]:
+        """Claim at most ``limit`` pending rows that are due (``next_attempt_at`` at or
+        before ``due``) and not claimed by anyone (or whose claim ran out before ``now``)
+        for ``claimer`` until ``until``; oldest due first. Two claimers never get the same
+        row. (``due`` is on the server's clock, ``now`` and ``until`` on real time: a claim
+        is about a process being alive.)"""
+
+    async def mark_delivered(self, entry_id: int, claimer: str, now: datetime) -> bool:
+        """Delivered; False when the claim was no longer ``claimer``'s."""
+
+    async def mark_retry(
+        self, entry_id: int, claimer: str, next_attempt_at: datetime, error: str
+    ) -> bool:
+        """Try again at ``next_attempt_at``; False when the claim was no longer ours."""
+
+    async def mark_failed(self, entry_id: int, claimer: str, now: datetime, error: str) -> bool:
+        """Given up; False when the claim was no longer ours."""
+
+    async def page(
+        self, status: str | None, limit: int, before_id: int | None = None
+    ) -> list[OutboxEntry]:
+        """At most ``limit`` rows (of ``status`` when given), newest first, with an id below
+        ``before_id`` when given."""
+
+    async def counts(self) -> dict[str, int]:
+        """Rows per status."""
+
+    async def release_server_claims(self, tag: str | None) -> int:
+        """Free the claims of rows a previous life of replica ``tag`` (None: any server)
+        was delivering when it died; how many."""
+
+
+class NotificationFactsRepository(Protocol):
+    async def recent_versions(self, collection_id: str, count: int) -> list[VersionFacts]:
+        """The newest ``count`` versions, rotated ones included, oldest first."""
+
+    async def counted_refusals(
+        self, collection_id: str, since: datetime, reasons: Sequence[str]
+    ) -> int:
+        """Uploads to the collection refused for one of ``reasons`` at or after ``since``
+        (from the audit log)."""
+
+
+class ConsoleRepository(Protocol):
+    """The batched reads of the web console's pages: one query for many collections."""
+
+    async def live_versions_of(
+        self, collection_ids: Sequence[str]
+    ) -> dict[str, list[VersionRecord]]:
+        """Live versions of the given collections, oldest first per collection (only
+        collections with versions are keys). ``access_key`` is not read (None)."""
+
+    async def latest_checks_of(
+        self, collection_ids: Sequence[str]
+    ) -> dict[str, list[VersionCheck]]:
+        """The latest integrity check of every live version of the given collections that
+        has one, by number per collection."""
