@@ -5,6 +5,9 @@ docs/notifications.md (the reference webhook receiver is run, not copied)."""
 from __future__ import annotations
 
 import re
+import shutil
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -35,7 +38,8 @@ class Recorder(ThreadingHTTPServer):
         self.lock = threading.Lock()
 
     def url(self, path: str = "/") -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}{path}"
+        scheme = "https" if isinstance(self.socket, ssl.SSLSocket) else "http"
+        return f"{scheme}://127.0.0.1:{self.server_address[1]}{path}"
 
     def taken(self) -> list[Captured]:
         with self.lock:
@@ -90,9 +94,38 @@ class _Handler(BaseHTTPRequestHandler):
     do_PUT = _serve
 
 
+def make_certificate(folder: Path) -> tuple[Path, Path] | None:
+    """A throw-away self-signed certificate for 127.0.0.1 and its key (``openssl``), or
+    None when openssl is not installed."""
+    if shutil.which("openssl") is None:
+        return None
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+            "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+            "-subj", "/CN=127.0.0.1",
+            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def server_context(cert: Path, key: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
 @contextmanager
-def recorder() -> Iterator[Recorder]:
+def recorder(tls: ssl.SSLContext | None = None) -> Iterator[Recorder]:
+    """A :class:`Recorder` on a loopback port, over TLS with ``tls``."""
     server = Recorder()
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

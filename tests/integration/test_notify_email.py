@@ -4,10 +4,7 @@ two parts of the message, and how refusals are classified."""
 
 from __future__ import annotations
 
-import shutil
 import socket
-import ssl
-import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -33,7 +30,8 @@ from backup_repository.domain.notification_channels import (
     SmtpSecurity,
 )
 from backup_repository.notify import ChannelSender, build_sender
-from support import free_port
+from notify_receivers import make_certificate, server_context
+from support import free_port, require_service
 
 USERNAME = "notifier"
 PASSWORD = "smtp-pass-Zq9"
@@ -106,29 +104,16 @@ class Servers:
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed: no certificate for the TLS servers")
-    folder = tmp_path_factory.mktemp("smtp-tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-            "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
-            "-subj", "/CN=127.0.0.1",
-            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-            "-keyout", str(key), "-out", str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return cert, key
+    made = make_certificate(tmp_path_factory.mktemp("smtp-tls"))
+    if made is None:
+        require_service("openssl", "openssl is not installed: no certificate for TLS")
+    return made
 
 
 @pytest.fixture(scope="module")
 def servers(certificate: tuple[Path, Path]) -> Iterator[Servers]:
     cert, key = certificate
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
+    context = server_context(cert, key)
     mailbox = Mailbox()
     controllers = [
         # No encryption; a login is possible (a relay on a private network).

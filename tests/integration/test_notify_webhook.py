@@ -31,7 +31,8 @@ from backup_repository.domain.notification_channels import (
 )
 from backup_repository.notify import ChannelSender, build_sender
 from backup_repository.notify.payload import SCHEMA
-from notify_receivers import Recorder, doc_block, recorder
+from notify_receivers import Recorder, doc_block, make_certificate, recorder, server_context
+from support import require_service
 
 SECRET = "whsec-test-0123456789"
 EVENT = NotificationEvent(
@@ -45,11 +46,13 @@ EVENT = NotificationEvent(
 )
 
 
-def channel(url: str, *, secret: str = SECRET, timeout: float = 5.0) -> Channel:
+def channel(url: str, *, secret: str = SECRET, timeout: float = 5.0, ca_file: str = "") -> Channel:
     return Channel(
         name="hook",
         type=ChannelType.WEBHOOK,
-        webhook=WebhookTarget(url=url, signing_secret=secret, timeout=timedelta(seconds=timeout)),
+        webhook=WebhookTarget(
+            url=url, signing_secret=secret, timeout=timedelta(seconds=timeout), ca_file=ca_file
+        ),
     )
 
 
@@ -57,6 +60,16 @@ def channel(url: str, *, secret: str = SECRET, timeout: float = 5.0) -> Channel:
 def receiver() -> Iterator[Recorder]:
     with recorder() as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def tls_receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Recorder, str]]:
+    made = make_certificate(tmp_path_factory.mktemp("webhook-tls"))
+    if made is None:
+        require_service("openssl", "openssl is not installed: no certificate for TLS")
+    cert, key = made
+    with recorder(server_context(cert, key)) as server:
+        yield server, str(cert)
 
 
 @pytest.fixture(scope="module")
@@ -264,3 +277,38 @@ async def test_the_shell_check(receiver: Recorder, sender: ChannelSender, tmp_pa
     replay = run(request.body, old, signed)
     assert replay.returncode == 1
     assert "too old" in replay.stderr
+
+
+async def test_https_with_the_channels_ca_file(
+    tls_receiver: tuple[Recorder, str], sender: ChannelSender
+) -> None:
+    server, ca_file = tls_receiver
+    server.clear()
+    url = server.url("/tls-hook")
+    assert url.startswith("https://")
+    await sender.send(channel(url, ca_file=ca_file), EVENT)
+    assert [r.path for r in server.taken()] == ["/tls-hook"]
+
+
+async def test_https_with_an_unknown_certificate(
+    tls_receiver: tuple[Recorder, str], sender: ChannelSender
+) -> None:
+    """Without the CA file the throw-away certificate is not trusted: nothing is sent."""
+    server, _ca_file = tls_receiver
+    server.clear()
+    with pytest.raises(DeliveryError) as caught:
+        await sender.send(channel(server.url("/tls-hook")), EVENT)
+    assert not caught.value.permanent
+    assert "certificate verify failed" in caught.value.reason
+    assert server.taken() == []
+
+
+async def test_an_unreadable_ca_file_is_permanent(
+    tls_receiver: tuple[Recorder, str], sender: ChannelSender, tmp_path: Path
+) -> None:
+    server, _ca_file = tls_receiver
+    missing = tmp_path / "no-such-ca.pem"
+    with pytest.raises(DeliveryError) as caught:
+        await sender.send(channel(server.url("/"), ca_file=str(missing)), EVENT)
+    assert caught.value.permanent
+    assert "caFile" in caught.value.reason
