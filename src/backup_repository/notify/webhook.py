@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -177,7 +178,9 @@ def _cause(exc: BaseException) -> str:
     while seen is not None:
         if isinstance(seen, ssl.SSLCertVerificationError):
             return f"certificate verify failed ({seen.verify_message})"
-        if isinstance(seen, OSError) and seen.strerror:
+        if isinstance(seen, OSError) and seen.errno:
+            text = os.strerror(seen.errno)
+        elif isinstance(seen, OSError) and seen.strerror:
             text = seen.strerror
         elif not text and str(seen) and "://" not in str(seen):
             text = str(seen)
