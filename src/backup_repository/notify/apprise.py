@@ -112,9 +112,12 @@ class AppriseSender:
 
 def _notify(urls: Sequence[str], message: AppriseMessage, seconds: float) -> None:
     """One synchronous Apprise call to every URL (in a worker thread)."""
-    client = apprise.Apprise(
-        asset=apprise.AppriseAsset(app_id="Backup Repository", app_desc="Backup Repository")
+    # Nothing on disk: no persistent store (some services cache logins there), no plugin
+    # folders.
+    asset = apprise.AppriseAsset(
+        app_id="Backup Repository", app_desc="Backup Repository", storage_mode="memory"
     )
+    client = apprise.Apprise(asset=asset)
     for number, url in enumerate(urls, 1):
         if not client.add(url):
             raise DeliveryError(
