@@ -255,6 +255,7 @@ def create_app(
             )
             app.state.services = Services(
                 settings=settings,
+                config=provider,
                 auth=AuthService(
                     config=provider,
                     sessions=sessions,

@@ -21,6 +21,7 @@ from backup_repository.services.events import FanOut
 from backup_repository.services.health import ReadinessCheck
 from backup_repository.services.integrity import IntegrityService
 from backup_repository.services.notifications import NotificationService
+from backup_repository.services.ports import ConfigurationProvider
 from backup_repository.services.uploads import UploadService
 from backup_repository.settings import Settings
 
@@ -30,6 +31,8 @@ class Services:
     """Everything the handlers may call, built once by the composition root."""
 
     settings: Settings
+    # The configuration as loaded (the console's administration pages show it).
+    config: ConfigurationProvider
     auth: AuthService
     collections: CollectionService
     uploads: UploadService

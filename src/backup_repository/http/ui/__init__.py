@@ -60,13 +60,15 @@ from fastapi import APIRouter, FastAPI
 from starlette.staticfiles import StaticFiles
 
 from backup_repository.http.ratelimit import RateLimiter
-from backup_repository.http.ui import pages_auth, pages_collections
+from backup_repository.http.ui import pages_admin, pages_auth, pages_collections, pages_tokens
 from backup_repository.http.ui.headers import ConsoleHeadersMiddleware
 from backup_repository.http.ui.rendering import STATIC, ConsoleState, build_environment
 
 ROUTERS: tuple[APIRouter, ...] = (
     pages_auth.router,
     pages_collections.router,
+    pages_tokens.router,
+    pages_admin.router,
 )
 
 
