@@ -20,6 +20,7 @@ from starlette.types import ASGIApp
 from backup_repository import __version__
 from backup_repository.config.providers import open_provider
 from backup_repository.db.audit import SqlAuditRepository
+from backup_repository.db.console import SqlConsoleRepository
 from backup_repository.db.engine import create_engine, migrate
 from backup_repository.db.integrity import SqlIntegrityRepository, SqlLeaseRepository
 from backup_repository.db.notifications import (
@@ -62,6 +63,7 @@ from backup_repository.services.auth import AuthService
 from backup_repository.services.clock import clock_for
 from backup_repository.services.collection_health import CollectionHealthService
 from backup_repository.services.collections import CollectionService
+from backup_repository.services.console import ConsoleService
 from backup_repository.services.downloads import DownloadService
 from backup_repository.services.events import FanOut
 from backup_repository.services.health import (
@@ -280,6 +282,13 @@ def create_app(
                 ],
                 metrics=metrics,
                 notifications=notifications,
+            )
+            # The web console's view models (http/ui/), on the services above.
+            app.state.console = ConsoleService(
+                collection_service,
+                app.state.services.collection_health,
+                SqlConsoleRepository(engine),
+                clock=clock,
             )
             if on_started is not None:
                 on_started(provider.snapshot())

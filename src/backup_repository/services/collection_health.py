@@ -75,18 +75,35 @@ class CollectionHealthService:
             matches = any(compared)
         if collection is None or not matches:
             raise Forbidden(HEALTH_CODE_INVALID)
-        now = self._clock()
-        live = await self._versions.live_versions(collection.name)
-        latest = live[-1] if live else None
-        results = [
-            self._window_check(collection, latest, now),
-            self._size_check(collection, live),
-            self._sum_check(collection, live),
-            await self._objects_check(live),
-        ]
+        return await self.checks(collection)
+
+    async def checks(
+        self,
+        collection: Collection,
+        live: Sequence[VersionRecord] | None = None,
+        now: datetime | None = None,
+    ) -> list[CheckResult]:
+        """Every check of the report, for a caller already authorized otherwise (the web
+        console's collection page); ``live`` (oldest first) is read when not given."""
+        if live is None:
+            live = await self._versions.live_versions(collection.name)
+        results = self.record_checks(collection, live, self._clock() if now is None else now)
+        results.append(await self._objects_check(live))
         for check in self._checks:
             results.append(await check.run(collection, live))
         return results
+
+    def record_checks(
+        self, collection: Collection, live: Sequence[VersionRecord], now: datetime
+    ) -> list[CheckResult]:
+        """The built-in checks that need only the recorded versions (oldest first), no
+        storage: the window, one version's size and the sum of sizes."""
+        latest = live[-1] if live else None
+        return [
+            self._window_check(collection, latest, now),
+            self._size_check(collection, live),
+            self._sum_check(collection, live),
+        ]
 
     @staticmethod
     def _window_check(

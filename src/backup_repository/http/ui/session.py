@@ -153,3 +153,14 @@ async def checked_post(request: Request) -> ConsoleSession:
 Page = Annotated[ConsoleSession, Depends(console_session)]
 Post = Annotated[ConsoleSession, Depends(checked_post)]
 ServicesOf = Annotated[Services, Depends(get_services)]
+
+
+def public_base_url(request: Request, services: Services) -> str:
+    """The server's address as the browser sees it (for command lines to copy): the
+    request's, or what a trusted proxy forwards."""
+    scheme = "https" if is_secure(request, services) else request.url.scheme
+    host = request.headers.get("host", request.url.netloc)
+    forwarded = request.headers.get("x-forwarded-host")
+    if forwarded and _from_trusted_proxy(request, services):
+        host = forwarded.split(",")[0].strip()
+    return f"{scheme}://{host}"
