@@ -140,14 +140,15 @@ class UploadService:
         self._io_timeout = io_timeout
         self._deadline = deadline
         self._lock_lease = lock_lease
-        self._clock = clock
+        # What "now" is to the upload pipeline and the retention dry run (a test may set it).
+        self.clock = clock
         self._events: EventSink = events or NullSink()
         # Distinguishes this process's locks from other replicas' in the lock table:
         # ``<replica tag>/<life>`` (domain/replica.py) from the composition root.
         self._instance = instance or secrets.token_hex(8)
         self.cleanup = UploadCleanup(config, versions, store, lock_lease, self._instance)
         # The retention dry run: what the next upload rotates out, by this service's clock.
-        self.retention = RetentionService(collections, versions, clock)
+        self.retention = RetentionService(collections, versions, lambda: self.clock())
 
     async def upload(self, request: UploadRequest) -> VersionRecord:
         """Store the request's body as the next version. Every byte of the body counts
@@ -216,7 +217,7 @@ class UploadService:
         collection = self._collections.authorized(
             ctx, collection_id, CollectionAction.UPLOAD, NOT_AUTHORIZED_UPLOAD
         )
-        now = self._clock()
+        now = self.clock()
         if not is_window_open(collection.windows, now) and not (
             authz.may_act_on_collection(
                 ctx.principal, collection, CollectionAction.UPLOAD_OUTSIDE_WINDOW
@@ -283,7 +284,7 @@ class UploadService:
         largest upload the quota leaves room for once they are gone."""
         # The version is recorded with this time, so the rotation computed here (gfs looks
         # at the new version's period) is the one its commit makes.
-        now = self._clock()
+        now = self.clock()
         live = await self._versions.live_versions(collection.name)
         by_number = {v.number: v for v in live}
         upcoming = next_upload(collection, [_stored(v) for v in live], now)

@@ -222,6 +222,74 @@ class CollectionsEnvelope(_Doc):
     data: CollectionsData
 
 
+class RetentionStrategy(_Doc):
+    name: Literal["fifo", "fifo-plus-older", "gfs"]
+    maxBackupsCount: int
+    keepLastOlderNotMoreThan: int | None = Field(
+        default=None, description="fifo-plus-older: seconds between older copies"
+    )
+    maxOlderCopies: int | None = Field(default=None, description="fifo-plus-older")
+    keepLast: int | None = Field(default=None, description="gfs")
+    keepHourly: int | None = Field(default=None, description="gfs")
+    keepDaily: int | None = Field(default=None, description="gfs")
+    keepWeekly: int | None = Field(default=None, description="gfs")
+    keepMonthly: int | None = Field(default=None, description="gfs")
+    keepYearly: int | None = Field(default=None, description="gfs")
+    timeZone: str | None = Field(
+        default=None, description="gfs: the IANA time zone its periods are counted in"
+    )
+
+
+class RetentionVersion(_Doc):
+    version: int = Field(description="the version number (of the upload: the next number)")
+    createdAt: str = Field(description="RFC 3339")
+    size: int | None = Field(description="bytes; null for the upload, not made yet")
+    upcoming: bool = Field(description="true for the hypothetical upload made now")
+    keptBy: list[Literal["last", "hourly", "daily", "weekly", "monthly", "yearly", "older"]] = (
+        Field(description="the rule that keeps the version; empty when it is rotated out")
+    )
+    period: str | None = Field(
+        description="gfs: the period the version stands for under its rule (2026-12-03, "
+        "2026-W49, 2026-12, 2026, 2026-12-03T14); null otherwise"
+    )
+    fate: Literal["kept", "rotated"]
+    rotatedBecause: Literal["noRule", "maxBackupsCount"] | None = Field(
+        description="noRule: no rule keeps it; maxBackupsCount: a rule keeps it, but the "
+        "rules keep more than maxBackupsCount versions and it is among the oldest; null "
+        "when kept"
+    )
+
+
+class RetentionView(_Doc):
+    versions: list[RetentionVersion] = Field(description="newest first")
+    versionsKept: int
+    versionsRotated: int
+    bytesKept: int
+    bytesFreed: int
+
+
+class RetentionAfterUpload(RetentionView):
+    nextUploadMaxBytes: int = Field(
+        description="the largest upload made now, once what it rotates out is gone"
+    )
+    quotaRule: str = Field(description="the quota rule that gives nextUploadMaxBytes")
+
+
+class RetentionData(_Doc):
+    collectionId: str
+    now: str = Field(description="RFC 3339: the time of the hypothetical upload")
+    strategy: RetentionStrategy
+    current: RetentionView = Field(description="the live versions as the strategy sees them")
+    afterUpload: RetentionAfterUpload = Field(
+        description="the live versions and one more upload made now (listed first)"
+    )
+
+
+class RetentionEnvelope(_Doc):
+    status: Literal[True]
+    data: RetentionData
+
+
 # -- health ----------------------------------------------------------------------------------
 
 

@@ -1,5 +1,5 @@
 """Collections and versions (docs/api.md, docs/collections.md): upload, download, listings,
-health."""
+health, the retention dry run."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
 from backup_repository.domain.errors import RequestTimeout
+from backup_repository.domain.identity import Collection
+from backup_repository.domain.rotation import FIFO_PLUS_OLDER, GFS, Decision, gfs_rules
 from backup_repository.http.bodies import form_decoder
 from backup_repository.http.deps import (
     Auth,
@@ -29,6 +31,7 @@ from backup_repository.services.auth import AuthContext
 from backup_repository.services.collections import UploadWindow, Usage
 from backup_repository.services.downloads import Download
 from backup_repository.services.ports import VersionRecord
+from backup_repository.services.retention import RetentionReport, RetentionView
 from backup_repository.services.uploads import TOOK_TOO_LONG, BodyDecoder, UploadRequest
 
 router = APIRouter(tags=["collections"])
@@ -199,6 +202,81 @@ async def list_versions(
             "backupWindow": window_json(window),
         }
     )
+
+
+@router.get(
+    "/api/stable/repository/collection/{collectionId}/retention",
+    summary="Retention dry run: what the rotation strategy keeps now and after one more upload",
+    responses={**openapi.ok(openapi.RetentionEnvelope), **openapi.errors(403, 404)},
+)
+@router.get("/api/alpha/repository/collection/{collectionId}/retention", include_in_schema=False)
+async def retention(collectionId: CollectionId, auth: Auth, services: ServicesDep) -> JSONResponse:
+    report = await services.uploads.retention.report(auth, collectionId)
+    return ok(retention_json(report))
+
+
+def retention_json(report: RetentionReport) -> dict[str, Any]:
+    """The dry run as docs/collections.md shows it."""
+    collection = report.collection
+    after = report.after_upload
+    return {
+        "collectionId": collection.name,
+        "now": rfc3339(report.now),
+        "strategy": strategy_json(collection),
+        "current": {
+            "versions": [decision_json(d) for d in report.current.decisions],
+            **view_totals(report.current),
+        },
+        "afterUpload": {
+            "versions": [
+                decision_json(d, upcoming=d.version is report.upcoming) for d in after.decisions
+            ],
+            **view_totals(after),
+            "nextUploadMaxBytes": report.limit.bytes,
+            "quotaRule": report.limit.explain(),
+        },
+    }
+
+
+def strategy_json(collection: Collection) -> dict[str, Any]:
+    strategy = collection.strategy
+    found: dict[str, Any] = {
+        "name": strategy.name,
+        "maxBackupsCount": collection.max_backups_count,
+    }
+    if strategy.name == FIFO_PLUS_OLDER:
+        spacing = strategy.keep_last_older_not_more_than
+        found["keepLastOlderNotMoreThan"] = int(spacing.total_seconds()) if spacing else 0
+        found["maxOlderCopies"] = strategy.max_older_copies
+    elif strategy.name == GFS:
+        for rule, count in gfs_rules(strategy):
+            found[f"keep{rule.value.capitalize()}"] = count
+        found["timeZone"] = strategy.time_zone
+    return found
+
+
+def decision_json(decision: Decision, *, upcoming: bool = False) -> dict[str, Any]:
+    version = decision.version
+    because = None if decision.kept else "maxBackupsCount" if decision.over_count else "noRule"
+    return {
+        "version": version.number,
+        "createdAt": rfc3339(version.created_at),
+        "size": None if upcoming else version.size,
+        "upcoming": upcoming,
+        "keptBy": [decision.rule.value] if decision.kept and decision.rule else [],
+        "period": decision.period if decision.kept else None,
+        "fate": "kept" if decision.kept else "rotated",
+        "rotatedBecause": because,
+    }
+
+
+def view_totals(view: RetentionView) -> dict[str, int]:
+    return {
+        "versionsKept": view.versions_kept,
+        "versionsRotated": view.versions_rotated,
+        "bytesKept": view.bytes_kept,
+        "bytesFreed": view.bytes_freed,
+    }
 
 
 @router.get(
