@@ -36,7 +36,10 @@ UPLOADER = ("uploader", "uploader-pass")
 KEY = ("uploader$ci", "ci-pass")
 READER = ("reader", "reader-pass")
 STRANGER = ("stranger", "stranger-pass")
-BAD_CREDENTIALS = "incorrect Username or Password"
+BAD_CREDENTIALS = (
+    "incorrect Username or Password: the username, access key or password was not accepted "
+    "(an unknown or deactivated user is refused alike); check them and try again"
+)
 
 
 def documents() -> list[dict[str, Any]]:

@@ -64,9 +64,26 @@ def error_text(response: httpx.Response, body: bytes) -> str:
     return f"{head}: {text}" if text else head
 
 
-def _hint(status: int) -> str:
+REFUSED_JWT = (
+    "the token was refused: expired, revoked or mistyped; log in again (backup-maker login) "
+    "and give the new token with -t, --auth-token-file or BM_AUTH_TOKEN"
+)
+LOGIN_REFUSED = "the username, access key or password was not accepted"
+CHECK_LOGIN = (
+    "check --username or BM_USERNAME (user, or user$accesskey with the access key's secret) "
+    "and the password from BM_PASSWORD, --password-stdin or the prompt"
+)
+
+
+def _hint(status: int, text: str, *, login: bool = False) -> str:
+    """What to do next, after the server's own ``text``. A 401 of a login refuses the
+    credentials (no token exists yet); a 401 of any other request refuses the token."""
+    if status == 401 and login:
+        if LOGIN_REFUSED in text:  # this server says it already; the reference does not
+            return f" ({CHECK_LOGIN})"
+        return f" ({LOGIN_REFUSED}: {CHECK_LOGIN})"
     if status == 401:
-        return " (the token was refused: expired, revoked or mistyped; log in again)"
+        return f" ({REFUSED_JWT})"
     if status == 429:
         return " (rate limited; try again later)"
     return ""
@@ -116,21 +133,24 @@ class RepositoryClient:
             raise ServerError(f"{what}: {exc or type(exc).__name__}") from None
 
     @staticmethod
-    def _fail(response: httpx.Response, body: bytes, what: str) -> ServerError:
+    def _fail(
+        response: httpx.Response, body: bytes, what: str, *, login: bool = False
+    ) -> ServerError:
         if 300 <= response.status_code < 400:
             target = response.headers.get("location", "?")
             return ServerError(
                 f"{what}: the server redirects to {target}; use that address as --url",
                 response.status_code,
             )
+        text = error_text(response, body)
         return ServerError(
-            f"{what}: {error_text(response, body)}{_hint(response.status_code)}",
+            f"{what}: {text}{_hint(response.status_code, text, login=login)}",
             response.status_code,
         )
 
-    def _data(self, response: httpx.Response, what: str) -> dict[str, Any]:
+    def _data(self, response: httpx.Response, what: str, *, login: bool = False) -> dict[str, Any]:
         if response.status_code != 200:
-            raise self._fail(response, response.content, what)
+            raise self._fail(response, response.content, what, login=login)
         try:
             document = response.json()
         except ValueError:
@@ -138,7 +158,7 @@ class RepositoryClient:
                 f"{what}: the server answered with something that is not JSON"
             ) from None
         if not isinstance(document, dict) or document.get("status") is False:
-            raise self._fail(response, response.content, what)
+            raise self._fail(response, response.content, what, login=login)
         data = document.get("data")
         return data if isinstance(data, dict) else {}
 
@@ -174,7 +194,7 @@ class RepositoryClient:
         what = "login failed"
         with self.errors(what):
             response = self._http.post(f"{API}/auth/login", json=body)
-        data = self._data(response, what)
+        data = self._data(response, what, login=True)
         if not isinstance(data.get("token"), str):
             raise ServerError(f"{what}: the server's answer holds no token")
         return data

@@ -174,10 +174,17 @@ def cmd_make(args: Arguments) -> int:
 def _decryption_keyring(
     args: Arguments, secret: str | None, without_key: str, level: int
 ) -> Iterator[Keyring | None]:
-    """A keyring holding --private-key, its passphrase checked; None without the flag (then
-    ``without_key`` says what happens instead, logged at ``level``)."""
+    """A keyring holding --private-key, its passphrase checked. Without the flag but with a
+    passphrase, an empty keyring: gpg then decrypts with the passphrase alone (a version
+    encrypted with ``gpg --symmetric``). Without either, None (then ``without_key`` says
+    what happens instead, logged at ``level``)."""
     value = args.get(PRIVATE_KEY)
     key_path = str(value) if value else None
+    if key_path is None and secret:
+        log.info("no --private-key: decrypting with the passphrase (gpg --symmetric)")
+        with Keyring(_gpg_binary(args), public_only=True) as keyring:
+            yield keyring
+        return
     with keyring_with(key_path, _gpg_binary(args), secret) as keyring:
         if keyring is None:
             log.log(level, "no --private-key: %s", without_key)

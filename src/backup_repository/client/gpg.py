@@ -79,12 +79,24 @@ class GpgOutput:
     def arguments(self, keyword: str) -> list[list[str]]:
         return [line.split()[1:] for line in self.status if line.split(" ", 1)[0] == keyword]
 
-    def error_codes(self) -> set[int]:
-        codes = set()
+    def errors(self) -> list[tuple[str, int]]:
+        """(location, libgpg-error code) of each ``ERROR`` status line. The code is a number
+        (``67108875``) or a number with its name (``11_BAD_PASSPHRASE``); its low 16 bits
+        are the code proper."""
+        found = []
         for args in self.arguments("ERROR"):
-            if len(args) >= 2 and args[1].isdigit():
-                codes.add(int(args[1]) & 0xFFFF)
-        return codes
+            if len(args) < 2:
+                continue
+            digits = args[1].split("_", 1)[0]
+            if digits.isdigit():
+                found.append((args[0], int(digits) & 0xFFFF))
+        return found
+
+    def error_codes(self, location_prefix: str = "") -> set[int]:
+        """The codes of the ``ERROR`` lines, of those whose location starts with
+        ``location_prefix`` when given (``pkdecrypt``: the secret key; ``symkey``: the
+        passphrase of a symmetrically encrypted message)."""
+        return {code for where, code in self.errors() if where.startswith(location_prefix)}
 
     def summary(self) -> str:
         lines = [m for m in self.messages if m.startswith("gpg:")] or list(self.messages)
@@ -114,35 +126,73 @@ class StderrReader:
         return self.output
 
 
-def decryption_error(returncode: int, output: GpgOutput) -> GpgFailed | None:
-    """None when gpg decrypted and verified the whole message; otherwise why not."""
+UNLOCK_OPTIONS = "--passphrase-file, BM_PASSPHRASE_FILE, BM_PASSPHRASE or --passphrase"
+WRONG_KEY_UNLOCK = (
+    "decryption failed: wrong passphrase for the private key (--passphrase / BM_PASSPHRASE)"
+)
+LOCKED_KEY = (
+    "decryption failed: the private key is protected and no passphrase was given "
+    "(--passphrase / BM_PASSPHRASE)"
+)
+
+
+def decryption_error(
+    returncode: int, output: GpgOutput, *, key_given: bool = True
+) -> GpgFailed | None:
+    """None when gpg decrypted and verified the whole message; otherwise why not, from
+    gpg's status lines (``--status-fd``), which tell apart:
+
+    - a message encrypted to keys of which the key file holds none (``NO_SECKEY``), or
+      with no key file at all (``key_given`` False: only a passphrase was given);
+    - a protected secret key and a missing or wrong passphrase (``ERROR pkdecrypt_failed``
+      with code 177 or 11);
+    - a message encrypted with a passphrase (``gpg --symmetric``: ``NEED_PASSPHRASE_SYM``)
+      and no passphrase (``MISSING_PASSPHRASE``) or a wrong one (``ERROR symkey_decrypt...
+      11_BAD_PASSPHRASE``);
+    - damaged data (``BADMDC``) and data that is no OpenPGP message (``NODATA``)."""
     keywords = output.keywords()
     if returncode == 0 and "DECRYPTION_OKAY" in keywords and "DECRYPTION_FAILED" not in keywords:
         return None
+    key_codes = output.error_codes("pkdecrypt")
+    if _GPG_ERR_BAD_PASSPHRASE in key_codes:
+        return GpgFailed(WRONG_KEY_UNLOCK)
+    if _GPG_ERR_NO_PASSPHRASE in key_codes:
+        return GpgFailed(LOCKED_KEY)
     codes = output.error_codes()
-    if _GPG_ERR_BAD_PASSPHRASE in codes or "BAD_PASSPHRASE" in keywords:
-        return GpgFailed(
-            "decryption failed: wrong passphrase for the private key (--passphrase / BM_PASSPHRASE)"
+    bad_passphrase = _GPG_ERR_BAD_PASSPHRASE in codes or "BAD_PASSPHRASE" in keywords
+    no_passphrase = _GPG_ERR_NO_PASSPHRASE in codes or "MISSING_PASSPHRASE" in keywords
+    missing = [args[0] for args in output.arguments("NO_SECKEY") if args]
+    missing_keys = bool(missing) and "DECRYPTION_KEY" not in keywords
+    if "NEED_PASSPHRASE_SYM" in keywords and (bad_passphrase or no_passphrase):
+        return _symmetric_error(
+            missing if missing_keys else [], wrong=bad_passphrase, key_given=key_given
         )
-    if _GPG_ERR_NO_PASSPHRASE in codes or "MISSING_PASSPHRASE" in keywords:
-        return GpgFailed(
-            "decryption failed: the private key is protected and no passphrase was given "
-            "(--passphrase / BM_PASSPHRASE)"
-        )
+    if bad_passphrase:
+        return GpgFailed(WRONG_KEY_UNLOCK)
+    if no_passphrase:
+        return GpgFailed(LOCKED_KEY)
     if "BADMDC" in keywords or any("manipulated" in m for m in output.messages):
         return GpgFailed(
             "decryption failed: the encrypted data is damaged or was tampered with "
             f"(gpg: {output.summary()})"
         )
-    missing = [args[0] for args in output.arguments("NO_SECKEY") if args]
-    if missing and "DECRYPTION_KEY" not in keywords:
+    if missing_keys and not key_given:
+        return GpgFailed(
+            f"decryption failed: this version is encrypted to key(s) {', '.join(missing)}, "
+            "not with a passphrase: give the private key file with --private-key (or "
+            "BM_PRIVATE_KEY_PATH); a passphrase alone opens only versions encrypted with "
+            "gpg --symmetric"
+        )
+    if missing_keys:
         return GpgFailed(
             "decryption failed: the backup is encrypted for key(s) "
             f"{', '.join(missing)}, and the private key file holds none of them"
         )
     if "NODATA" in keywords and "BEGIN_DECRYPTION" not in keywords:
         return GpgFailed(
-            f"decryption failed: the data is not an OpenPGP message ({output.summary()})"
+            "decryption failed: the data is not an OpenPGP message, so it is no backup "
+            "this client made; download it without --private-key and passphrase to look at "
+            f"it as stored (gpg: {output.summary()})"
         )
     if returncode == 0:
         return GpgFailed(
@@ -151,15 +201,40 @@ def decryption_error(returncode: int, output: GpgOutput) -> GpgFailed | None:
     return GpgFailed(f"decryption failed (gpg exit status {returncode}): {output.summary()}")
 
 
+def _symmetric_error(missing: Sequence[str], *, wrong: bool, key_given: bool) -> GpgFailed:
+    """A message encrypted with a passphrase (and maybe also to keys that are missing)
+    that gpg could not open."""
+    if wrong:
+        return GpgFailed(
+            "decryption failed: wrong passphrase: this version was encrypted with a passphrase "
+            "(gpg --symmetric), not to a key, and the passphrase given does not open it"
+        )
+    if missing:
+        keys = ", ".join(missing)
+        holder = "the private key file holds none of them" if key_given else "no --private-key"
+        return GpgFailed(
+            f"decryption failed: this version was encrypted to key(s) {keys} ({holder}) and "
+            f"with a passphrase (gpg --symmetric); give the passphrase with "
+            f"{UNLOCK_OPTIONS}, or the private key of one of those keys with --private-key"
+        )
+    return GpgFailed(
+        "decryption failed: this version was encrypted with a passphrase (gpg --symmetric), "
+        f"not to a key; give the passphrase with {UNLOCK_OPTIONS} (no --private-key is "
+        "needed)"
+    )
+
+
 class Keyring:
     """A GnuPG home in a new private (0700) temporary folder, removed by :meth:`close`
     together with the gpg-agent gpg may have started for it."""
 
     def __init__(self, binary: str = "gpg", *, public_only: bool = False) -> None:
         self.binary = find_gpg(binary)
-        # Public-key work (import, encrypt) needs no gpg-agent; never starting one means
-        # none can be left behind, even when the client is killed with SIGKILL.
+        # Public-key work (import, encrypt) and decryption with a passphrase alone need no
+        # gpg-agent; never starting one means none can be left behind, even when the
+        # client is killed with SIGKILL.
         self.public_only = public_only
+        self.key_imported = False  # a key file was imported (else: a passphrase alone)
         # A short path: gpg-agent's socket may live in the home and socket paths are short.
         self.home = Path(tempfile.mkdtemp(prefix="bm-gpg-"))
         os.chmod(self.home, 0o700)
@@ -244,6 +319,7 @@ class Keyring:
         # part, all that encryption needs, is imported.
         if not imported or (code != 0 and not self.public_only):
             raise GpgFailed(f"cannot import the key file {str(path)!r}: {output.summary()}")
+        self.key_imported = True
 
     def _fingerprints(self, listing: str) -> list[str]:
         code, stdout, output = self.run(listing, "--with-colons")

@@ -59,7 +59,7 @@ def _global_options(parser: argparse.ArgumentParser) -> None:
 def _passphrase_options(parser: argparse.ArgumentParser, purpose: str) -> None:
     parser.add_argument(
         "--passphrase",
-        help=f"passphrase of the key ({purpose}); prefer the variable or --passphrase-file, "
+        help=f"passphrase ({purpose}); prefer the variable or --passphrase-file, "
         "flags show in `ps`" + _env("BM_PASSPHRASE"),
     )
     parser.add_argument(
@@ -87,7 +87,11 @@ def _decryption_options(parser: argparse.ArgumentParser, key_help: str) -> None:
     parser.add_argument(
         "-p", "--private-key", metavar="PATH", help=key_help + _env("BM_PRIVATE_KEY_PATH")
     )
-    _passphrase_options(parser, "of the private key")
+    _passphrase_options(
+        parser,
+        "of the private key; or, without --private-key, of a version encrypted with "
+        "gpg --symmetric",
+    )
     _version_option(parser)
     _recipient_option(parser, "accepted for compatibility; decryption does not need it")
 
@@ -135,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         "recipient (e-mail, key id or fingerprint) within the key file; repeat for several "
         "(the variable takes a comma-separated list); default: every key in the file",
     )
-    _passphrase_options(make, "accepted for compatibility; encrypting needs none")
+    _passphrase_options(make, "of the key: accepted for compatibility; encrypting needs none")
     make.add_argument(
         "--armor", action="store_true", help="upload ASCII-armored OpenPGP (default: binary)"
     )
@@ -149,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
         "restore",
         "download a version, decrypt it and pipe it into a command",
         "Downloads --version, checks it against the SHA-256 the server announces, decrypts "
-        "it with the private key of --private-key and pipes it into --cmd. By default the "
+        "it with the private key of --private-key (or, without one, with --passphrase for a "
+        "version encrypted with gpg --symmetric) and pipes it into --cmd. By default the "
         "download is verified before anything is decrypted: the ciphertext (never the "
         "plaintext) is kept in an anonymous temporary file in --spool-dir meanwhile.",
     )
@@ -159,8 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     _decryption_options(
         restore,
-        "private key file to decrypt with; without it the encrypted stream is piped into the "
-        "command as it is",
+        "private key file to decrypt with; without it and without a passphrase the "
+        "encrypted stream is piped into the command as it is",
     )
     restore.add_argument(
         "--stream", action="store_true",
@@ -177,12 +182,16 @@ def build_parser() -> argparse.ArgumentParser:
     download = add(
         "download",
         "download a version into a file (decrypted with --private-key)",
-        "Downloads --version into --save-path: decrypted with --private-key, or the "
-        "encrypted file as stored without it. The file is written under a temporary name "
+        "Downloads --version into --save-path: decrypted with --private-key (or, without "
+        "one, with --passphrase for a version encrypted with gpg --symmetric), or the "
+        "encrypted file as stored without either. The file is written under a temporary name "
         "beside the target and renamed only when the download verified and gpg succeeded.",
     )
     download.add_argument("--save-path", metavar="PATH", help="file to write (mode 0600)")
-    _decryption_options(download, "private key file; without it the encrypted file is saved")
+    _decryption_options(
+        download,
+        "private key file; without it and without a passphrase the encrypted file is saved",
+    )
 
     login = add(
         "login",

@@ -373,6 +373,7 @@ class Decryption:
     raises at the end unless the source verified and gpg confirmed the decryption."""
 
     def __init__(self, keyring: Keyring, passphrase: str | None, source: Iterator[bytes]) -> None:
+        self.key_given = keyring.key_imported
         fd = passphrase_pipe(passphrase)
         try:
             self.process = subprocess.Popen(  # noqa: S603
@@ -403,7 +404,7 @@ class Decryption:
         # The source's own failure is the cause; a broken pipe to a gpg that gave up is not.
         if isinstance(self.feeder.error, ClientError):
             raise self.feeder.error
-        error = decryption_error(code, output)
+        error = decryption_error(code, output, key_given=self.key_given)
         if error is not None:
             raise error
         if self.feeder.error is not None:

@@ -15,7 +15,9 @@ class InvalidInput(DomainError):
 
 
 class AuthenticationFailed(DomainError):
-    """Credentials or token are missing, wrong, expired or revoked (401)."""
+    """A login's credentials, or a request's token, are missing, wrong, expired or revoked
+    (401). The message names which of the two was refused: a login is refused before any
+    token exists, so its message must not speak of one."""
 
 
 class Forbidden(DomainError):

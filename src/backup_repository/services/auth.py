@@ -48,7 +48,11 @@ from backup_repository.services.tokens import IssuedToken, TokenCodec, session_i
 
 logger = logging.getLogger(__name__)
 
-BAD_CREDENTIALS = "incorrect Username or Password"
+# The reference's phrase first: its clients match on the start of the message.
+BAD_CREDENTIALS = (
+    "incorrect Username or Password: the username, access key or password was not accepted "
+    "(an unknown or deactivated user is refused alike); check them and try again"
+)
 MISSING_CREDENTIALS = "missing Username or Password"
 SESSION_NOT_FOUND = "cannot find specified session"
 USER_NOT_FOUND = "cannot find specified user"
