@@ -3,7 +3,8 @@ provider's tests: the official client talks real HTTP to it.
 
 It implements what the provider uses, with the API server's wire format:
 
-- ``GET /apis/backups.riotkit.org/v1alpha1/namespaces/{ns}/{backupusers|backupcollections}``
+- ``GET /apis/backups.riotkit.org/v1alpha1/namespaces/{ns}/{plural}`` for ``backupusers``,
+  ``backupcollections`` and ``notificationchannels``
   and ``GET /api/v1/namespaces/{ns}/secrets``, with ``/{name}`` for one object;
 - the same with ``?watch=true&resourceVersion=N[&timeoutSeconds=S]``: a chunked stream of
   JSON lines ``{"type": "ADDED|MODIFIED|DELETED|ERROR", "object": {...}}`` replaying every
@@ -43,8 +44,12 @@ import yaml
 
 GROUP = "backups.riotkit.org"
 VERSION = "v1alpha1"
-CUSTOM_KINDS = {"backupusers": "BackupUser", "backupcollections": "BackupCollection"}
-PLURAL_OF_KIND = {"BackupUser": "backupusers", "BackupCollection": "backupcollections"}
+CUSTOM_KINDS = {
+    "backupusers": "BackupUser",
+    "backupcollections": "BackupCollection",
+    "notificationchannels": "NotificationChannel",
+}
+PLURAL_OF_KIND = {kind: plural for plural, kind in CUSTOM_KINDS.items()}
 PLURAL_OF_KIND["Secret"] = "secrets"
 DEFAULT_TOKEN = "fake-api-token-1234"
 
@@ -141,7 +146,7 @@ class FakeKubernetesApi:
         self._version = 100
         # plural -> (namespace, name) -> object
         self._objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = {
-            plural: {} for plural in ("backupusers", "backupcollections", "secrets")
+            plural: {} for plural in (*CUSTOM_KINDS, "secrets")
         }
         self._history: list[tuple[int, str, str, dict[str, Any]]] = []
         self._oldest_watchable = 0

@@ -103,3 +103,30 @@ def test_fixing_the_file_makes_ready_ok_again(server: ServerProcess) -> None:
         timeout=10,
     )
     assert login.status_code == 200, login.text
+
+
+def test_a_notification_channel_added_on_disk_is_counted(server: ServerProcess) -> None:
+    config = Path(server.args[server.args.index("--config-local-path") + 1])
+    (config / "channels.yaml").write_text(
+        """\
+apiVersion: v1
+kind: Secret
+metadata: {name: notification-secrets}
+data: {webhook-key: e2e-signing-key}
+---
+apiVersion: backups.riotkit.org/v1alpha1
+kind: NotificationChannel
+metadata: {name: ops-webhook}
+spec:
+  type: webhook
+  webhook:
+    url: https://hooks.example.org/backups
+    signingSecretRef: {name: notification-secrets, entry: webhook-key}
+"""
+    )
+
+    def counted() -> bool:
+        return "and 1 notification channel loaded" in configuration_check(server)[2]["message"]
+
+    wait_until(counted, timeout=10)
+    assert "e2e-signing-key" not in server.log()

@@ -489,3 +489,58 @@ async def test_a_broken_secrets_file_is_named_by_the_objects_that_refer_to_it(
     check = await ConfigurationProviderValidator(provider).run()
     assert check.state == "ok"
     assert "problems" not in check.as_dict()
+
+
+CHANNEL_FILE = """\
+apiVersion: v1
+kind: Secret
+metadata: {name: notification-secrets}
+stringData: {webhook-key: hmac-key-on-disk}
+---
+apiVersion: backups.riotkit.org/v1alpha1
+kind: NotificationChannel
+metadata: {name: ops-webhook}
+spec:
+  type: webhook
+  webhook:
+    url: https://hooks.example.org/backups
+    signingSecretRef: {name: notification-secrets, entry: webhook-key}
+"""
+
+
+async def test_notification_channels_are_loaded_and_reloaded(
+    kubectl_root: Path, running: Callable[[FilesystemProvider], None]
+) -> None:
+    provider = await started(kubectl_root, running)
+    await watching(provider)
+    assert provider.snapshot().channels == {}
+
+    path = kubectl_root / "channels.yaml"
+    path.write_text(CHANNEL_FILE)
+    snapshot = await wait_for(provider, lambda s: "ops-webhook" in s.channels)
+    webhook = snapshot.channels["ops-webhook"].webhook
+    assert webhook is not None
+    assert webhook.signing_secret == "hmac-key-on-disk"
+
+    path.write_text(CHANNEL_FILE.replace("https://", "ftp://"))
+    broken = await wait_for(provider, lambda s: "ops-webhook" not in s.channels)
+    (problem,) = broken.problems
+    assert (problem.source, problem.field) == ("channels.yaml", "spec.webhook.url")
+
+
+async def test_the_reference_layout_has_a_folder_for_notification_channels(
+    reference_root: Path, running: Callable[[FilesystemProvider], None]
+) -> None:
+    folder = reference_root / NAMESPACE / "backups.riotkit.org" / "v1alpha1"
+    (folder / "notificationchannels").mkdir()
+    secret, channel = CHANNEL_FILE.split("---\n")
+    (reference_root / NAMESPACE / "v1" / "secrets" / "notification-secrets.yaml").write_text(secret)
+    (folder / "notificationchannels" / "ops-webhook.yaml").write_text(channel)
+    (folder / "notificationchannels" / "misnamed.yaml").write_text(channel)
+    provider = await started(reference_root, running)
+
+    snapshot = provider.snapshot()
+    assert set(snapshot.channels) == {"ops-webhook"}
+    (problem,) = snapshot.problems
+    assert problem.field == "metadata.name"
+    assert problem.source.endswith("notificationchannels/misnamed.yaml")

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from backup_repository.config.filesystem import FilesystemProvider
-from backup_repository.config.kubernetes import KubernetesProvider
+from backup_repository.config.kubernetes import RESOURCES, KubernetesProvider
 from backup_repository.domain.roles import Role
 from backup_repository.services.health import ConfigurationProviderValidator
 from backup_repository.services.ports import ConfigSnapshot
@@ -92,7 +92,7 @@ async def filesystem_snapshot(root: Path) -> ConfigSnapshot:
 
 
 async def all_watching(api: FakeKubernetesApi) -> None:
-    await eventually(lambda: api.watch_count() == 3, within=OUTAGE_DEADLINE_S)
+    await eventually(lambda: api.watch_count() == len(RESOURCES), within=OUTAGE_DEADLINE_S)
 
 
 # --- the same objects give the same snapshot as the filesystem provider ---------------------
@@ -127,10 +127,11 @@ async def test_the_bearer_token_of_the_kubeconfig_reaches_the_api(
     assert listed == {
         f"/apis/backups.riotkit.org/v1alpha1/namespaces/{NAMESPACE}/backupusers",
         f"/apis/backups.riotkit.org/v1alpha1/namespaces/{NAMESPACE}/backupcollections",
+        f"/apis/backups.riotkit.org/v1alpha1/namespaces/{NAMESPACE}/notificationchannels",
         f"/api/v1/namespaces/{NAMESPACE}/secrets",
     }
     # Each watch starts from the version its list returned.
-    for plural in ("backupusers", "backupcollections", "secrets"):
+    for plural in ("backupusers", "backupcollections", "notificationchannels", "secrets"):
         watch = api.requests_to(plural, watch=True)[0]
         assert int(watch.query["resourceVersion"]) >= 100
         assert watch.query["allowWatchBookmarks"] == "true"
@@ -286,7 +287,7 @@ async def test_a_dropped_watch_resumes_from_the_last_version(
     last_version = api.put(user_doc("before-drop", "pass", []))
     await eventually(lambda: "before-drop" in provider.snapshot().users, within=CHANGE_DEADLINE_S)
 
-    assert api.drop_watches() == 3
+    assert api.drop_watches() == len(RESOURCES)
     # Changed while no watch is open: the new watch replays it.
     api.put(user_doc("during-drop", "pass", []))
     await eventually(lambda: "during-drop" in provider.snapshot().users, within=CHANGE_DEADLINE_S)
@@ -311,7 +312,7 @@ async def test_410_gone_lists_again(api: FakeKubernetesApi, make_provider: Facto
     await all_watching(api)
 
     # A watch answered 410 as its HTTP status.
-    api.answer_gone(3)
+    api.answer_gone(len(RESOURCES))
     api.drop_watches()
     api.delete("backupusers", "after-expiry")
     await eventually(
@@ -481,3 +482,93 @@ async def test_secret_values_are_never_logged(
     assert ADMIN_HASH_PREFIX not in caplog.text
     assert "not a hash at all" not in caplog.text
     assert "8c6976e5b5410415bde908bd4dee15dfb167a9c873fc4bb8a81f6f2ab448a918" not in caplog.text
+
+
+# --- notification channels ------------------------------------------------------------------
+
+CHANNEL = {
+    "apiVersion": "backups.riotkit.org/v1alpha1",
+    "kind": "NotificationChannel",
+    "metadata": {"name": "ops-webhook", "namespace": NAMESPACE},
+    "spec": {
+        "type": "webhook",
+        "webhook": {
+            "url": "https://hooks.example.org/backups",
+            "signingSecretRef": {"name": "notification-secrets", "entry": "webhook-key"},
+        },
+    },
+}
+CHANNEL_SECRET = {
+    "apiVersion": "v1",
+    "kind": "Secret",
+    "metadata": {"name": "notification-secrets", "namespace": NAMESPACE},
+    "data": {"webhook-key": "hmac-key-from-the-api"},
+}
+
+
+async def test_notification_channels_are_read_and_followed(
+    api: FakeKubernetesApi, make_provider: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    api.load_yaml_files(FIXTURES / "reference-layout")
+    api.load([CHANNEL_SECRET, CHANNEL])
+    provider = await started(make_provider)
+    await all_watching(api)
+
+    channel = provider.snapshot().channels["ops-webhook"]
+    assert channel.webhook is not None
+    assert channel.webhook.signing_secret == "hmac-key-from-the-api"
+
+    changed = {**CHANNEL, "spec": {**CHANNEL["spec"], "allCollections": {"events": ["missing"]}}}
+    api.put(changed)
+    await eventually(
+        lambda: provider.snapshot().channels["ops-webhook"].all_collections is not None,
+        within=CHANGE_DEADLINE_S,
+    )
+    broken = {**CHANNEL, "spec": {**CHANNEL["spec"], "type": "email"}}
+    api.put(broken)
+    await eventually(lambda: not provider.snapshot().channels, within=CHANGE_DEADLINE_S)
+    problem = provider.snapshot().problems[-1]
+    assert (problem.source, problem.kind, problem.field, problem.message) == (
+        "kubernetes:notificationchannels/ops-webhook",
+        "NotificationChannel",
+        "spec",
+        "type email needs an email block",
+    )
+    api.delete("notificationchannels", "ops-webhook")
+    await eventually(lambda: not provider.snapshot().problems, within=CHANGE_DEADLINE_S)
+    assert "hmac-key-from-the-api" not in caplog.text
+
+
+async def test_a_missing_channel_crd_or_right_degrades_instead_of_failing(
+    api: FakeKubernetesApi, make_provider: Factory
+) -> None:
+    """An upgrade that did not apply the new CRD (or Role) keeps serving backups."""
+    api.load_yaml_files(FIXTURES / "reference-layout")
+    api.uninstall("notificationchannels")
+    provider = await started(make_provider)
+
+    snapshot = provider.snapshot()
+    assert snapshot.usable
+    assert set(snapshot.collections) == {"iwa-ait"}
+    (problem,) = snapshot.problems
+    assert problem.source == "kubernetes:notificationchannels"
+    assert "notificationchannels.backups.riotkit.org (version v1alpha1) is not installed" in (
+        problem.message
+    )
+    assert problem.message.endswith(
+        "NotificationChannel objects are not read until then (the other objects are)"
+    )
+    check = await ConfigurationProviderValidator(provider).run()
+    assert (check.status, check.state) == (True, "degraded")
+    assert "1 problem (1 resource could not be read)" in check.message
+
+    api.install("notificationchannels")
+    await eventually(lambda: not provider.snapshot().problems, within=OUTAGE_DEADLINE_S)
+
+    await all_watching(api)
+    api.forbid("notificationchannels")
+    await eventually(lambda: bool(provider.snapshot().problems), within=OUTAGE_DEADLINE_S)
+    assert provider.snapshot().usable
+    assert "access to notificationchannels.backups.riotkit.org in namespace" in (
+        provider.snapshot().problems[0].message
+    )

@@ -17,7 +17,7 @@ from backup_repository.config.kubernetes import (
     describe_failure,
 )
 
-USERS, COLLECTIONS, SECRETS = RESOURCES
+USERS, COLLECTIONS, CHANNELS, SECRETS = RESOURCES
 HOST = "https://10.0.0.1:443"
 NAMESPACE = "backups"
 

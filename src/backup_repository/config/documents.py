@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from backup_repository.config.models import KIND_COLLECTION, KIND_SECRET, KIND_USER
+from backup_repository.config.models import KIND_CHANNEL, KIND_COLLECTION, KIND_SECRET, KIND_USER
 from backup_repository.config.problems import ProblemFactory
 from backup_repository.services.ports import ConfigProblem
 
@@ -193,7 +193,7 @@ def our_kind(document: Document) -> str | None:
     """Our kind for the document, or None for anything we do not load."""
     kind = document.kind
     # A wrong apiVersion on one of our kinds is reported by the model, not skipped.
-    return kind if kind in (KIND_USER, KIND_COLLECTION, KIND_SECRET) else None
+    return kind if kind in (KIND_USER, KIND_COLLECTION, KIND_SECRET, KIND_CHANNEL) else None
 
 
 # --- YAML errors in operator words -------------------------------------------------------------

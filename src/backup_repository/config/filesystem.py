@@ -4,8 +4,9 @@ for changes (docs/configuration.md, "Where the objects come from").
 Two layouts are read:
 
 - the reference project's: ``<root>/<namespace>/backups.riotkit.org/v1alpha1/backupusers/``,
-  ``.../backupcollections/`` and ``<root>/<namespace>/v1/secrets/``, one object per file named
-  after it. When any folder of ``<root>`` looks like this, only ``<root>/<namespace>`` is read;
+  ``.../backupcollections/``, ``.../notificationchannels/`` and
+  ``<root>/<namespace>/v1/secrets/``, one object per file named after it. When any folder of
+  ``<root>`` looks like this, only ``<root>/<namespace>`` is read;
 - otherwise every ``*.yaml`` / ``*.yml`` file anywhere under the root, each with any number of
   ``---``-separated documents (what ``kubectl apply -f <dir>`` takes).
 
@@ -30,7 +31,13 @@ from watchfiles import Change, awatch
 
 from backup_repository.config.documents import Placement, SourceFile, UnreadFile
 from backup_repository.config.loader import BuildResult, load_files
-from backup_repository.config.models import API_GROUP, KIND_COLLECTION, KIND_SECRET, KIND_USER
+from backup_repository.config.models import (
+    API_GROUP,
+    KIND_CHANNEL,
+    KIND_COLLECTION,
+    KIND_SECRET,
+    KIND_USER,
+)
 from backup_repository.services.ports import ConfigProblem, ConfigSnapshot
 
 logger = logging.getLogger("backup_repository.config")
@@ -42,6 +49,7 @@ YAML_SUFFIXES = (".yaml", ".yml")
 REFERENCE_FOLDERS: dict[str, tuple[str, ...]] = {
     KIND_USER: (API_GROUP, "v1alpha1", "backupusers"),
     KIND_COLLECTION: (API_GROUP, "v1alpha1", "backupcollections"),
+    KIND_CHANNEL: (API_GROUP, "v1alpha1", "notificationchannels"),
     KIND_SECRET: ("v1", "secrets"),
 }
 
@@ -309,6 +317,8 @@ class FilesystemProvider:
         snapshot = result.snapshot
         for problem in snapshot.problems:
             logger.warning("configuration problem: %s", problem)
+        for warning in result.warnings:
+            logger.warning("configuration warning: %s", warning)
         where = f"{self._root}" + (
             f", namespace {self._namespace}" if scan.layout == "reference" else ""
         )

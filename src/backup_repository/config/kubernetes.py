@@ -1,9 +1,9 @@
-"""The ``kubernetes`` configuration provider: ``backupusers`` and ``backupcollections``
-(group ``backups.riotkit.org``, version ``v1alpha1``) and ``secrets`` of one namespace, read
-through the Kubernetes API and kept current with watches (docs/configuration.md,
-"Kubernetes provider").
+"""The ``kubernetes`` configuration provider: ``backupusers``, ``backupcollections`` and
+``notificationchannels`` (group ``backups.riotkit.org``, version ``v1alpha1``) and ``secrets``
+of one namespace, read through the Kubernetes API and kept current with watches
+(docs/configuration.md, "Kubernetes provider").
 
-Each of the three resources is followed by a thread of its own, the way client-go's
+Each resource is followed by a thread of its own, the way client-go's
 informers do it: one list, then a watch from the list's ``resourceVersion``. A watch that
 ends (the API server closes every watch after ``timeout_seconds``) or drops is opened again
 from the last version seen; a ``410 Gone`` (the version was compacted away) means a new
@@ -13,7 +13,9 @@ exactly as the filesystem provider does, with sources such as ``kubernetes:backu
 When the API cannot be reached, refuses the credentials or answers 404 (the custom resource
 definitions are not installed), the snapshot keeps the objects last read but says
 ``usable=False`` with the reason, which ``/ready`` shows; the thread retries with
-exponential backoff and recovers by itself.
+exponential backoff and recovers by itself. ``notificationchannels`` is optional: a cluster
+upgraded without its CRD or its RBAC rule is a problem of the configuration (``/ready``
+degraded), not an unusable provider.
 
 Secret values are used as the API returns them in ``data``: the text written under
 ``data:`` in the manifest, as the reference project (and the filesystem provider) does.
@@ -46,16 +48,17 @@ from kubernetes import config as k8s_config
 from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 
-from backup_repository.config.documents import Document
+from backup_repository.config.documents import Document, UnreadFile
 from backup_repository.config.loader import build
 from backup_repository.config.models import (
     API_GROUP,
     API_VERSION,
+    KIND_CHANNEL,
     KIND_COLLECTION,
     KIND_SECRET,
     KIND_USER,
 )
-from backup_repository.services.ports import ConfigSnapshot
+from backup_repository.services.ports import ConfigProblem, ConfigSnapshot
 
 logger = logging.getLogger("backup_repository.config")
 
@@ -72,6 +75,9 @@ class Resource:
     api_version: str
     group: str  # "" for the core API (secrets)
     version: str
+    # Optional: failing to read it is a problem of the configuration (degraded), not an
+    # unusable provider, so that an upgrade without the new CRD keeps serving backups.
+    optional: bool = False
 
     def path(self, namespace: str) -> str:
         prefix = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
@@ -85,6 +91,9 @@ class Resource:
 RESOURCES: tuple[Resource, ...] = (
     Resource("backupusers", KIND_USER, API_VERSION, API_GROUP, "v1alpha1"),
     Resource("backupcollections", KIND_COLLECTION, API_VERSION, API_GROUP, "v1alpha1"),
+    Resource(
+        "notificationchannels", KIND_CHANNEL, API_VERSION, API_GROUP, "v1alpha1", optional=True
+    ),
     Resource("secrets", KIND_SECRET, "v1", "", "v1"),
 )
 
@@ -238,7 +247,8 @@ class KubernetesProvider:
         self._connector = connector
         self._snapshot = ConfigSnapshot(usable=False, unusable_reason=NOT_LOADED)
         self._summary = ""
-        # Guards everything below (written by the three threads).
+        self._warnings: set[str] = set()
+        # Guards everything below (written by the threads).
         self._lock = threading.Lock()
         self._connection: ApiConnection | None = None
         self._objects: dict[str, dict[str, Mapping[str, Any]]] = {r.plural: {} for r in RESOURCES}
@@ -260,7 +270,7 @@ class KubernetesProvider:
         return self._snapshot
 
     async def start(self) -> None:
-        """Begin following the three resources; returns once each was listed (or failed to
+        """Begin following the resources; returns once each was listed (or failed to
         be) the first time, or after ``start_timeout`` seconds."""
         if self._threads:
             return
@@ -514,12 +524,32 @@ class KubernetesProvider:
                 for name, obj in sorted(self._objects[resource.plural].items())
             ]
             reasons: list[str] = []
+            unread: list[ConfigProblem] = []
             for resource in RESOURCES:
                 reason = self._errors.get(resource.plural)
-                if reason is not None and reason not in reasons:
+                if reason is None:
+                    continue
+                if resource.optional:
+                    unread.append(
+                        ConfigProblem(
+                            source=f"{SOURCE_PREFIX}{resource.plural}",
+                            message=f"{reason}; {resource.kind} objects are not read until "
+                            "then (the other objects are)",
+                        )
+                    )
+                elif reason not in reasons:
                     reasons.append(reason)
             try:
-                result = build(documents, namespace=self._namespace)
+                result = build(
+                    documents,
+                    unread,
+                    namespace=self._namespace,
+                    unread=[
+                        UnreadFile(p.source, KIND_CHANNEL)
+                        for p in unread
+                        if p.source.endswith("notificationchannels")
+                    ],
+                )
             except Exception as exc:
                 # A bug, not a configuration error: refuse everything.
                 logger.exception("configuration build failed")
@@ -531,6 +561,7 @@ class KubernetesProvider:
             snapshot = ConfigSnapshot(
                 users=built.users,
                 collections=built.collections,
+                channels=built.channels,
                 problems=built.problems,
                 usable=not reasons,
                 unusable_reason="; ".join(reasons),
@@ -543,14 +574,19 @@ class KubernetesProvider:
             content_changed = summary != self._summary or (
                 built.users,
                 built.collections,
+                built.channels,
                 built.problems,
-            ) != (previous.users, previous.collections, previous.problems)
+            ) != (previous.users, previous.collections, previous.channels, previous.problems)
             self._summary = summary
+            known_warnings, self._warnings = self._warnings, set(result.warnings)
         if content_changed:
             known = set(previous.problems)
             for problem in snapshot.problems:
                 if problem not in known:
                     logger.warning("configuration problem: %s", problem)
+            for warning in result.warnings:
+                if warning not in known_warnings:
+                    logger.warning("configuration warning: %s", warning)
             logger.info(
                 "configuration loaded from Kubernetes namespace %s: %s",
                 self._namespace,

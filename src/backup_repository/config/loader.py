@@ -14,11 +14,13 @@ out of the snapshot, so that it refuses every request instead of running on a gu
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import argon2
 from pydantic import BaseModel, ValidationError
@@ -31,12 +33,15 @@ from backup_repository.config.documents import (
     parse_yaml,
 )
 from backup_repository.config.models import (
+    KIND_CHANNEL,
     KIND_COLLECTION,
     KIND_SECRET,
     KIND_USER,
     AccessKeySpec,
     BackupCollection,
     BackupUser,
+    NotificationChannel,
+    NotificationsSpec,
     ObjectGrantSpec,
     Secret,
     SecretRef,
@@ -51,6 +56,16 @@ from backup_repository.domain.identity import (
     RotationStrategy,
     User,
 )
+from backup_repository.domain.notification_channels import (
+    AppriseTarget,
+    Channel,
+    ChannelType,
+    EmailTarget,
+    NotificationPolicy,
+    SmtpSecurity,
+    Subscription,
+    WebhookTarget,
+)
 from backup_repository.domain.password_format import InvalidPasswordHash, decode_stored_hash
 from backup_repository.services.health import describe_problems, plural
 from backup_repository.services.ports import ConfigProblem, ConfigSnapshot
@@ -64,6 +79,8 @@ class BuildResult:
     secrets: int = 0  # usable Secrets
     ignored: int = 0  # documents of other kinds
     other_namespace: int = 0  # our kinds, declared in another namespace, skipped
+    # Accepted, but worth a line in the log (a webhook over plain http to another host).
+    warnings: tuple[str, ...] = ()
 
     def summary(self) -> str:
         """``3 users, 2 collections, 1 notification channel, 4 secrets loaded; 2 problems
@@ -129,6 +146,10 @@ class _Builder:
     unusable_secrets: dict[str, str] = field(default_factory=dict)
     ignored: int = 0
     other_namespace: int = 0
+    channels: dict[str, Channel] = field(default_factory=dict)
+    # Channel names that exist but cannot be used, with the reason.
+    unusable_channels: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def run(self, documents: Iterable[Document]) -> BuildResult:
         ours: list[tuple[str, Document]] = []
@@ -147,6 +168,11 @@ class _Builder:
         for kind, document in kept:
             if kind == KIND_SECRET:
                 self._add_secret(document)
+        for kind, document in kept:
+            if kind == KIND_CHANNEL:
+                channel = self._channel(document)
+                if channel is not None:
+                    self.channels[channel.name] = channel
         users: dict[str, User] = {}
         collections: dict[str, Collection] = {}
         for kind, document in kept:
@@ -160,13 +186,17 @@ class _Builder:
                     collections[collection.name] = collection
 
         snapshot = ConfigSnapshot(
-            users=users, collections=collections, problems=tuple(self.problems)
+            users=users,
+            collections=collections,
+            channels=dict(self.channels),
+            problems=tuple(self.problems),
         )
         return BuildResult(
             snapshot=snapshot,
             secrets=len(self.secrets),
             ignored=self.ignored,
             other_namespace=self.other_namespace,
+            warnings=tuple(self.warnings),
         )
 
     def _find_duplicates(self, ours: Sequence[tuple[str, Document]]) -> set[tuple[str, str]]:
@@ -189,6 +219,8 @@ class _Builder:
             )
             if kind == KIND_SECRET:
                 self.unusable_secrets[doc.name] = "is defined more than once"
+            elif kind == KIND_CHANNEL:
+                self.unusable_channels[doc.name] = "is defined more than once"
         return duplicated
 
     def _validate(self, model: type[_M], document: Document) -> _M | None:
@@ -362,6 +394,23 @@ class _Builder:
                     "spec.strategySpec.keepLastOlderNotMoreThan",
                 )
             )
+        if spec.strategy_name == "gfs" and not any(
+            (
+                strategy.keep_last,
+                strategy.keep_hourly,
+                strategy.keep_daily,
+                strategy.keep_weekly,
+                strategy.keep_monthly,
+                strategy.keep_yearly,
+            )
+        ):
+            self.problems.append(
+                problem(
+                    "gfs keeps nothing: set at least one of keepLast, keepHourly, keepDaily, "
+                    "keepWeekly, keepMonthly or keepYearly above 0",
+                    "spec.strategySpec",
+                )
+            )
         health_secret: str | None = None
         if spec.health_secret_ref is not None:
             ref = spec.health_secret_ref
@@ -380,6 +429,9 @@ class _Builder:
                 health_secret = value.lower()
         if len(self.problems) > before:
             return None
+        # After the checks that refuse the collection: a mistake in its notifications is
+        # reported, but the collection stays in service.
+        notifications = self._notifications(spec.notifications, problem)
         return Collection(
             name=name,
             description=spec.description,
@@ -405,10 +457,270 @@ class _Builder:
                 AccessControlEntry(user=entry.user, roles=frozenset(entry.roles))
                 for entry in spec.access_control
             ),
+            notifications=notifications,
         )
+
+    def _notifications(self, raw: Any, problem: ProblemFactory) -> NotificationPolicy:
+        """The collection's policy. Whatever is wrong in ``spec.notifications`` is a problem
+        naming the field; a broken subscription is left out and a broken setting keeps its
+        default (both said in the problem), so that the rest still notifies."""
+        prefix = "spec.notifications"
+        if raw is None:
+            return NotificationPolicy()
+        if not isinstance(raw, dict):
+            self.problems.append(
+                problem(
+                    f"must be a mapping (channels, gracePeriod, ...), got {type(raw).__name__}; "
+                    "no notifications are sent for this collection until it is fixed",
+                    prefix,
+                )
+            )
+            return NotificationPolicy()
+        data = dict(raw)
+        channels = data.get("channels")
+        entries: dict[int, Any] = dict(enumerate(channels)) if isinstance(channels, list) else {}
+        # Validate until what is left is valid: each round drops what an error points at.
+        for _ in range(len(data) + len(entries) + 2):
+            attempt = dict(data)
+            if isinstance(channels, list):
+                attempt["channels"] = [entries[i] for i in sorted(entries)]
+            try:
+                spec = NotificationsSpec.model_validate(attempt)
+            except ValidationError as exc:
+                order = sorted(entries)
+                for error in exc.errors():
+                    loc = list(error["loc"])
+                    message = operator_message(error)
+                    if loc[:1] == ["channels"] and len(loc) > 1 and isinstance(loc[1], int):
+                        original = order[loc[1]]
+                        loc[1] = original
+                        entries.pop(original, None)
+                        message += "; this subscription is left out until it is fixed"
+                    elif loc:
+                        if loc[0] == "channels":
+                            channels = None
+                        data.pop(str(loc[0]), None)
+                        if loc[0] != "channels" and str(loc[0]) in _POLICY_DEFAULTS:
+                            message += f"; the default {_POLICY_DEFAULTS[str(loc[0])]} is used"
+                    self.problems.append(problem(message, f"{prefix}.{dotted_path(loc)}"))
+                continue
+            break
+        else:  # pragma: no cover - every round removes what failed
+            return NotificationPolicy()
+        order = sorted(entries)
+        subscriptions: list[Subscription] = []
+        for position, entry in enumerate(spec.channels):
+            channel = entry.name
+            if channel not in self.channels:
+                why = self.unusable_channels.get(channel)
+                text = (
+                    f"{KIND_CHANNEL} {channel!r} {why}"
+                    if why
+                    else self._not_found(KIND_CHANNEL, channel)
+                )
+                field_path = f"{prefix}.channels[{order[position]}].name"
+                self.problems.append(
+                    problem(f"{text}; the collection's other subscriptions work", field_path)
+                )
+                continue
+            subscriptions.append(Subscription(channel=channel, events=entry.event_set()))
+        return NotificationPolicy(
+            subscriptions=tuple(subscriptions),
+            grace_period=spec.grace_period,
+            max_age=spec.max_age,
+            shrink_ratio=spec.shrink_ratio,
+            size_sample=spec.size_sample,
+            refusal_threshold=spec.refusal_threshold,
+            refusal_period=spec.refusal_period,
+            usage_threshold=spec.usage_threshold,
+            reminder_interval=spec.reminder_interval,
+        )
+
+    # Notification channels
+
+    def _channel(self, document: Document) -> Channel | None:
+        model = self._validate(NotificationChannel, document)
+        if model is None:
+            if document.name:
+                self.unusable_channels[document.name] = "is broken (see its own problems)"
+            return None
+        problem = ProblemFactory(document)
+        before = len(self.problems)
+        name = model.metadata.name
+        spec = model.spec
+        blocks = {
+            ChannelType.WEBHOOK: spec.webhook,
+            ChannelType.EMAIL: spec.email,
+            ChannelType.APPRISE: spec.apprise,
+        }
+        for kind, block in blocks.items():
+            if kind is not spec.type and block is not None:
+                self.problems.append(
+                    problem(
+                        f"type is {spec.type.value}, so {kind.value} must not be set "
+                        f"(a channel has exactly one of webhook, email and apprise)",
+                        f"spec.{kind.value}",
+                    )
+                )
+        if blocks[spec.type] is None:
+            self.problems.append(
+                problem(
+                    f"type {spec.type.value} needs {_article(spec.type.value)} "
+                    f"{spec.type.value} block",
+                    "spec",
+                )
+            )
+        webhook: WebhookTarget | None = None
+        email: EmailTarget | None = None
+        apprise: AppriseTarget | None = None
+        if spec.type is ChannelType.WEBHOOK and spec.webhook is not None:
+            hook = spec.webhook
+            url_problem, warning = webhook_url_problem(hook.url)
+            if url_problem:
+                self.problems.append(problem(url_problem, "spec.webhook.url"))
+            elif warning:
+                self.warnings.append(f"{document.source}: {KIND_CHANNEL}/{name}: {warning}")
+            key = self._secret_value(
+                hook.signing_secret_ref, "spec.webhook.signingSecretRef", problem
+            )
+            if key is not None and not url_problem:
+                webhook = WebhookTarget(url=hook.url, signing_secret=key, timeout=hook.timeout)
+        elif spec.type is ChannelType.EMAIL and spec.email is not None:
+            mail = spec.email
+            password = ""
+            if mail.password_from_ref is not None:
+                if not mail.username:
+                    self.problems.append(
+                        problem(
+                            "passwordFromRef needs username (the login of the SMTP server)",
+                            "spec.email.username",
+                        )
+                    )
+                if mail.security is SmtpSecurity.NONE:
+                    self.problems.append(
+                        problem(
+                            "security none would send the SMTP password unencrypted: use "
+                            "starttls or tls, or a relay that needs no login",
+                            "spec.email.security",
+                        )
+                    )
+                value = self._secret_value(
+                    mail.password_from_ref, "spec.email.passwordFromRef", problem
+                )
+                password = value or ""
+            elif mail.username:
+                self.problems.append(
+                    problem(
+                        "username needs passwordFromRef (the password of the SMTP login)",
+                        "spec.email.passwordFromRef",
+                    )
+                )
+            email = EmailTarget(
+                host=mail.host,
+                port=mail.effective_port,
+                security=mail.security,
+                sender=mail.from_,
+                recipients=mail.to,
+                username=mail.username,
+                password=password,
+                timeout=mail.timeout,
+            )
+        elif spec.type is ChannelType.APPRISE and spec.apprise is not None:
+            text = self._secret_value(
+                spec.apprise.urls_from_ref, "spec.apprise.urlsFromRef", problem
+            )
+            if text is not None:
+                urls = tuple(text.split())
+                if not all("://" in url for url in urls):
+                    self.problems.append(
+                        problem(
+                            f"the value of entry {spec.apprise.urls_from_ref.entry!r} in Secret "
+                            f"{spec.apprise.urls_from_ref.name!r} must be one or more Apprise "
+                            "URLs (such as mailto://... or tgram://...), separated by spaces "
+                            "or new lines",
+                            "spec.apprise.urlsFromRef",
+                        )
+                    )
+                apprise = AppriseTarget(urls=urls)
+        if len(self.problems) > before:
+            self.unusable_channels[name] = "is broken (see its own problems)"
+            return None
+        return Channel(
+            name=name,
+            type=spec.type,
+            description=spec.description,
+            webhook=webhook,
+            email=email,
+            apprise=apprise,
+            all_collections=(
+                spec.all_collections.event_set() if spec.all_collections is not None else None
+            ),
+        )
+
+    def _secret_value(self, ref: SecretRef, where: str, problem: ProblemFactory) -> str | None:
+        value, why = self._resolve(ref)
+        if value is None:
+            self.problems.append(problem(why, where))
+        return value
 
 
 # --- single values -----------------------------------------------------------------------------
+
+# What a broken setting of spec.notifications falls back to, as the problem says it.
+_POLICY_DEFAULTS = {
+    "gracePeriod": "15m",
+    "maxAge": "(none: never judged missing without windows)",
+    "shrinkRatio": "0.5",
+    "sizeSample": "5",
+    "refusalThreshold": "3",
+    "refusalPeriod": "24h",
+    "usageThreshold": "90%",
+    "reminderInterval": "24h",
+}
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in ("a", "e", "i", "o", "u") else "a"
+
+
+def webhook_url_problem(url: str) -> tuple[str, str]:
+    """``(problem, warning)`` about a webhook URL: it must be http(s) with a host and no
+    user or password in it; plain http to anything but a loopback address is accepted with
+    a warning (the body is signed, but readable on the way)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        return f"{url!r} is not a valid URL ({exc})", ""
+    if parts.scheme not in ("http", "https"):
+        return f"the webhook URL must start with https:// (or http://), got {url!r}", ""
+    if not host:
+        return f"the webhook URL {url!r} has no host", ""
+    if parts.username is not None or parts.password is not None:
+        return (
+            "the webhook URL must not carry a user or password (user:password@host); the "
+            "receiver checks the signature header instead",
+            "",
+        )
+    if any(ch.isspace() or ord(ch) < 32 for ch in url):
+        return "the webhook URL must not contain spaces or control characters", ""
+    if parts.scheme == "http" and not _is_loopback(host):
+        return "", (
+            f"webhook URL {url!r} uses plain http to {host}: the notifications are signed "
+            "but can be read on the way; use https unless the network is trusted"
+        )
+    return "", ""
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
 
 _SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 _COLLECTION_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")

@@ -1,5 +1,5 @@
 """Pydantic models of the configuration objects as they are written in YAML (BackupUser,
-BackupCollection and Secret in docs/configuration.md).
+BackupCollection, NotificationChannel and Secret in docs/configuration.md).
 
 The models check the shape of one object and parse the values that can be parsed on their
 own (roles, sizes, durations, cron expressions, address entries). Rules that need more than
@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from datetime import UTC, datetime, timedelta
+from email.utils import parseaddr
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -33,6 +34,13 @@ from pydantic import (
 )
 
 from backup_repository.domain.identity import COLLECTION
+from backup_repository.domain.notification_channels import (
+    SUBSCRIBABLE,
+    ChannelType,
+    EventType,
+    NotificationPolicy,
+    SmtpSecurity,
+)
 from backup_repository.domain.roles import Role, parse_role
 from backup_repository.domain.units import parse_duration, parse_size
 
@@ -41,6 +49,7 @@ API_VERSION = f"{API_GROUP}/v1alpha1"
 KIND_USER = "BackupUser"
 KIND_COLLECTION = "BackupCollection"
 KIND_SECRET = "Secret"  # noqa: S105 - a kind name, not a password
+KIND_CHANNEL = "NotificationChannel"
 
 # The roles a collection's accessControl may hand out (the reference CRD's enum).
 COLLECTION_ROLES = frozenset(
@@ -48,6 +57,8 @@ COLLECTION_ROLES = frozenset(
 )
 
 VERSION_PLACEHOLDER = "${version}"
+
+_POLICY = NotificationPolicy()  # the defaults of spec.notifications
 
 
 # --- value parsers (each raises ValueError with a message meant for the operator) -------------
@@ -350,6 +361,204 @@ class AccessControlEntrySpec(_Strict):
         return self.user_name if self.user_name is not None else (self.name or "")
 
 
+# --- notifications -----------------------------------------------------------------------------
+
+
+def _event(value: object) -> EventType:
+    valid = ", ".join(sorted(e.value for e in SUBSCRIBABLE))
+    if not isinstance(value, str):
+        raise ValueError(f"an event must be a name ({valid}), got {type(value).__name__}")
+    if value == EventType.TEST.value:
+        raise ValueError(
+            "'test' cannot be subscribed to: test messages are sent to a channel on request; "
+            f"subscribe to {valid}"
+        )
+    try:
+        event = EventType(value)
+    except ValueError:
+        raise ValueError(f"unknown event {value!r}: valid events are {valid}") from None
+    return event
+
+
+def _events(value: tuple[EventType, ...]) -> frozenset[EventType]:
+    if not value:
+        raise ValueError("list at least one event, or leave events out to subscribe to all of them")
+    return frozenset(value)
+
+
+def _fraction(value: object) -> float:
+    """``90%`` or ``0.9``: a fraction above 0 and at most 1."""
+    if isinstance(value, bool):
+        raise ValueError("give a percentage such as 90% or a fraction such as 0.9")
+    number: float
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not a percentage such as 90% or a fraction such as 0.9"
+            ) from None
+    elif isinstance(value, int | float):
+        number = float(value)
+    else:
+        raise ValueError(
+            f"give a percentage such as 90% or a fraction such as 0.9, got {type(value).__name__}"
+        )
+    if not 0 < number <= 1:
+        raise ValueError(f"{value!r} must be above 0% and at most 100% (a fraction up to 1)")
+    return number
+
+
+def _ratio(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"give a number between 0 and 1 such as 0.5, got {type(value).__name__}")
+    if not 0 < value < 1:
+        raise ValueError(f"{value} must be between 0 and 1 (0.5: half the usual size)")
+    return float(value)
+
+
+def _reminder(value: object) -> timedelta | None:
+    if value in (0, "0", "never"):
+        return None
+    duration = _duration(value)
+    if duration <= timedelta(0):
+        return None
+    return duration
+
+
+def _non_negative_duration(value: object) -> timedelta:
+    duration = _duration(value)
+    if duration < timedelta(0):
+        raise ValueError("a duration must not be negative")
+    return duration
+
+
+EventName = Annotated[EventType, BeforeValidator(_event)]
+Fraction = Annotated[float, BeforeValidator(_fraction)]
+Ratio = Annotated[float, BeforeValidator(_ratio)]
+Reminder = Annotated[timedelta | None, BeforeValidator(_reminder)]
+NonNegativeDuration = Annotated[timedelta, BeforeValidator(_non_negative_duration)]
+
+
+class SubscriptionSpec(_Strict):
+    """One entry of a collection's ``notifications.channels``."""
+
+    name: NonBlank
+    events: tuple[EventName, ...] | None = None  # None: every subscribable event
+
+    @field_validator("events")
+    @classmethod
+    def _some(cls, value: tuple[EventType, ...] | None) -> tuple[EventType, ...] | None:
+        if value is not None:
+            _events(value)
+        return value
+
+    def event_set(self) -> frozenset[EventType]:
+        return SUBSCRIBABLE if self.events is None else frozenset(self.events)
+
+
+class NotificationsSpec(_Strict):
+    """A collection's ``spec.notifications``; the defaults are those of
+    :class:`~backup_repository.domain.notification_channels.NotificationPolicy`."""
+
+    channels: tuple[SubscriptionSpec, ...] = ()
+    grace_period: NonNegativeDuration = Field(default=_POLICY.grace_period, alias="gracePeriod")
+    max_age: PositiveDuration | None = Field(default=_POLICY.max_age, alias="maxAge")
+    shrink_ratio: Ratio = Field(default=_POLICY.shrink_ratio, alias="shrinkRatio")
+    size_sample: Annotated[int, Field(strict=True, ge=3, le=1000)] = Field(
+        default=_POLICY.size_sample, alias="sizeSample"
+    )
+    refusal_threshold: Annotated[int, Field(strict=True, ge=1)] = Field(
+        default=_POLICY.refusal_threshold, alias="refusalThreshold"
+    )
+    refusal_period: PositiveDuration = Field(default=_POLICY.refusal_period, alias="refusalPeriod")
+    usage_threshold: Fraction = Field(default=_POLICY.usage_threshold, alias="usageThreshold")
+    reminder_interval: Reminder = Field(default=_POLICY.reminder_interval, alias="reminderInterval")
+
+
+class WebhookSpec(_Strict):
+    url: NonBlank
+    signing_secret_ref: SecretRef = Field(alias="signingSecretRef")
+    timeout: PositiveDuration = Field(default=timedelta(seconds=10))
+
+
+def _address(value: str) -> str:
+    """An e-mail address, bare (``ops@example.org``) or with a name
+    (``Backups <backups@example.org>``); never a line break (it goes into a header)."""
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ValueError("an e-mail address must not contain line breaks or control characters")
+    _, address = parseaddr(value)
+    local, at, domain = address.rpartition("@")
+    if not at or not local or "." not in domain or " " in address:
+        raise ValueError(
+            f"{value!r} is not an e-mail address (write ops@example.org or "
+            "Backups <backups@example.org>)"
+        )
+    return value
+
+
+Address = Annotated[str, AfterValidator(_address)]
+
+
+class EmailSpec(_Strict):
+    host: NonBlank
+    port: Annotated[int, Field(strict=True, ge=1, le=65535)] | None = None
+    security: SmtpSecurity = SmtpSecurity.TLS
+    from_: Address = Field(alias="from")
+    to: tuple[Address, ...]
+    username: str = ""
+    password_from_ref: SecretRef | None = Field(default=None, alias="passwordFromRef")
+    timeout: PositiveDuration = Field(default=timedelta(seconds=30))
+
+    @field_validator("to")
+    @classmethod
+    def _recipients(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("list at least one recipient address (to: [ops@example.org])")
+        return value
+
+    @property
+    def effective_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        return {SmtpSecurity.TLS: 465, SmtpSecurity.STARTTLS: 587}.get(self.security, 25)
+
+
+class AppriseSpec(_Strict):
+    urls_from_ref: SecretRef = Field(alias="urlsFromRef")
+
+
+class AllCollectionsSpec(_Strict):
+    events: tuple[EventName, ...] | None = None
+
+    @field_validator("events")
+    @classmethod
+    def _some(cls, value: tuple[EventType, ...] | None) -> tuple[EventType, ...] | None:
+        if value is not None:
+            _events(value)
+        return value
+
+    def event_set(self) -> frozenset[EventType]:
+        return SUBSCRIBABLE if self.events is None else frozenset(self.events)
+
+
+class NotificationChannelSpec(_Strict):
+    description: str = ""
+    type: ChannelType
+    webhook: WebhookSpec | None = None
+    email: EmailSpec | None = None
+    apprise: AppriseSpec | None = None
+    all_collections: AllCollectionsSpec | None = Field(default=None, alias="allCollections")
+
+
+class NotificationChannel(_Loose):
+    api_version: Literal["backups.riotkit.org/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["NotificationChannel"]
+    metadata: ObjectMeta
+    spec: NotificationChannelSpec
+
+
 class BackupCollectionSpec(_Strict):
     description: str = ""
     filename_template: FilenameTemplate = Field(alias="filenameTemplate")
@@ -363,6 +572,9 @@ class BackupCollectionSpec(_Strict):
     strategy_spec: StrategySpec = Field(default_factory=StrategySpec, alias="strategySpec")
     health_secret_ref: SecretRef | None = Field(default=None, alias="healthSecretRef")
     access_control: tuple[AccessControlEntrySpec, ...] = Field(default=(), alias="accessControl")
+    # Checked on its own by the loader (NotificationsSpec): a mistake in it is reported but
+    # does not take the collection out of service, since notifications grant nothing.
+    notifications: Any = None
 
 
 class BackupCollection(_Loose):

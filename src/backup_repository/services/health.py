@@ -169,7 +169,9 @@ def describe_problems(snapshot: ConfigSnapshot) -> str:
             refused.add((problem.source, problem.kind, problem.name, position))
     parts = []
     if files:
-        parts.append(f"{plural(len(files), 'file')} could not be read")
+        # Sources of the kubernetes provider are resources ("kubernetes:<plural>").
+        noun = "resource" if all(f.startswith("kubernetes:") for f in files) else "file"
+        parts.append(f"{plural(len(files), noun)} could not be read")
     if refused:
         parts.append(f"{plural(len(refused), 'object')} refused")
     if used:
