@@ -6,7 +6,7 @@ SMTP conversation, so an asynchronous client would add a dependency for nothing.
 socket operation is bounded by the channel's timeout, and the whole delivery by the same
 bound (plus a little) on the event loop's side.
 
-Certificates are always verified (against ``caFile`` when the channel names one). The
+Certificates are always verified (against the channel's CA file when it names one). The
 ``Message-ID`` is derived from the event id, so a redelivered event is recognisable as the
 same message. Classification: a 5xx reply and a refused login are permanent; a 4xx reply,
 a time-out, a dropped connection or a TLS failure may pass (retryable). The password
@@ -177,8 +177,8 @@ def _deliver(
         ) from None
     except ssl.SSLCertVerificationError as exc:
         raise DeliveryError(
-            f"{place}: certificate verify failed ({exc.verify_message}); name the CA that "
-            "signed it in the channel's caFile, or fix the server's certificate"
+            f"{place}: certificate verify failed ({exc.verify_message}); the server's "
+            "certificate must be trusted by this host (or by the channel's CA file)"
         ) from None
     except ssl.SSLError as exc:
         raise DeliveryError(
