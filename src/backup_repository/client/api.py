@@ -208,6 +208,13 @@ class RepositoryClient:
             f"cannot list the versions of collection {collection_id!r}",
         )
 
+    def retention(self, collection_id: str) -> dict[str, Any]:
+        """The retention dry run of the collection (collectionManager or systemAdmin)."""
+        return self._get(
+            f"{self._collection_path(collection_id)}/retention",
+            f"cannot read the retention of collection {collection_id!r}",
+        )
+
     def upload(self, collection_id: str, body: Iterator[bytes]) -> dict[str, Any]:
         """Send ``body`` as a raw chunked request body and return the new version.
 

@@ -48,7 +48,11 @@ from backup_repository.client.errors import ClientError, ExitCode, Interrupted, 
 from backup_repository.client.gpg import Keyring, recipients_or_all
 from backup_repository.client.parser import PROG, build_parser
 from backup_repository.client.progress import Reporter, reporter
-from backup_repository.client.tables import collections_table, versions_table
+from backup_repository.client.tables import (
+    collections_table,
+    retention_table,
+    versions_table,
+)
 
 log = logging.getLogger("backup_repository.client")
 
@@ -290,6 +294,15 @@ def cmd_collections(args: Arguments) -> int:
     return ExitCode.OK
 
 
+def cmd_retention(args: Arguments) -> int:
+    """What the collection's rotation strategy keeps now and after one more upload."""
+    collection = args.flag("collection") or _collection(args)
+    with _connection(args).open() as client:
+        data = client.retention(str(collection))
+    print(json.dumps(data, indent=2) if args.flag("json") else retention_table(data))
+    return ExitCode.OK
+
+
 COMMANDS: Mapping[str, Callable[[Arguments], int]] = {
     "make": cmd_make,
     "restore": cmd_restore,
@@ -297,6 +310,7 @@ COMMANDS: Mapping[str, Callable[[Arguments], int]] = {
     "login": cmd_login,
     "versions": cmd_versions,
     "collections": cmd_collections,
+    "retention": cmd_retention,
 }
 
 

@@ -229,4 +229,17 @@ def build_parser() -> argparse.ArgumentParser:
         "Lists the collections the token may upload to, download from or list.",
     )
     collections.add_argument("--json", action="store_true", help="print the server's data as JSON")
+
+    retention = add(
+        "retention",
+        "show what the rotation strategy keeps now and after the next upload",
+        "Shows every version of the collection, newest first, with the rule of its rotation "
+        "strategy that keeps it (or that it is rotated out) now, and after one more upload "
+        "made now; and how large that upload may be. Nothing is changed. Needs "
+        "collectionManager on the collection (or systemAdmin).",
+    )
+    retention.add_argument(
+        "collection", nargs="?", help="the collection (default: --collection-id)"
+    )
+    retention.add_argument("--json", action="store_true", help="print the server's data as JSON")
     return parser

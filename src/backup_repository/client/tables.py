@@ -148,3 +148,91 @@ def collections_table(data: Mapping[str, Any]) -> str:
         ],
         rows,
     )
+
+
+_STRATEGY_KEYS = (
+    "keepLast",
+    "keepHourly",
+    "keepDaily",
+    "keepWeekly",
+    "keepMonthly",
+    "keepYearly",
+)
+
+
+def strategy_text(strategy: Mapping[str, Any]) -> str:
+    """``gfs keepLast 2, keepDaily 7 (UTC), maxBackupsCount 16``: the strategy and the keys
+    it uses (counts of 0 left out)."""
+    name = _text(strategy.get("name"))
+    parts = [
+        f"{key} {strategy[key]}"
+        for key in _STRATEGY_KEYS
+        if isinstance(strategy.get(key), int) and strategy[key]
+    ]
+    if "maxOlderCopies" in strategy:
+        parts.append(f"maxOlderCopies {_text(strategy.get('maxOlderCopies'))}")
+        parts.append(
+            f"keepLastOlderNotMoreThan {duration_text(strategy.get('keepLastOlderNotMoreThan'))}"
+        )
+    zone = f" ({strategy['timeZone']})" if strategy.get("timeZone") else ""
+    keys = f" {', '.join(parts)}{zone}" if parts or zone else ""
+    return f"{name}{keys}, maxBackupsCount {_text(strategy.get('maxBackupsCount'))}"
+
+
+def _fate(version: Mapping[str, Any] | None) -> str:
+    """``kept: daily 2026-12-03``, ``rotated``, ``rotated: maxBackupsCount``; ``-`` when the
+    version is not in that view."""
+    if version is None:
+        return "-"
+    if version.get("fate") == "kept":
+        rules = " ".join(str(rule) for rule in version.get("keptBy") or [])
+        period = f" {version['period']}" if version.get("period") else ""
+        return f"kept: {rules}{period}" if rules else "kept"
+    because = version.get("rotatedBecause")
+    return "rotated: maxBackupsCount" if because == "maxBackupsCount" else "rotated"
+
+
+def _totals(view: Mapping[str, Any]) -> str:
+    return (
+        f"{_text(view.get('versionsKept'))} kept ({human_size(view.get('bytesKept'))}), "
+        f"{_text(view.get('versionsRotated'))} rotated ({human_size(view.get('bytesFreed'))} "
+        "freed)"
+    )
+
+
+def retention_table(data: Mapping[str, Any]) -> str:
+    """The retention dry run: every version, newest first, with what the strategy does with
+    it now and after one more upload made now (the row marked ``next upload``)."""
+    current: Mapping[str, Any] = data.get("current") or {}
+    after: Mapping[str, Any] = data.get("afterUpload") or {}
+    now_by_number = {
+        v.get("version"): v for v in current.get("versions") or [] if isinstance(v, Mapping)
+    }
+    rows = []
+    for v in after.get("versions") or []:
+        if not isinstance(v, Mapping):
+            continue
+        upcoming = v.get("upcoming") is True
+        rows.append(
+            [
+                _text(v.get("version")),
+                "next upload" if upcoming else human_size(v.get("size")),
+                _when(v.get("createdAt")),
+                "-" if upcoming else _fate(now_by_number.get(v.get("version"))),
+                _fate(v),
+            ]
+        )
+    table = format_table(
+        ["VERSION", "SIZE", "CREATED (UTC)", "NOW", "AFTER THE NEXT UPLOAD"], rows, right=2
+    )
+    strategy = data.get("strategy")
+    header = (
+        f"collection {_text(data.get('collectionId'))}: "
+        f"{strategy_text(strategy) if isinstance(strategy, Mapping) else '-'}"
+    )
+    footer = (
+        f"now: {_totals(current)}\n"
+        f"after the next upload ({_when(data.get('now'))}): {_totals(after)}; "
+        f"it may have at most {human_size(after.get('nextUploadMaxBytes'))}"
+    )
+    return f"{header}\n{table}\n{footer}"
