@@ -39,7 +39,10 @@ SEALED_SECRET_API_VERSION = "bitnami.com/v1alpha1"
 CRD_FILES = {
     "BackupUser": CRD_DIR / "backups.riotkit.org_backupusers.yaml",
     "BackupCollection": CRD_DIR / "backups.riotkit.org_backupcollections.yaml",
+    "NotificationChannel": CRD_DIR / "backups.riotkit.org_notificationchannels.yaml",
 }
+# Kinds of this project the reference project does not have.
+OUR_OWN_KINDS = {"NotificationChannel"}
 OUR_API_VERSION = "backups.riotkit.org/v1alpha1"
 
 # The oldest Kubernetes the chart declares (Chart.yaml kubeVersion) and the newest
@@ -126,7 +129,7 @@ def _refuse_unknown_fields(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def crd_errors(document: dict[str, Any]) -> list[str]:
-    """Schema errors of one BackupUser/BackupCollection object (empty: valid)."""
+    """Schema errors of one object of our kinds (empty: valid)."""
     kind = document.get("kind")
     if document.get("apiVersion") != OUR_API_VERSION or kind not in CRD_FILES:
         return [f"not one of our kinds: {document.get('apiVersion')} {kind}"]

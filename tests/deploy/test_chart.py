@@ -358,6 +358,7 @@ def test_role_is_namespaced_and_read_only(helm: Any) -> None:
     assert resources == {
         ("backups.riotkit.org", "backupusers"),
         ("backups.riotkit.org", "backupcollections"),
+        ("backups.riotkit.org", "notificationchannels"),
         ("", "secrets"),
     }
     binding = one(documents, "RoleBinding")

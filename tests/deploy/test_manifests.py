@@ -22,6 +22,7 @@ from deploy_support import (
     EXAMPLES_DIR,
     FIXTURES,
     KUSTOMIZE_DIR,
+    OUR_OWN_KINDS,
     REPO,
     check_env_names,
     check_pod_hardening,
@@ -81,7 +82,7 @@ def _reference_crds() -> dict[str, dict[str, Any]]:
     return {doc["spec"]["names"]["kind"]: doc for doc in documents}
 
 
-@pytest.mark.parametrize("kind", sorted(CRD_FILES))
+@pytest.mark.parametrize("kind", sorted(set(CRD_FILES) - OUR_OWN_KINDS))
 def test_crd_keeps_the_reference_identity(kind: str) -> None:
     """Same group, scope, names and version: existing objects and RBAC rules keep working."""
     ours, reference = crd(kind), _reference_crds()[kind]
@@ -97,6 +98,22 @@ def test_crd_keeps_the_reference_identity(kind: str) -> None:
     assert ours["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
 
 
+def test_our_own_kinds_are_the_only_ones_the_reference_lacks() -> None:
+    assert set(CRD_FILES) - set(_reference_crds()) == OUR_OWN_KINDS
+
+
+@pytest.mark.parametrize("kind", sorted(OUR_OWN_KINDS))
+def test_our_own_crds_share_the_group_and_version(kind: str) -> None:
+    ours = crd(kind)
+    assert ours["spec"]["group"] == "backups.riotkit.org"
+    assert ours["spec"]["scope"] == "Namespaced"
+    assert ours["metadata"]["name"] == f"{ours['spec']['names']['plural']}.backups.riotkit.org"
+    versions = [(v["name"], v["served"], v["storage"]) for v in ours["spec"]["versions"]]
+    assert versions == [("v1alpha1", True, True)]
+    assert ours["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert "backuprepository" in ours["spec"]["names"]["categories"]
+
+
 @pytest.mark.parametrize("kind", sorted(CRD_FILES))
 def test_crd_has_printer_columns(kind: str) -> None:
     (version,) = crd(kind)["spec"]["versions"]
@@ -109,6 +126,7 @@ def test_crd_has_printer_columns(kind: str) -> None:
             ".spec.maxCollectionSize",
             ".metadata.creationTimestamp",
         },
+        "NotificationChannel": {".spec.type", ".metadata.creationTimestamp"},
     }[kind]
     assert expected <= paths
 
@@ -120,7 +138,7 @@ def test_chart_carries_identical_copies_of_the_crds() -> None:
     assert chart_crds == ours, "deploy/helm/backup-repository/crds differs: run `make crds`"
 
 
-def test_crds_kustomization_lists_both_files() -> None:
+def test_crds_kustomization_lists_every_crd() -> None:
     (kustomization,) = load_file(CRD_DIR / "kustomization.yaml")
     assert sorted(kustomization["resources"]) == sorted(p.name for p in CRD_FILES.values())
 
@@ -255,6 +273,25 @@ metadata:
 stringData:
   db-prod: "8c6976e5b5410415bde908bd4dee15dfb167a9c873fc4bb8a81f6f2ab448a918"
 ---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: notification-secrets
+stringData:
+  webhook-key: "an HMAC key"
+  smtp-password: "an SMTP password"
+  apprise-urls: "tgram://bot-token/chat-id"
+---
+apiVersion: backups.riotkit.org/v1alpha1
+kind: NotificationChannel
+metadata:
+  name: ops-webhook
+spec:
+  type: webhook
+  webhook:
+    url: https://hooks.example.org/backups
+    signingSecretRef: {{name: notification-secrets, entry: webhook-key}}
+---
 apiVersion: backups.riotkit.org/v1alpha1
 kind: BackupUser
 metadata:
@@ -275,6 +312,53 @@ spec:
     name: backup-repository-passwords
     entry: admin
 """
+
+
+# The collection's notifications block of docs/configuration.md.
+NOTIFICATIONS: dict[str, Any] = {
+    "channels": [{"name": "ops-webhook", "events": ["missing", "recovered"]}],
+    "gracePeriod": "15m",
+    "maxAge": "26h",
+    "shrinkRatio": 0.5,
+    "sizeSample": 5,
+    "refusalThreshold": 3,
+    "refusalPeriod": "24h",
+    "usageThreshold": "90%",
+    "reminderInterval": "24h",
+}
+
+SPEC_CHANNEL = """
+apiVersion: backups.riotkit.org/v1alpha1
+kind: NotificationChannel
+metadata: {name: ops-webhook}
+spec:
+  description: "on-call webhook"
+  type: webhook
+  webhook:
+    url: https://hooks.example.org/backups
+    signingSecretRef: {name: notification-secrets, entry: webhook-key}
+    timeout: 10s
+  allCollections:
+    events: [missing, suspicious, limits, integrity, recovered]
+"""
+
+SPEC_CHANNEL_EMAIL = {
+    "type": "email",
+    "email": {
+        "host": "smtp.example.org",
+        "port": 465,
+        "security": "tls",
+        "from": "backups@example.org",
+        "to": ["ops@example.org"],
+        "username": "backups",
+        "passwordFromRef": {"name": "notification-secrets", "entry": "smtp-password"},
+        "timeout": "30s",
+    },
+}
+SPEC_CHANNEL_APPRISE = {
+    "type": "apprise",
+    "apprise": {"urlsFromRef": {"name": "notification-secrets", "entry": "apprise-urls"}},
+}
 
 
 def _problems(*texts: str) -> tuple[str, ...]:
@@ -315,6 +399,17 @@ def _with(text: str, path: str, value: Any) -> dict[str, Any]:
         {"spec.windows": ...},
         {"spec.healthSecretRef": ...},
         {"spec.description": ...},
+        {
+            "spec.strategyName": "gfs",
+            "spec.strategySpec": {"keepLast": 2, "keepDaily": 7, "timeZone": "Europe/Warsaw"},
+        },
+        {"spec.notifications": {"channels": [{"name": "ops-webhook"}]}},
+        {"spec.notifications": NOTIFICATIONS},
+        {"spec.notifications": {**NOTIFICATIONS, "usageThreshold": "0.9"}},
+        {"spec.notifications": {**NOTIFICATIONS, "usageThreshold": 1}},
+        {"spec.notifications": {**NOTIFICATIONS, "reminderInterval": 0}},
+        {"spec.notifications": {**NOTIFICATIONS, "reminderInterval": "never"}},
+        {"spec.notifications": {**NOTIFICATIONS, "gracePeriod": "0"}},
     ],
     ids=lambda v: ",".join(f"{k}={v}" for k, v in v.items()) or "as-in-spec",
 )
@@ -350,6 +445,27 @@ def test_spec_user_variants_validate_and_load(variant: dict[str, Any]) -> None:
     assert _problems(yaml.safe_dump(document)) == ()
 
 
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {},
+        {"spec.description": ..., "spec.allCollections": ..., "spec.webhook.timeout": ...},
+        {"spec.allCollections": {}},
+        {"metadata.name": "mail", "spec": SPEC_CHANNEL_EMAIL},
+        {"metadata.name": "chat", "spec": SPEC_CHANNEL_APPRISE},
+    ],
+    ids=lambda v: ",".join(f"{k}" for k in v) or "as-in-spec",
+)
+def test_spec_channel_variants_validate_and_load(variant: dict[str, Any]) -> None:
+    document = yaml.safe_load(SPEC_CHANNEL)
+    for path, value in variant.items():
+        document = _with(yaml.safe_dump(document), path, value)
+    assert crd_errors(document) == []
+    # (SPEC_SECRETS holds a channel named ops-webhook too.)
+    document["metadata"]["name"] += "-variant"
+    assert _problems(yaml.safe_dump(document)) == ()
+
+
 # Objects docs/configuration.md says are invalid and a schema can tell: (object, dotted path,
 # value, error fragment). Each must be refused by the CRD (kubectl apply fails) *and* by the
 # server's own loader, so that the schema never refuses what the server would have accepted.
@@ -375,6 +491,36 @@ INVALID = [
     ("collection", "spec.strategySpec.maxOlderCopies", -1, "less than the minimum"),
     ("collection", "spec.healthSecretRef.entry", ..., "required"),
     ("collection", "spec.maxBackupCount", 5, "Additional properties"),
+    ("collection", "spec.strategyName", "gfs-ish", "is not one of"),
+    ("collection", "spec.strategySpec.keepDaily", -1, "less than the minimum"),
+    ("collection", "spec.notifications.channels", [{"events": ["missing"]}], "required"),
+    (
+        "collection",
+        "spec.notifications.channels",
+        [{"name": "x", "events": ["test"]}],
+        "is not one of",
+    ),
+    (
+        "collection",
+        "spec.notifications.channels",
+        [{"name": "x", "events": []}],
+        "should be non-empty",
+    ),
+    ("collection", "spec.notifications.gracePeriod", "soon", "does not match"),
+    ("collection", "spec.notifications.sizeSample", 2, "less than the minimum"),
+    ("collection", "spec.notifications.usageThreshold", "ninety", "does not match"),
+    ("collection", "spec.notifications.reminderInterval", "sometimes", "does not match"),
+    ("collection", "spec.notifications.gracePerod", "5m", "Additional properties"),
+    ("channel", "spec.type", "slack", "is not one of"),
+    ("channel", "spec.type", "email", "not valid under any"),
+    ("channel", "spec.email", SPEC_CHANNEL_EMAIL["email"], "not valid under any"),
+    ("channel", "spec.webhook.url", "ftp://hooks.example.org/x", "does not match"),
+    ("channel", "spec.webhook.url", "https://user:pw@hooks.example.org/x", "does not match"),
+    ("channel", "spec.webhook.signingSecretRef", ..., "required"),
+    ("channel", "spec.webhook.signingSecretRef.entry", ..., "required"),
+    ("channel", "spec.allCollections.events", ["test"], "is not one of"),
+    ("channel", "spec.allCollections.events", [], "should be non-empty"),
+    ("channel", "spec.webhook.timeout", "10 seconds", "does not match"),
     ("user", "spec.roles", ["root"], "is not one of"),
     ("user", "spec.deactivated", "yes", "is not of type"),
     ("user", "spec.restrictByIp", ["10.0.0.0/8"], "Additional properties"),
@@ -393,9 +539,13 @@ INVALID = [
 def test_invalid_objects_are_refused_by_schema_and_loader(
     which: str, path: str, value: Any, fragment: str
 ) -> None:
-    text = {"collection": SPEC_COLLECTION, "user": SPEC_USER}[which]
-    if which == "collection" and path.startswith("spec.strategySpec.keep"):
+    text = {"collection": SPEC_COLLECTION, "user": SPEC_USER, "channel": SPEC_CHANNEL}[which]
+    if which == "collection" and path.startswith("spec.strategySpec.keepLastOlder"):
         text = yaml.safe_dump(_with(text, "spec.strategyName", "fifo-plus-older"))
+    elif which == "collection" and path.startswith("spec.strategySpec.keep"):
+        text = yaml.safe_dump(_with(text, "spec.strategyName", "gfs"))
+    if path.startswith("spec.notifications."):
+        text = yaml.safe_dump(_with(text, "spec.notifications", dict(NOTIFICATIONS)))
     document = _with(text, path, value)
     errors = crd_errors(document)
     assert errors, "the CRD schema accepted an invalid object"
@@ -477,6 +627,7 @@ def test_plain_manifests_hold_a_complete_deployment() -> None:
     kinds = sorted(doc["kind"] for doc in _plain_documents())
     assert kinds == sorted(
         [
+            "CustomResourceDefinition",
             "CustomResourceDefinition",
             "CustomResourceDefinition",
             "Namespace",

@@ -105,10 +105,11 @@ def test_role_allows_every_request_the_server_makes(tmp_path: Path) -> None:
         assert namespace == NAMESPACE, "the Role only covers its own namespace"
         assert allowed(role["rules"], group, resource, verb), attributes
         seen.add((group, resource, verb))
-    # The server did list and watch all three kinds (else this test proves little).
+    # The server did list and watch every kind (else this test proves little).
     for group, resource in [
         ("backups.riotkit.org", "backupusers"),
         ("backups.riotkit.org", "backupcollections"),
+        ("backups.riotkit.org", "notificationchannels"),
         ("", "secrets"),
     ]:
         assert (group, resource, "list") in seen
