@@ -29,6 +29,7 @@ from client_support import (
 )
 from relay import relay_to
 
+from backup_repository.client.api import error_text, hint
 from backup_repository.client.gpg import Keyring, decryption_error
 from backup_repository.services.tokens import TokenCodec
 from gpg_fixtures import GpgHome, require_gpg
@@ -356,3 +357,17 @@ def test_each_cause_has_its_message(keys: KeyFiles, messages: dict[str, bytes], 
     key_file = getattr(keys, key) if key else None
     verdict = gpg_verdict(messages[message], key_file, passphrase)
     assert expected in verdict
+
+
+def test_the_login_hint_with_a_reference_server() -> None:
+    """The reference answers a refused login with its phrase alone: the client then says
+    itself that the credentials were not accepted; this server says it already."""
+    reference = b'{"code": 401, "message": "incorrect Username or Password"}'
+    text = error_text(httpx.Response(401, content=reference), reference)
+    said = text + hint(401, text, login=True)
+    assert LOGIN_HINT in said
+    assert "--username" in said
+    assert "token" not in said.lower()
+    ours = "incorrect Username or Password: the username, access key or password was not accepted"
+    assert hint(401, ours, login=True).count("not accepted") == 0
+    assert TOKEN_HINT in hint(401, "invalid or expired token")

@@ -75,7 +75,7 @@ CHECK_LOGIN = (
 )
 
 
-def _hint(status: int, text: str, *, login: bool = False) -> str:
+def hint(status: int, text: str, *, login: bool = False) -> str:
     """What to do next, after the server's own ``text``. A 401 of a login refuses the
     credentials (no token exists yet); a 401 of any other request refuses the token."""
     if status == 401 and login:
@@ -144,7 +144,7 @@ class RepositoryClient:
             )
         text = error_text(response, body)
         return ServerError(
-            f"{what}: {text}{_hint(response.status_code, text, login=login)}",
+            f"{what}: {text}{hint(response.status_code, text, login=login)}",
             response.status_code,
         )
 
