@@ -67,10 +67,10 @@ def test_audit_log_filters_and_pages(
     page.goto("/ui/admin/audit")
     table = page.get_by_role("region", name=re.compile("events"))
     assert table.get_by_role("row").count() > 2
-    save_screenshot(page, "admin-audit")
 
     page.get_by_label("Event type").select_option("upload")
     page.get_by_role("button", name="Show").click()
+    save_screenshot(page, "admin-audit")
     rows = page.locator("tbody tr")
     events = rows.locator("td:nth-child(2)").all_inner_texts()
     assert events

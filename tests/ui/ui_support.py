@@ -24,6 +24,8 @@ SCREENSHOTS = ROOT / "docs" / "console"
 # Set to 1 to write the screenshots of docs/console/ anew (a normal run never does).
 UPDATE_SCREENSHOTS = os.environ.get("BR_UPDATE_SCREENSHOTS") == "1"
 SCREENSHOT_WIDTH = 1200
+# Long pages are cut here: the docs show what a page is, not all of its rows.
+MAX_HEIGHT = 1300
 SAMPLE = ROOT / "tests" / "fixtures" / "openpgp" / "public-key.gpg"
 BASE = "/api/stable/repository/collection"
 
@@ -196,11 +198,19 @@ def horizontal_overflow(page: Any) -> int:
 
 
 def save_screenshot(page: Any, name: str) -> Path | None:
-    """Write ``docs/console/<name>.png`` when BR_UPDATE_SCREENSHOTS=1; otherwise nothing
-    (a normal run never rewrites the committed files)."""
+    """Write ``docs/console/<name>.png`` (1200 pixels wide, at most MAX_HEIGHT high) when
+    BR_UPDATE_SCREENSHOTS=1; otherwise nothing (a normal run never rewrites the committed
+    files). docs/console.md says how to make them smaller afterwards (optipng)."""
     if not UPDATE_SCREENSHOTS:
         return None
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     target = SCREENSHOTS / f"{name}.png"
-    page.screenshot(path=str(target), full_page=True, animations="disabled", caret="hide")
+    height = min(page.evaluate("() => document.documentElement.scrollHeight"), MAX_HEIGHT)
+    page.screenshot(
+        path=str(target),
+        full_page=True,
+        clip={"x": 0, "y": 0, "width": SCREENSHOT_WIDTH, "height": height},
+        animations="disabled",
+        caret="hide",
+    )
     return target
