@@ -686,17 +686,20 @@ def _article(word: str) -> str:
 def webhook_url_problem(url: str) -> tuple[str, str]:
     """``(problem, warning)`` about a webhook URL: it must be http(s) with a host and no
     user or password in it; plain http to anything but a loopback address is accepted with
-    a warning (the body is signed, but readable on the way)."""
+    a warning (the body is signed, but readable on the way). Neither names more of the URL
+    than its scheme, host and port: a path may carry a token."""
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        port = parts.port
     except ValueError as exc:
-        return f"{url!r} is not a valid URL ({exc})", ""
+        return f"the webhook URL is not a valid URL ({exc})", ""
+    shown = f"{parts.scheme}://{host}" + (f":{port}" if port else "")
     if parts.scheme not in ("http", "https"):
-        return f"the webhook URL must start with https:// (or http://), got {url!r}", ""
+        scheme = f"{parts.scheme}://" if parts.scheme else "no scheme"
+        return f"the webhook URL must start with https:// (or http://), not {scheme}", ""
     if not host:
-        return f"the webhook URL {url!r} has no host", ""
+        return "the webhook URL has no host (write https://host/path)", ""
     if parts.username is not None or parts.password is not None:
         return (
             "the webhook URL must not carry a user or password (user:password@host); the "
@@ -707,8 +710,8 @@ def webhook_url_problem(url: str) -> tuple[str, str]:
         return "the webhook URL must not contain spaces or control characters", ""
     if parts.scheme == "http" and not _is_loopback(host):
         return "", (
-            f"webhook URL {url!r} uses plain http to {host}: the notifications are signed "
-            "but can be read on the way; use https unless the network is trusted"
+            f"the webhook URL {shown}/... uses plain http: the notifications are signed but "
+            "can be read on the way; use https unless the network is trusted"
         )
     return "", ""
 
