@@ -240,6 +240,9 @@ async def test_the_reference_check_refuses_tampering(
     assert not verify(SECRET.encode(), stamp, signed, request.body, now=int(stamp) + 301)
     assert verify(SECRET.encode(), stamp, signed, request.body, now=int(stamp) + 299)
     assert not verify(SECRET.encode(), "", signed, request.body)
+    # A receiver started without its secret accepts nothing, not an empty-key HMAC.
+    empty = "sha256=" + hmac.new(b"", f"{stamp}.".encode() + request.body, "sha256").hexdigest()
+    assert not verify(b"", stamp, empty, request.body)
 
 
 async def test_the_shell_check(receiver: Recorder, sender: ChannelSender, tmp_path: Path) -> None:
