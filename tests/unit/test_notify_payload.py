@@ -7,7 +7,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -251,3 +253,18 @@ def test_scheme_of() -> None:
     assert scheme_of("tgram://token/chat") == "tgram"
     assert scheme_of("token-without-scheme") == "?"
     assert scheme_of("we ird://x") == "?"
+
+
+def test_the_documented_schema_is_the_one_sent() -> None:
+    """docs/notifications.md shows a body with exactly the fields sent, and its table
+    describes each of them."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "notifications.md").read_text()
+    section = text.split("### The body, schema `backup-repository.notification/v1`", 1)[1]
+    match = re.search(r"```json\n(.*?)\n```", section, re.DOTALL)
+    assert match is not None
+    example = json.loads(match.group(1))
+    sent = webhook_document(EVENT, SERVER)
+    assert list(example) == list(sent)
+    assert example["schema"] == SCHEMA
+    described = set(re.findall(r"^\| `(\w+)` \|", section.split("### Checking", 1)[0], re.M))
+    assert described == set(sent)
