@@ -517,7 +517,8 @@ class NotificationService:
                 "/api/stable/notifications/state lists the channels collections use"
             )
         event = NotificationEvent(
-            id=str(uuid.uuid4()),
+            # As backup-repository notify-test names its test events.
+            id=f"test-{uuid.uuid4()}",
             type=EventType.TEST,
             condition="test",
             collection="",

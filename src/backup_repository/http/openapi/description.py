@@ -39,6 +39,8 @@ TAG_DESCRIPTIONS: dict[str, str] = {
     "collections": "Backup collections: upload, download and list versions; collection health.",
     "audit": "The audit log of logins, tokens, uploads and downloads.",
     "metrics": "Prometheus metrics.",
+    "notifications": "Notifications for system administrators: the current conditions of "
+    "every collection, the outbox of deliveries, a test message to a channel.",
 }
 
 API_NOTES = """
