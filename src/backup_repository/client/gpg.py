@@ -190,9 +190,9 @@ def decryption_error(
         )
     if "NODATA" in keywords and "BEGIN_DECRYPTION" not in keywords:
         return GpgFailed(
-            "decryption failed: the data is not an OpenPGP message, so it is no backup "
-            "this client made; download it without --private-key and passphrase to look at "
-            f"it as stored (gpg: {output.summary()})"
+            "decryption failed: the data is not an OpenPGP message, so not an encrypted "
+            "backup; save it as stored (download without --private-key and passphrase) to "
+            f"look at it (gpg: {output.summary()})"
         )
     if returncode == 0:
         return GpgFailed(
