@@ -326,3 +326,36 @@ async def test_static_files_and_unknown_pages(world: World) -> None:
     assert missing.status_code == 404
     assert missing.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
     await asyncio.sleep(0)
+
+
+async def test_the_dashboards_integrity_verdict_is_the_health_reports() -> None:
+    """The dashboard reads only the checks that were not ok and a tally of the others; its
+    verdict and message equal the health report's over every check."""
+    import random
+
+    from backup_repository.domain.integrity import CheckStatus, LatestCheck, integrity_health
+    from backup_repository.services.console import _integrity
+    from backup_repository.services.ports import CheckMark, VersionSize
+
+    rng = random.Random(7)
+    at = datetime(2026, 12, 1, tzinfo=UTC)
+    for _ in range(300):
+        live = [VersionSize(f"id{n}", n, 10) for n in range(1, rng.randint(0, 12) + 1)]
+        statuses = {v.number: rng.choice([None, *CheckStatus]) for v in live}  # None: never checked
+        full = [
+            LatestCheck(n, s, "" if s is CheckStatus.OK else f"detail {n}", at)
+            for n, s in statuses.items()
+            if s is not None
+        ]
+        expected = integrity_health([v.number for v in live], full)
+        marks = [
+            CheckMark(f"id{c.number}", c.number, c.status.value, c.detail)
+            for c in full
+            if c.status is not CheckStatus.OK
+        ]
+        got = _integrity(live, marks, (len(full), at) if full else None)
+        assert (got.status, got.message, got.details) == (
+            expected.ok,
+            expected.message,
+            expected.problems,
+        )

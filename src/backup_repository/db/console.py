@@ -1,73 +1,117 @@
 """The web console's batched reads (services/console.py): the live versions and the latest
-integrity checks of every visible collection, each in one query, however many collections
-the page shows."""
+integrity checks of every collection the dashboard shows, each in one query however many
+collections there are, with only the columns it needs (converting timestamps costs most
+of the time of reading 10,000 rows)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final
+from datetime import UTC, datetime
+from typing import Any, Final
 
-from sqlalchemy import select
+from sqlalchemy import and_, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backup_repository.db.integrity import _CHECK_COLUMNS, _to_check
 from backup_repository.db.repositories import transaction
 from backup_repository.db.tables import BackupVersion, VersionCheckRow
-from backup_repository.services.ports import VersionCheck, VersionRecord
+from backup_repository.domain.integrity import CheckStatus
+from backup_repository.services.ports import CheckMark, VersionCheck, VersionSize
 
-# The version columns without the uploading access key (a subquery per row; the collection
-# page, which shows it, reads its versions through the collection service).
-_COLUMNS: Final = (
-    BackupVersion.id,
-    BackupVersion.collection_id,
-    BackupVersion.version_number,
-    BackupVersion.filename,
-    BackupVersion.storage_key,
-    BackupVersion.filesize,
-    BackupVersion.sha256,
-    BackupVersion.uploaded_by_session_id,
-    BackupVersion.user_name,
-    BackupVersion.created_at,
-    BackupVersion.updated_at,
-)
+_LIVE: Final = BackupVersion.deleted_at.is_(None)
 
 
 class SqlConsoleRepository:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def live_versions_of(
-        self, collection_ids: Sequence[str]
-    ) -> dict[str, list[VersionRecord]]:
+    async def _rows(self, statement: Any) -> Sequence[Any]:
+        async with transaction(self._engine) as connection:
+            return (await connection.execute(statement)).all()
+
+    async def live_sizes_of(self, collection_ids: Sequence[str]) -> dict[str, list[VersionSize]]:
         if not collection_ids:
             return {}
         statement = (
-            select(*_COLUMNS)
-            .where(
-                BackupVersion.collection_id.in_(list(collection_ids)),
-                BackupVersion.deleted_at.is_(None),
+            select(
+                BackupVersion.collection_id,
+                BackupVersion.id,
+                BackupVersion.version_number,
+                BackupVersion.filesize,
             )
+            .where(BackupVersion.collection_id.in_(list(collection_ids)), _LIVE)
             .order_by(BackupVersion.collection_id, BackupVersion.version_number)
         )
-        async with transaction(self._engine) as connection:
-            rows = (await connection.execute(statement)).all()
-        found: dict[str, list[VersionRecord]] = {}
-        for row in rows:
-            found.setdefault(row[1], []).append(
-                VersionRecord(
-                    id=row[0],
-                    collection_id=row[1],
-                    number=row[2],
-                    filename=row[3],
-                    storage_key=row[4],
-                    size=row[5],
-                    sha256=row[6],
-                    session_id=row[7],
-                    user=row[8],
-                    created_at=row[9],
-                    updated_at=row[10],
-                )
+        found: dict[str, list[VersionSize]] = {}
+        for collection_id, version_id, number, size in await self._rows(statement):
+            found.setdefault(collection_id, []).append(VersionSize(version_id, number, size))
+        return found
+
+    async def newest_uploads_of(self, collection_ids: Sequence[str]) -> dict[str, datetime]:
+        if not collection_ids:
+            return {}
+        newest = (
+            select(
+                BackupVersion.collection_id.label("collection_id"),
+                func.max(BackupVersion.version_number).label("number"),
             )
+            .where(BackupVersion.collection_id.in_(list(collection_ids)), _LIVE)
+            .group_by(BackupVersion.collection_id)
+            .subquery()
+        )
+        statement = select(BackupVersion.collection_id, BackupVersion.created_at).join(
+            newest,
+            and_(
+                BackupVersion.collection_id == newest.c.collection_id,
+                BackupVersion.version_number == newest.c.number,
+            ),
+        )
+        return {str(row[0]): row[1] for row in await self._rows(statement)}
+
+    def _checks(self, collection_ids: Sequence[str], *columns: Any) -> Any:
+        return (
+            select(*columns)
+            .join(BackupVersion, BackupVersion.id == VersionCheckRow.version_id)
+            .where(_LIVE, VersionCheckRow.collection_id.in_(list(collection_ids)))
+        )
+
+    async def check_marks_of(self, collection_ids: Sequence[str]) -> dict[str, list[CheckMark]]:
+        if not collection_ids:
+            return {}
+        statement = (
+            self._checks(
+                collection_ids,
+                VersionCheckRow.collection_id,
+                VersionCheckRow.version_id,
+                VersionCheckRow.version_number,
+                VersionCheckRow.status,
+                VersionCheckRow.detail,
+            )
+            .where(VersionCheckRow.status != CheckStatus.OK.value)
+            .order_by(VersionCheckRow.collection_id, VersionCheckRow.version_number)
+        )
+        found: dict[str, list[CheckMark]] = {}
+        for collection_id, version_id, number, status, detail in await self._rows(statement):
+            found.setdefault(collection_id, []).append(
+                CheckMark(version_id, number, status, detail)
+            )
+        return found
+
+    async def check_tallies_of(
+        self, collection_ids: Sequence[str]
+    ) -> dict[str, tuple[int, datetime]]:
+        if not collection_ids:
+            return {}
+        statement = self._checks(
+            collection_ids,
+            VersionCheckRow.collection_id,
+            func.count(VersionCheckRow.version_id),
+            func.max(VersionCheckRow.checked_at),
+        ).group_by(VersionCheckRow.collection_id)
+        found: dict[str, tuple[int, datetime]] = {}
+        for collection_id, count, checked_at in await self._rows(statement):
+            if checked_at is not None:
+                found[str(collection_id)] = (int(count), _aware(checked_at))
         return found
 
     async def latest_checks_of(
@@ -75,14 +119,8 @@ class SqlConsoleRepository:
     ) -> dict[str, list[VersionCheck]]:
         if not collection_ids:
             return {}
-        statement = (
-            select(*_CHECK_COLUMNS)
-            .join(BackupVersion, BackupVersion.id == VersionCheckRow.version_id)
-            .where(
-                BackupVersion.deleted_at.is_(None),
-                VersionCheckRow.collection_id.in_(list(collection_ids)),
-            )
-            .order_by(VersionCheckRow.collection_id, VersionCheckRow.version_number)
+        statement = self._checks(collection_ids, *_CHECK_COLUMNS).order_by(
+            VersionCheckRow.collection_id, VersionCheckRow.version_number
         )
         async with transaction(self._engine) as connection:
             rows = (await connection.execute(statement)).mappings().all()
@@ -91,3 +129,12 @@ class SqlConsoleRepository:
             check = _to_check(row)
             found.setdefault(check.collection_id, []).append(check)
         return found
+
+
+def _aware(value: Any) -> datetime:
+    """An aggregate's timestamp: MAX() loses the column's type on SQLite (text comes back)."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if not isinstance(value, datetime):
+        raise TypeError(f"expected a timestamp, got {type(value)!r}")
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

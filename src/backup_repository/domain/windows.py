@@ -14,6 +14,7 @@ most recent slot that has closed by ``now`` is the one of the latest start at or
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,24 @@ from backup_repository.domain.errors import Forbidden
 from backup_repository.domain.identity import BackupWindow
 
 _MINUTE = timedelta(minutes=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Parsed expressions, per thread (a croniter is stateful): parsing costs more than finding
+# a start, and a page of many collections asks for several starts of each.
+_parsed = threading.local()
+_MAX_PARSED = 1024
+
+
+def _schedule(cron: str) -> croniter:
+    cache: dict[str, croniter] | None = getattr(_parsed, "cache", None)
+    if cache is None:
+        cache = _parsed.cache = {}
+    found = cache.get(cron)
+    if found is None:
+        if len(cache) >= _MAX_PARSED:
+            cache.clear()
+        found = cache[cron] = croniter(cron, _EPOCH)
+    return found
+
 
 WINDOW_CLOSED = "backup window does not allow you to send a backup at this time"
 
@@ -52,7 +71,7 @@ def _iso(moment: datetime) -> str:
 
 def next_start(window: BackupWindow, at: datetime) -> datetime:
     """The first start of ``window`` strictly after ``at`` (returned in UTC)."""
-    start: datetime = croniter(window.cron, _utc(at, "at")).get_next(datetime)
+    start: datetime = _schedule(window.cron).get_next(datetime, start_time=_utc(at, "at"))
     return start.astimezone(UTC)
 
 
@@ -95,7 +114,7 @@ def latest_start(window: BackupWindow, at: datetime) -> datetime:
     # Starts fall on whole minutes and get_prev() answers strictly before its base, so ask
     # from the next whole minute to include a start exactly at ``at``.
     next_minute = moment.replace(second=0, microsecond=0) + _MINUTE
-    start: datetime = croniter(window.cron, next_minute).get_prev(datetime)
+    start: datetime = _schedule(window.cron).get_prev(datetime, start_time=next_minute)
     return start.astimezone(UTC)
 
 

@@ -30,6 +30,16 @@ HEALTH_CODE_INVALID = (
 _UNKNOWN_COLLECTION_SECRET = "0" * 64
 
 
+class RecordedVersion(Protocol):
+    """What the checks of sizes read of a version (a ``VersionRecord`` has it)."""
+
+    @property
+    def number(self) -> int: ...
+
+    @property
+    def size(self) -> int: ...
+
+
 class CollectionHealthCheck(Protocol):
     """A check of the collection health report composed in by the composition root (e.g.
     ``services/integrity.py``'s ``VersionsIntegrityValidator``); runs after the built-in
@@ -87,30 +97,39 @@ class CollectionHealthService:
         console's collection page); ``live`` (oldest first) is read when not given."""
         if live is None:
             live = await self._versions.live_versions(collection.name)
-        results = self.record_checks(collection, live, self._clock() if now is None else now)
+        results = self.record_checks(
+            collection,
+            live,
+            live[-1].created_at if live else None,
+            self._clock() if now is None else now,
+        )
         results.append(await self._objects_check(live))
         for check in self._checks:
             results.append(await check.run(collection, live))
         return results
 
     def record_checks(
-        self, collection: Collection, live: Sequence[VersionRecord], now: datetime
+        self,
+        collection: Collection,
+        live: Sequence[RecordedVersion],
+        latest_upload: datetime | None,
+        now: datetime,
     ) -> list[CheckResult]:
-        """The built-in checks that need only the recorded versions (oldest first), no
-        storage: the window, one version's size and the sum of sizes."""
-        latest = live[-1] if live else None
+        """The built-in checks that need only the recorded versions (oldest first) and when
+        the newest was uploaded, no storage: the window, one version's size and the sum of
+        sizes."""
         return [
-            self._window_check(collection, latest, now),
+            self._window_check(collection, latest_upload, now),
             self._size_check(collection, live),
             self._sum_check(collection, live),
         ]
 
     @staticmethod
     def _window_check(
-        collection: Collection, latest: VersionRecord | None, now: datetime
+        collection: Collection, latest_upload: datetime | None, now: datetime
     ) -> CheckResult:
         name = "BackupWindowValidator"
-        ok = upload_matches_windows(collection.windows, latest.created_at if latest else None, now)
+        ok = upload_matches_windows(collection.windows, latest_upload, now)
         if not collection.windows:
             return CheckResult(name, True, "no backup windows defined")
         if ok:
@@ -118,7 +137,7 @@ class CollectionHealthService:
         return CheckResult(name, False, "no version was uploaded in the most recent backup window")
 
     @staticmethod
-    def _size_check(collection: Collection, live: Sequence[VersionRecord]) -> CheckResult:
+    def _size_check(collection: Collection, live: Sequence[RecordedVersion]) -> CheckResult:
         name = "VersionsSizeValidator"
         over = [v for v in live if v.size > collection.max_one_version_size]
         if over:
@@ -132,7 +151,7 @@ class CollectionHealthService:
         return CheckResult(name, True, "every version is within maxOneVersionSize")
 
     @staticmethod
-    def _sum_check(collection: Collection, live: Sequence[VersionRecord]) -> CheckResult:
+    def _sum_check(collection: Collection, live: Sequence[RecordedVersion]) -> CheckResult:
         name = "SumOfVersionsValidator"
         total = sum(v.size for v in live)
         if total > collection.max_collection_size:

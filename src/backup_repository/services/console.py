@@ -35,18 +35,28 @@ from backup_repository.domain.identity import BackupWindow, Collection
 from backup_repository.domain.integrity import CheckStatus, LatestCheck, integrity_health
 from backup_repository.domain.windows import WindowState, next_start, window_state
 from backup_repository.services.auth import AuthContext
-from backup_repository.services.collection_health import CollectionHealthService
+from backup_repository.services.collection_health import CollectionHealthService, RecordedVersion
 from backup_repository.services.collections import CollectionService, UploadWindow, Usage
 from backup_repository.services.health import CheckResult
-from backup_repository.services.ports import ConsoleRepository, VersionCheck, VersionRecord
+from backup_repository.services.ports import (
+    CheckMark,
+    ConsoleRepository,
+    VersionCheck,
+    VersionRecord,
+    VersionSize,
+)
 
 WINDOW_CHECK: Final = "BackupWindowValidator"
 OBJECTS_CHECK: Final = "StoredObjectsValidator"
 INTEGRITY_CHECK: Final = "VersionsIntegrityValidator"
 # How many of the newest versions the size chart shows.
-CHART_POINTS: Final = 60
+CHART_POINTS: Final = 40
 # A version smaller than this share of the one before it stands out in the chart.
 SHRINK_RATIO: Final = 0.5
+
+
+_CHECK_STATUS: Final = {status.value: status for status in CheckStatus}
+_NOT_VERIFIED: Final = (integrity_health([], []).ok, integrity_health([], []).message)
 
 
 class Status(StrEnum):
@@ -64,7 +74,6 @@ class Status(StrEnum):
 @dataclass(frozen=True)
 class SizePoint:
     number: int
-    at: datetime
     size: int
     # Much smaller than the version before it (SHRINK_RATIO).
     shrank: bool = False
@@ -95,8 +104,9 @@ class CollectionSummary:
 class Dashboard:
     now: datetime
     collections: tuple[CollectionSummary, ...]
-    # Of every visible collection (before the name filter).
+    # Of the collections shown (those matching the name filter).
     counts: dict[Status, int]
+    # Every collection the caller may see, the filter aside.
     total: int
     name_filter: str = ""
 
@@ -195,7 +205,7 @@ def status_of(checks: Sequence[CheckResult], has_versions: bool) -> tuple[Status
     return Status.OK, ()
 
 
-def size_points(live: Sequence[VersionRecord]) -> tuple[SizePoint, ...]:
+def size_points(live: Sequence[RecordedVersion]) -> tuple[SizePoint, ...]:
     """The sizes of the newest CHART_POINTS versions (oldest first); a version much smaller
     than the one before it is marked."""
     recent = list(live[-(CHART_POINTS + 1) :])
@@ -203,7 +213,7 @@ def size_points(live: Sequence[VersionRecord]) -> tuple[SizePoint, ...]:
     for index, version in enumerate(recent):
         before = recent[index - 1].size if index else None
         shrank = before is not None and version.size < before * SHRINK_RATIO
-        points.append(SizePoint(version.number, version.created_at, version.size, shrank))
+        points.append(SizePoint(version.number, version.size, shrank))
     return tuple(points[-CHART_POINTS:])
 
 
@@ -215,13 +225,31 @@ def _warnings(points: Sequence[SizePoint]) -> tuple[str, ...]:
     return ()
 
 
-def _integrity(live: Sequence[VersionRecord], checks: Sequence[VersionCheck]) -> CheckResult:
-    """The integrity check of the health report, from results read in a batch."""
+def _integrity(
+    live: Sequence[VersionSize],
+    marks: Sequence[CheckMark],
+    tally: tuple[int, datetime] | None,
+) -> CheckResult:
+    """The integrity check of the health report (``integrity_health``) from what the
+    dashboard reads in a batch: the versions whose latest check was not ``ok``, and how many
+    live versions were checked and when last. The verdict and its message depend only on
+    those (which version numbers were checked ``ok`` does not matter, only how many), so the
+    ``ok`` ones are given live numbers not otherwise named, and the time of the latest
+    check."""
+    if tally is None:
+        return CheckResult(INTEGRITY_CHECK, *_NOT_VERIFIED)
+    checked, last = tally
     ids = {v.id for v in live}
     latest = [
-        LatestCheck(c.number, CheckStatus(c.status), c.detail, c.checked_at)
-        for c in checks
+        LatestCheck(c.number, _CHECK_STATUS[c.status], c.detail, last)
+        for c in marks
         if c.version_id in ids
+    ]
+    named = {c.number for c in latest}
+    unnamed = (v.number for v in live if v.number not in named)
+    latest += [
+        LatestCheck(number, CheckStatus.OK, "", last)
+        for number, _ in zip(unnamed, range(checked - len(latest)), strict=False)
     ]
     verdict = integrity_health([v.number for v in live], latest)
     return CheckResult(INTEGRITY_CHECK, verdict.ok, verdict.message, verdict.problems)
@@ -250,29 +278,28 @@ class ConsoleService:
 
     async def dashboard(self, ctx: AuthContext, name_filter: str = "") -> Dashboard:
         now = self._clock()
-        visible = await self._collections.list_collections(ctx)
+        every = await self._collections.list_collections(ctx)
+        visible = [(c, u) for c, u in every if filter_matches(c.name, name_filter)]
         names = [c.name for c, _ in visible]
-        live = await self._repository.live_versions_of(names)
-        checks = await self._repository.latest_checks_of(names)
-        summaries = [
-            self._summary(
-                collection,
-                usage,
-                live.get(collection.name, []),
-                [
-                    *self._health.record_checks(collection, live.get(collection.name, []), now),
-                    _integrity(live.get(collection.name, []), checks.get(collection.name, [])),
-                ],
-                now,
+        live = await self._repository.live_sizes_of(names)
+        newest = await self._repository.newest_uploads_of(names)
+        marks = await self._repository.check_marks_of(names)
+        tallies = await self._repository.check_tallies_of(names)
+        summaries = []
+        for collection, usage in visible:
+            versions = live.get(collection.name, [])
+            checks = [
+                *self._health.record_checks(collection, versions, newest.get(collection.name), now),
+                _integrity(versions, marks.get(collection.name, []), tallies.get(collection.name)),
+            ]
+            summaries.append(
+                self._summary(collection, usage, versions, newest.get(collection.name), checks, now)
             )
-            for collection, usage in visible
-        ]
         counts = {status: 0 for status in Status}
         for summary in summaries:
             counts[summary.status] += 1
-        shown = [s for s in summaries if filter_matches(s.name, name_filter)]
-        shown.sort(key=lambda s: (s.status.rank, s.name))
-        return Dashboard(now, tuple(shown), counts, len(summaries), name_filter.strip())
+        summaries.sort(key=lambda s: (s.status.rank, s.name))
+        return Dashboard(now, tuple(summaries), counts, len(every), name_filter.strip())
 
     async def collection(
         self, ctx: AuthContext, collection_id: str, base_url: str = ""
@@ -284,7 +311,9 @@ class ConsoleService:
         )
         live = list(reversed(newest_first))
         results = await self._health.checks(collection, live, now)
-        summary = self._summary(collection, usage, live, results, now)
+        summary = self._summary(
+            collection, usage, live, live[-1].created_at if live else None, results, now
+        )
         latest_checks = (await self._repository.latest_checks_of([collection.name])).get(
             collection.name, []
         )
@@ -316,20 +345,20 @@ class ConsoleService:
     def _summary(
         collection: Collection,
         usage: Usage,
-        live: Sequence[VersionRecord],
+        live: Sequence[RecordedVersion],
+        last_backup: datetime | None,
         checks: Sequence[CheckResult],
         now: datetime,
     ) -> CollectionSummary:
         status, reasons = status_of(checks, bool(live))
-        latest = live[-1] if live else None
         points = size_points(live)
         return CollectionSummary(
             collection=collection,
             status=status,
             reasons=reasons,
             usage=usage,
-            last_backup=latest.created_at if latest else None,
-            age=(now - latest.created_at) if latest else None,
+            last_backup=last_backup,
+            age=(now - last_backup) if last_backup else None,
             window=window_state(collection.windows, now),
             biggest=max((v.size for v in live), default=0),
             sizes=points,

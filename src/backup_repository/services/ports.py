@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from backup_repository.domain.identity import Collection, ObjectGrant, User
 from backup_repository.domain.notification_channels import Channel, NotificationEvent
@@ -390,17 +390,49 @@ class NotificationFactsRepository(Protocol):
         (from the audit log)."""
 
 
-class ConsoleRepository(Protocol):
-    """The batched reads of the web console's pages: one query for many collections."""
+class VersionSize(NamedTuple):
+    """A live version as the dashboard needs it: no file names, no times (a tuple: the
+    dashboard reads 10,000 of them)."""
 
-    async def live_versions_of(
-        self, collection_ids: Sequence[str]
-    ) -> dict[str, list[VersionRecord]]:
+    id: str
+    number: int
+    size: int
+
+
+class CheckMark(NamedTuple):
+    """The latest integrity check of a live version, without its time."""
+
+    version_id: str
+    number: int
+    status: str
+    detail: str
+
+
+class ConsoleRepository(Protocol):
+    """The batched reads of the web console's dashboard: one query each for all the
+    collections it shows, and only the columns it needs."""
+
+    async def live_sizes_of(self, collection_ids: Sequence[str]) -> dict[str, list[VersionSize]]:
         """Live versions of the given collections, oldest first per collection (only
-        collections with versions are keys). ``access_key`` is not read (None)."""
+        collections with versions are keys)."""
+
+    async def newest_uploads_of(self, collection_ids: Sequence[str]) -> dict[str, datetime]:
+        """When the newest live version (the highest number) of each collection was
+        uploaded."""
+
+    async def check_marks_of(self, collection_ids: Sequence[str]) -> dict[str, list[CheckMark]]:
+        """The latest integrity check of every live version whose latest check was not
+        ``ok``, by number per collection (few: the others are only counted, see
+        :meth:`check_tallies_of`)."""
+
+    async def check_tallies_of(
+        self, collection_ids: Sequence[str]
+    ) -> dict[str, tuple[int, datetime]]:
+        """Per collection with a checked live version: how many live versions have a
+        latest check, and when the latest of those checks ran."""
 
     async def latest_checks_of(
         self, collection_ids: Sequence[str]
     ) -> dict[str, list[VersionCheck]]:
         """The latest integrity check of every live version of the given collections that
-        has one, by number per collection."""
+        has one, by number per collection (with times: the collection page)."""
