@@ -102,9 +102,7 @@ class SqlNotificationStateRepository:
         statement = select(NotificationState.__table__)
         if collection_id is not None:
             statement = statement.where(NotificationState.collection_id == collection_id)
-        statement = statement.order_by(
-            NotificationState.collection_id, NotificationState.condition
-        )
+        statement = statement.order_by(NotificationState.collection_id, NotificationState.condition)
         async with transaction(self._engine) as connection:
             rows = (await connection.execute(statement)).mappings().all()
         known = {c.value for c in Condition}

@@ -191,7 +191,8 @@ def create_app(
                 SqlNotificationFacts(engine),
                 SqlNotificationStateRepository(engine),
                 SqlOutboxRepository(engine),
-                build_sender(http=notify_http, server_name=socket.gethostname(), clock=clock),
+                # Real time for the senders: a signature's timestamp is checked by receivers.
+                build_sender(http=notify_http, server_name=socket.gethostname()),
                 max_age=settings.notify_max_age,
                 events=events,
                 leases=SqlLeaseRepository(engine),

@@ -94,9 +94,7 @@ MAX_OUTBOX_LIMIT: Final = 500
 MAX_CURSOR_DIGITS: Final = 18
 OUTBOX_STATUSES: Final = ("pending", "delivered", "failed")
 
-NO_PERMISSION: Final = (
-    "no permissions to operate notifications (systemAdmin, not a narrowed token)"
-)
+NO_PERMISSION: Final = "no permissions to operate notifications (systemAdmin, not a narrowed token)"
 
 
 class DeliveryOutcome:
@@ -163,15 +161,16 @@ def _may_operate(ctx: AuthContext) -> None:
 
 
 class UploadTrigger:
-    """An ``EventSink``: every upload, accepted or refused, asks for an evaluation of its
-    collection soon. Never waits for it."""
+    """An ``EventSink``: every upload, accepted or refused, and every damaged version a
+    scheduled integrity check finds, asks for an evaluation of its collection soon. Never
+    waits for it."""
 
     def __init__(self) -> None:
         self.pending: set[str] = set()
         self.wake = asyncio.Event()
 
     async def emit(self, event: Event) -> None:
-        if event.action is Action.UPLOAD and event.collection:
+        if event.action in (Action.UPLOAD, Action.VERIFY) and event.collection:
             self.pending.add(event.collection)
             self.wake.set()
 
@@ -275,9 +274,7 @@ class NotificationService:
         announced: list[Announcement] = []
         for verdict in judge(collection, facts, now):
             state = by_condition.get(verdict.condition)
-            change = transition(
-                state, verdict, now, collection.notifications.reminder_interval
-            )
+            change = transition(state, verdict, now, collection.notifications.reminder_interval)
             if change is None:
                 continue
             write = StateWrite(
