@@ -78,6 +78,9 @@ def every_page(page: Page) -> Iterator[tuple[str, str | None, Any]]:
     page.get_by_label("Your password").fill(PASSWORDS["admin"])
     with page.expect_response(lambda r: r.request.method == "POST") as answer:
         page.get_by_role("button", name="Create token").click()
+    # The answer's headers come before the page is shown with its style sheets.
+    page.get_by_role("heading", name="Token created").wait_for()
+    page.wait_for_load_state("load")
     yield "/ui/tokens (token created)", None, answer.value
 
 
