@@ -14,25 +14,52 @@ import pytest
 from backup_repository.http.app import create_app
 from backup_repository.http.ui.headers import CONTENT_SECURITY_POLICY
 from backup_repository.http.ui.session import safe_next
-from support import default_documents, make_settings, write_config
+from backup_repository.services.passwords import PasswordHasher
+from support import KNOWN_PASSWORDS, collection_doc, make_settings, write_config
 
 Client = httpx.AsyncClient
 PEER = ("127.0.0.1", 40000)
+# Stored passwords that take a millisecond to check: the tests log in often.
+_CHEAP = PasswordHasher(1, time_cost=1, memory_cost=1024, parallelism=1)
+
+
+def _user(name: str, password: str, roles: list[str], **spec: Any) -> dict[str, Any]:
+    KNOWN_PASSWORDS.add(password)  # for the check that no server log holds it
+    return {
+        "apiVersion": "backups.riotkit.org/v1alpha1",
+        "kind": "BackupUser",
+        "metadata": {"name": name},
+        "spec": {
+            "email": f"{name}@example.org",
+            "password": _CHEAP.hash_sync(password),
+            "roles": roles,
+            **spec,
+        },
+    }
+
+
+def documents() -> list[dict[str, Any]]:
+    key = {
+        "name": "ci",
+        "password": _CHEAP.hash_sync("ci-pass"),
+        "objects": [{"name": "db", "type": "collection", "roles": ["backupUploader"]}],
+    }
+    KNOWN_PASSWORDS.add("ci-pass")
+    return [
+        _user("admin", "admin-pass", ["systemAdmin"]),
+        _user("uploader", "uploader-pass", [], accessKeys=[key]),
+        _user("plain", "plain-pass", []),
+        collection_doc("db", acl=[{"userName": "uploader", "roles": ["backupUploader"]}]),
+    ]
 
 
 async def _client(tmp_path: Path, database_url: str, **settings: Any) -> AsyncIterator[Client]:
-    write_config(tmp_path / "config", default_documents())
+    write_config(tmp_path / "config", documents())
     app = create_app(make_settings(tmp_path, database_url, **settings))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, client=PEER)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             yield client
-
-
-@pytest.fixture
-async def client(tmp_path: Path, database_url: str) -> AsyncIterator[Client]:
-    async for c in _client(tmp_path, database_url):
-        yield c
 
 
 @pytest.fixture
@@ -71,7 +98,8 @@ def cookie_line(response: httpx.Response, name: str) -> str:
     return lines[0]
 
 
-async def test_login_session_and_logout(client: Client) -> None:
+async def test_login_session_and_logout(sqlite_client: Client) -> None:
+    client = sqlite_client
     # Without a session a page sends to the login page, remembering where it was.
     first = await client.get("/ui/?name=db&x=1")
     assert first.status_code == 303
@@ -102,9 +130,7 @@ async def test_login_session_and_logout(client: Client) -> None:
     bearer = {"Authorization": f"Bearer {token}"}
     listed = await client.get("/api/stable/auth/token", headers=bearer)
     assert listed.status_code == 200
-    assert [s["description"] for s in listed.json()["data"]["grantedAccesses"]] == [
-        "web console"
-    ]
+    assert [s["description"] for s in listed.json()["data"]["grantedAccesses"]] == ["web console"]
     page = await client.get("/ui/")
     assert page.status_code == 200
     assert "admin" in page.text
