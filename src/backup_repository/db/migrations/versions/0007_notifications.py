@@ -30,9 +30,7 @@ def upgrade() -> None:
         sa.Column("revision", sa.Integer(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint(
-            "collection_id", "condition", name=op.f("pk_notification_states")
-        ),
+        sa.PrimaryKeyConstraint("collection_id", "condition", name=op.f("pk_notification_states")),
     )
     op.create_table(
         "notification_outbox",
@@ -55,9 +53,7 @@ def upgrade() -> None:
         sa.Column("claimed_by", sa.String(length=64), nullable=True),
         sa.Column("claimed_until", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_notification_outbox")),
-        sa.UniqueConstraint(
-            "event_id", "channel", name=op.f("uq_notification_outbox_event_id")
-        ),
+        sa.UniqueConstraint("event_id", "channel", name=op.f("uq_notification_outbox_event_id")),
     )
     with op.batch_alter_table("notification_outbox") as batch_op:
         batch_op.create_index(
