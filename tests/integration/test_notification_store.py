@@ -164,6 +164,10 @@ async def test_retry_delay_give_up_and_previous_life_claims(db_engine: AsyncEngi
     everything = await outbox.page(None, 1)
     older = await outbox.page(None, 10, before_id=everything[0].id)
     assert [e.id for e in everything + older] == [b.id, a.id]
+    # Old delivered and failed rows are purged; pending ones stay whatever their age.
+    assert await outbox.purge(T0, 10) == 0
+    assert await outbox.purge(T0 + timedelta(seconds=1), 10) == 1
+    assert [e.id for e in await outbox.page(None, 10)] == [a.id]
 
 
 # -- the service in process --------------------------------------------------------------------

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from sqlalchemy import RowMapping, and_, func, insert, or_, select, update
+from sqlalchemy import RowMapping, and_, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -316,6 +316,19 @@ class SqlOutboxRepository:
         counts = dict.fromkeys(STATUSES, 0)
         counts.update({str(r[0]): int(r[1]) for r in rows})
         return counts
+
+    async def purge(self, older_than: datetime, batch: int) -> int:
+        table = NotificationOutbox
+        doomed = (
+            select(table.id)
+            .where(table.status.in_([DELIVERED, FAILED]), table.created_at < older_than)
+            .limit(batch)
+        )
+        # One statement (on SQLite it takes the write lock at once).
+        statement = delete(table).where(table.id.in_(doomed.scalar_subquery()))
+        async with transaction(self._engine) as connection:
+            result = await connection.execute(statement)
+        return int(result.rowcount or 0)
 
     async def release_server_claims(self, tag: str | None) -> int:
         table = NotificationOutbox

@@ -88,6 +88,10 @@ BACKOFF_CAP: Final = timedelta(hours=1)
 BACKOFF_JITTER: Final = 0.2
 # An upload's evaluation waits this long, so that a burst of uploads is judged once.
 TRIGGER_DELAY_S: Final = 0.5
+# Delivered and failed outbox rows are kept this long after they were queued (the history
+# the operations API lists), then deleted by the scheduled evaluation, this many at a time.
+OUTBOX_RETENTION: Final = timedelta(days=30)
+OUTBOX_PURGE_BATCH: Final = 1000
 
 DEFAULT_OUTBOX_LIMIT: Final = 100
 MAX_OUTBOX_LIMIT: Final = 500
@@ -363,6 +367,10 @@ class NotificationService:
             "notifications evaluated every %s", format_duration(timedelta(seconds=interval))
         )
 
+        async def scheduled() -> None:
+            await self.evaluate()
+            await self.purge_outbox()
+
         async def turn() -> object:
             return await run_on_schedule(
                 leases,
@@ -370,7 +378,7 @@ class NotificationService:
                 f"{self._instance}:{secrets.token_hex(4)}",
                 self._lease_seconds,
                 interval,
-                self.evaluate,
+                scheduled,
                 "notification evaluation lease",
             )
 
@@ -590,6 +598,14 @@ class NotificationService:
                 CollectionStates(name, tuple(sorted(channels)), tuple(stored.get(name, ())))
             )
         return result
+
+    async def purge_outbox(self) -> int:
+        """Delete delivered and failed rows queued more than :data:`OUTBOX_RETENTION` ago
+        (one batch; the next scheduled evaluation goes on); how many."""
+        purged = await self._outbox.purge(self._clock() - OUTBOX_RETENTION, OUTBOX_PURGE_BATCH)
+        if purged:
+            logger.info("deleted %d notification outbox rows older than 30 days", purged)
+        return purged
 
     async def outbox_counts(self) -> dict[str, int]:
         """Outbox rows per status (the depth gauge)."""

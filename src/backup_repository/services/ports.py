@@ -378,6 +378,10 @@ class OutboxRepository(Protocol):
         """Free the claims of rows a previous life of replica ``tag`` (None: any server)
         was delivering when it died; how many."""
 
+    async def purge(self, older_than: datetime, batch: int) -> int:
+        """Delete at most ``batch`` delivered or failed rows queued before ``older_than``;
+        how many."""
+
 
 class NotificationFactsRepository(Protocol):
     async def recent_versions(self, collection_id: str, count: int) -> list[VersionFacts]:
