@@ -139,6 +139,11 @@ def test_configuration_problems_readiness_users_and_collections(
     admin = page.locator("tbody tr", has=page.locator("th", has_text="admin"))
     assert "systemAdmin" in admin.inner_text()
     save_screenshot(page, "admin-users")
+    page.get_by_role("link", name="Audit events of alice").click()
+    assert page.get_by_label("User").input_value() == "alice"
+    users = set(page.locator("tbody tr td:nth-child(4)").all_inner_texts())
+    assert "alice" in users
+    assert users <= {"alice", "alice$ci"}
 
     page.goto("/ui/admin/collections")
     files = page.locator("tbody tr", has=page.locator("th", has_text="files"))
@@ -151,3 +156,6 @@ def test_configuration_problems_readiness_users_and_collections(
     assert "keepWeekly: 4" in mail.inner_text()
     assert "broken" not in page.locator("tbody").inner_text()
     save_screenshot(page, "admin-collections")
+    page.get_by_role("link", name="Audit events of db").click()
+    assert page.get_by_label("Collection").input_value() == "db"
+    assert set(page.locator("tbody tr td:nth-child(5)").all_inner_texts()) == {"db"}
