@@ -200,8 +200,9 @@ class ConsoleTokenService:
     def grantable(self, ctx: AuthContext) -> tuple[GrantableCollection, ...]:
         """The collections the caller may act on, by name, with the roles it holds there."""
         offered = []
-        for name in sorted(self._config.snapshot().collections):
-            collection = self._config.snapshot().collections[name]
+        collections = self._config.snapshot().collections
+        for name in sorted(collections):
+            collection = collections[name]
             roles = tuple(
                 role.value
                 for role, action in SCOPE_ROLES
