@@ -75,7 +75,8 @@ def documents(collections: int, versions: int) -> list[dict[str, Any]]:
                     "maxCollectionSize": "1G",
                     "strategyName": "fifo",
                     "strategySpec": {},
-                    "windows": [{"from": "0 3 * * *", "duration": "1h"}],
+                    # 24 different schedules, as a real fleet has a few.
+                    "windows": [{"from": f"0 {index % 24} * * *", "duration": "1h"}],
                     "accessControl": [],
                 },
             }

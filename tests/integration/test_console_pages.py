@@ -383,7 +383,7 @@ async def test_the_dashboards_integrity_verdict_is_the_health_reports() -> None:
     rng = random.Random(7)
     at = datetime(2026, 12, 1, tzinfo=UTC)
     for _ in range(300):
-        live = [VersionSize(f"id{n}", n, 10) for n in range(1, rng.randint(0, 12) + 1)]
+        live = [VersionSize(n, 10) for n in range(1, rng.randint(0, 12) + 1)]
         statuses = {v.number: rng.choice([None, *CheckStatus]) for v in live}  # None: never checked
         full = [
             LatestCheck(n, s, "" if s is CheckStatus.OK else f"detail {n}", at)

@@ -14,6 +14,7 @@ most recent slot that has closed by ``now`` is the one of the latest start at or
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -69,6 +70,10 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# Starts are pure functions of the window and the moment; a page of many collections asks
+# for the same ones again (collections sharing a schedule, several rules asking at one
+# moment), so the latest answers are kept.
+@functools.lru_cache(maxsize=4096)
 def next_start(window: BackupWindow, at: datetime) -> datetime:
     """The first start of ``window`` strictly after ``at`` (returned in UTC)."""
     start: datetime = _schedule(window.cron).get_next(datetime, start_time=_utc(at, "at"))
@@ -108,6 +113,7 @@ def _utc(moment: datetime, name: str) -> datetime:
     return moment.astimezone(UTC)
 
 
+@functools.lru_cache(maxsize=4096)
 def latest_start(window: BackupWindow, at: datetime) -> datetime:
     """The latest start of ``window`` at or before ``at`` (timezone-aware; returned in UTC)."""
     moment = _utc(at, "at")

@@ -239,11 +239,11 @@ def _integrity(
     if tally is None:
         return CheckResult(INTEGRITY_CHECK, *_NOT_VERIFIED)
     checked, last = tally
-    ids = {v.id for v in live}
+    numbers = {v.number for v in live}
     latest = [
         LatestCheck(c.number, _CHECK_STATUS[c.status], c.detail, last)
         for c in marks
-        if c.version_id in ids
+        if c.number in numbers
     ]
     named = {c.number for c in latest}
     unnamed = (v.number for v in live if v.number not in named)

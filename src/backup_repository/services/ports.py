@@ -398,7 +398,6 @@ class VersionSize(NamedTuple):
     """A live version as the dashboard needs it: no file names, no times (a tuple: the
     dashboard reads 10,000 of them)."""
 
-    id: str
     number: int
     size: int
 
