@@ -128,6 +128,12 @@ class BackupVersion(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Kept outside of rotation and refused to deletion until unprotected (migration 0008).
+    protected: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The uploader's detached OpenPGP signature, ASCII-armoured, and the fingerprint of
+    # the key that made it; NULL for an unsigned upload (migration 0008).
+    signer_fingerprint: Mapped[str | None] = mapped_column(Text)
+    signature: Mapped[str | None] = mapped_column(Text)
 
 
 class AuditEvent(Base):
