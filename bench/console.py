@@ -24,6 +24,7 @@ import asyncio
 import hashlib
 import os
 import re
+import secrets
 import statistics
 import sys
 import tempfile
@@ -44,8 +45,9 @@ from backup_repository.services.passwords import PasswordHasher
 from backup_repository.settings import Settings
 
 USER = "bench-admin"
-PASSWORD = "bench-password-0123"
-SECRET = "bench-secret-key-that-is-long-enough-for-hs256"
+# Made anew for each run: nothing outside the run uses them.
+PASSWORD = secrets.token_urlsafe(16)
+SECRET = secrets.token_urlsafe(48)
 
 
 def documents(collections: int, versions: int) -> list[dict[str, Any]]:
@@ -139,7 +141,9 @@ async def fill(db_url: str, storage: Path, collections: int, versions: int) -> N
     await engine.dispose()
 
 
-async def measure(settings: Settings, repeat: int) -> dict[str, list[float]]:
+async def measure(
+    settings: Settings, repeat: int, collections: int, versions: int
+) -> dict[str, list[float]]:
     app = create_app(settings)
     timings: dict[str, list[float]] = {}
     async with app.router.lifespan_context(app):
@@ -152,12 +156,13 @@ async def measure(settings: Settings, repeat: int) -> dict[str, list[float]]:
                 "/ui/login", data={"username": USER, "password": PASSWORD, "csrf_token": token[1]}
             )
             assert response.status_code == 303, response.text
+            middle = f"c{collections // 2:03d}"
             pages = {
                 "login page": "/ui/login?next=/ui/",
                 "dashboard": "/ui/",
-                "dashboard, filtered": "/ui/?name=c05",
-                "collection page": "/ui/collections/c050",
-                "download (1 version)": "/ui/collections/c050/versions/100/download",
+                "dashboard, filtered": f"/ui/?name={middle[:3]}",
+                "collection page": f"/ui/collections/{middle}",
+                "download (1 version)": f"/ui/collections/{middle}/versions/{versions}/download",
             }
             for label, path in pages.items():
                 if label == "login page":
@@ -220,7 +225,7 @@ def main() -> int:
             notify_interval=None,
             session_retention=None,
         )
-        timings = asyncio.run(measure(settings, args.repeat))
+        timings = asyncio.run(measure(settings, args.repeat, args.collections, args.versions))
     worst = 0.0
     print(f"{'page':<28}{'median ms':>10}{'min ms':>10}{'max ms':>10}")
     for label, spent in timings.items():
