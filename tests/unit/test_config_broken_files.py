@@ -69,6 +69,14 @@ def test_the_excerpt_of_a_secret_file_hides_values() -> None:
         assert "s3cr3t" not in message
 
 
+def test_an_inline_password_is_not_shown_in_any_file() -> None:
+    text = 'kind: BackupUser\nspec:\n  password: "JGFyZ29uMmlk" x\n'
+    message = parse_yaml("u.yaml", text).problems[0].message
+
+    assert message.endswith("line 3 reads: password: (value not shown)")
+    assert "JGFy" not in message
+
+
 def test_a_long_line_is_cut() -> None:
     text = "key: " + "x" * 200 + "\n  bad: indentation\n"
     message = parse_yaml("f.yaml", text).problems[0].message

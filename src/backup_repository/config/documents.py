@@ -201,12 +201,15 @@ def our_kind(document: Document) -> str | None:
 _EXCERPT_CHARS = 80
 _SECRET_KIND = re.compile(r"^\s*kind\s*:\s*[\"']?Secret[\"']?\s*(#.*)?$", re.MULTILINE)
 _KEY_PART = re.compile(r"^(\s*(?:-\s+)?[^\s:#][^:#]*:)(\s.*)?$")
+# Keys whose values are not shown even outside a Secret's file (an inline password hash).
+_SENSITIVE_KEY = re.compile(r"password|secret|token|hash", re.IGNORECASE)
 
 
 def yaml_error_message(exc: yaml.YAMLError, text: str, hide_values: bool = False) -> str:
     """``invalid YAML at line L, column C: <what>; line N reads: <excerpt>``. Lines and
     columns count from 1, as editors do. With ``hide_values`` (a Secret's file) the excerpt
-    keeps a mapping key but not its value."""
+    keeps a mapping key but not its value; so it does for keys such as ``password``
+    anywhere."""
     if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem_mark is None:
         return "invalid YAML: " + " ".join(str(exc).split())
     mark = exc.problem_mark
@@ -239,12 +242,14 @@ def yaml_error_message(exc: yaml.YAMLError, text: str, hide_values: bool = False
 
 def _excerpt(line: str, hide_values: bool) -> str:
     text = line.rstrip()
-    if hide_values:
-        match = _KEY_PART.match(text)
-        if match is None:
-            return "(not shown: the file holds a Secret)"
-        if match.group(2) and match.group(2).strip():
+    match = _KEY_PART.match(text)
+    if hide_values and match is None:
+        return "(not shown: the file holds a Secret)"
+    if match is not None and match.group(2) and match.group(2).strip():
+        if hide_values:
             text = match.group(1) + " (value not shown: the file holds a Secret)"
+        elif _SENSITIVE_KEY.search(match.group(1)):
+            text = match.group(1) + " (value not shown)"
     text = text.strip()
     if len(text) > _EXCERPT_CHARS:
         text = text[: _EXCERPT_CHARS - 1] + "…"
