@@ -5,7 +5,7 @@
 - it covers every route the app serves, whatever routers exist when the test runs: each
   API route by method and path (the ``/api/alpha/`` aliases as deprecated operations
   mirroring their ``/api/stable/`` twin), and nothing else is served but the description
-  itself and the documentation page (:data:`NOT_API`);
+  itself, the documentation page (:data:`NOT_API`) and the web console under ``/ui``;
 - every operation documents the envelope of its answers, the errors any request can meet,
   401 when it takes a token, and the ``X-Request-ID`` header on every response;
 - ``/docs`` is HTML that loads only files of the server, under a Content-Security-Policy.
@@ -34,6 +34,8 @@ from support import default_documents, make_settings, write_config
 
 # Served, but not part of the API: the description itself and its documentation page.
 NOT_API = {"/openapi.json", "/docs", "/docs/assets/{name}"}
+# The web console's pages and files (HTML for browsers, docs/console.md): not the API.
+CONSOLE = "/ui"
 COMMON_ERRORS = {"400", "413", "429", "431", "500", "503", "4XX"}
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
@@ -132,6 +134,8 @@ def test_every_route_the_app_serves_is_described(app: FastAPI, document: dict[st
     for context in iter_route_contexts(app.routes):
         path = context.path_format
         assert isinstance(path, str), context
+        if path == CONSOLE or path.startswith(CONSOLE + "/"):
+            continue
         if isinstance(context.original_route, APIRoute):
             served |= {(method.lower(), path) for method in context.methods or ()}
         else:
