@@ -243,3 +243,26 @@ async def test_login_never_redirects_elsewhere(sqlite_client: Client) -> None:
     response = await login(sqlite_client, "admin", "admin-pass", next_path="//evil.example/")
     assert response.status_code == 303
     assert response.headers["location"] == "/ui/"
+
+
+async def test_bad_input_gets_a_page_never_a_500(sqlite_client: Client) -> None:
+    client = sqlite_client
+    page = await client.get("/ui/login")
+    token = hidden(page.text, "csrf_token")
+    with_file = await client.post(
+        "/ui/login", data={"csrf_token": token}, files={"password": ("x", b"secret")}
+    )
+    assert with_file.status_code == 400
+    assert with_file.headers["content-type"].startswith("text/html")
+    assert (await login(client, "admin", "admin-pass")).status_code == 303
+    for path, status in [
+        ("/ui/collections/" + "x" * 300, 400),
+        ("/ui/?name=" + "x" * 300, 400),
+        ("/ui/collections/db/versions/0/download", 400),
+        ("/ui/collections/db/versions/abc/download", 400),
+        ("/ui/collections/db/versions/99/download", 404),
+    ]:
+        response = await client.get(path)
+        assert response.status_code == status, path
+        assert response.headers["content-type"].startswith("text/html"), path
+        assert response.headers["content-security-policy"] == CONTENT_SECURITY_POLICY

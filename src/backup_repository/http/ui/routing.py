@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
@@ -78,8 +79,19 @@ class ConsoleRoute(APIRoute):
                     request,
                     status,
                     _TITLES.get(status, "Request failed"),
-                    exc.message[:1:].upper() + exc.message[1:] + ".",
+                    exc.message[:1].upper() + exc.message[1:] + ".",
                     _HINTS.get(status, "Try again later."),
+                )
+            except StarletteHTTPException as exc:
+                # What Starlette raises itself while reading a request (a form with a file
+                # or too many fields, say).
+                detail = exc.detail if isinstance(exc.detail, str) else "request refused"
+                return error_page(
+                    request,
+                    exc.status_code,
+                    _TITLES.get(exc.status_code, "Request failed"),
+                    detail[:1].upper() + detail[1:] + ("" if detail.endswith(".") else "."),
+                    _HINTS.get(exc.status_code, "Go back and try again."),
                 )
             except RequestValidationError as exc:
                 return error_page(
