@@ -206,7 +206,7 @@ class NotificationState(Base):
     since: Mapped[datetime] = mapped_column(UTCDateTime())
     last_announced_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_event_id: Mapped[str | None] = mapped_column(String(36))
-    # The figures of the last verdict, as JSON.
+    # The figures of the verdict that last changed the row, as JSON.
     facts: Mapped[str] = mapped_column(Text)
     revision: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
