@@ -35,6 +35,8 @@ DOWNLOAD = CollectionAction.DOWNLOAD
 LIST = CollectionAction.LIST_VERSIONS
 ANYTIME = CollectionAction.UPLOAD_OUTSIDE_WINDOW
 RETENTION = CollectionAction.VIEW_RETENTION
+PROTECT = CollectionAction.PROTECT_VERSION
+DELETE = CollectionAction.DELETE_VERSION
 ACTIONS = list(CollectionAction)
 
 ADMIN = Role.SYSTEM_ADMIN
@@ -86,8 +88,8 @@ def allowed_actions(principal: Principal, coll: Collection) -> set[CollectionAct
 # Written out from the rules of docs/security.md and the role inclusions, one row per single role.
 ROLE_ACTIONS: dict[Role | None, set[CollectionAction]] = {
     None: set(),
-    ADMIN: {UPLOAD, DOWNLOAD, LIST, ANYTIME, RETENTION},
-    COLL_MGR: {UPLOAD, DOWNLOAD, LIST, ANYTIME, RETENTION},
+    ADMIN: {UPLOAD, DOWNLOAD, LIST, ANYTIME, RETENTION, PROTECT, DELETE},
+    COLL_MGR: {UPLOAD, DOWNLOAD, LIST, ANYTIME, RETENTION, PROTECT, DELETE},
     USER_MGR: set(),
     UPLOADER: {UPLOAD, LIST},
     DOWNLOADER: {DOWNLOAD, LIST},
@@ -501,6 +503,8 @@ _NEEDS = {
     LIST: {UPLOADER, DOWNLOADER},
     ANYTIME: {UPLOADS_ANYTIME},
     RETENTION: {COLL_MGR},
+    PROTECT: {COLL_MGR},
+    DELETE: {COLL_MGR},
 }
 
 

@@ -38,6 +38,7 @@ _VERSION_COLUMNS: Final = (
     BackupVersion.created_at,
     BackupVersion.updated_at,
     BackupVersion.deleted_at,
+    BackupVersion.protected,
     _UPLOADING_KEY,
 )
 
@@ -200,6 +201,32 @@ class SqlVersionRepository:
                     .values(deleted_at=now, updated_at=now)
                 )
 
+    async def set_protected(self, version_id: str, owner: str, protected: bool) -> bool:
+        now = _now()
+        async with transaction(self._engine) as connection:
+            await _check_lock(connection, version_id, owner, now)
+            changed = await connection.execute(
+                update(BackupVersion)
+                .where(BackupVersion.id == version_id, BackupVersion.deleted_at.is_(None))
+                .values(protected=protected, updated_at=now)
+            )
+        return bool(changed.rowcount == 1)
+
+    async def delete_version(self, version_id: str, owner: str) -> datetime | None:
+        now = _now()
+        async with transaction(self._engine) as connection:
+            await _check_lock(connection, version_id, owner, now)
+            deleted = await connection.execute(
+                update(BackupVersion)
+                .where(
+                    BackupVersion.id == version_id,
+                    BackupVersion.deleted_at.is_(None),
+                    BackupVersion.protected == false(),
+                )
+                .values(deleted_at=now, updated_at=now)
+            )
+        return now if deleted.rowcount == 1 else None
+
     async def deleted_unpurged(self, collection_id: str) -> list[VersionRecord]:
         statement = (
             select(*_VERSION_COLUMNS)
@@ -248,6 +275,23 @@ class SqlVersionRepository:
         return {str(r[0]): r[1] for r in rows if r[1] is not None}
 
 
+async def _check_lock(
+    connection: AsyncConnection, version_id: str, owner: str, now: datetime
+) -> None:
+    """Within a transaction that changes the version ``version_id``: its collection's upload
+    lock is ``owner``'s (the row stays locked until the transaction ends), or LockLost."""
+    collection_id = (
+        select(BackupVersion.collection_id).where(BackupVersion.id == version_id)
+    ).scalar_subquery()
+    held = await connection.execute(
+        update(CollectionState)
+        .where(CollectionState.collection_id == collection_id, CollectionState.lock_owner == owner)
+        .values(updated_at=now)
+    )
+    if held.rowcount != 1:
+        raise LockLost(f"upload lock of the collection of version {version_id} was taken over")
+
+
 def _to_record(row: RowMapping) -> VersionRecord:
     return VersionRecord(
         id=row["id"],
@@ -263,6 +307,7 @@ def _to_record(row: RowMapping) -> VersionRecord:
         updated_at=row["updated_at"],
         deleted_at=row["deleted_at"],
         access_key=row.get("access_key_name"),
+        protected=bool(row.get("protected", False)),
     )
 
 

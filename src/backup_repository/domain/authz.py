@@ -29,6 +29,10 @@ class CollectionAction(StrEnum):
     LIST_VERSIONS = "listVersions"
     UPLOAD_OUTSIDE_WINDOW = "uploadOutsideWindow"
     VIEW_RETENTION = "viewRetention"  # the retention dry run (services/retention.py)
+    # Protecting a version from rotation, and unprotecting it (services/versions.py).
+    PROTECT_VERSION = "protectVersion"
+    # Deleting one version (services/versions.py): never an uploader's or a downloader's.
+    DELETE_VERSION = "deleteVersion"
 
 
 # What a single-use upload token may do, on its one collection only.
@@ -43,6 +47,8 @@ _ACTION_ROLES: dict[CollectionAction, tuple[Role, ...]] = {
     CollectionAction.LIST_VERSIONS: (Role.BACKUP_UPLOADER, Role.BACKUP_DOWNLOADER),
     CollectionAction.UPLOAD_OUTSIDE_WINDOW: (Role.UPLOADS_ANYTIME,),
     CollectionAction.VIEW_RETENTION: (Role.COLLECTION_MANAGER,),
+    CollectionAction.PROTECT_VERSION: (Role.COLLECTION_MANAGER,),
+    CollectionAction.DELETE_VERSION: (Role.COLLECTION_MANAGER,),
 }
 
 

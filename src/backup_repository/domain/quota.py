@@ -25,12 +25,18 @@ Examples (``n = 5``, ``s = 1 MiB``, ``H = 10 MiB``, so ``extra = 5 MiB``):
 
 With ``H = 4 MiB`` instead (``extra = -1 MiB``, none): ``1 MiB``, but never more than what
 is left of the 4 MiB: with remaining versions of 1, 1 and 1.5 MiB only ``0.5 MiB``.
+
+Protected versions are never rotated out, so they are always among the remaining versions
+and count in full. When ``maxBackupsCount`` protected versions or more exist, no version
+can be added at all: the limit is 0 (rule ``maxBackupsCount``). The limit also tells what
+it would be if no version were protected (``without_protection``), so that a refusal
+caused only by protected versions can say so (:meth:`UploadLimit.blocked_by_protection`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 
@@ -52,6 +58,7 @@ class QuotaRule(StrEnum):
     ONE_VERSION = "maxOneVersionSize"  # no extra space: one version's size
     EXTRA_SPACE = "extra space"  # maxOneVersionSize plus the extra space not yet borrowed
     COLLECTION_TOTAL = "maxCollectionSize"  # what is left of the collection's total
+    BACKUPS_COUNT = "maxBackupsCount"  # protected versions fill every slot: none at all
 
 
 @dataclass(frozen=True)
@@ -65,9 +72,20 @@ class UploadLimit:
     max_collection_size: int
     extra_left: int  # extra space not borrowed by the remaining versions (0: none)
     used: int  # bytes of the remaining versions
+    max_backups_count: int = 0
+    # The protected versions among the remaining ones, and their bytes.
+    protected_versions: int = 0
+    protected_bytes: int = 0
+    # The limit if no version were protected; None when none is.
+    without_protection: int | None = None
 
     def explain(self) -> str:
         """How the limit was computed, for a person: the rule and its figures."""
+        if self.rule is QuotaRule.BACKUPS_COUNT:
+            return (
+                f"rule maxBackupsCount: maxBackupsCount {self.max_backups_count} is reached "
+                f"by {self.protected_versions} protected versions"
+            )
         if self.rule is QuotaRule.COLLECTION_TOTAL:
             return (
                 f"rule maxCollectionSize: {self.max_collection_size} bytes in total, "
@@ -79,6 +97,15 @@ class UploadLimit:
                 f"{self.extra_left} bytes of extra space not yet borrowed"
             )
         return f"rule maxOneVersionSize: {self.max_one_version_size} bytes per version"
+
+    def blocked_by_protection(self, size: int) -> bool:
+        """True when an upload of ``size`` bytes is refused only because of protected
+        versions: it would fit if none were protected."""
+        if self.rule is QuotaRule.BACKUPS_COUNT:
+            return True
+        if self.protected_versions == 0 or size <= self.bytes:
+            return False
+        return self.without_protection is not None and size <= self.without_protection
 
 
 def upload_limit(collection: Collection, remaining: Sequence[StoredVersion]) -> UploadLimit:
@@ -100,6 +127,7 @@ def upload_limit(collection: Collection, remaining: Sequence[StoredVersion]) -> 
     left_in_collection = collection.max_collection_size - used
     if left_in_collection < allowed:
         allowed, rule = left_in_collection, QuotaRule.COLLECTION_TOTAL
+    protected = [version for version in remaining if version.protected]
     return UploadLimit(
         bytes=max(0, allowed),
         rule=rule,
@@ -107,6 +135,9 @@ def upload_limit(collection: Collection, remaining: Sequence[StoredVersion]) -> 
         max_collection_size=collection.max_collection_size,
         extra_left=extra_left,
         used=used,
+        max_backups_count=collection.max_backups_count,
+        protected_versions=len(protected),
+        protected_bytes=sum(version.size for version in protected),
     )
 
 
@@ -131,7 +162,25 @@ def next_upload(
     collection: Collection, existing: Sequence[StoredVersion], now: datetime
 ) -> NextUpload:
     """What an upload created at ``now`` frees and may use: the rotation computed with the
-    incoming version in place, then the limit from the versions that remain."""
+    incoming version in place, then the limit from the versions that remain. When
+    protected versions fill ``maxBackupsCount`` nothing is rotated and the limit is 0."""
+    found = _next_upload(collection, existing, now)
+    if not any(version.protected for version in existing):
+        return found
+    unprotected = [replace(version, protected=False) for version in existing]
+    without = _next_upload(collection, unprotected, now).limit.bytes
+    return replace(found, limit=replace(found.limit, without_protection=without))
+
+
+def _next_upload(
+    collection: Collection, existing: Sequence[StoredVersion], now: datetime
+) -> NextUpload:
+    protected = sum(1 for version in existing if version.protected)
+    if protected and protected >= collection.max_backups_count:
+        # No slot for the new version: nothing is rotated, and nothing may be added.
+        remaining = sorted(existing, key=lambda version: version.number)
+        limit = upload_limit(collection, remaining)
+        return NextUpload([], remaining, replace(limit, bytes=0, rule=QuotaRule.BACKUPS_COUNT))
     rotated = versions_to_rotate(collection, existing, now)
     gone = {version.number for version in rotated}
     remaining = sorted(

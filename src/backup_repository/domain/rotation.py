@@ -45,6 +45,15 @@ them. Versions are ordered by number (higher is newer); their creation times mat
     at or below ``n`` and it never bites. With every keep* at 0 (which the configuration
     refuses) every version is kept, up to the cap: ``fifo``.
 
+Protected versions (set by a collection manager, services/versions.py) stand outside of
+every strategy, as Proxmox Backup Server's protected snapshots stand outside of its prune
+rules: they are always kept (:attr:`KeepRule.PROTECTED`), take no slot of a rule, cover no
+gfs period and are never the chain of ``fifo-plus-older``. They still count against
+``maxBackupsCount``: the strategy decides the unprotected versions with ``n - p`` slots
+(``p`` protected versions), so the collection never holds more than ``n`` versions. With
+``p >= n`` no unprotected version can stay, the new one included: the quota refuses the
+upload (``domain/quota.py``) rather than store a version that would go at once.
+
 ``fifo`` and ``fifo-plus-older`` depend neither on ``now`` nor on the new version's size;
 ``gfs`` depends on ``now`` (the new version's period), never on sizes. The upload pipeline
 computes the set at ``now`` before the upload (to size its quota) and records the new
@@ -78,6 +87,7 @@ class KeepRule(StrEnum):
     MONTHLY = "monthly"
     YEARLY = "yearly"
     OLDER = "older"  # an older copy of fifo-plus-older
+    PROTECTED = "protected"  # protected by a collection manager: outside of every rule
 
 
 @dataclass(frozen=True)
@@ -99,11 +109,31 @@ class Decision:
 
 def decide(collection: Collection, versions: Sequence[StoredVersion]) -> list[Decision]:
     """What the collection's strategy keeps of ``versions``, the newest (highest number)
-    being the latest upload; one decision per version, newest first."""
+    being the latest upload; one decision per version, newest first. Protected versions
+    are kept outside of the strategy, which decides the others with the slots of
+    ``maxBackupsCount`` the protected ones leave (see the module docs)."""
     _check(collection, versions)
     newest_first = sorted(versions, key=lambda version: version.number, reverse=True)
-    strategy = collection.strategy
-    count = collection.max_backups_count
+    protected = [version for version in newest_first if version.protected]
+    if not protected:
+        return _decide(collection.strategy, collection.max_backups_count, newest_first)
+    free = [version for version in newest_first if not version.protected]
+    slots = collection.max_backups_count - len(protected)
+    if slots > 0:
+        decided = _decide(collection.strategy, slots, free)
+    else:
+        # No slot is left: every unprotected version goes, for maxBackupsCount.
+        decided = [Decision(version, KeepRule.LAST, over_count=True) for version in free]
+    by_number = {d.version.number: d for d in decided}
+    by_number.update((v.number, Decision(v, KeepRule.PROTECTED)) for v in protected)
+    return [by_number[version.number] for version in newest_first]
+
+
+def _decide(
+    strategy: RotationStrategy, count: int, newest_first: list[StoredVersion]
+) -> list[Decision]:
+    """The strategy's decisions about unprotected versions (newest first) with ``count``
+    slots."""
     if strategy.name == GFS:
         return _gfs(strategy, count, newest_first)
     if strategy.name == FIFO_PLUS_OLDER and newest_first:

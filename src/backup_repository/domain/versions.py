@@ -17,6 +17,9 @@ class StoredVersion:
     number: int
     size: int
     created_at: datetime  # timezone-aware UTC
+    # Set by a collection manager: kept outside of the rotation rules (domain/rotation.py),
+    # still counted against the collection's limits (domain/quota.py).
+    protected: bool = False
 
 
 VERSION_NOT_FOUND = "cannot find specified version"

@@ -80,6 +80,7 @@ from backup_repository.services.session_purge import SessionPurger
 from backup_repository.services.stats import StatsService
 from backup_repository.services.tokens import TokenCodec
 from backup_repository.services.uploads import UploadService
+from backup_repository.services.versions import VersionService
 from backup_repository.settings import Settings
 from backup_repository.storage.factory import idle_timeout_for, open_blob_store
 from backup_repository.storage.urls import redact_storage_url
@@ -283,6 +284,14 @@ def create_app(
                 ],
                 metrics=metrics,
                 notifications=notifications,
+                versions=VersionService(
+                    collection_service,
+                    versions,
+                    uploads.cleanup,
+                    lock_lease=settings.upload_lock_lease.total_seconds(),
+                    instance=identity.instance,
+                    events=events,
+                ),
             )
             # The web console's view models (http/ui/), on the services above.
             app.state.console = ConsoleService(

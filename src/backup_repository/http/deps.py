@@ -23,6 +23,7 @@ from backup_repository.services.integrity import IntegrityService
 from backup_repository.services.notifications import NotificationService
 from backup_repository.services.ports import ConfigurationProvider
 from backup_repository.services.uploads import UploadService
+from backup_repository.services.versions import VersionService
 from backup_repository.settings import Settings
 
 
@@ -44,6 +45,8 @@ class Services:
     readiness: list[ReadinessCheck]
     metrics: Metrics
     notifications: NotificationService
+    # Protecting, unprotecting and deleting one version (collection managers).
+    versions: VersionService
 
 
 def get_services(request: Request) -> Services:

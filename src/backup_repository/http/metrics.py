@@ -324,8 +324,7 @@ def configuration_source(stats: StatsService) -> ScrapeSource:
         config = stats.configuration()
         problems = GaugeMetricFamily(
             f"{PREFIX}_config_problems",
-            "Problems of the configuration: files that could not be read, objects left out "
-            "because they are broken, objects in use with a problem",
+            "Configuration objects left out because they are broken",
             value=config.problems,
         )
         usable = GaugeMetricFamily(

@@ -30,6 +30,11 @@ class Action(StrEnum):
     UPLOAD = "upload"
     DOWNLOAD = "download"
     ROTATION_DELETE = "rotation.delete"
+    # A collection manager protected a version from rotation, or unprotected it, or
+    # deleted one (services/versions.py); failures too (reason: why refused).
+    VERSION_PROTECT = "version.protect"
+    VERSION_UNPROTECT = "version.unprotect"
+    VERSION_DELETE = "version.delete"
     VERIFY = "verify"
     # An attempt to deliver a notification to a channel (services/notifications.py); the
     # reason is delivered, retry or failed.

@@ -172,6 +172,8 @@ class VersionRecord:
     # The access key of the uploading session ("" for the user's own password); None when
     # not known: the session's row was purged, or the version was imported.
     access_key: str | None = None
+    # Kept outside of rotation and refused to deletion until unprotected.
+    protected: bool = False
 
 
 class LockLost(Exception):
@@ -218,6 +220,17 @@ class VersionRepository(Protocol):
         Raises LockLost (and records nothing) when the lock was taken over. With
         ``consume_session_id``, also deactivate that session; raises SessionConsumed (and
         records nothing) when it is no longer active."""
+
+    async def set_protected(self, version_id: str, owner: str, protected: bool) -> bool:
+        """Protect a live version, or unprotect it, while ``owner`` holds its collection's
+        upload lock (checked in the same transaction: LockLost, and nothing changed, when
+        it does not). False when the version is no longer live."""
+
+    async def delete_version(self, version_id: str, owner: str) -> datetime | None:
+        """Mark a live, unprotected version deleted while ``owner`` holds its collection's
+        upload lock (LockLost, and nothing changed, when it does not); its object is
+        deleted after, like a rotated version's. Returns the time of the deletion; None
+        when the version is not live or is protected."""
 
     async def deleted_unpurged(self, collection_id: str) -> list[VersionRecord]:
         """Rotated versions whose stored object may still exist."""

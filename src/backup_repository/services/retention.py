@@ -84,7 +84,9 @@ class RetentionService:
             ctx, collection_id, CollectionAction.VIEW_RETENTION, NOT_AUTHORIZED_RETENTION
         )
         live = [
-            StoredVersion(number=v.number, size=v.size, created_at=v.created_at)
+            StoredVersion(
+                number=v.number, size=v.size, created_at=v.created_at, protected=v.protected
+            )
             for v in await self._versions.live_versions(collection.name)
         ]
         return retention_report(collection, live, self._clock())

@@ -9,8 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from backup_repository.domain.identity import Collection
-from backup_repository.domain.quota import max_upload_size
-from backup_repository.domain.rotation import versions_to_rotate
+from backup_repository.domain.quota import next_upload
 from backup_repository.domain.versions import StoredVersion
 from backup_repository.services.ports import ConfigurationProvider, VersionRepository
 
@@ -70,11 +69,12 @@ class StatsService:
         """What an upload now may have: the quota once the rotation it causes is done, as
         the upload itself computes it (services/uploads.py)."""
         live = [
-            StoredVersion(number=v.number, size=v.size, created_at=v.created_at)
+            StoredVersion(
+                number=v.number, size=v.size, created_at=v.created_at, protected=v.protected
+            )
             for v in await self._versions.live_versions(collection.name)
         ]
-        rotated = {r.number for r in versions_to_rotate(collection, live, self._clock())}
-        return max_upload_size(collection, [v for v in live if v.number not in rotated])
+        return next_upload(collection, live, self._clock()).limit.bytes
 
     def configuration(self) -> ConfigStats:
         snapshot = self._config.snapshot()

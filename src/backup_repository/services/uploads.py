@@ -430,7 +430,12 @@ def _content_length(header: str | None) -> int | None:
 
 
 def _stored(version: VersionRecord) -> StoredVersion:
-    return StoredVersion(number=version.number, size=version.size, created_at=version.created_at)
+    return StoredVersion(
+        number=version.number,
+        size=version.size,
+        created_at=version.created_at,
+        protected=version.protected,
+    )
 
 
 async def _at_most(
@@ -451,10 +456,35 @@ def quota_exceeded(
     """The refusal of an upload over ``quota``: the reference phrase first, then the limit,
     the size (declared in Content-Length, or received so far) and the rule, and what to do."""
     so_far = f"Content-Length declares {size} bytes" if declared else f"{size} bytes so far"
+    if quota.blocked_by_protection(size):
+        return PayloadTooLarge(protected_quota_refusal(collection, quota, so_far))
     return PayloadTooLarge(
         f"{QUOTA_EXCEEDED}: {so_far}, but the next version of collection {collection.name} "
         f"may have at most {quota.bytes} bytes ({quota.explain()}); make the backup "
         f"smaller, or raise maxOneVersionSize or maxCollectionSize of the collection"
+    )
+
+
+def protected_quota_refusal(collection: Collection, quota: UploadLimit, so_far: str) -> str:
+    """The refusal of an upload that only protected versions keep out (services/versions.py):
+    the reference phrase first, then which limit they fill, and how to make room."""
+    name = collection.name
+    unprotect = (
+        f"unprotect one (DELETE /api/stable/repository/collection/{name}/version/<number>"
+        f"/protect, or backup-maker unprotect <number>)"
+    )
+    if quota.rule is QuotaRule.BACKUPS_COUNT:
+        return (
+            f"{QUOTA_EXCEEDED}: maxBackupsCount {quota.max_backups_count} of collection "
+            f"{name} is reached by {quota.protected_versions} protected versions, which "
+            f"rotation never removes; {unprotect} or raise maxBackupsCount"
+        )
+    return (
+        f"{QUOTA_EXCEEDED}: {so_far}, but the next version of collection {name} may have at "
+        f"most {quota.bytes} bytes ({quota.explain()}) because {quota.protected_versions} "
+        f"protected versions ({quota.protected_bytes} bytes) are never rotated out; without "
+        f"them it could have {quota.without_protection} bytes; {unprotect} or raise "
+        f"maxCollectionSize"
     )
 
 

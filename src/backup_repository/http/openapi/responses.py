@@ -147,6 +147,21 @@ class Version(_Doc):
     CreatedAt: str | None
     UpdatedAt: str | None
     DeletedAt: str | None
+    protected: bool = Field(
+        default=False,
+        description="true when a collection manager protected the version: rotation never "
+        "removes it and it cannot be deleted until unprotected; it still counts against the "
+        "collection's limits",
+    )
+
+
+class VersionData(_Doc):
+    version: Version
+
+
+class VersionEnvelope(_Doc):
+    status: Literal[True]
+    data: VersionData
 
 
 class UploadData(_Doc):
@@ -245,9 +260,13 @@ class RetentionVersion(_Doc):
     createdAt: str = Field(description="RFC 3339")
     size: int | None = Field(description="bytes; null for the upload, not made yet")
     upcoming: bool = Field(description="true for the hypothetical upload made now")
-    keptBy: list[Literal["last", "hourly", "daily", "weekly", "monthly", "yearly", "older"]] = (
-        Field(description="the rule that keeps the version; empty when it is rotated out")
+    keptBy: list[
+        Literal["last", "hourly", "daily", "weekly", "monthly", "yearly", "older", "protected"]
+    ] = Field(
+        description="the rule that keeps the version (protected: a collection manager "
+        "protected it, outside of every rule); empty when it is rotated out"
     )
+    protected: bool = Field(default=False, description="true when the version is protected")
     period: str | None = Field(
         description="gfs: the period the version stands for under its rule (2026-12-03, "
         "2026-W49, 2026-12, 2026, 2026-12-03T14); null otherwise"

@@ -1,5 +1,5 @@
 """Collections and versions (docs/api.md, docs/collections.md): upload, download, listings,
-health, the retention dry run."""
+health, the retention dry run, protecting and deleting a version."""
 
 from __future__ import annotations
 
@@ -99,6 +99,7 @@ def version_json(version: VersionRecord) -> dict[str, Any]:
         "CreatedAt": rfc3339(version.created_at),
         "UpdatedAt": rfc3339(version.updated_at),
         "DeletedAt": rfc3339(version.deleted_at),
+        "protected": version.protected,
     }
 
 
@@ -263,6 +264,7 @@ def decision_json(decision: Decision, *, upcoming: bool = False) -> dict[str, An
         "createdAt": rfc3339(version.created_at),
         "size": None if upcoming else version.size,
         "upcoming": upcoming,
+        "protected": version.protected,
         "keptBy": [decision.rule.value] if decision.kept and decision.rule else [],
         "period": decision.period if decision.kept else None,
         "fate": "kept" if decision.kept else "rotated",
@@ -277,6 +279,63 @@ def view_totals(view: RetentionView) -> dict[str, int]:
         "bytesKept": view.bytes_kept,
         "bytesFreed": view.bytes_freed,
     }
+
+
+@router.post(
+    "/api/stable/repository/collection/{collectionId}/version/{version}/protect",
+    summary="Protect a version: rotation never removes it, and it cannot be deleted",
+    responses={
+        **openapi.ok(openapi.VersionEnvelope, "Protected (or already was)"),
+        **openapi.errors(403, 404, 409),
+    },
+)
+async def protect_version(
+    collectionId: CollectionId, version: VersionRef, auth: Auth, services: ServicesDep
+) -> JSONResponse:
+    changed = await services.versions.protect(auth, collectionId, version, protected=True)
+    return ok({"version": version_json(changed)})
+
+
+@router.delete(
+    "/api/stable/repository/collection/{collectionId}/version/{version}/protect",
+    summary="Unprotect a version: rotation may remove it again",
+    responses={
+        **openapi.ok(openapi.VersionEnvelope, "Unprotected (or already was)"),
+        **openapi.errors(403, 404, 409),
+    },
+)
+async def unprotect_version(
+    collectionId: CollectionId, version: VersionRef, auth: Auth, services: ServicesDep
+) -> JSONResponse:
+    changed = await services.versions.protect(auth, collectionId, version, protected=False)
+    return ok({"version": version_json(changed)})
+
+
+@router.delete(
+    "/api/stable/repository/collection/{collectionId}/version/{version}",
+    summary="Delete a version (collection managers only; never a protected one)",
+    responses={
+        **openapi.ok(openapi.VersionEnvelope, "Deleted: the version as it was, DeletedAt set"),
+        **openapi.errors(403, 404, 409),
+    },
+)
+async def delete_version(
+    collectionId: CollectionId,
+    version: VersionRef,
+    auth: Auth,
+    services: ServicesDep,
+    reason: Annotated[
+        str | None,
+        Query(
+            max_length=1024,
+            description="why the version is deleted (required, at most 500 characters): "
+            "kept in the audit log",
+            examples=["restored and found corrupt"],
+        ),
+    ] = None,
+) -> JSONResponse:
+    deleted = await services.versions.delete(auth, collectionId, version, reason)
+    return ok({"version": version_json(deleted)})
 
 
 @router.get(
