@@ -413,18 +413,34 @@ class NotificationService:
             CLAIM_BATCH,
         )
         if entries:
-            await asyncio.gather(*(self._deliver(entry, claimer) for entry in entries))
+            outcomes = await asyncio.gather(
+                *(self._deliver(entry, claimer) for entry in entries), return_exceptions=True
+            )
+            for entry, outcome in zip(entries, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    # The claim runs out and the row is delivered again.
+                    logger.warning(
+                        "outbox row %d: the outcome could not be recorded: %s", entry.id, outcome
+                    )
         return len(entries)
 
     async def run_dispatcher(self, poll: float) -> None:
         """Deliver what is due every ``poll`` seconds, or at once when this replica queued
         something, until cancelled. Never raises."""
+        failing = False
         while True:
             attempted = 0
             try:
                 attempted = await self.dispatch_once()
             except Exception as exc:
-                logger.warning("notification delivery round failed: %s; trying again", exc)
+                # Said once per outage, not at every round.
+                if not failing:
+                    logger.warning("notification delivery failed: %s; trying again", exc)
+                failing = True
+            else:
+                if failing:
+                    logger.info("notification delivery works again")
+                failing = False
             if attempted:
                 continue
             try:
