@@ -240,6 +240,7 @@ class Cluster:
             replica_id=replica,
             extra_args=["--notify-interval=1s", "--notify-dispatch-interval=200ms"],
             env={"BR_TEST_CLOCK_FILE": str(self.clock_file), "BR_ENABLE_TEST_FACILITIES": "1"},
+            timeout=60,
         )
         self.servers[replica] = server
         return server
@@ -430,6 +431,117 @@ def test_notifications_across_replicas(
         assert kinds == ["integrity", "missing", "missing", "recovered", "recovered", "suspicious"]
         metrics = httpx.get(restarted.url + "/metrics").text
         assert 'backup_repository_notification_outbox{status="delivered"}' in metrics
+        assert 'backup_repository_notification_outbox{status="pending"} 0.0' in metrics
+        # The restarted replica delivered what its killed life had claimed.
+        for name in ("hook-a", "hook-b"):
+            assert (
+                f'backup_repository_notifications_delivered_total{{channel="{name}",'
+                'outcome="delivered"}' in metrics
+            ), metrics
     finally:
         for server in cluster.servers.values():
             server.stop()
+
+
+# -- the long variant ------------------------------------------------------------------------
+
+HOURLY = [f"hourly-{n}" for n in range(1, 5)]
+
+
+def hourly_documents(receiver: Receiver) -> list[dict[str, Any]]:
+    documents_ = documents(receiver)[:5]  # the users, the Secret and the two channels
+    for name in HOURLY:
+        documents_.append(
+            collection(
+                name,
+                {
+                    "channels": [{"name": "hook-a"}, {"name": "hook-b"}],
+                    "gracePeriod": "1m",
+                    "reminderInterval": "0",
+                },
+                windows=[{"from": "0 * * * *", "duration": "10m"}],
+            )
+        )
+    return documents_
+
+
+@pytest.mark.slow
+def test_exactly_once_through_rounds_of_kills(
+    tmp_path: Path, receiver: Receiver, database: str, gpg_home: GpgHome
+) -> None:
+    """Three replicas; eight hourly windows go by on the test clock. In each round every
+    collection not uploaded to since the window opened is missing (announced when it was
+    not already), half of the collections then get a backup (recovered), and one replica,
+    picked in turn, is killed with SIGKILL while deliveries are under way and started
+    again. Every change is announced exactly once per channel (one outbox row each, every
+    row delivered), whatever replica judged it."""
+    config = tmp_path / "config"
+    write_config(config, hourly_documents(receiver))
+    clock_file = tmp_path / "clock-offset"
+    clock_file.write_text("0\n")
+    cluster = Cluster(tmp_path / "work", config, database, clock_file, {})
+    replicas = ["rep-a", "rep-b", "rep-c"]
+    body = gpg_home.encrypt(b"hourly " * 2000)
+    expected: dict[tuple[str, str], int] = {}
+    failing = dict.fromkeys(HOURLY, False)
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            list(pool.map(cluster.start, replicas))
+        settle()
+        moment = cluster.now()
+        for round_ in range(8):
+            window = moment.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+            moment = window + timedelta(minutes=12)
+            cluster.move_clock_to(moment)
+            for name in HOURLY:
+                if not failing[name]:
+                    expected[name, "missing"] = expected.get((name, "missing"), 0) + 1
+                failing[name] = True
+            # Kill a replica while the round's announcements are being delivered.
+            victim = replicas[round_ % 3]
+            time.sleep(0.3 + 0.2 * (round_ % 3))
+            killed = cluster.servers.pop(victim)
+            killed.process.send_signal(signal.SIGKILL)
+            killed.process.wait(timeout=10)
+            alive = next(iter(cluster.servers.values()))
+            for name in HOURLY[round_ % 2 :: 2]:
+                upload(alive, name, body)
+                expected[name, "recovered"] = expected.get((name, "recovered"), 0) + 1
+                failing[name] = False
+            cluster.start(victim)
+        admin = login(next(iter(cluster.servers.values())), ADMIN)
+        server = next(iter(cluster.servers.values()))
+
+        def outbox() -> list[dict[str, Any]]:
+            entries: list[dict[str, Any]] = httpx.get(
+                server.url + "/api/stable/notifications/outbox?limit=500", headers=admin
+            ).json()["data"]["entries"]
+            return entries
+
+        want = sum(expected.values()) * 2
+        wait_until(
+            lambda: len(outbox()) == want and {e["status"] for e in outbox()} == {"delivered"},
+            timeout=60,
+        )
+        settle()
+        rows = outbox()
+        assert len(rows) == want
+        for (name, type_), count in expected.items():
+            for channel_name in ("hook-a", "hook-b"):
+                ids = {
+                    e["event"]["id"]
+                    for e in rows
+                    if e["event"]["collection"] == name
+                    and e["event"]["type"] == type_
+                    and e["channel"] == channel_name
+                }
+                assert len(ids) == count, (name, type_, channel_name)
+                received = {
+                    d.event["id"]
+                    for d in receiver.events(type_, channel_name[-1])
+                    if d.event["collection"] == name
+                }
+                assert received == ids, (name, type_, channel_name)
+    finally:
+        for server_ in cluster.servers.values():
+            server_.stop()
