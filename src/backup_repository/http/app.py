@@ -201,7 +201,10 @@ def create_app(
                 clock=clock,
                 instance=identity.instance,
             )
-            events.add(notifications.trigger)
+            if settings.notify_interval:
+                # Uploads ask for an evaluation (only where evaluations run: the trigger
+                # keeps the names until then).
+                events.add(notifications.trigger)
             metrics.add_source("notifications", notification_source(notifications))
             # What this replica's previous life held (killed mid-upload, say) is freed before
             # anything takes a lock, not left until its leases run out. A server on SQLite
