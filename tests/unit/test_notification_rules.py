@@ -250,3 +250,16 @@ def test_backoff_doubles_with_jitter_and_is_capped() -> None:
 @pytest.mark.parametrize("attempts", [0, 1])
 def test_the_first_retry_waits_about_ten_seconds(attempts: int) -> None:
     assert 8 <= backoff(attempts).total_seconds() <= 12
+
+
+async def test_the_upload_trigger_keeps_a_bounded_set_of_names() -> None:
+    from backup_repository.services.events import Action, Event, Outcome
+    from backup_repository.services.notifications import MAX_PENDING_TRIGGERS, UploadTrigger
+
+    trigger = UploadTrigger()
+    await trigger.emit(Event(Action.DOWNLOAD, Outcome.SUCCESS, collection="db"))
+    assert not trigger.wake.is_set()
+    for n in range(MAX_PENDING_TRIGGERS + 50):
+        await trigger.emit(Event(Action.UPLOAD, Outcome.FAILURE, collection=f"invented-{n}"))
+    assert len(trigger.pending) == MAX_PENDING_TRIGGERS
+    assert trigger.wake.is_set()

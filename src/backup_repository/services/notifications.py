@@ -88,6 +88,7 @@ BACKOFF_CAP: Final = timedelta(hours=1)
 BACKOFF_JITTER: Final = 0.2
 # An upload's evaluation waits this long, so that a burst of uploads is judged once.
 TRIGGER_DELAY_S: Final = 0.5
+MAX_PENDING_TRIGGERS: Final = 1000
 # Delivered and failed outbox rows are kept this long after they were queued (the history
 # the operations API lists), then deleted by the scheduled evaluation, this many at a time.
 OUTBOX_RETENTION: Final = timedelta(days=30)
@@ -175,7 +176,10 @@ class UploadTrigger:
 
     async def emit(self, event: Event) -> None:
         if event.action in (Action.UPLOAD, Action.VERIFY) and event.collection:
-            self.pending.add(event.collection)
+            # Refused uploads may name collections that do not exist: at most this many
+            # names wait (the scheduled evaluation judges every collection anyway).
+            if len(self.pending) < MAX_PENDING_TRIGGERS:
+                self.pending.add(event.collection)
             self.wake.set()
 
 
