@@ -215,6 +215,36 @@ class RepositoryClient:
             f"cannot read the retention of collection {collection_id!r}",
         )
 
+    def _version_data(self, response: httpx.Response, what: str) -> dict[str, Any]:
+        version = self._data(response, what).get("version")
+        if not isinstance(version, dict):
+            raise ServerError(f"{what}: the server's answer holds no version")
+        return version
+
+    def protect(
+        self, collection_id: str, version: str, *, protected: bool = True
+    ) -> dict[str, Any]:
+        """Protect ``version`` from rotation (or unprotect it); collectionManager only."""
+        verb = "protect" if protected else "unprotect"
+        what = f"cannot {verb} version {version!r} of collection {collection_id!r}"
+        reference = quote(check_version(version), safe="")
+        path = f"{self._collection_path(collection_id)}/version/{reference}/protect"
+        with self.errors(what):
+            response = self._http.post(path) if protected else self._http.delete(path)
+        return self._version_data(response, what)
+
+    def delete(self, collection_id: str, version: str, reason: str) -> dict[str, Any]:
+        """Delete ``version``, saying why (kept in the audit log); collectionManager only,
+        and never a protected version."""
+        what = f"cannot delete version {version!r} of collection {collection_id!r}"
+        reference = quote(check_version(version), safe="")
+        with self.errors(what):
+            response = self._http.delete(
+                f"{self._collection_path(collection_id)}/version/{reference}",
+                params={"reason": reason},
+            )
+        return self._version_data(response, what)
+
     def upload(self, collection_id: str, body: Iterator[bytes]) -> dict[str, Any]:
         """Send ``body`` as a raw chunked request body and return the new version.
 

@@ -1,6 +1,6 @@
 """The ``backup-maker`` command: the subcommands (make, restore, download, login,
-versions, collections) and the entry point. The flags and environment variables are read
-by :mod:`~backup_repository.client.parser` and
+versions, collections, retention, protect, unprotect, delete) and the entry point. The
+flags and environment variables are read by :mod:`~backup_repository.client.parser` and
 :mod:`~backup_repository.client.arguments`."""
 
 from __future__ import annotations
@@ -303,6 +303,34 @@ def cmd_retention(args: Arguments) -> int:
     return ExitCode.OK
 
 
+def cmd_protect(args: Arguments) -> int:
+    """Protect a version from rotation, or (``unprotect``) allow rotation again."""
+    protected = args.flag("subcommand") == "protect"
+    collection = _collection(args)
+    with _connection(args).open() as client:
+        version = client.protect(collection, str(args.flag("version")), protected=protected)
+    if args.flag("json"):
+        print(json.dumps(version, indent=2))
+    log.info(
+        "version %s of %s is %s",
+        version.get("versionNumber"),
+        collection,
+        "protected" if version.get("protected") else "not protected",
+    )
+    return ExitCode.OK
+
+
+def cmd_delete(args: Arguments) -> int:
+    """Delete a version (collectionManager), saying why."""
+    collection = _collection(args)
+    with _connection(args).open() as client:
+        version = client.delete(collection, str(args.flag("version")), str(args.flag("reason")))
+    if args.flag("json"):
+        print(json.dumps(version, indent=2))
+    log.info("deleted version %s of %s", version.get("versionNumber"), collection)
+    return ExitCode.OK
+
+
 COMMANDS: Mapping[str, Callable[[Arguments], int]] = {
     "make": cmd_make,
     "restore": cmd_restore,
@@ -311,6 +339,9 @@ COMMANDS: Mapping[str, Callable[[Arguments], int]] = {
     "versions": cmd_versions,
     "collections": cmd_collections,
     "retention": cmd_retention,
+    "protect": cmd_protect,
+    "unprotect": cmd_protect,
+    "delete": cmd_delete,
 }
 
 

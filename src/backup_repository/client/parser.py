@@ -1,5 +1,6 @@
 """The ``backup-maker`` argument parser: the reference client's subcommands and flags
-(make, restore, download), plus login, versions and collections. Global flags are
+(make, restore, download), plus login, versions, collections, retention, protect,
+unprotect and delete. Global flags are
 accepted before or after the subcommand, as the reference accepts them."""
 
 from __future__ import annotations
@@ -242,4 +243,38 @@ def build_parser() -> argparse.ArgumentParser:
         "collection", nargs="?", help="the collection (default: --collection-id)"
     )
     retention.add_argument("--json", action="store_true", help="print the server's data as JSON")
+
+    for name, help_text, description in (
+        (
+            "protect",
+            "protect a version: rotation never removes it, and it cannot be deleted",
+            "Protects VERSION of --collection-id: the rotation strategy leaves it alone (it "
+            "still counts against maxBackupsCount and maxCollectionSize) and it cannot be "
+            "deleted until unprotected. Needs collectionManager on the collection (or "
+            "systemAdmin).",
+        ),
+        (
+            "unprotect",
+            "unprotect a version: rotation may remove it again",
+            "Unprotects VERSION of --collection-id; the next upload's rotation may remove it. "
+            "Needs collectionManager on the collection (or systemAdmin).",
+        ),
+    ):
+        protection = add(name, help_text, description)
+        protection.add_argument("version", metavar="VERSION", help="a number, vN or latest")
+        protection.add_argument(
+            "--json", action="store_true", help="print the server's data as JSON"
+        )
+
+    delete = add(
+        "delete",
+        "delete a version (collection managers only; never a protected one)",
+        "Deletes VERSION of --collection-id: it is no longer listed or downloadable and its "
+        "file is deleted from the storage; its number is never given again. --reason is kept "
+        "in the audit log. Needs collectionManager on the collection (or systemAdmin); a "
+        "protected version must be unprotected first.",
+    )
+    delete.add_argument("version", metavar="VERSION", help="a number, vN or latest")
+    delete.add_argument("--reason", required=True, help="why (kept in the audit log)")
+    delete.add_argument("--json", action="store_true", help="print the server's data as JSON")
     return parser

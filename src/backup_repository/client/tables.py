@@ -97,7 +97,7 @@ def versions_table(data: Mapping[str, Any]) -> str:
     versions: Sequence[Mapping[str, Any]] = data.get("versions") or []
     rows = [
         [
-            _text(v.get("versionNumber")),
+            _text(v.get("versionNumber")) + (" protected" if v.get("protected") else ""),
             human_size(v.get("filesize")),
             _when(v.get("CreatedAt")),
             _short_sha(v.get("sha256")),
