@@ -7,6 +7,10 @@ Two steps, so that every provider can share the second one:
 2. :func:`build` (here) turns all documents into a snapshot of usable users and
    collections, resolving ``passwordFromRef`` and ``healthSecretRef`` against the Secrets.
 
+The one exception to "no I/O": the public keys of ``trustedUploaders`` are read by the
+``gpg`` binary (services/signatures.py ``read_keys``, cached by the keys' text, so a
+reload that did not change them runs no gpg).
+
 Nothing here raises on bad input. Every broken object becomes one or more
 :class:`ConfigProblem` (naming the file, the object and the dotted field path) and is left
 out of the snapshot, so that it refuses every request instead of running on a guess.
@@ -19,6 +23,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -45,6 +50,7 @@ from backup_repository.config.models import (
     ObjectGrantSpec,
     Secret,
     SecretRef,
+    TrustedUploadersSpec,
 )
 from backup_repository.config.problems import ProblemFactory, dotted_path, operator_message
 from backup_repository.domain.identity import (
@@ -67,8 +73,10 @@ from backup_repository.domain.notification_channels import (
     WebhookTarget,
 )
 from backup_repository.domain.password_format import InvalidPasswordHash, decode_stored_hash
+from backup_repository.domain.signatures import TrustedKey
 from backup_repository.services.health import describe_problems, plural
 from backup_repository.services.ports import ConfigProblem, ConfigSnapshot
+from backup_repository.services.signatures import read_keys
 
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -427,6 +435,9 @@ class _Builder:
                 )
             else:
                 health_secret = value.lower()
+        trusted_keys: tuple[TrustedKey, ...] = ()
+        if spec.trusted_uploaders is not None:
+            trusted_keys = self._trusted_keys(spec.trusted_uploaders, problem, document, name)
         if len(self.problems) > before:
             return None
         # After the checks that refuse the collection: a mistake in its notifications is
@@ -458,7 +469,68 @@ class _Builder:
                 for entry in spec.access_control
             ),
             notifications=notifications,
+            trusted_keys=trusted_keys,
         )
+
+    def _trusted_keys(
+        self,
+        spec: TrustedUploadersSpec,
+        problem: ProblemFactory,
+        document: Document,
+        collection: str,
+    ) -> tuple[TrustedKey, ...]:
+        """The keys of ``spec.trustedUploaders`` (the pinned ones when fingerprints are
+        given). Any mistake is a problem that leaves the collection out: a collection that
+        asks for signatures must never take unsigned uploads because its keys are broken.
+        An expired or revoked key is kept, with a warning: gpg refuses its signatures."""
+        where = "spec.trustedUploaders.keysFromRef"
+        text = self._secret_value(spec.keys_from_ref, where, problem)
+        if text is None:
+            return ()
+        reading = read_keys(text)
+        ref = spec.keys_from_ref
+        if reading.error:
+            self.problems.append(
+                problem(
+                    f"the value of entry {ref.entry!r} in Secret {ref.name!r} {reading.error}",
+                    where,
+                )
+            )
+            return ()
+        keys = list(reading.keys)
+        if spec.fingerprints:
+            by_fingerprint = {key.fingerprint: key for key in keys}
+            pinned: list[TrustedKey] = []
+            for position, fingerprint in enumerate(spec.fingerprints):
+                key = by_fingerprint.get(fingerprint)
+                if key is not None:
+                    pinned.append(key)
+                    continue
+                owner = next((k for k in keys if fingerprint in k.subkeys), None)
+                hint = (
+                    f"it is a subkey of {owner.fingerprint}: pin the primary key's fingerprint"
+                    if owner is not None
+                    else "add the key to the Secret, or correct the fingerprint; keys there: "
+                    + ", ".join(k.fingerprint for k in keys)
+                )
+                self.problems.append(
+                    problem(
+                        f"fingerprint {fingerprint} is not among the keys in entry "
+                        f"{ref.entry!r} of Secret {ref.name!r}: {hint}",
+                        f"spec.trustedUploaders.fingerprints[{position}]",
+                    )
+                )
+            keys = pinned
+        now = datetime.now(UTC)
+        for key in keys:
+            state = "revoked" if key.revoked else "expired" if key.expired(now) else ""
+            if state:
+                self.warnings.append(
+                    f"{document.source}: {KIND_COLLECTION}/{collection}: "
+                    f"spec.trustedUploaders: key {key.label} is {state}: uploads signed by it "
+                    "are refused"
+                )
+        return tuple(keys)
 
     def _notifications(self, raw: Any, problem: ProblemFactory) -> NotificationPolicy:
         """The collection's policy. Whatever is wrong in ``spec.notifications`` is a problem

@@ -42,6 +42,7 @@ from backup_repository.domain.notification_channels import (
     SmtpSecurity,
 )
 from backup_repository.domain.roles import Role, parse_role
+from backup_repository.domain.signatures import parse_fingerprint
 from backup_repository.domain.units import parse_duration, parse_size
 
 API_GROUP = "backups.riotkit.org"
@@ -559,6 +560,28 @@ class NotificationChannel(_Loose):
     spec: NotificationChannelSpec
 
 
+def _fingerprint(value: str) -> str:
+    found = parse_fingerprint(value)
+    if found is None:
+        raise ValueError(
+            f"{value!r} is not an OpenPGP fingerprint: give the 40 (or 64) hex digits "
+            "gpg --fingerprint shows, spaces allowed"
+        )
+    return found
+
+
+Fingerprint = Annotated[str, AfterValidator(_fingerprint)]
+
+
+class TrustedUploadersSpec(_Strict):
+    """A collection's ``spec.trustedUploaders``: the public keys (ASCII-armoured, one or
+    more, in a Secret's entry) whose detached signature every upload must carry, and
+    optionally the fingerprints of those among them that count."""
+
+    keys_from_ref: SecretRef = Field(alias="keysFromRef")
+    fingerprints: tuple[Fingerprint, ...] = ()
+
+
 class BackupCollectionSpec(_Strict):
     description: str = ""
     filename_template: FilenameTemplate = Field(alias="filenameTemplate")
@@ -575,6 +598,7 @@ class BackupCollectionSpec(_Strict):
     # Checked on its own by the loader (NotificationsSpec): a mistake in it is reported but
     # does not take the collection out of service, since notifications grant nothing.
     notifications: Any = None
+    trusted_uploaders: TrustedUploadersSpec | None = Field(default=None, alias="trustedUploaders")
 
 
 class BackupCollection(_Loose):

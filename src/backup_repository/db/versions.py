@@ -39,6 +39,7 @@ _VERSION_COLUMNS: Final = (
     BackupVersion.updated_at,
     BackupVersion.deleted_at,
     BackupVersion.protected,
+    BackupVersion.signer_fingerprint,
     _UPLOADING_KEY,
 )
 
@@ -137,7 +138,8 @@ class SqlVersionRepository:
         return [_to_record(r) for r in rows]
 
     async def get_version(self, collection_id: str, number: int) -> VersionRecord | None:
-        statement = select(*_VERSION_COLUMNS).where(
+        # One version: its signature too (listings leave it out, it is the larger part).
+        statement = select(*_VERSION_COLUMNS, BackupVersion.signature).where(
             BackupVersion.collection_id == collection_id,
             BackupVersion.version_number == number,
             BackupVersion.deleted_at.is_(None),
@@ -148,7 +150,7 @@ class SqlVersionRepository:
 
     async def latest_version(self, collection_id: str) -> VersionRecord | None:
         statement = (
-            select(*_VERSION_COLUMNS)
+            select(*_VERSION_COLUMNS, BackupVersion.signature)
             .where(BackupVersion.collection_id == collection_id, BackupVersion.deleted_at.is_(None))
             .order_by(BackupVersion.version_number.desc())
             .limit(1)
@@ -308,6 +310,8 @@ def _to_record(row: RowMapping) -> VersionRecord:
         deleted_at=row["deleted_at"],
         access_key=row.get("access_key_name"),
         protected=bool(row.get("protected", False)),
+        signer_fingerprint=row.get("signer_fingerprint"),
+        signature=row.get("signature"),
     )
 
 
@@ -325,4 +329,6 @@ def insert_version(version: VersionRecord) -> Insert:
         user_name=version.user,
         created_at=version.created_at,
         updated_at=version.updated_at,
+        signer_fingerprint=version.signer_fingerprint,
+        signature=version.signature,
     )

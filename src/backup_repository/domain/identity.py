@@ -9,6 +9,7 @@ from datetime import timedelta
 
 from backup_repository.domain.notification_channels import NotificationPolicy
 from backup_repository.domain.roles import Role
+from backup_repository.domain.signatures import TrustedKey
 
 COLLECTION = "collection"
 
@@ -115,6 +116,9 @@ class Collection:
     access_control: tuple[AccessControlEntry, ...] = ()
     # spec.notifications: the channels it subscribes to and its thresholds.
     notifications: NotificationPolicy = field(default_factory=NotificationPolicy)
+    # spec.trustedUploaders: the keys whose detached signature every upload must carry
+    # (empty: uploads need no signature). domain/signatures.py.
+    trusted_keys: tuple[TrustedKey, ...] = ()
 
     def roles_of(self, user: str) -> frozenset[Role]:
         roles: set[Role] = set()

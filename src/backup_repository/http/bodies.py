@@ -58,10 +58,26 @@ OTHER_FIELDS_TOO_LARGE = (
 
 BodyDecoder = Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]]
 
+SIGNATURE_FIELD = b"signature"
+LATE_SIGNATURE = (
+    "the form's part 'signature' comes after the part 'file': send the signature first, "
+    "so that it is checked while the file streams"
+)
 
-def form_decoder(content_type: str) -> BodyDecoder | None:
+
+@dataclass
+class FormFields:
+    """What a multipart form carries besides the file and the service needs: the detached
+    signature of a trusted uploader (the part ``signature``, which must come before the
+    part ``file``; its bytes count against MAX_OTHER_FIELDS)."""
+
+    signature: bytes | None = None
+
+
+def form_decoder(content_type: str, fields: FormFields | None = None) -> BodyDecoder | None:
     """What turns a form body into the file's bytes, or None for a raw body (the body is
-    the file). Refuses a malformed form header at once."""
+    the file). Refuses a malformed form header at once. A multipart form's part
+    ``signature`` is kept in ``fields``."""
     media, params = parse_options_header(content_type)
     if media == b"multipart/form-data":
         boundary = params.get(b"boundary")
@@ -72,7 +88,8 @@ def form_decoder(content_type: str) -> BodyDecoder | None:
             raise InvalidInput(
                 f"multipart/form-data boundary longer than {MAX_BOUNDARY_LENGTH} characters"
             )
-        return lambda chunks: _multipart_file(boundary, chunks)
+        kept = fields if fields is not None else FormFields()
+        return lambda chunks: _multipart_file(boundary, chunks, kept)
     if media == b"application/x-www-form-urlencoded":
         return _urlencoded_or_raw
     return None
@@ -170,6 +187,8 @@ class _MultipartState:
     header: bytes = b""
     value: bytes = b""
     is_file: bool = False  # the current part is named "file"
+    is_signature: bool = False  # the current part is named "signature"
+    fields: FormFields = field(default_factory=FormFields)
     in_file: bool = False  # the current part is the upload
     found: bool = False
     done: bool = False
@@ -189,6 +208,7 @@ class _MultipartState:
         if self.header.lower() == b"content-disposition":
             _, params = parse_options_header(self.value)
             self.is_file = params.get(b"name") == FILE_FIELD
+            self.is_signature = params.get(b"name") == SIGNATURE_FIELD
         self.header = self.value = b""
 
     def on_part_begin(self) -> None:
@@ -196,17 +216,24 @@ class _MultipartState:
         if self.parts > MAX_PARTS:
             raise InvalidInput(TOO_MANY_PARTS)
         self.is_file = False
+        self.is_signature = False
 
     def on_headers_finished(self) -> None:
         # Only the first part named "file" is the upload; others are read and dropped.
         self.in_file = self.is_file and not self.found
         self.found = self.found or self.in_file
+        if self.is_signature:
+            if self.found:
+                raise InvalidInput(LATE_SIGNATURE)
+            self.fields.signature = b""
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self.in_file:
             self.pending.append(data[start:end])
         else:
             self.other.add(end - start)
+            if self.is_signature and self.fields.signature is not None:
+                self.fields.signature += data[start:end]
 
     def on_part_end(self) -> None:
         if self.in_file:
@@ -214,8 +241,10 @@ class _MultipartState:
             self.done = True
 
 
-async def _multipart_file(boundary: bytes, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    state = _MultipartState()
+async def _multipart_file(
+    boundary: bytes, chunks: AsyncIterator[bytes], fields: FormFields
+) -> AsyncIterator[bytes]:
+    state = _MultipartState(fields=fields)
     parser = MultipartParser(
         boundary,
         {

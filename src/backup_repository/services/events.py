@@ -56,6 +56,7 @@ class RefusalReason(StrEnum):
     LOCK = "lock"  # another upload to the collection is running
     QUOTA = "quota"  # over maxOneVersionSize / maxCollectionSize
     OPENPGP = "openpgp"  # not an OpenPGP message
+    SIGNATURE = "signature"  # unsigned, or not signed by a trusted uploader (trustedUploaders)
     NOT_FOUND = "not_found"  # no such collection
     INVALID = "invalid"  # malformed request (empty body, bad Content-Length, bad form)
     TIMEOUT = "timeout"  # the client was too slow

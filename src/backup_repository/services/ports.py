@@ -174,6 +174,10 @@ class VersionRecord:
     access_key: str | None = None
     # Kept outside of rotation and refused to deletion until unprotected.
     protected: bool = False
+    # The trusted uploader's key (primary fingerprint) and its detached signature over the
+    # stored bytes, ASCII-armoured; None for an unsigned upload (docs/security.md).
+    signer_fingerprint: str | None = None
+    signature: str | None = None
 
 
 class LockLost(Exception):

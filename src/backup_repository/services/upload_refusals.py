@@ -15,6 +15,7 @@ from backup_repository.domain.errors import (
     RequestTimeout,
 )
 from backup_repository.domain.openpgp import NotOpenPGP
+from backup_repository.domain.signatures import BadSignatureInput, SignatureRefused
 from backup_repository.domain.windows import WindowClosed
 from backup_repository.services.auth import AuthContext
 from backup_repository.services.collections import caller_event
@@ -59,6 +60,8 @@ def refusal_reason(exc: BaseException) -> RefusalReason:
     """Why an upload failed, from the error that ended it."""
     if isinstance(exc, AuthenticationFailed):
         return RefusalReason.AUTH
+    if isinstance(exc, SignatureRefused | BadSignatureInput):
+        return RefusalReason.SIGNATURE
     if isinstance(exc, WindowClosed):
         return RefusalReason.WINDOW
     if isinstance(exc, Forbidden):

@@ -35,6 +35,7 @@ from backup_repository.domain.errors import (
 from backup_repository.domain.identity import Collection
 from backup_repository.domain.openpgp import OpenPGPStreamChecker
 from backup_repository.domain.quota import QuotaRule, UploadLimit, next_upload
+from backup_repository.domain.signatures import TrustedKey, armor, decide, unsigned
 from backup_repository.domain.versions import StoredVersion
 from backup_repository.domain.windows import is_window_open, window_closed
 from backup_repository.services.auth import AuthContext
@@ -60,6 +61,7 @@ from backup_repository.services.ports import (
     VersionRepository,
 )
 from backup_repository.services.retention import RetentionService
+from backup_repository.services.signatures import SignatureService, StreamVerification
 from backup_repository.services.upload_cleanup import UploadCleanup
 from backup_repository.services.upload_refusals import refusal_event
 from backup_repository.storage.base import BlobStore, StorageError
@@ -91,7 +93,8 @@ class UploadRequest:
     order, inside its own error handling, so that every refusal is emitted in one place:
     ``authenticate`` (the caller, from the request's token), the Content-Length check,
     ``reading_body`` (from here on an error answer must drain the unread body), then
-    ``decoder`` (None for a raw body, else what turns the form into the file's bytes)."""
+    ``decoder`` (None for a raw body, else what turns the form into the file's bytes), and
+    ``signature`` when the file's first bytes arrive."""
 
     collection_id: str
     client_ip: str
@@ -100,6 +103,19 @@ class UploadRequest:
     authenticate: Callable[[], Awaitable[AuthContext]]
     decoder: Callable[[], BodyDecoder | None]
     reading_body: Callable[[], None] = lambda: None
+    # The detached signature sent with the upload (the X-Backup-Signature header, or the
+    # form's part "signature"), asked for when the file's first bytes arrive; None: unsigned.
+    signature: Callable[[], bytes | None] = lambda: None
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """What storing the body found: its size, SHA-256, and who signed it."""
+
+    size: int
+    sha256: str
+    signer: TrustedKey | None = None
+    signature: str | None = None  # armoured
 
 
 @dataclass(frozen=True)
@@ -132,6 +148,7 @@ class UploadService:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         events: EventSink | None = None,
         instance: str | None = None,
+        signatures: SignatureService | None = None,
     ) -> None:
         self._collections = collections
         self._config = config
@@ -143,6 +160,8 @@ class UploadService:
         # What "now" is to the upload pipeline and the retention dry run (a test may set it).
         self.clock = clock
         self._events: EventSink = events or NullSink()
+        # Verifies the signatures of trusted uploaders (services/signatures.py).
+        self.signatures = signatures or SignatureService()
         # Distinguishes this process's locks from other replicas' in the lock table:
         # ``<replica tag>/<life>`` (domain/replica.py) from the composition root.
         self._instance = instance or secrets.token_hex(8)
@@ -174,7 +193,12 @@ class UploadService:
             try:
                 async with asyncio.timeout(self._deadline):
                     record = await self._upload(
-                        ctx, request.collection_id, counted(), content_length, decode
+                        ctx,
+                        request.collection_id,
+                        counted(),
+                        content_length,
+                        decode,
+                        request.signature,
                     )
             except TimeoutError:
                 raise RequestTimeout(TOOK_TOO_LONG) from None
@@ -213,6 +237,7 @@ class UploadService:
         body: AsyncIterable[bytes],
         content_length: int | None,
         decode: BodyDecoder | None,
+        signature: Callable[[], bytes | None] = lambda: None,
     ) -> VersionRecord:
         collection = self._collections.authorized(
             ctx, collection_id, CollectionAction.UPLOAD, NOT_AUTHORIZED_UPLOAD
@@ -237,7 +262,7 @@ class UploadService:
             ):
                 await self.cleanup.clean_leftovers(collection, last_number)
                 return await self._upload_locked(
-                    ctx, collection, owner, last_number, body, content_length, decode
+                    ctx, collection, owner, last_number, body, content_length, decode, signature
                 )
         except LockLost as exc:
             # Lost while the upload ran (a stall longer than the lease): another upload may
@@ -253,6 +278,7 @@ class UploadService:
         body: AsyncIterable[bytes],
         content_length: int | None,
         decode: BodyDecoder | None,
+        signature: Callable[[], bytes | None] = lambda: None,
     ) -> VersionRecord:
         plan = await self._plan(collection, last_number)
         if content_length is not None and content_length > plan.limit:
@@ -260,20 +286,22 @@ class UploadService:
         if decode is not None:
             # A form: its every byte counts, not only the file's (which are fewer).
             body = decode(_at_most(body, collection, plan.quota))
-        size, sha256 = await self._store_body(collection, owner, plan, body)
+        stored = await self._store_body(collection, owner, plan, body, signature)
         record = VersionRecord(
             id=str(uuid.uuid4()),
             collection_id=collection.name,
             number=plan.number,
             filename=plan.filename,
             storage_key=plan.key,
-            size=size,
-            sha256=sha256,
+            size=stored.size,
+            sha256=stored.sha256,
             session_id=ctx.session.id,
             user=ctx.user.name,
             access_key=ctx.principal.access_key_name,
             created_at=plan.now,
             updated_at=plan.now,
+            signer_fingerprint=stored.signer.fingerprint if stored.signer else None,
+            signature=stored.signature,
         )
         await self._commit(ctx, record, owner, plan)
         await self._announce(ctx, collection, record, plan)
@@ -300,14 +328,21 @@ class UploadService:
         )
 
     async def _store_body(
-        self, collection: Collection, owner: str, plan: _Plan, body: AsyncIterable[bytes]
-    ) -> tuple[int, str]:
+        self,
+        collection: Collection,
+        owner: str,
+        plan: _Plan,
+        body: AsyncIterable[bytes],
+        signature_of: Callable[[], bytes | None] = lambda: None,
+    ) -> _Stored:
         """Stream ``body`` into the store under the plan's key, counting, hashing (SHA-256)
-        and checking it as OpenPGP on its way; the object becomes visible only when all
-        of that passed. Returns the size and the SHA-256."""
+        and checking it as OpenPGP on its way, and, when the collection has trusted
+        uploaders, verifying its detached signature with gpg (fed the same chunks, in a
+        thread of its own); the object becomes visible only when all of that passed."""
         digest = hashlib.sha256()
         checker = OpenPGPStreamChecker()
         size = 0
+        signed = _SignedStream(self.signatures, collection, signature_of)
 
         async def checked() -> AsyncIterator[bytes]:
             nonlocal size
@@ -317,20 +352,26 @@ class UploadService:
                 async for chunk in body:
                     if not chunk:
                         continue
+                    if size == 0:
+                        await signed.start()
                     size += len(chunk)
                     if size > plan.limit:
                         raise quota_exceeded(collection, plan.quota, size, declared=False)
                     checker.feed(chunk)
                     await hasher.submit(chunk)
+                    await signed.submit(chunk)
                     yield chunk
                 checker.finish()
                 await hasher.finish()
+                # Refused here, before the object becomes visible: nothing stored.
+                await signed.finish()
                 # Last chance before the object becomes visible under its final name: if the
                 # lease was lost meanwhile, that name may now belong to another upload.
                 if not await self._versions.renew_lock(collection.name, owner, self._lock_lease):
                     raise LockLost(f"upload lock of {collection.name} was lost")
             except BaseException:
                 await hasher.abort()
+                await signed.abort()
                 raise
 
         try:
@@ -343,7 +384,7 @@ class UploadService:
         except StorageError as exc:
             logger.warning("storage failed during upload to %s: %s", plan.key, exc)
             raise DependencyUnavailable(STORAGE_UNAVAILABLE) from exc
-        return size, digest.hexdigest()
+        return _Stored(size, digest.hexdigest(), signed.signer, signed.armored)
 
     async def _commit(
         self, ctx: AuthContext, record: VersionRecord, owner: str, plan: _Plan
@@ -416,6 +457,65 @@ class UploadService:
         except Exception:
             # Recorded and answered as stored; the next clean-up purges what is left.
             logger.exception("could not purge the rotated versions of %s", collection.name)
+
+
+class _SignedStream:
+    """The signature check of one upload: nothing when the collection has no trusted
+    uploaders (a signature sent anyway is ignored); else gpg verifies the signature over
+    the chunks, which a ChunkWorker writes to its stdin while the SHA-256 and the store
+    work on the same chunks."""
+
+    def __init__(
+        self,
+        service: SignatureService,
+        collection: Collection,
+        signature_of: Callable[[], bytes | None],
+    ) -> None:
+        self._service = service
+        self._collection = collection
+        self._signature_of = signature_of
+        self._verification: StreamVerification | None = None
+        self._worker: ChunkWorker | None = None
+        self.signer: TrustedKey | None = None
+        self.armored: str | None = None
+        self._binary = b""
+
+    async def start(self) -> None:
+        """At the file's first bytes: the signature is known (a form's part came before)."""
+        keys = self._collection.trusted_keys
+        if not keys:
+            return
+        signature = self._signature_of()
+        if signature is None:
+            raise unsigned(self._collection.name)
+        self._binary = signature
+        self._verification = await asyncio.to_thread(self._service.start, keys, signature)
+        self._worker = ChunkWorker(self._verification.write, name="upload-signature")
+
+    async def submit(self, chunk: bytes) -> None:
+        if self._worker is not None:
+            await self._worker.submit(chunk)
+
+    async def finish(self) -> None:
+        if self._worker is None or self._verification is None:
+            if self._collection.trusted_keys and self._verification is None:
+                # An empty body is refused by the OpenPGP check before this.
+                raise unsigned(self._collection.name)
+            return
+        await self._worker.finish()
+        verification = self._verification
+        self._verification = None
+        found = await asyncio.to_thread(verification.finish)
+        self.signer = decide(found, self._collection.trusted_keys, self._collection.name)
+        self.armored = armor(self._binary)
+
+    async def abort(self) -> None:
+        if self._worker is not None:
+            await self._worker.abort()
+        if self._verification is not None:
+            verification = self._verification
+            self._verification = None
+            await asyncio.to_thread(verification.abort)
 
 
 def _content_length(header: str | None) -> int | None:

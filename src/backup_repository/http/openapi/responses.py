@@ -153,6 +153,12 @@ class Version(_Doc):
         "removes it and it cannot be deleted until unprotected; it still counts against the "
         "collection's limits",
     )
+    signedBy: str | None = Field(
+        default=None,
+        description="the fingerprint (primary key) of the trusted uploader whose detached "
+        "signature over the stored bytes was verified at upload; null for an unsigned "
+        "version (its collection had no trustedUploaders then)",
+    )
 
 
 class VersionData(_Doc):

@@ -13,10 +13,18 @@ from urllib.parse import quote
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
-from backup_repository.domain.errors import RequestTimeout
+from backup_repository.domain.errors import NotFound, RequestTimeout
 from backup_repository.domain.identity import Collection
 from backup_repository.domain.rotation import FIFO_PLUS_OLDER, GFS, Decision, gfs_rules
-from backup_repository.http.bodies import form_decoder
+from backup_repository.domain.signatures import (
+    SIGNATURE_HEADER,
+    SIGNER_RESPONSE_HEADER,
+    BadSignatureInput,
+    binary_signature,
+    dearmor,
+    signature_from_header,
+)
+from backup_repository.http.bodies import FormFields, form_decoder
 from backup_repository.http.deps import (
     Auth,
     BearerDoc,
@@ -62,9 +70,24 @@ UPLOAD_DOC: dict[str, Any] = {
 
 
 _BINARY = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+_SIGNATURE_HEADERS: dict[str, Any] = {
+    SIGNATURE_HEADER: {
+        "description": "a signed version only: base64 of the trusted uploader's detached "
+        "OpenPGP signature over the whole file",
+        "schema": {"type": "string"},
+    },
+    SIGNER_RESPONSE_HEADER: {
+        "description": "a signed version only: the fingerprint of the key that signed it",
+        "schema": {"type": "string"},
+    },
+}
 DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "The whole file", "content": _BINARY},
-    206: {"description": "The requested range (Content-Range)", "content": _BINARY},
+    200: {"description": "The whole file", "content": _BINARY, "headers": _SIGNATURE_HEADERS},
+    206: {
+        "description": "The requested range (Content-Range)",
+        "content": _BINARY,
+        "headers": _SIGNATURE_HEADERS,
+    },
     304: {"description": "If-None-Match matched the ETag"},
     **openapi.errors(403, 404, 416),
 }
@@ -99,6 +122,8 @@ def version_json(version: VersionRecord) -> dict[str, Any]:
         "CreatedAt": rfc3339(version.created_at),
         "UpdatedAt": rfc3339(version.updated_at),
         "DeletedAt": rfc3339(version.deleted_at),
+        # The primary key fingerprint of the trusted uploader who signed it; null: unsigned.
+        "signedBy": version.signer_fingerprint,
         "protected": version.protected,
     }
 
@@ -161,8 +186,23 @@ async def upload(
         # Until the body has been read to its end, an error answer drains it (http/errors.py).
         request.state.unread_body = True
 
+    fields = FormFields()
+
     def decoder() -> BodyDecoder | None:
-        return form_decoder(request.headers.get("content-type", ""))
+        return form_decoder(request.headers.get("content-type", ""), fields)
+
+    def signature() -> bytes | None:
+        header = request.headers.get(SIGNATURE_HEADER)
+        if header is not None and fields.signature is not None:
+            raise BadSignatureInput(
+                f"the signature came twice (the {SIGNATURE_HEADER} header and the form's "
+                "part 'signature'): send it once"
+            )
+        if header is not None:
+            return signature_from_header(header)
+        if fields.signature is not None:
+            return binary_signature(fields.signature)
+        return None
 
     async def tracked() -> AsyncIterator[bytes]:
         async for chunk in request.stream():
@@ -178,6 +218,7 @@ async def upload(
             authenticate=authenticate,
             decoder=decoder,
             reading_body=reading_body,
+            signature=signature,
         )
     )
     return ok({"version": version_json(version), "warnings": services.uploads.warnings(version)})
@@ -289,6 +330,10 @@ def view_totals(view: RetentionView) -> dict[str, int]:
         **openapi.errors(403, 404, 409),
     },
 )
+@router.post(
+    "/api/alpha/repository/collection/{collectionId}/version/{version}/protect",
+    include_in_schema=False,
+)
 async def protect_version(
     collectionId: CollectionId, version: VersionRef, auth: Auth, services: ServicesDep
 ) -> JSONResponse:
@@ -304,6 +349,10 @@ async def protect_version(
         **openapi.errors(403, 404, 409),
     },
 )
+@router.delete(
+    "/api/alpha/repository/collection/{collectionId}/version/{version}/protect",
+    include_in_schema=False,
+)
 async def unprotect_version(
     collectionId: CollectionId, version: VersionRef, auth: Auth, services: ServicesDep
 ) -> JSONResponse:
@@ -318,6 +367,9 @@ async def unprotect_version(
         **openapi.ok(openapi.VersionEnvelope, "Deleted: the version as it was, DeletedAt set"),
         **openapi.errors(403, 404, 409),
     },
+)
+@router.delete(
+    "/api/alpha/repository/collection/{collectionId}/version/{version}", include_in_schema=False
 )
 async def delete_version(
     collectionId: CollectionId,
@@ -415,6 +467,10 @@ def _download_headers(download: Download) -> dict[str, str]:
         "Last-Modified": version.created_at.strftime("%a, %d %b %Y %H:%M:%S GMT"),
         "Cache-Control": "private, no-transform",
     }
+    if version.signature and version.signer_fingerprint:
+        # A trusted uploader's detached signature over the whole file (base64 of binary).
+        headers[SIGNATURE_HEADER] = base64.b64encode(dearmor(version.signature)).decode()
+        headers[SIGNER_RESPONSE_HEADER] = version.signer_fingerprint
     if download.partial:
         headers["Content-Range"] = f"bytes {download.start}-{download.end - 1}/{version.size}"
     return headers
@@ -476,6 +532,38 @@ async def download(
         status_code=status,
         headers=headers,
         media_type="application/octet-stream",
+    )
+
+
+@router.get(
+    "/api/stable/repository/collection/{collectionId}/version/{version}/signature",
+    summary="The detached OpenPGP signature of a signed version (ASCII-armoured)",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The trusted uploader's detached signature over the whole file; "
+            "X-Backup-Signed-By names its key",
+            "content": {"application/pgp-signature": {"schema": {"type": "string"}}},
+        },
+        **openapi.errors(403, 404),
+    },
+)
+async def version_signature(
+    collectionId: CollectionId, version: VersionRef, auth: Auth, services: ServicesDep
+) -> Response:
+    found = (await services.downloads.resolve(auth, collectionId, version, None)).version
+    if not found.signature or not found.signer_fingerprint:
+        raise NotFound(
+            f"version {found.number} of collection {found.collection_id} was uploaded "
+            "without a signature (its collection had no trustedUploaders then)"
+        )
+    return Response(
+        found.signature,
+        media_type="application/pgp-signature",
+        headers={
+            SIGNER_RESPONSE_HEADER: found.signer_fingerprint,
+            "Content-Disposition": content_disposition(f"{found.filename}.sig"),
+        },
     )
 
 
