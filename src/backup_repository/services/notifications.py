@@ -24,7 +24,7 @@ import random
 import secrets
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Final, Protocol
 
@@ -297,25 +297,15 @@ class NotificationService:
                 await self._states.apply(state, write, ())
                 continue
             event = self._event(collection, verdict, change.announce, change.reminder, now)
+            cleared = change.announce is EventType.RECOVERED
             channels = subscribers(
                 collection.name,
                 collection.notifications,
                 self._config.snapshot().channels,
                 change.announce,
-                condition=EVENT_OF[verdict.condition]
-                if change.announce is EventType.RECOVERED
-                else None,
+                condition=EVENT_OF[verdict.condition] if cleared else None,
             )
-            write = StateWrite(
-                collection=write.collection,
-                condition=write.condition,
-                failing=write.failing,
-                since=write.since,
-                facts=write.facts,
-                at=now,
-                event_id=event.id,
-                announced_at=now,
-            )
+            write = replace(write, event_id=event.id, announced_at=now)
             items = [OutboxItem(channel, event, now) for channel in channels]
             if not await self._states.apply(state, write, items):
                 logger.info(
