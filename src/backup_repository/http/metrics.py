@@ -324,7 +324,8 @@ def configuration_source(stats: StatsService) -> ScrapeSource:
         config = stats.configuration()
         problems = GaugeMetricFamily(
             f"{PREFIX}_config_problems",
-            "Configuration objects left out because they are broken",
+            "Problems of the configuration: files that could not be read, objects left out "
+            "because they are broken, objects in use with a problem",
             value=config.problems,
         )
         usable = GaugeMetricFamily(
