@@ -210,6 +210,12 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         },
     },
     "network-policy-disabled": {"networkPolicy": {"enabled": False}},
+    "private-ca-for-notification-channels": {
+        "extraVolumes": [{"name": "private-ca", "configMap": {"name": "private-ca"}}],
+        "extraVolumeMounts": [
+            {"name": "private-ca", "mountPath": "/etc/backup-repository-ca", "readOnly": True}
+        ],
+    },
 }
 
 
@@ -384,6 +390,20 @@ def test_filesystem_provider_mounts_the_objects_and_no_token(helm: Any) -> None:
     assert env(documents)["BR_CONFIG_LOCAL_PATH"]["value"] == "/etc/backup-repository"
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["config"]["configMap"] == {"name": "backup-objects"}
+
+
+def test_extra_volumes_are_mounted_beside_the_chart_s_own(helm: Any) -> None:
+    """A NotificationChannel's caFile comes from a volume of the user's."""
+    documents = render(helm, SCENARIOS["private-ca-for-notification-channels"])
+    pod = one(documents, "Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["private-ca"] == {"name": "private-ca", "configMap": {"name": "private-ca"}}
+    assert {"data", "tmp"} <= set(volumes)
+    (container,) = pod["containers"]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["private-ca"]["mountPath"] == "/etc/backup-repository-ca"
+    assert mounts["private-ca"]["readOnly"] is True
+    assert mounts["data"]["mountPath"] == "/data"
 
 
 REFUSED: dict[str, tuple[dict[str, Any], str]] = {

@@ -46,6 +46,7 @@ from backup_repository.cli.import_reference import import_reference
 from backup_repository.config.documents import SourceFile
 from backup_repository.config.loader import load_files
 from backup_repository.domain.units import parse_duration, parse_size
+from notify_receivers import make_certificate
 from support import require_service
 
 # --- the CRDs themselves -----------------------------------------------------------------------
@@ -355,10 +356,8 @@ SPEC_CHANNEL_EMAIL = {
         "timeout": "30s",
     },
 }
-SPEC_CHANNEL_APPRISE = {
-    "type": "apprise",
-    "apprise": {"urlsFromRef": {"name": "notification-secrets", "entry": "apprise-urls"}},
-}
+APPRISE_BLOCK = {"urlsFromRef": {"name": "notification-secrets", "entry": "apprise-urls"}}
+SPEC_CHANNEL_APPRISE = {"type": "apprise", "apprise": APPRISE_BLOCK}
 
 
 def _problems(*texts: str) -> tuple[str, ...]:
@@ -453,6 +452,10 @@ def test_spec_user_variants_validate_and_load(variant: dict[str, Any]) -> None:
         {"spec.allCollections": {}},
         {"metadata.name": "mail", "spec": SPEC_CHANNEL_EMAIL},
         {"metadata.name": "chat", "spec": SPEC_CHANNEL_APPRISE},
+        {
+            "metadata.name": "chat-slow",
+            "spec": {**SPEC_CHANNEL_APPRISE, "apprise": {**APPRISE_BLOCK, "timeout": "1m30s"}},
+        },
     ],
     ids=lambda v: ",".join(f"{k}" for k in v) or "as-in-spec",
 )
@@ -464,6 +467,21 @@ def test_spec_channel_variants_validate_and_load(variant: dict[str, Any]) -> Non
     # (SPEC_SECRETS holds a channel named ops-webhook too.)
     document["metadata"]["name"] += "-variant"
     assert _problems(yaml.safe_dump(document)) == ()
+
+
+def test_channels_with_a_ca_file_validate_and_load(tmp_path: Path) -> None:
+    """caFile names a file of the server's (a mounted ConfigMap): the loader reads it."""
+    made = make_certificate(tmp_path)
+    if made is None:
+        require_service("openssl", "openssl is not installed (needed for a test certificate)")
+    ca_file = str(made[0])
+    hook = _with(SPEC_CHANNEL, "spec.webhook.caFile", ca_file)
+    hook["metadata"]["name"] = "private-webhook"
+    mail = _with(yaml.safe_dump({**hook, "spec": SPEC_CHANNEL_EMAIL}), "spec.email.caFile", ca_file)
+    mail["metadata"]["name"] = "private-mail"
+    for document in (hook, mail):
+        assert crd_errors(document) == []
+    assert _problems(yaml.safe_dump(hook), yaml.safe_dump(mail)) == ()
 
 
 # Objects docs/configuration.md says are invalid and a schema can tell: (object, dotted path,
@@ -521,6 +539,7 @@ INVALID = [
     ("channel", "spec.allCollections.events", ["test"], "is not one of"),
     ("channel", "spec.allCollections.events", [], "should be non-empty"),
     ("channel", "spec.webhook.timeout", "10 seconds", "does not match"),
+    ("channel", "spec.webhook.caFile", "ca.pem", "does not match"),
     ("user", "spec.roles", ["root"], "is not one of"),
     ("user", "spec.deactivated", "yes", "is not of type"),
     ("user", "spec.restrictByIp", ["10.0.0.0/8"], "Additional properties"),

@@ -5,8 +5,10 @@ out of service; and the gfs rule that keeps nothing."""
 
 from __future__ import annotations
 
+import json
 import textwrap
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from tests.unit.test_config_loader import collection_yaml
@@ -21,6 +23,8 @@ from backup_repository.domain.notification_channels import (
     SmtpSecurity,
     Subscription,
 )
+from notify_receivers import make_certificate
+from support import require_service
 
 CHANNEL_SECRETS = """\
 apiVersion: v1
@@ -260,6 +264,169 @@ def test_plain_http_to_another_host_is_accepted_with_a_warning() -> None:
 def test_secret_values_never_appear_in_problems() -> None:
     result = load_channel(APPRISE.replace("apprise-urls", "smtp-password"))
     assert "smtp-password-value" not in str(result.snapshot.problems)
+
+
+# --- caFile and the Apprise timeout --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ca_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A throw-away certificate in PEM form, as a private CA would hand out."""
+    made = make_certificate(tmp_path_factory.mktemp("ca"))
+    if made is None:
+        require_service("openssl", "openssl is not installed (needed for a test certificate)")
+    return made[0]
+
+
+def with_ca_file(spec: str, block: str, path: object) -> str:
+    """``spec`` with ``caFile: path`` added to its ``block`` (webhook or email)."""
+    return spec.replace(f"{block}:\n", f"{block}:\n  caFile: {json.dumps(str(path))}\n", 1)
+
+
+def test_webhook_and_email_take_a_ca_file(ca_file: Path) -> None:
+    result = load(
+        ("secrets.yaml", CHANNEL_SECRETS),
+        (
+            "channels.yaml",
+            channel_yaml("hook", with_ca_file(WEBHOOK, "webhook", ca_file))
+            + "\n---\n"
+            + channel_yaml("mail", with_ca_file(EMAIL, "email", ca_file)),
+        ),
+    )
+
+    assert result.snapshot.problems == ()
+    assert result.warnings == ()
+    hook, mail = result.snapshot.channels["hook"].webhook, result.snapshot.channels["mail"].email
+    assert hook is not None
+    assert mail is not None
+    assert (hook.ca_file, mail.ca_file) == (str(ca_file), str(ca_file))
+
+
+def test_without_a_ca_file_the_system_store_is_used() -> None:
+    result = load_channel(WEBHOOK)
+    hook = result.snapshot.channels["ch"].webhook
+    assert hook is not None
+    assert hook.ca_file == ""
+
+
+def test_the_apprise_timeout_is_read_and_defaults_to_30s() -> None:
+    default = load_channel(APPRISE).snapshot.channels["ch"].apprise
+    assert default is not None
+    assert default.timeout == timedelta(seconds=30)
+
+    result = load_channel(APPRISE.replace("apprise:\n", "apprise:\n  timeout: 1m30s\n"))
+    assert result.snapshot.problems == ()
+    chat = result.snapshot.channels["ch"].apprise
+    assert chat is not None
+    assert chat.timeout == timedelta(seconds=90)
+
+
+@pytest.mark.parametrize(
+    ("written", "message"),
+    [
+        ("0s", "must be greater than zero"),
+        ("soon", "invalid duration 'soon'"),
+    ],
+)
+def test_a_bad_apprise_timeout_refuses_the_channel(written: str, message: str) -> None:
+    result = load_channel(APPRISE.replace("apprise:\n", f"apprise:\n  timeout: {written}\n"))
+
+    assert result.snapshot.channels == {}
+    ((field, text),) = problems(result)
+    assert field == "spec.apprise.timeout"
+    assert message in text
+
+
+def broken_ca_files(folder: Path) -> dict[str, tuple[Path, str]]:
+    """Files that cannot serve as a CA file, with what the problem says of each."""
+    folder.mkdir(exist_ok=True)
+    text = folder / "notes.txt"
+    text.write_text("not a certificate\n")
+    garbled = folder / "garbled.pem"
+    garbled.write_text("-----BEGIN CERTIFICATE-----\nMIIBnot-base64!!\n-----END CERTIFICATE-----\n")
+    return {
+        "missing": (
+            folder / "no-such-ca.pem",
+            f"the CA file {folder / 'no-such-ca.pem'} does not exist: mount the ConfigMap or "
+            "Secret that holds it there, or correct the path",
+        ),
+        "not-pem": (
+            text,
+            f"the CA file {text} is not usable: no PEM certificate in it; it must hold the CA's "
+            "certificates in PEM form (-----BEGIN CERTIFICATE-----)",
+        ),
+        "garbled": (garbled, f"the CA file {garbled} is not usable: a certificate in it cannot"),
+        "folder": (
+            folder,
+            f"the CA file {folder} is not a regular file: name the PEM file itself",
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing", "not-pem", "garbled", "folder"])
+@pytest.mark.parametrize(("spec", "block"), [(WEBHOOK, "webhook"), (EMAIL, "email")])
+def test_an_unusable_ca_file_refuses_the_channel_with_the_reason(
+    tmp_path: Path, case: str, spec: str, block: str
+) -> None:
+    """Its senders verify every certificate: such a channel could never deliver."""
+    path, message = broken_ca_files(tmp_path / "ca")[case]
+    result = load(
+        ("secrets.yaml", CHANNEL_SECRETS),
+        ("channels.yaml", channel_yaml("ch", with_ca_file(spec, block, path))),
+        ("collections.yaml", collection_with("channels: [{name: ch}]\n")),
+    )
+
+    assert result.snapshot.channels == {}
+    ((field, text), subscription) = problems(result)
+    assert field == f"spec.{block}.caFile"
+    assert text.startswith(message), text
+    # The collection that subscribes says why it gets nothing, and keeps working.
+    assert subscription == (
+        "spec.notifications.channels[0].name",
+        "NotificationChannel 'ch' is broken (see its own problems); the collection's other "
+        "subscriptions work",
+    )
+    assert "db" in result.snapshot.collections
+
+
+@pytest.mark.parametrize(
+    ("written", "message"),
+    [
+        ("ca.pem", "'ca.pem' is not an absolute path: give the full path of the PEM file, such "
+         "as /etc/backup-repository-ca/ca.crt"),
+        ('""', "must not be empty: leave caFile out to trust the system's CA store"),
+        ('"/etc/ca.pem\\n"', "a file path must not contain line breaks or control characters"),
+        ("[/etc/ca.pem]", "Input should be a valid string, got list"),
+    ],
+)  # fmt: skip
+def test_a_ca_file_must_be_an_absolute_path(written: str, message: str) -> None:
+    result = load_channel(WEBHOOK.replace("webhook:\n", f"webhook:\n  caFile: {written}\n"))
+
+    assert result.snapshot.channels == {}
+    assert problems(result) == [("spec.webhook.caFile", message)]
+
+
+def test_a_ca_file_that_cannot_apply_is_accepted_with_a_warning(ca_file: Path) -> None:
+    hook = with_ca_file(
+        WEBHOOK.replace("https://hooks.example.org", "http://127.0.0.1:9000"), "webhook", ca_file
+    )
+    relay = with_ca_file(EMAIL.replace("  username: backups\n", ""), "email", ca_file)
+    relay = relay.replace("security: starttls", "security: none").replace(
+        "  passwordFromRef: {name: notification-secrets, entry: smtp-password}\n", ""
+    )
+    result = load(
+        ("secrets.yaml", CHANNEL_SECRETS),
+        ("channels.yaml", channel_yaml("hook", hook) + "\n---\n" + channel_yaml("relay", relay)),
+    )
+
+    assert result.snapshot.problems == ()
+    assert set(result.snapshot.channels) == {"hook", "relay"}
+    assert result.warnings == (
+        "channels.yaml: NotificationChannel/hook: spec.webhook.caFile is used for https URLs "
+        "only, and the webhook URL is http",
+        "channels.yaml: NotificationChannel/relay: spec.email.caFile is used with security tls "
+        "or starttls only, and security is none",
+    )
 
 
 # --- a collection's subscriptions --------------------------------------------------------------

@@ -7,9 +7,10 @@ Two steps, so that every provider can share the second one:
 2. :func:`build` (here) turns all documents into a snapshot of usable users and
    collections, resolving ``passwordFromRef`` and ``healthSecretRef`` against the Secrets.
 
-The one exception to "no I/O": the public keys of ``trustedUploaders`` are read by the
+Two exceptions to "no I/O": the public keys of ``trustedUploaders`` are read by the
 ``gpg`` binary (services/signatures.py ``read_keys``, cached by the keys' text, so a
-reload that did not change them runs no gpg).
+reload that did not change them runs no gpg), and the ``caFile`` of a notification
+channel is read to check it holds certificates (:func:`ca_file_problem`).
 
 Nothing here raises on bad input. Every broken object becomes one or more
 :class:`ConfigProblem` (naming the file, the object and the dotted field path) and is left
@@ -19,7 +20,10 @@ out of the snapshot, so that it refuses every request instead of running on a gu
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+import ssl
+import stat
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -655,8 +659,16 @@ class _Builder:
             key = self._secret_value(
                 hook.signing_secret_ref, "spec.webhook.signingSecretRef", problem
             )
+            ca_file = self._ca_file(hook.ca_file, "spec.webhook.caFile", problem)
+            if hook.ca_file is not None and not url_problem and urlsplit(hook.url).scheme == "http":
+                self.warnings.append(
+                    f"{document.source}: {KIND_CHANNEL}/{name}: spec.webhook.caFile is used "
+                    "for https URLs only, and the webhook URL is http"
+                )
             if key is not None and not url_problem:
-                webhook = WebhookTarget(url=hook.url, signing_secret=key, timeout=hook.timeout)
+                webhook = WebhookTarget(
+                    url=hook.url, signing_secret=key, timeout=hook.timeout, ca_file=ca_file
+                )
         elif spec.type is ChannelType.EMAIL and spec.email is not None:
             mail = spec.email
             password = ""
@@ -687,6 +699,12 @@ class _Builder:
                         "spec.email.passwordFromRef",
                     )
                 )
+            ca_file = self._ca_file(mail.ca_file, "spec.email.caFile", problem)
+            if mail.ca_file is not None and mail.security is SmtpSecurity.NONE:
+                self.warnings.append(
+                    f"{document.source}: {KIND_CHANNEL}/{name}: spec.email.caFile is used "
+                    "with security tls or starttls only, and security is none"
+                )
             email = EmailTarget(
                 host=mail.host,
                 port=mail.effective_port,
@@ -696,6 +714,7 @@ class _Builder:
                 username=mail.username,
                 password=password,
                 timeout=mail.timeout,
+                ca_file=ca_file,
             )
         elif spec.type is ChannelType.APPRISE and spec.apprise is not None:
             text = self._secret_value(
@@ -713,7 +732,7 @@ class _Builder:
                             "spec.apprise.urlsFromRef",
                         )
                     )
-                apprise = AppriseTarget(urls=urls)
+                apprise = AppriseTarget(urls=urls, timeout=spec.apprise.timeout)
         if len(self.problems) > before:
             self.unusable_channels[name] = "is broken (see its own problems)"
             return None
@@ -728,6 +747,19 @@ class _Builder:
                 spec.all_collections.event_set() if spec.all_collections is not None else None
             ),
         )
+
+    def _ca_file(self, path: str | None, where: str, problem: ProblemFactory) -> str:
+        """A channel's ``caFile`` once it was found usable ("" when not given). A file that
+        is missing or holds no certificate is a problem: the channel could never deliver
+        (its senders verify every certificate), so it is refused with the reason rather
+        than loaded to fail each delivery."""
+        if path is None:
+            return ""
+        why = ca_file_problem(path)
+        if why:
+            self.problems.append(problem(why, where))
+            return ""
+        return path
 
     def _secret_value(self, ref: SecretRef, where: str, problem: ProblemFactory) -> str | None:
         value, why = self._resolve(ref)
@@ -786,6 +818,35 @@ def webhook_url_problem(url: str) -> tuple[str, str]:
             "can be read on the way; use https unless the network is trusted"
         )
     return "", ""
+
+
+def ca_file_problem(path: str) -> str:
+    """Empty when ``path`` is a file of PEM certificates the senders can trust, as they
+    will load it (``ssl.create_default_context(cafile=...)``); else what is wrong with it.
+    The file is read each time the configuration is built (a few kilobytes)."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return f"the CA file {path} is not a regular file: name the PEM file itself"
+        ssl.create_default_context(cafile=path)
+    except FileNotFoundError:
+        return (
+            f"the CA file {path} does not exist: mount the ConfigMap or Secret that holds "
+            "it there, or correct the path"
+        )
+    except PermissionError:
+        return f"the CA file {path} cannot be read by the server (permission denied)"
+    except ssl.SSLError as exc:
+        if exc.reason == "NO_CERTIFICATE_OR_CRL_FOUND":
+            reason = "no PEM certificate in it"
+        else:
+            reason = f"a certificate in it cannot be read ({exc.reason or exc.strerror or exc})"
+        return (
+            f"the CA file {path} is not usable: {reason}; it must hold the CA's certificates "
+            "in PEM form (-----BEGIN CERTIFICATE-----)"
+        )
+    except OSError as exc:
+        return f"the CA file {path} cannot be read ({exc.strerror or exc})"
+    return ""
 
 
 def _is_loopback(host: str) -> bool:

@@ -16,6 +16,7 @@ An explicit ``null`` counts as "not set".
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from datetime import UTC, datetime, timedelta
 from email.utils import parseaddr
@@ -36,6 +37,7 @@ from pydantic import (
 from backup_repository.domain.identity import COLLECTION
 from backup_repository.domain.notification_channels import (
     SUBSCRIBABLE,
+    AppriseTarget,
     ChannelType,
     EventType,
     NotificationPolicy,
@@ -60,6 +62,7 @@ COLLECTION_ROLES = frozenset(
 VERSION_PLACEHOLDER = "${version}"
 
 _POLICY = NotificationPolicy()  # the defaults of spec.notifications
+_APPRISE = AppriseTarget(urls=())  # the defaults of an apprise channel
 
 
 # --- value parsers (each raises ValueError with a message meant for the operator) -------------
@@ -478,10 +481,30 @@ class NotificationsSpec(_Strict):
     reminder_interval: Reminder = Field(default=_POLICY.reminder_interval, alias="reminderInterval")
 
 
+def _ca_file(value: str) -> str:
+    """The path of a channel's ``caFile``: absolute (the server's working folder is no
+    place to look for it), one line. Whether the file is there and holds certificates is
+    checked by the loader."""
+    if not value.strip():
+        raise ValueError("must not be empty: leave caFile out to trust the system's CA store")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ValueError("a file path must not contain line breaks or control characters")
+    if not os.path.isabs(value):
+        raise ValueError(
+            f"{value!r} is not an absolute path: give the full path of the PEM file, "
+            "such as /etc/backup-repository-ca/ca.crt"
+        )
+    return value
+
+
+CaFile = Annotated[str, AfterValidator(_ca_file)]
+
+
 class WebhookSpec(_Strict):
     url: NonBlank
     signing_secret_ref: SecretRef = Field(alias="signingSecretRef")
     timeout: PositiveDuration = Field(default=timedelta(seconds=10))
+    ca_file: CaFile | None = Field(default=None, alias="caFile")
 
 
 def _address(value: str) -> str:
@@ -511,6 +534,7 @@ class EmailSpec(_Strict):
     username: str = ""
     password_from_ref: SecretRef | None = Field(default=None, alias="passwordFromRef")
     timeout: PositiveDuration = Field(default=timedelta(seconds=30))
+    ca_file: CaFile | None = Field(default=None, alias="caFile")
 
     @field_validator("to")
     @classmethod
@@ -528,6 +552,7 @@ class EmailSpec(_Strict):
 
 class AppriseSpec(_Strict):
     urls_from_ref: SecretRef = Field(alias="urlsFromRef")
+    timeout: PositiveDuration = Field(default=_APPRISE.timeout)
 
 
 class AllCollectionsSpec(_Strict):

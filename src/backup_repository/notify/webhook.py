@@ -80,7 +80,8 @@ def retry_after(value: str | None, now: datetime) -> timedelta | None:
 
 class WebhookSender:
     """Delivers events to webhook channels through ``http`` (the default trust store), or
-    through a client of its own per CA file for channels that name one."""
+    through a client of its own per CA file for channels that name one (made again when
+    the file changes, as a mounted ConfigMap does when it is updated)."""
 
     def __init__(
         self,
@@ -91,29 +92,37 @@ class WebhookSender:
         self._http = http
         self._server = server
         self._clock = clock
-        self._ca_clients: dict[str, httpx.AsyncClient] = {}
+        # Per CA file: the client made from it, and the file's identity at the time (a
+        # changed file, such as a ConfigMap updated in place, gets a new client).
+        self._ca_clients: dict[str, tuple[tuple[int, int, int] | None, httpx.AsyncClient]] = {}
+        # Clients of CA files that changed since; deliveries may still be using them.
+        self._retired: list[httpx.AsyncClient] = []
 
     async def aclose(self) -> None:
         """Close the clients made for CA files (never the one passed in)."""
         clients, self._ca_clients = self._ca_clients, {}
-        for client in clients.values():
+        retired, self._retired = self._retired, []
+        for client in [*(client for _stamp, client in clients.values()), *retired]:
             await client.aclose()
 
     def _client(self, target: WebhookTarget) -> httpx.AsyncClient:
         if not target.ca_file:
             return self._http
-        client = self._ca_clients.get(target.ca_file)
-        if client is None:
-            try:
-                context = ssl.create_default_context(cafile=target.ca_file)
-            except (OSError, ssl.SSLError) as exc:
-                raise DeliveryError(
-                    f"the CA file {target.ca_file} cannot be used ({exc}); "
-                    "check the channel's caFile",
-                    permanent=True,
-                ) from None
-            client = httpx.AsyncClient(verify=context, follow_redirects=False)
-            self._ca_clients[target.ca_file] = client
+        stamp = _file_stamp(target.ca_file)
+        known = self._ca_clients.get(target.ca_file)
+        if known is not None and known[0] == stamp:
+            return known[1]
+        try:
+            context = ssl.create_default_context(cafile=target.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise DeliveryError(
+                f"the CA file {target.ca_file} cannot be used ({exc}); check the channel's caFile",
+                permanent=True,
+            ) from None
+        client = httpx.AsyncClient(verify=context, follow_redirects=False)
+        if known is not None:
+            self._retired.append(known[1])
+        self._ca_clients[target.ca_file] = (stamp, client)
         return client
 
     async def send(self, target: WebhookTarget, event: NotificationEvent) -> None:
@@ -168,6 +177,16 @@ class WebhookSender:
                 retry_after=retry_after(response.headers.get("Retry-After"), now),
             )
         raise DeliveryError(f"{answer}: the receiver refused the event", permanent=True)
+
+
+def _file_stamp(path: str) -> tuple[int, int, int] | None:
+    """What tells one version of a file from the next (inode, modification time, size),
+    following symbolic links; None when it cannot be read."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_ino, info.st_mtime_ns, info.st_size
 
 
 def _cause(exc: BaseException) -> str:
