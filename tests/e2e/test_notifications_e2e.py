@@ -5,10 +5,11 @@ a backup window without waiting.
 
 One test walks through the story so that the servers are started once: a window closes
 without a backup (exactly one ``missing`` per subscribed channel although two replicas
-judge), the next upload recovers it, a version at a tenth of the usual size is
-``suspicious``, a version corrupted in the storage and found by ``backup-repository
-verify`` is ``integrity``, a receiver that is down gets everything once it is back, and a
-replica killed (``kill -9``) while delivering delivers the rest after its restart.
+judge), the next upload recovers it, a version at a tenth of the usual size and three
+refused uploads are ``suspicious``, a version corrupted in the storage and found by
+``backup-repository verify`` is ``integrity``, a receiver that is down gets everything
+once it is back, and a replica killed (``kill -9``) while delivering delivers the rest
+after its restart.
 """
 
 from __future__ import annotations
@@ -196,6 +197,9 @@ def documents(receiver: Receiver) -> list[dict[str, Any]]:
                     {"name": "hook-a", "events": ["suspicious", "integrity", "recovered"]}
                 ],
                 "reminderInterval": "0",
+                # Refusals are recorded at real time: they must not age out when the
+                # story moves the clock a day on.
+                "refusalPeriod": "720h",
             },
         ),
     ]
@@ -367,6 +371,18 @@ def test_notifications_across_replicas(
         (integrity,) = receiver.events("integrity")
         assert integrity.event["facts"]["versions"] == [2]
 
+        # -- three refused uploads (not OpenPGP) are suspicious too -----------------------
+        for _ in range(3):
+            refused = httpx.post(
+                f"{first.url}{BASE}/sizes/version",
+                content=b"plain text, not encrypted",
+                headers=_TOKENS[first.url],
+            )
+            assert refused.status_code == 400, refused.text
+        wait_until(lambda: len(receiver.events("suspicious")) >= 2, timeout=10)
+        conditions = sorted(d.event["condition"] for d in receiver.events("suspicious"))
+        assert conditions == ["refusals", "shrunk"]
+
         # -- a receiver that is down gets everything once it is back ----------------------
         receiver.mode = "down"
         attempts_before = len(receiver.attempts)
@@ -423,12 +439,20 @@ def test_notifications_across_replicas(
         conditions = {c["condition"]: c for c in nightly["conditions"]}
         assert conditions["missing"]["failing"] is False
         # Each change was announced once: one outbox row per channel and event, and as
-        # many events as the story made (missing twice, recovered twice, suspicious,
+        # many events as the story made (missing twice, recovered twice, suspicious twice,
         # integrity).
         rows = [(e["event"]["type"], e["event"]["id"], e["channel"]) for e in outbox()]
         assert len(rows) == len({(i, c) for _, i, c in rows})
         kinds = sorted(t for t, _, c in rows if c == "hook-a")
-        assert kinds == ["integrity", "missing", "missing", "recovered", "recovered", "suspicious"]
+        assert kinds == [
+            "integrity",
+            "missing",
+            "missing",
+            "recovered",
+            "recovered",
+            "suspicious",
+            "suspicious",
+        ]
         metrics = httpx.get(restarted.url + "/metrics").text
         assert 'backup_repository_notification_outbox{status="delivered"}' in metrics
         assert 'backup_repository_notification_outbox{status="pending"} 0.0' in metrics
