@@ -245,7 +245,12 @@ class RepositoryClient:
             )
         return self._version_data(response, what)
 
-    def upload(self, collection_id: str, body: Iterator[bytes]) -> dict[str, Any]:
+    def upload(
+        self,
+        collection_id: str,
+        body: Iterator[bytes],
+        headers: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
         """Send ``body`` as a raw chunked request body and return the new version.
 
         If the generator raises, the request is abandoned before its final chunk, so the
@@ -255,7 +260,7 @@ class RepositoryClient:
             response = self._http.post(
                 f"{self._collection_path(collection_id)}/version",
                 content=body,
-                headers={"Content-Type": "application/octet-stream"},
+                headers={"Content-Type": "application/octet-stream", **(headers or {})},
             )
         data = self._data(response, what)
         version = data.get("version")

@@ -10,6 +10,7 @@ import argparse
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from backup_repository.client.errors import UsageError
@@ -62,6 +63,9 @@ SPOOL_DIR = Setting("spool_dir", "BM_SPOOL_DIR")
 USERNAME = Setting("username", "BM_USERNAME")
 PASSWORD = Setting("password", "BM_PASSWORD")
 COMPRESS_LEVEL = Setting("compress_level", "BM_COMPRESS_LEVEL")
+# Trusted uploaders (docs/client.md, "Signed uploads").
+SIGN_KEY = Setting("sign_key", "BM_SIGN_KEY")
+TRUSTED_KEY = Setting("trusted_key", "BM_TRUSTED_KEY_PATH")
 
 
 class Arguments:
@@ -160,6 +164,19 @@ def compress_level(args: Arguments) -> int | None:
     if not (text.isdigit() and int(text) <= 9):
         raise UsageError(f"--compress-level must be 0 to 9, got {value!r}")
     return int(text)
+
+
+def trusted_keys(args: Arguments) -> list[Path] | None:
+    """The key files ``--verify-signature`` checks against ([] for the user's own
+    keyring), or None when no signature check was asked for."""
+    given = args.flag("trusted_key")
+    env = args.get(TRUSTED_KEY) or ""
+    paths = list(given) if given else [p for p in str(env).split(",") if p.strip()]
+    if not args.flag("verify_signature"):
+        if paths and given:
+            raise UsageError("--trusted-key needs --verify-signature")
+        return None
+    return [Path(p.strip()) for p in paths]
 
 
 def recipients(args: Arguments) -> list[str]:

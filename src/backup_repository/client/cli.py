@@ -30,6 +30,7 @@ from backup_repository.client.arguments import (
     PASSWORD,
     PRIVATE_KEY,
     PUBLIC_KEY,
+    SIGN_KEY,
     SPOOL_DIR,
     TIMEOUT,
     URL,
@@ -43,6 +44,7 @@ from backup_repository.client.arguments import (
     passphrase,
     recipients,
     timeout_seconds,
+    trusted_keys,
 )
 from backup_repository.client.errors import ClientError, ExitCode, Interrupted, UsageError
 from backup_repository.client.gpg import Keyring, recipients_or_all
@@ -150,6 +152,13 @@ def _gpg_binary(args: Arguments) -> str:
     return str(args.get(GPG_BINARY))
 
 
+def _spool_dir(args: Arguments) -> Path:
+    spool_dir = Path(str(args.get(SPOOL_DIR) or tempfile.gettempdir()))
+    if not spool_dir.is_dir():
+        raise UsageError(f"--spool-dir {str(spool_dir)!r} is not a folder")
+    return spool_dir
+
+
 def cmd_make(args: Arguments) -> int:
     server = _connection(args)
     collection = _collection(args)
@@ -157,6 +166,8 @@ def cmd_make(args: Arguments) -> int:
     key_path = args.require(PUBLIC_KEY)
     passphrase(args)  # accepted for compatibility (and checked): encryption needs none
     level = compress_level(args)
+    sign_key = args.get(SIGN_KEY)
+    spool_dir = _spool_dir(args)
     keyring_of = keyring_with(key_path, _gpg_binary(args), None, public_only=True)
     with server.open() as client, keyring_of as keyring:
         assert keyring is not None
@@ -170,6 +181,8 @@ def cmd_make(args: Arguments) -> int:
             armor=bool(args.flag("armor")),
             progress=_progress(args),
             compress_level=level,
+            sign_key=str(sign_key) if sign_key else None,
+            spool_dir=spool_dir,
         )
     return ExitCode.OK
 
@@ -202,9 +215,13 @@ def cmd_restore(args: Arguments) -> int:
     collection = _collection(args)
     command = args.require(COMMAND)
     version = check_version(str(args.get(VERSION)))
-    spool_dir = Path(str(args.get(SPOOL_DIR) or tempfile.gettempdir()))
-    if not spool_dir.is_dir():
-        raise UsageError(f"--spool-dir {str(spool_dir)!r} is not a folder")
+    spool_dir = _spool_dir(args)
+    checked_keys = trusted_keys(args)
+    if checked_keys is not None and args.flag("stream"):
+        raise UsageError(
+            "--verify-signature checks the whole download before anything is restored: "
+            "leave out --stream"
+        )
     secret = passphrase(args)
     without_key = "the encrypted stream is piped into the command as it is"
     keyring_of = _decryption_keyring(args, secret, without_key, logging.WARNING)
@@ -219,6 +236,8 @@ def cmd_restore(args: Arguments) -> int:
             stream=bool(args.flag("stream")),
             spool_dir=spool_dir,
             progress=_progress(args),
+            trusted_keys=checked_keys,
+            gpg_binary=_gpg_binary(args),
         )
     return ExitCode.OK
 
@@ -230,12 +249,21 @@ def cmd_download(args: Arguments) -> int:
     if not target:
         raise UsageError("missing --save-path")
     version = check_version(str(args.get(VERSION)))
+    checked_keys = trusted_keys(args)
     secret = passphrase(args)
     without_key = "saving the encrypted file as stored"
     keyring_of = _decryption_keyring(args, secret, without_key, logging.INFO)
     with server.open() as client, keyring_of as keyring:
         transfer.download(
-            client, collection, version, Path(target), keyring, secret, progress=_progress(args)
+            client,
+            collection,
+            version,
+            Path(target),
+            keyring,
+            secret,
+            progress=_progress(args),
+            trusted_keys=checked_keys,
+            gpg_binary=_gpg_binary(args),
         )
     return ExitCode.OK
 

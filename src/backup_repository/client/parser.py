@@ -95,6 +95,16 @@ def _decryption_options(parser: argparse.ArgumentParser, key_help: str) -> None:
     )
     _version_option(parser)
     _recipient_option(parser, "accepted for compatibility; decryption does not need it")
+    parser.add_argument(
+        "--verify-signature", action="store_true",
+        help="verify the trusted uploader's signature the server keeps with the version "
+        "before anything is decrypted or kept; fails if there is none",
+    )  # fmt: skip
+    parser.add_argument(
+        "--trusted-key", action="append", metavar="PATH",
+        help="public key file of a trusted uploader for --verify-signature; repeat for "
+        "several (default: every key in your own GnuPG keyring)" + _env("BM_TRUSTED_KEY_PATH"),
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,6 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--compress-level", metavar="0-9",
         help="gpg's compression: 0 for none (output that is already compressed: tar -z, "
         "pg_dump -Fc), 9 for the smallest; default gpg's own (6)" + _env("BM_COMPRESS_LEVEL"),
+    )  # fmt: skip
+    make.add_argument(
+        "--sign-key", metavar="KEY",
+        help="sign the encrypted backup with this key of your GnuPG keyring (fingerprint or "
+        "user id), for a collection with trusted uploaders; the ciphertext is spooled in "
+        "--spool-dir first (it takes its size on disk)" + _env("BM_SIGN_KEY"),
+    )  # fmt: skip
+    make.add_argument(
+        "--spool-dir", metavar="PATH",
+        help="folder for the signed upload's spool file (default: the system's temporary "
+        "folder)" + _env("BM_SPOOL_DIR"),
     )  # fmt: skip
 
     restore = add(

@@ -33,7 +33,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -55,10 +55,12 @@ from backup_repository.client.gpg import (
     Keyring,
     StderrReader,
     decryption_error,
+    find_gpg,
     passphrase_pipe,
 )
 from backup_repository.client.processes import Shell, close_quietly, start_shell, stop_process
 from backup_repository.client.progress import Phase, Reporter
+from backup_repository.client.signing import SignatureCheck, SpoolSigner, signature_header
 from backup_repository.client.tables import human_size
 
 log = logging.getLogger(__name__)
@@ -153,10 +155,13 @@ def make(
     armor: bool,
     progress: Reporter,
     compress_level: int | None = None,
+    sign_key: str | None = None,
+    spool_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Run ``command``, encrypt its output to ``recipients`` and upload it as a new version
     of ``collection_id``; returns the version the server recorded (its SHA-256 and size
-    checked against what was sent)."""
+    checked against what was sent). With ``sign_key``, the ciphertext is spooled and
+    signed first, and uploaded with its signature (client/signing.py)."""
     preflight(client, collection_id)
     keyring.check_recipients(recipients)
     hasher = Hasher()
@@ -181,12 +186,19 @@ def make(
         stderr = StderrReader(gpg.stderr, "gpg")
         log.info("running the backup command and uploading to collection %s", collection_id)
         sent = threading.Event()
-        with progress.phase("uploading") as phase:
-            body = _upload_body(shell, gpg, stderr, hasher, phase, sent)
-            try:
-                version = client.upload(collection_id, body)
-            finally:
-                body.close()
+        if sign_key is not None:
+            version = _signed_upload(
+                client, collection_id, sign_key, spool_dir, keyring.binary,
+                lambda phase: _upload_body(shell, gpg, stderr, hasher, phase, sent),
+                progress,
+            )  # fmt: skip
+        else:
+            with progress.phase("uploading") as phase:
+                body = _upload_body(shell, gpg, stderr, hasher, phase, sent)
+                try:
+                    version = client.upload(collection_id, body)
+                finally:
+                    body.close()
         if not sent.is_set():
             raise ServerError(
                 "the server answered before the whole backup was sent; "
@@ -214,6 +226,36 @@ def make(
             number, collection_id, human_size(hasher.size),
         )  # fmt: skip
     return version
+
+
+def _signed_upload(
+    client: RepositoryClient,
+    collection_id: str,
+    sign_key: str,
+    spool_dir: Path | None,
+    binary: str,
+    make_body: Callable[[Phase], Generator[bytes, None, None]],
+    progress: Reporter,
+) -> dict[str, Any]:
+    """Spool and sign the ciphertext ``make_body`` yields, then upload the spool with the
+    signature (client/signing.py)."""
+    folder = spool_dir or Path(tempfile.gettempdir())
+    signer = SpoolSigner(binary, sign_key, folder)
+    try:
+        with progress.phase("encrypting and signing") as encrypting:
+            body = make_body(encrypting)
+            try:
+                for chunk in body:
+                    signer.write(chunk)
+            finally:
+                body.close()
+        signature = signer.finish()
+        with progress.phase("uploading", signer.size) as phase:
+            return client.upload(
+                collection_id, _file_chunks(signer.spool, phase), signature_header(signature)
+            )
+    finally:
+        signer.close()
 
 
 # -- restore and download ----------------------------------------------------------------------
@@ -475,7 +517,29 @@ def _check_space(folder: Path, length: int | None) -> None:
         )
 
 
-def _spool(download: Download, folder: Path, progress: Reporter) -> IO[bytes]:
+@contextlib.contextmanager
+def _signature_check(
+    keyring: Keyring | None,
+    download: Download,
+    trusted_keys: Sequence[Path] | None,
+    binary: str,
+) -> Iterator[SignatureCheck | None]:
+    """The check of the download's signature when asked for (``trusted_keys`` not None)."""
+    if trusted_keys is None:
+        yield None
+        return
+    check = SignatureCheck(
+        keyring.binary if keyring is not None else find_gpg(binary), download.headers, trusted_keys
+    )
+    try:
+        yield check
+    finally:
+        check.close()
+
+
+def _spool(
+    download: Download, folder: Path, progress: Reporter, check: SignatureCheck | None = None
+) -> IO[bytes]:
     """The verified ciphertext in an anonymous temporary file (0600, already unlinked)."""
     expected = _announced(download)
     _check_space(folder, download.length)
@@ -485,7 +549,8 @@ def _spool(download: Download, folder: Path, progress: Reporter) -> IO[bytes]:
         raise ClientError(f"cannot create a file in {str(folder)!r}: {exc.strerror}") from None
     try:
         with progress.phase("downloading", download.length) as phase:
-            for chunk in _verified(download, expected, phase):
+            chunks = _verified(download, expected, phase)
+            for chunk in check.checked(chunks) if check is not None else chunks:
                 try:
                     spool.write(chunk)
                 except OSError as exc:
@@ -511,9 +576,13 @@ def restore(
     stream: bool,
     spool_dir: Path,
     progress: Reporter,
+    trusted_keys: Sequence[Path] | None = None,
+    gpg_binary: str = "gpg",
 ) -> None:
     """Download ``version``, verify it, decrypt it (with ``keyring``; None pipes the
-    ciphertext as it is) and pipe it into ``command``."""
+    ciphertext as it is) and pipe it into ``command``. With ``trusted_keys`` (a list, may
+    be empty: the user's keyring), the uploader's signature is verified too, before
+    anything is decrypted."""
     sink = CommandSink(command)
     log.info("downloading version %s of collection %s", version, collection_id)
     if stream:
@@ -522,8 +591,11 @@ def restore(
             with progress.phase("restoring", download.length) as phase:
                 _deliver(_verified(download, expected, phase), keyring, passphrase, sink)
     else:
-        with client.download(collection_id, version) as download:
-            spool = _spool(download, spool_dir, progress)
+        with (
+            client.download(collection_id, version) as download,
+            _signature_check(keyring, download, trusted_keys, gpg_binary) as check,
+        ):
+            spool = _spool(download, spool_dir, progress, check)
         with spool:
             size = os.fstat(spool.fileno()).st_size
             with progress.phase("restoring", size) as phase:
@@ -540,16 +612,25 @@ def download(
     passphrase: str | None,
     *,
     progress: Reporter,
+    trusted_keys: Sequence[Path] | None = None,
+    gpg_binary: str = "gpg",
 ) -> None:
     """Download ``version`` into ``target``: decrypted with ``keyring``, or the encrypted
-    file as stored when there is none."""
+    file as stored when there is none. With ``trusted_keys``, the uploader's signature is
+    verified too; the file is kept only if it is good."""
     sink = FileSink(target)
     try:
         log.info("downloading version %s of collection %s", version, collection_id)
         with client.download(collection_id, version) as response:
             expected = _announced(response)
-            with progress.phase("downloading", response.length) as phase:
-                _deliver(_verified(response, expected, phase), keyring, passphrase, sink)
+            with (
+                _signature_check(keyring, response, trusted_keys, gpg_binary) as check,
+                progress.phase("downloading", response.length) as phase,
+            ):
+                chunks = _verified(response, expected, phase)
+                if check is not None:
+                    chunks = check.checked(chunks)
+                _deliver(chunks, keyring, passphrase, sink)
     except BaseException:
         sink.abort()
         raise
