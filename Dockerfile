@@ -29,8 +29,9 @@ RUN python -m build --wheel --outdir /dist . \
 # --- runtime -----------------------------------------------------------------------------------
 FROM python:3.11.14-slim-trixie
 
-# gnupg: the backup-maker client encrypts and decrypts with the gpg binary. Debian's
-# security updates are wanted here, so the package is not pinned to one revision.
+# gnupg: the backup-maker client encrypts and decrypts with the gpg binary, and the server
+# verifies the signatures of trusted uploaders with it (a throw-away keyring under /tmp).
+# Debian's security updates are wanted here, so the package is not pinned to one revision.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gnupg \
