@@ -15,6 +15,8 @@ after its restart.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import os
 import signal
@@ -55,6 +57,7 @@ class Delivery:
     channel: str  # the path the channel posts to: "a" or "b"
     event: dict[str, Any]
     answered: int
+    signed: bool  # the signature header checks out with the channel's signing key
 
 
 class Receiver(ThreadingHTTPServer):
@@ -93,6 +96,14 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         event = json.loads(body)
+        timestamp = self.headers.get("X-Backup-Repository-Timestamp", "")
+        mac = hmac.new(SIGNING_KEY.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+        signed = (
+            hmac.compare_digest(
+                "sha256=" + mac.hexdigest(), self.headers.get("X-Backup-Repository-Signature", "")
+            )
+            and abs(time.time() - int(timestamp or 0)) < 300
+        )
         with self.server.lock:
             self.server.attempts.append(event["id"])
         mode = self.server.mode
@@ -101,7 +112,7 @@ class _Handler(BaseHTTPRequestHandler):
         status = 503 if mode == "down" else 204
         if status == 204:
             with self.server.lock:
-                self.server.deliveries.append(Delivery(self.path.strip("/"), event, status))
+                self.server.deliveries.append(Delivery(self.path.strip("/"), event, status, signed))
         self.send_response(status)
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -453,6 +464,8 @@ def test_notifications_across_replicas(
             "suspicious",
             "suspicious",
         ]
+        # Signed with the channel's key, on real time although the clock was moved days on.
+        assert all(d.signed for d in receiver.events())
         metrics = httpx.get(restarted.url + "/metrics").text
         assert 'backup_repository_notification_outbox{status="delivered"}' in metrics
         assert 'backup_repository_notification_outbox{status="pending"} 0.0' in metrics
