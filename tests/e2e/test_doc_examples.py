@@ -69,6 +69,13 @@ NOT_RUN: dict[tuple[str, str], str] = {
         "prompts at a terminal and writes /etc and /run"
     ),
     ("docs/client.md", "export BM_PASSPHRASE_FILE="): "restores into a PostgreSQL database mydb",
+    ("docs/api.md", "gpg --local-user uploader@example.org"): (
+        "needs a collection with trustedUploaders and the uploader's signing key "
+        "(tests/integration/test_signed_uploads.py sends both forms)"
+    ),
+    ("docs/client.md", 'backup-maker make -c "pg_dump -Fc app"'): (
+        "dumps a PostgreSQL database app (tests/client/test_signed_client.py runs both)"
+    ),
     ("docs/deployment.md", "kubectl apply -k deploy/crds"): "kubectl",
     ("docs/deployment.md", "docker volume create"): "docker",
     ("docs/deployment.md", "helm install"): "helm",

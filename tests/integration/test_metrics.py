@@ -217,6 +217,7 @@ async def test_exact_counters_after_known_traffic(
         "lock": 1,
         "quota": 1,
         "openpgp": 2,
+        "signature": 0,
         "not_found": 2,
         "invalid": 0,
         "timeout": 0,
