@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,6 +238,9 @@ class SignatureService:
         self._binary = binary
         self._keyrings: dict[str, _Keyring] = {}
         self._lock = threading.Lock()
+        # The keyrings' folders go with the service (or at exit), even if close() is never
+        # called.
+        weakref.finalize(self, _close_all, self._keyrings)
 
     def _gpg(self) -> str:
         binary = self._binary or gpg_binary()
@@ -269,6 +273,10 @@ class SignatureService:
 
     def close(self) -> None:
         with self._lock:
-            for keyring in self._keyrings.values():
-                keyring.close()
-            self._keyrings.clear()
+            _close_all(self._keyrings)
+
+
+def _close_all(keyrings: dict[str, _Keyring]) -> None:
+    for keyring in keyrings.values():
+        keyring.close()
+    keyrings.clear()
