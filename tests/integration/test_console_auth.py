@@ -266,3 +266,20 @@ async def test_bad_input_gets_a_page_never_a_500(sqlite_client: Client) -> None:
         assert response.status_code == status, path
         assert response.headers["content-type"].startswith("text/html"), path
         assert response.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+
+
+async def test_an_unknown_console_path_is_a_console_page(sqlite_client: Client) -> None:
+    for path in ("/ui/no-such-page", "/ui/collections/db/nothing/here", "/ui/static/nope.css"):
+        response = await sqlite_client.get(path)
+        assert response.status_code == 404, path
+        assert response.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+        if path.startswith("/ui/static/"):
+            continue  # a missing static file stays a plain 404
+        assert response.headers["content-type"].startswith("text/html"), path
+        assert "<html lang=" in response.text
+        assert "Page not found" in response.text
+    # The static files are still served, and the API's own 404 is untouched.
+    assert (await sqlite_client.get("/ui/static/console.css")).status_code == 200
+    api = await sqlite_client.get("/api/stable/no-such-route")
+    assert api.status_code == 404
+    assert api.headers["content-type"].startswith("application/json")

@@ -60,7 +60,13 @@ from fastapi import APIRouter, FastAPI
 from starlette.staticfiles import StaticFiles
 
 from backup_repository.http.ratelimit import RateLimiter
-from backup_repository.http.ui import pages_admin, pages_auth, pages_collections, pages_tokens
+from backup_repository.http.ui import (
+    pages_admin,
+    pages_auth,
+    pages_collections,
+    pages_missing,
+    pages_tokens,
+)
 from backup_repository.http.ui.headers import ConsoleHeadersMiddleware
 from backup_repository.http.ui.rendering import STATIC, ConsoleState, build_environment
 
@@ -69,6 +75,8 @@ ROUTERS: tuple[APIRouter, ...] = (
     pages_collections.router,
     pages_tokens.router,
     pages_admin.router,
+    # Last: any other path under /ui is a console 404 page.
+    pages_missing.router,
 )
 
 
@@ -76,7 +84,8 @@ def install(app: FastAPI, limiter: RateLimiter | None) -> None:
     """Serve the console on ``app``; ``limiter`` counts login attempts in the API's login
     bucket."""
     app.state.console_ui = ConsoleState(build_environment(), limiter)
+    # The static files first: the last router answers every other path under /ui.
+    app.mount("/ui/static", StaticFiles(directory=STATIC), name="console-static")
     for router in ROUTERS:
         app.include_router(router)
-    app.mount("/ui/static", StaticFiles(directory=STATIC), name="console-static")
     app.add_middleware(ConsoleHeadersMiddleware)
