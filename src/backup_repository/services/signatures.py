@@ -22,7 +22,6 @@ import contextlib
 import functools
 import hashlib
 import logging
-import os
 import shutil
 import subprocess
 import tempfile
@@ -63,7 +62,8 @@ _BASE_ARGS = (
 
 
 def gpg_binary() -> str | None:
-    return shutil.which(os.environ.get("BR_GPG_BINARY", "gpg"))
+    """The ``gpg`` of the server's PATH (the image ships Debian's gnupg)."""
+    return shutil.which("gpg")
 
 
 def _run(
