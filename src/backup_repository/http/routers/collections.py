@@ -54,13 +54,24 @@ UPLOAD_DOC: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "description": "The encrypted file: a raw body (any content type, chunked or not), "
-        "or a form with the file in the field `file`.",
+        "or a form with the file in the field `file`. For a collection with "
+        "trustedUploaders, a detached OpenPGP signature over the file by a trusted key: in "
+        "the header X-Backup-Signature (base64), or in the multipart part `signature` "
+        "before the part `file`.",
         "content": {
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "properties": {
+                        "signature": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "trustedUploaders: the detached signature, "
+                            "binary or armoured; before `file`",
+                        },
+                        "file": {"type": "string", "format": "binary"},
+                    },
                     "required": ["file"],
                 }
             },
