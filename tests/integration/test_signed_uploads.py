@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 
 from backup_repository.http.app import create_app
 from gpg_fixtures import SAMPLES_DIR, pad_to
-from support import collection_doc, make_settings, user_doc, write_config
+from support import collection_doc, eventually, make_settings, user_doc, write_config
 from trusted_keys import Signers, signers_fixture
 
 signers = signers_fixture
@@ -38,7 +38,7 @@ def body(number: int) -> bytes:
     return pad_to(MESSAGE, len(MESSAGE) + 100 + number)
 
 
-def documents(signers: Signers) -> list[dict[str, Any]]:
+def documents(signers: Signers, rotating: str = "second") -> list[dict[str, Any]]:
     signed = collection_doc("signed", acl=ACL)
     # One version at most: a refused upload must not rotate the one there is.
     signed["spec"].update(
@@ -50,7 +50,18 @@ def documents(signers: Signers) -> list[dict[str, Any]]:
         "keysFromRef": {"name": "uploaders", "entry": "keys.asc"},
         "fingerprints": [signers.fingerprints["second"]],
     }
+    rotation = collection_doc("rotating", acl=ACL)
+    rotation["spec"]["trustedUploaders"] = {
+        "keysFromRef": {"name": "rotating-keys", "entry": "keys.asc"}
+    }
     return [
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "rotating-keys"},
+            "stringData": {"keys.asc": signers.public(rotating)},
+        },
+        rotation,
         user_doc("admin", "admin-pass", ["systemAdmin"]),
         user_doc("uploader", "uploader-pass", []),
         {
@@ -71,6 +82,7 @@ def documents(signers: Signers) -> list[dict[str, Any]]:
 class Api:
     client: httpx.AsyncClient
     storage: Path
+    config: Path
     signers: Signers
     tokens: dict[str, dict[str, str]]
 
@@ -137,7 +149,7 @@ async def api(
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-                yield Api(client, tmp / "storage", signers, {})
+                yield Api(client, tmp / "storage", tmp / "config", signers, {})
     finally:
         if database is not None:
             connection = await asyncpg.connect(_dsn(admin_url))
@@ -285,3 +297,24 @@ async def test_trusted_uploaders_refuse_and_store_nothing(api: Api) -> None:
     plain = await api.upload("plain", data, signers.sign("stranger", data))
     assert plain.status_code == 200, plain.text
     assert plain.json()["data"]["version"]["signedBy"] is None
+
+
+async def test_trusted_keys_follow_a_reload_of_their_secret(api: Api) -> None:
+    signers = api.signers
+    data = body(20)
+    by_second = signers.sign("second", data)
+    first = await api.upload("rotating", data, by_second)
+    assert first.status_code == 200, first.text
+
+    # The Secret now holds another key: the old one's signatures are refused from the
+    # reload on, the new one's accepted.
+    write_config(api.config, documents(signers, rotating="trusted"))
+
+    async def refused() -> bool:
+        response = await api.upload("rotating", data, by_second)
+        return response.status_code == 403
+
+    assert await eventually(refused, within=15)
+    second = await api.upload("rotating", data, signers.sign("trusted", data))
+    assert second.status_code == 200, second.text
+    assert second.json()["data"]["version"]["signedBy"] == signers.fingerprints["trusted"]
