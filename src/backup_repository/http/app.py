@@ -86,6 +86,8 @@ from backup_repository.storage.factory import idle_timeout_for, open_blob_store
 from backup_repository.storage.urls import redact_storage_url
 
 logger = logging.getLogger(__name__)
+# How long the shutdown waits for each background loop after cancelling it.
+SHUTDOWN_WAIT_S = 10.0
 
 
 class App(FastAPI):
@@ -309,8 +311,13 @@ def create_app(
             for task in (scrubber, purger, *notify_tasks):
                 if task is not None:
                     task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+                    # Bounded: a background loop that failed to stop must not hang the
+                    # shutdown (the process is exiting anyway).
+                    done, _ = await asyncio.wait({task}, timeout=SHUTDOWN_WAIT_S)
+                    if not done:
+                        logger.error("%s did not stop when asked; leaving it", task.get_name())
+                    elif not task.cancelled() and task.exception() is not None:
+                        logger.error("%s ended with %r", task.get_name(), task.exception())
             cleanup.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await cleanup

@@ -161,7 +161,19 @@ async def repeat_forever(run: Callable[[], Awaitable[object]], poll: float, what
         try:
             await run()
         except DependencyUnavailable as exc:
+            raise_if_cancelled()
             logger.warning("%s failed: %s; trying again later", what, exc)
         except Exception:
+            raise_if_cancelled()
             logger.exception("%s failed; trying again later", what)
         await asyncio.sleep(poll)
+
+
+def raise_if_cancelled() -> None:
+    """Raise ``CancelledError`` when the current task was asked to stop. For loops that
+    catch ``Exception``: a cancellation that arrives while a database call is in flight
+    can surface as another exception (the driver's clean-up fails and replaces it), and a
+    loop that logged it and went on would never stop, hanging the server's shutdown."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

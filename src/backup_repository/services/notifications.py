@@ -53,7 +53,7 @@ from backup_repository.services.auth import AuthContext
 from backup_repository.services.clock import Clock, system_clock
 from backup_repository.services.collections import caller_event
 from backup_repository.services.events import Action, Event, EventSink, NullSink, Outcome
-from backup_repository.services.leases import repeat_forever, run_on_schedule
+from backup_repository.services.leases import raise_if_cancelled, repeat_forever, run_on_schedule
 from backup_repository.services.ports import (
     ConfigurationProvider,
     IntegrityRepository,
@@ -391,6 +391,7 @@ class NotificationService:
             try:
                 await self.evaluate(names)
             except Exception as exc:
+                raise_if_cancelled()
                 logger.warning("evaluation after an upload failed: %s; the schedule goes on", exc)
 
     # -- delivery ------------------------------------------------------------------------
@@ -427,6 +428,7 @@ class NotificationService:
             try:
                 attempted = await self.dispatch_once()
             except Exception as exc:
+                raise_if_cancelled()
                 # Said once per outage, not at every round.
                 if not failing:
                     logger.warning("notification delivery failed: %s; trying again", exc)
