@@ -1,12 +1,14 @@
-"""Trusted uploaders through the whole API in process, on SQLite and PostgreSQL
-(docs/security.md, "Trusted uploaders"): a collection with ``trustedUploaders`` takes only
-uploads whose detached signature, checked by the real gpg while the upload streams, was
-made by one of its keys; every refusal stores nothing, rotates nothing and leaves an audit
-row; a signed version names its signer and hands out its signature."""
+"""Trusted uploaders through the whole API in process, on SQLite and PostgreSQL with file
+storage, and on PostgreSQL with S3 (docs/security.md, "Trusted uploaders"): a collection
+with ``trustedUploaders`` takes only uploads whose detached signature, checked by the real
+gpg while the upload streams, was made by one of its keys; every refusal stores nothing
+(no object, no row), rotates nothing and leaves an audit row; a signed version names its
+signer and hands out its signature."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -43,6 +45,9 @@ def documents(signers: Signers, rotating: str = "second") -> list[dict[str, Any]
     # One version at most: a refused upload must not rotate the one there is.
     signed["spec"].update(
         maxBackupsCount=1,
+        # Room for an upload of several multipart parts (S3).
+        maxOneVersionSize="24M",
+        maxCollectionSize="48M",
         trustedUploaders={"keysFromRef": {"name": "uploaders", "entry": "keys.asc"}},
     )
     pinned = collection_doc("pinned", acl=ACL)
@@ -85,6 +90,10 @@ class Api:
     config: Path
     signers: Signers
     tokens: dict[str, dict[str, str]]
+    # The S3 endpoint (storage_fixtures.S3TestEndpoint) and the prefix the server stores
+    # under, when it stores in S3 rather than under ``storage``.
+    s3: tuple[Any, str] | None = None
+    database_url: str = ""
 
     async def auth(self, login: str = "uploader") -> dict[str, str]:
         if login not in self.tokens:
@@ -110,8 +119,23 @@ class Api:
         return found
 
     def stored(self, name: str) -> list[str]:
+        if self.s3 is not None:
+            return sorted(
+                key.removeprefix(f"{name}/") for key in self.objects() if key.startswith(f"{name}/")
+            )
         folder = self.storage / name
         return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+    def objects(self) -> list[str]:
+        """Every object key under the server's S3 prefix (relative to it), staging and
+        unfinished multipart uploads included."""
+        assert self.s3 is not None
+        endpoint, prefix = self.s3
+        client = endpoint.client()
+        listed = client.list_objects_v2(Bucket=endpoint.bucket, Prefix=f"{prefix}/")
+        keys = [entry["Key"] for entry in listed.get("Contents", [])]
+        keys += endpoint.incomplete_uploads(f"{prefix}/")
+        return sorted(key.removeprefix(f"{prefix}/") for key in keys)
 
     async def refusals(self) -> list[dict[str, Any]]:
         response = await self.client.get(
@@ -124,6 +148,39 @@ class Api:
         return [e for e in events if e["outcome"] == "failure"]
 
 
+def _dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@contextlib.asynccontextmanager
+async def fresh_postgres(admin_url: str) -> AsyncIterator[str]:
+    """A new, empty PostgreSQL database for a module's server, dropped afterwards."""
+    database = f"br_test_{uuid.uuid4().hex[:16]}"
+    connection = await asyncpg.connect(_dsn(admin_url))
+    await connection.execute(f'CREATE DATABASE "{database}"')
+    await connection.close()
+    try:
+        yield make_url(admin_url).set(database=database).render_as_string(False)
+    finally:
+        connection = await asyncpg.connect(_dsn(admin_url))
+        await connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await connection.close()
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    tmp: Path, db_url: str, signers: Signers, storage_url: str | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The app on ``db_url`` (and ``storage_url``, else a folder under ``tmp``) with the
+    configuration of :func:`documents`, reached in process."""
+    write_config(tmp / "config", documents(signers))
+    app = create_app(make_settings(tmp, db_url, storage_url))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client
+
+
 @pytest_asyncio.fixture(
     scope="module",
     loop_scope="module",
@@ -133,32 +190,34 @@ async def api(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, signers: Signers
 ) -> AsyncIterator[Api]:
     tmp = tmp_path_factory.mktemp(f"signed-{request.param}")
-    database = None
-    if request.param == "postgres":
-        admin_url: str = request.getfixturevalue("postgres_admin_url")
-        database = f"br_test_{uuid.uuid4().hex[:16]}"
-        connection = await asyncpg.connect(_dsn(admin_url))
-        await connection.execute(f'CREATE DATABASE "{database}"')
-        await connection.close()
-        db_url = make_url(admin_url).set(database=database).render_as_string(False)
-    else:
-        db_url = f"sqlite:///{tmp / 'db.sqlite'}"
-    write_config(tmp / "config", documents(signers))
-    app = create_app(make_settings(tmp, db_url))
-    try:
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-                yield Api(client, tmp / "storage", tmp / "config", signers, {})
-    finally:
-        if database is not None:
-            connection = await asyncpg.connect(_dsn(admin_url))
-            await connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-            await connection.close()
+    async with contextlib.AsyncExitStack() as stack:
+        if request.param == "postgres":
+            admin_url: str = request.getfixturevalue("postgres_admin_url")
+            db_url = await stack.enter_async_context(fresh_postgres(admin_url))
+        else:
+            db_url = f"sqlite:///{tmp / 'db.sqlite'}"
+        client = await stack.enter_async_context(serve(tmp, db_url, signers))
+        yield Api(client, tmp / "storage", tmp / "config", signers, {})
 
 
-def _dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def s3_api(
+    postgres_admin_url: str,
+    s3_storage_url: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+    signers: Signers,
+) -> AsyncIterator[Api]:
+    """The server on PostgreSQL with its versions in S3 (SeaweedFS), under a prefix of its
+    own in the test bucket."""
+    tmp = tmp_path_factory.mktemp("signed-s3")
+    prefix = f"t-{uuid.uuid4().hex[:12]}"
+    async with (
+        fresh_postgres(postgres_admin_url) as db_url,
+        serve(tmp, db_url, signers, s3_storage_url.url_for(prefix)) as client,
+    ):
+        yield Api(
+            client, tmp / "storage", tmp / "config", signers, {}, (s3_storage_url, prefix), db_url
+        )
 
 
 async def test_signed_upload_header_and_form_and_the_signature_download(api: Api) -> None:
@@ -318,3 +377,65 @@ async def test_trusted_keys_follow_a_reload_of_their_secret(api: Api) -> None:
     second = await api.upload("rotating", data, signers.sign("trusted", data))
     assert second.status_code == 200, second.text
     assert second.json()["data"]["version"]["signedBy"] == signers.fingerprints["trusted"]
+
+
+@pytest.mark.postgres
+async def test_signed_uploads_on_postgresql_and_s3(s3_api: Api) -> None:
+    """The main cases on PostgreSQL with S3: a good signature is stored with its version;
+    a wrong key, a signature of other bytes (also over several multipart parts, refused
+    only after they were written), an expired or revoked key, and no signature leave no
+    object in the bucket (nor an unfinished multipart upload) and no row."""
+    api = s3_api
+    signers = api.signers
+    first = body(40)
+    signature = signers.sign("trusted", first)
+    accepted = await api.upload("signed", first, signature)
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json()["data"]["version"]["signedBy"] == signers.fingerprints["trusted"]
+    assert api.stored("signed") == ["signed-1.tar.gz"]
+    download = await api.client.get(f"{BASE}/signed/version/1", headers=await api.auth())
+    assert download.status_code == 200
+    assert download.content == first
+    assert base64.b64decode(download.headers["x-backup-signature"]) == signature
+
+    objects = api.objects()
+    rows = await _version_rows(api, "signed")
+    refusals = len(await api.refusals())
+    data = body(41)
+    large = pad_to(MESSAGE, 17 * 1024 * 1024)  # three parts of 8 MiB
+    cases = [
+        ("untrusted key", data, signers.sign("stranger", data), "not among the trusted"),
+        ("other bytes", data, signers.sign("trusted", body(42)), "does not match"),
+        ("other bytes, multipart", large, signers.sign("trusted", data), "does not match"),
+        ("expired key", data, signers.sign("expired", data), "has expired"),
+        ("revoked key", data, signers.sign("revoked", data), "has been revoked"),
+        ("unsigned", data, None, "carries no signature"),
+    ]
+    for what, content, by, phrase in cases:
+        response = await api.upload("signed", content, by)
+        assert response.status_code == 403, (what, response.text)
+        assert phrase in response.json()["error"], (what, response.text)
+
+    assert api.objects() == objects
+    assert await _version_rows(api, "signed") == rows
+    assert [v["versionNumber"] for v in await api.versions("signed")] == [1]
+    assert len(await api.refusals()) - refusals == len(cases)
+
+    # The same large upload, rightly signed, is stored over its parts.
+    stored = await api.upload("signed", large, signers.sign("second", large))
+    assert stored.status_code == 200, stored.text
+    assert api.stored("signed") == ["signed-2.tar.gz"]
+
+
+async def _version_rows(api: Api, collection: str) -> list[tuple[int, str | None]]:
+    """Every row of the collection's versions, rotated ones included: (number, signer)."""
+    connection = await asyncpg.connect(_dsn(api.database_url))
+    try:
+        found = await connection.fetch(
+            "SELECT version_number, signer_fingerprint FROM backup_versions"
+            " WHERE collection_id = $1 ORDER BY version_number",
+            collection,
+        )
+    finally:
+        await connection.close()
+    return [(row["version_number"], row["signer_fingerprint"]) for row in found]
