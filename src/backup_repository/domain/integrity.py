@@ -91,18 +91,35 @@ def integrity_health(live_numbers: Sequence[int], latest: Iterable[LatestCheck])
     storage could not be read (that is the storage's problem, reported by ``/ready``)."""
     live = set(live_numbers)
     by_number: Mapping[int, LatestCheck] = {c.number: c for c in latest if c.number in live}
-    damaged = sorted((c for c in by_number.values() if c.status.is_damage), key=_number)
+    return integrity_health_summarized(len(live), list(by_number.values()), 0, None)
+
+
+def integrity_health_summarized(
+    live_count: int,
+    checks: Sequence[LatestCheck],
+    more_ok: int,
+    more_ok_at: datetime | None,
+) -> IntegrityHealth:
+    """:func:`integrity_health` from a summary, for callers that read many collections at
+    once: ``checks`` are the latest checks of some live versions (each version at most
+    once), and ``more_ok`` other live versions were last checked ``ok``, the latest of those
+    checks at ``more_ok_at``. The same verdict and message, without an object per version."""
+    damaged = sorted((c for c in checks if c.status.is_damage), key=_number)
     if damaged:
         problems = tuple(f"v{c.number}: {c.detail or c.status.value}" for c in damaged)
         return IntegrityHealth(False, "; ".join(problems), problems)
-    if not by_number:
+    verified = len(checks) + more_ok
+    if not verified:
         return IntegrityHealth(True, "not verified yet")
-    last = max(c.checked_at for c in by_number.values())
-    parts = [f"{len(by_number)} versions verified, last at {last.isoformat(timespec='seconds')}"]
-    unverified = len(live) - len(by_number)
+    times = [c.checked_at for c in checks]
+    if more_ok and more_ok_at is not None:
+        times.append(more_ok_at)
+    last = max(times)
+    parts = [f"{verified} versions verified, last at {last.isoformat(timespec='seconds')}"]
+    unverified = live_count - verified
     if unverified:
         parts.append(f"{unverified} not verified yet")
-    unread = sorted(c.number for c in by_number.values() if c.status is CheckStatus.UNREADABLE)
+    unread = sorted(c.number for c in checks if c.status is CheckStatus.UNREADABLE)
     if unread:
         versions = ", ".join(f"v{n}" for n in unread)
         parts.append(f"could not be read at the last check: {versions}")

@@ -32,7 +32,12 @@ from typing import Final
 from backup_repository.domain import authz
 from backup_repository.domain.authz import CollectionAction
 from backup_repository.domain.identity import BackupWindow, Collection
-from backup_repository.domain.integrity import CheckStatus, LatestCheck, integrity_health
+from backup_repository.domain.integrity import (
+    CheckStatus,
+    LatestCheck,
+    integrity_health,
+    integrity_health_summarized,
+)
 from backup_repository.domain.windows import WindowState, next_start, window_state
 from backup_repository.services.auth import AuthContext
 from backup_repository.services.collection_health import CollectionHealthService, RecordedVersion
@@ -240,18 +245,13 @@ def _integrity(
         return CheckResult(INTEGRITY_CHECK, *_NOT_VERIFIED)
     checked, last = tally
     numbers = {v.number for v in live}
-    latest = [
-        LatestCheck(c.number, _CHECK_STATUS[c.status], c.detail, last)
+    named = {
+        c.number: LatestCheck(c.number, _CHECK_STATUS[c.status], c.detail, last)
         for c in marks
         if c.number in numbers
-    ]
-    named = {c.number for c in latest}
-    unnamed = (v.number for v in live if v.number not in named)
-    latest += [
-        LatestCheck(number, CheckStatus.OK, "", last)
-        for number, _ in zip(unnamed, range(checked - len(latest)), strict=False)
-    ]
-    verdict = integrity_health([v.number for v in live], latest)
+    }
+    more_ok = max(0, min(checked - len(named), len(numbers) - len(named)))
+    verdict = integrity_health_summarized(len(numbers), list(named.values()), more_ok, last)
     return CheckResult(INTEGRITY_CHECK, verdict.ok, verdict.message, verdict.problems)
 
 
