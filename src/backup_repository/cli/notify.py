@@ -19,10 +19,10 @@ from typing import Any, Final
 
 import click
 import httpx
-from click.core import ParameterSource
 
 from backup_repository.cli.options import (
     CONTEXT_SETTINGS,
+    inherit_group_options,
     log_level_option,
     option,
     provider_options,
@@ -69,7 +69,7 @@ def notify_test(ctx: click.Context, /, **options: Any) -> None:
     Reads the configuration like the server does, sends an event of type "test" to the
     channel and prints "delivered" or the reason it was not; exits 0 when delivered, 1
     when not."""
-    _inherit_group_options(ctx, options)
+    inherit_group_options(ctx, options, _SHARED)
     configure_logging(str(options["log_level"]).lower(), "console")
     sys.exit(
         asyncio.run(
@@ -83,18 +83,6 @@ def notify_test(ctx: click.Context, /, **options: Any) -> None:
             )
         )
     )
-
-
-def _inherit_group_options(ctx: click.Context, options: dict[str, Any]) -> None:
-    parent = ctx.parent
-    if parent is None:
-        return
-    given = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
-    for name in _SHARED:
-        if ctx.get_parameter_source(name) in given:
-            continue
-        if name in parent.params and parent.get_parameter_source(name) in given:
-            options[name] = parent.params[name]
 
 
 async def run_notify_test(

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import click
+from click.core import ParameterSource
 from sqlalchemy.engine import make_url
 
 from backup_repository.db.urls import build_postgres_url, normalize_database_url
@@ -206,3 +207,20 @@ def missing_sqlite_file(db_url: str) -> str | None:
     if database in ("", ":memory:") or database.startswith("file:"):
         return None
     return None if Path(database).expanduser().exists() else database
+
+
+def inherit_group_options(
+    ctx: click.Context, options: dict[str, Any], names: tuple[str, ...]
+) -> None:
+    """For a subcommand that repeats some of the server's flags: take each of ``names``
+    from the parent command (``backup-repository --flag sub``) when it was given there
+    and not to the subcommand itself."""
+    parent = ctx.parent
+    if parent is None:
+        return
+    given = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    for name in names:
+        if ctx.get_parameter_source(name) in given:
+            continue
+        if name in parent.params and parent.get_parameter_source(name) in given:
+            options[name] = parent.params[name]

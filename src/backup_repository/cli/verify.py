@@ -13,11 +13,11 @@ import sys
 from typing import Any, Final
 
 import click
-from click.core import ParameterSource
 
 from backup_repository.cli.options import (
     CONTEXT_SETTINGS,
     database_options,
+    inherit_group_options,
     log_level_option,
     missing_sqlite_file,
     option,
@@ -66,7 +66,7 @@ def verify(ctx: click.Context, /, **options: Any) -> None:
 
     Prints one line per version that is not ok and a summary; exits 0 when every version is
     ok, 1 when one is corrupt, missing or unreadable, 2 on bad usage."""
-    _inherit_group_options(ctx, options)
+    inherit_group_options(ctx, options, _SHARED)
     configure_logging(options["log_level"].lower(), "console")
     try:
         db_url = resolve_db_url(options)
@@ -87,18 +87,6 @@ def verify(ctx: click.Context, /, **options: Any) -> None:
             )
         )
     )
-
-
-def _inherit_group_options(ctx: click.Context, options: dict[str, Any]) -> None:
-    parent = ctx.parent
-    if parent is None:
-        return
-    given = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
-    for name in _SHARED:
-        if ctx.get_parameter_source(name) in given:
-            continue
-        if name in parent.params and parent.get_parameter_source(name) in given:
-            options[name] = parent.params[name]
 
 
 async def run_verify(

@@ -445,11 +445,10 @@ Reminder = Annotated[timedelta | None, BeforeValidator(_reminder)]
 NonNegativeDuration = Annotated[timedelta, BeforeValidator(_non_negative_duration)]
 
 
-class SubscriptionSpec(_Strict):
-    """One entry of a collection's ``notifications.channels``."""
+class _EventsSpec(_Strict):
+    """The ``events`` a subscription chooses; None: every subscribable event."""
 
-    name: NonBlank
-    events: tuple[EventName, ...] | None = None  # None: every subscribable event
+    events: tuple[EventName, ...] | None = None
 
     @field_validator("events")
     @classmethod
@@ -460,6 +459,12 @@ class SubscriptionSpec(_Strict):
 
     def event_set(self) -> frozenset[EventType]:
         return SUBSCRIBABLE if self.events is None else frozenset(self.events)
+
+
+class SubscriptionSpec(_EventsSpec):
+    """One entry of a collection's ``notifications.channels``."""
+
+    name: NonBlank
 
 
 class NotificationsSpec(_Strict):
@@ -555,18 +560,8 @@ class AppriseSpec(_Strict):
     timeout: PositiveDuration = Field(default=_APPRISE.timeout)
 
 
-class AllCollectionsSpec(_Strict):
-    events: tuple[EventName, ...] | None = None
-
-    @field_validator("events")
-    @classmethod
-    def _some(cls, value: tuple[EventType, ...] | None) -> tuple[EventType, ...] | None:
-        if value is not None:
-            _events(value)
-        return value
-
-    def event_set(self) -> frozenset[EventType]:
-        return SUBSCRIBABLE if self.events is None else frozenset(self.events)
+class AllCollectionsSpec(_EventsSpec):
+    """A channel's ``allCollections``: the default subscription of every collection."""
 
 
 class NotificationChannelSpec(_Strict):
