@@ -101,6 +101,21 @@ def partial_upload(
     return sock
 
 
+def hold_lock(
+    server: ServerProcess, auth: dict[str, str], head: bytes, total: int
+) -> socket.socket:
+    """A partial upload that holds the collection's lock and waits for the rest of its body.
+    The first probe can reach the lock before the partial upload does (which is then
+    refused with 409): start it again until it is the one holding the lock."""
+    for _ in range(10):
+        held = partial_upload(server, auth, head, total)
+        wait_until(lambda: lock_taken(server, auth) or not no_answer_yet(held))  # noqa: B023
+        if no_answer_yet(held):
+            return held
+        held.close()
+    raise AssertionError("a partial upload never held the collection's lock")
+
+
 def stored_files(storage: Path) -> list[str]:
     return sorted(
         str(p.relative_to(storage))
@@ -128,9 +143,8 @@ def test_client_going_away_mid_upload_leaves_nothing(workdir: Path, gpg_home: Gp
         first = gpg_home.encrypt(b"first" * 1000)
         assert upload(server, auth, first).status_code == 200
         big = gpg_home.encrypt(bytes(3 * 1024 * 1024), compress=False)
-        sock = partial_upload(server, auth, big[: len(big) // 2], len(big))
+        sock = hold_lock(server, auth, big[: len(big) // 2], len(big))
         # The upload is under way: it holds the lock, and the server waits for the rest.
-        wait_until(lambda: lock_taken(server, auth))
         assert no_answer_yet(sock)
         sock.close()
         # The lock is released when the client goes away, long before its lease runs out.
@@ -155,9 +169,8 @@ def test_sigkill_mid_upload_then_restart(workdir: Path, gpg_home: GpgHome) -> No
             assert response.status_code == 200
             bodies[response.json()["data"]["version"]["versionNumber"]] = data
         big = gpg_home.encrypt(bytes(4 * 1024 * 1024), compress=False)
-        sock = partial_upload(server, auth, big[: len(big) // 2], len(big))
+        sock = hold_lock(server, auth, big[: len(big) // 2], len(big))
         # Killed while the upload is still running: it holds the lock and is unanswered.
-        wait_until(lambda: lock_taken(server, auth))
         assert no_answer_yet(sock)
         assert server.process.poll() is None
         server.process.kill()
@@ -265,8 +278,7 @@ def test_early_refusal_of_an_upload_says_connection_close(
         big = gpg_home.encrypt(bytes(1024 * 1024), compress=False)
         collection = "db"
         if case == "locked":
-            held = partial_upload(server, auth, big[:1000], len(big))
-            wait_until(lambda: lock_taken(server, auth))
+            held = hold_lock(server, auth, big[:1000], len(big))
         elif case == "no rights":
             auth = login(server, "reader")
         else:
