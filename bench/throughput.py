@@ -1,25 +1,41 @@
-"""Upload/download throughput of the server against nginx (WebDAV PUT) on loopback.
+"""Throughput, latency and memory of the server side by side with restic's rest-server.
 
-Starts nginx and the server side by side in temporary folders, generates real OpenPGP
-encrypted files with ``gpg``, and moves them with ``curl`` to and from each. Prints the
-server's throughput as a share of nginx's, the server's peak RSS during uploads, and
-whether the peak grows with the file size. Exits 1 when a target is missed, 2 when the
-run could not be done (or a download did not match the upload).
+Starts the server and restic's rest-server (the reference: like the server it hashes every
+upload with SHA-256, writes a temporary file, fsyncs and renames) on loopback, with their
+data on tmpfs and again on disk, and measures in interleaved rounds (who goes first
+alternates; the median of the rounds counts):
 
-    .venv/bin/python bench/throughput.py [--size 512M] [--repeat 3] [--rss-sizes 64M,1G]
+1. a large upload and download (``curl -T``, default 512 MiB);
+2. sequential 1 MiB uploads over one keep-alive connection (ours on SQLite, and on
+   PostgreSQL when one is reachable);
+3. 1 MiB download latency (p50, p99) over one keep-alive connection;
+4. 8 uploads of 64 MiB at once to 8 collections (8 repositories of rest-server);
+5. on a fresh server: the idle RSS after start-up and one login, and the peak RSS during a
+   1 GiB upload.
+
+Prints a table (measure, ours, rest-server, ratio, target, result) with the machine it ran
+on. Exits 1 when a target is missed, 2 when the run could not be done (or a download did
+not match the upload). Without a rest-server binary it says how to build one and measures
+the server alone (no ratios).
+
+    .venv/bin/python bench/throughput.py --rest-server PATH [--media tmpfs,disk] [--rounds 5]
+    .venv/bin/python bench/throughput.py --quick      # small sizes, 2 rounds: checks the script
 
 Only the standard library and the project's own dependencies are used. Everything it
-starts or writes is removed on exit, also on Ctrl-C.
+starts or writes is removed on exit, also on Ctrl-C. See bench/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import getpass
 import grp
 import hashlib
+import http.client
 import json
+import math
 import os
 import platform
 import re
@@ -33,24 +49,43 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 MiB = 1024 * 1024
-COLLECTION = "bench"
+COLLECTION = "bench"  # large uploads (and the memory check)
+SMALL_COLLECTION = "small"  # sequential 1 MiB uploads, rotated as in real use
+PARALLEL_PREFIX = "par-"  # par-1 ... par-8: the concurrent uploads
 USERNAME = "bench-admin"
 PASSWORD = "bench-password"  # noqa: S105 - a throw-away account on a loopback server
 JWT_SECRET = "bench-jwt-secret-that-is-long-enough-for-hs256"  # noqa: S105
+REST_SERVER_ENV = "BR_BENCH_REST_SERVER"
+DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+SMALL_SIZE = MiB  # the "1 MiB" of the small uploads and downloads (plaintext)
+SMALL_VERSIONS = 5  # maxBackupsCount of the small collection (fifo): every upload rotates
 
-UPLOAD_TARGET = 0.6  # share of nginx's upload speed
-DOWNLOAD_TARGET = 0.7  # share of nginx's download speed
-RSS_LIMIT = 128 * MiB  # peak resident memory of the server during an upload
-RSS_GROWTH_LIMIT = 16 * MiB  # "independent of file size": largest minus smallest peak
+# Targets (issue 15). Ratios are ours / rest-server's, medians of the rounds.
+LARGE_TARGET = 1.0  # large upload and large download
+SMALL_UPLOAD_TARGET = 0.5  # sequential 1 MiB uploads per second, on SQLite
+DOWNLOAD_P50_LIMIT = 3.0  # ms, 1 MiB download over a keep-alive connection
+PARALLEL_TARGET = 1.0  # aggregate of the concurrent uploads
+IDLE_RSS_LIMIT = 80 * MiB  # after start-up and one login
+RSS_GROWTH_LIMIT = 8 * MiB  # peak during the large memory-check upload, above idle
+
+BUILD_HINT = """\
+restic's rest-server is not given (--rest-server PATH or the variable {env}), so the
+server is measured alone and no ratio is computed. To build the reference: restic's
+rest-server v0.13.0, `go build -o rest-server ./cmd/rest-server` in its source tree, or
+its build script (`bash build.sh OUTPUT`, which takes Go and every dependency from
+Debian's packages). Then run this script with --rest-server OUTPUT."""
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1024, "M": MiB, "G": 1024 * MiB, "T": 1024 * 1024 * MiB}
@@ -481,9 +516,11 @@ def launch_server(
     storage: Path,
     log: Path,
     extra_args: Sequence[str] = (),
+    db_url: str | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start ``python -m backup_repository`` on a loopback port with SQLite, file://
-    storage and ``documents`` as its configuration, and wait until /health answers."""
+    """Start ``python -m backup_repository`` on a loopback port with SQLite (or
+    ``db_url``), file:// storage and ``documents`` as its configuration, and wait until
+    /health answers."""
     config = workdir / "config"
     config.mkdir(parents=True)
     (config / "objects.yaml").write_text(yaml.safe_dump_all(documents, sort_keys=False))
@@ -493,7 +530,7 @@ def launch_server(
         "backup_repository",
         f"--listen=127.0.0.1:{port}",
         "--db-url",
-        f"sqlite:///{workdir / 'db.sqlite'}",
+        db_url or f"sqlite:///{workdir / 'db.sqlite'}",
         "--jwt-secret-key",
         JWT_SECRET,
         "--config-local-path",
@@ -518,9 +555,25 @@ def launch_server(
 
 
 class Server:
-    def __init__(self, workdir: Path, password_hash: str, versions: int = 3) -> None:
+    """Our server with an admin user and the bench's collections: ``bench`` (room for
+    ``versions`` large uploads), ``small`` (fifo, 5 versions: every further upload rotates
+    one out) and ``par-1`` ... ``par-N`` (the concurrent uploads)."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        password_hash: str,
+        versions: int = 3,
+        *,
+        db_url: str | None = None,
+        version_size: int = 2 * 1024 * MiB,
+        parallel: int = 8,
+    ) -> None:
         self.workdir = workdir
         self.versions = max(3, versions)
+        self.db_url = db_url
+        self.version_size = version_size
+        self.parallel = parallel
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
@@ -537,11 +590,35 @@ class Server:
         storage = self.workdir / "storage"
         storage.mkdir(parents=True)
         self.process = launch_server(
-            self.workdir, self.port, self.documents(), storage, self.log, NO_RATE_LIMITS
+            self.workdir,
+            self.port,
+            self.documents(),
+            storage,
+            self.log,
+            NO_RATE_LIMITS,
+            db_url=self.db_url,
         )
         self.token = self.login()
 
     def documents(self) -> list[dict[str, Any]]:
+        def collection(name: str, count: int, one: int, description: str) -> dict[str, Any]:
+            return {
+                "apiVersion": "backups.riotkit.org/v1alpha1",
+                "kind": "BackupCollection",
+                "metadata": {"name": name},
+                "spec": {
+                    "description": description,
+                    "filenameTemplate": f"{name}-${{version}}.gpg",
+                    "maxBackupsCount": count,
+                    "maxOneVersionSize": str(one),
+                    "maxCollectionSize": str(2 * one * count),
+                    "strategyName": "fifo",
+                    "strategySpec": {},
+                    "accessControl": [],
+                },
+            }
+
+        large = max(2 * 1024 * MiB, self.version_size)
         return [
             {
                 "apiVersion": "backups.riotkit.org/v1alpha1",
@@ -554,21 +631,12 @@ class Server:
                     "roles": ["systemAdmin"],
                 },
             },
-            {
-                "apiVersion": "backups.riotkit.org/v1alpha1",
-                "kind": "BackupCollection",
-                "metadata": {"name": COLLECTION},
-                "spec": {
-                    "description": "throughput benchmark",
-                    "filenameTemplate": "bench-${version}.gpg",
-                    "maxBackupsCount": self.versions,
-                    "maxOneVersionSize": "2G",
-                    "maxCollectionSize": f"{2 * self.versions}G",
-                    "strategyName": "fifo",
-                    "strategySpec": {},
-                    "accessControl": [],
-                },
-            },
+            collection(COLLECTION, self.versions, large, "throughput benchmark"),
+            collection(SMALL_COLLECTION, SMALL_VERSIONS, 4 * MiB, "sequential small uploads"),
+            *(
+                collection(f"{PARALLEL_PREFIX}{n}", self.versions, large, "concurrent uploads")
+                for n in range(1, self.parallel + 1)
+            ),
         ]
 
     def login(self) -> str:
@@ -582,7 +650,9 @@ class Server:
             with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310
                 return str(json.load(answer)["data"]["token"])
         except urllib.error.HTTPError as exc:
-            raise BenchError(f"login failed: {exc.code} {exc.read()[:500]!r}") from None
+            raise BenchError(
+                f"login failed: {exc.code} {exc.read()[:500]!r}\n{tail(self.log)}"
+            ) from None
 
     @property
     def auth(self) -> list[str]:
@@ -590,17 +660,17 @@ class Server:
 
     @property
     def upload_url(self) -> str:
-        return f"{self.url}/api/stable/repository/collection/{COLLECTION}/version"
+        return self.versions_url(COLLECTION)
 
-    def stored(self, version: int) -> list[Path]:
-        """The file:// storage's file(s) of a version (the bench's template names them)."""
-        return list((self.workdir / "storage").rglob(f"bench-{version}.gpg"))
+    def versions_url(self, collection: str) -> str:
+        return f"{self.url}/api/stable/repository/collection/{collection}/version"
+
+    def stored(self, version: int, collection: str = COLLECTION) -> list[Path]:
+        """The file:// storage's file(s) of a version (the bench's templates name them)."""
+        return list((self.workdir / "storage").rglob(f"{collection}-{version}.gpg"))
 
     def stop(self) -> None:
         stop_process(self.process, signal.SIGTERM)
-
-
-# --------------------------------------------------------------------------- the run
 
 
 @dataclass
@@ -616,26 +686,324 @@ class Upload:
     cpu: float
 
 
+# --------------------------------------------------------------------------- rest-server
+
+
+class RestServer:
+    """restic's rest-server, the reference: ``--no-auth`` and nothing else, so it verifies
+    the SHA-256 of every upload and fsyncs the file and its folder, as the server does."""
+
+    def __init__(self, binary: Path, workdir: Path) -> None:
+        self.binary = binary
+        self.workdir = workdir
+        self.data = workdir / "data"
+        self.log = workdir / "rest-server.log"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self, repos: Sequence[str]) -> None:
+        self.data.mkdir(parents=True)
+        command = [
+            str(self.binary),
+            "--no-auth",
+            "--path",
+            str(self.data),
+            "--listen",
+            f"127.0.0.1:{self.port}",
+        ]
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        wait_http(self.url + "/", self.process, self.log, accept=(200, 400, 401, 404, 405))
+        for repo in repos:
+            status, body = plain_request("POST", f"{self.url}/{repo}/?create=true")
+            if status != 200:
+                raise BenchError(f"rest-server did not create {repo}: {status} {body[:200]!r}")
+
+    def blob_path(self, repo: str, sha256: str) -> str:
+        return f"/{repo}/data/{sha256}"
+
+    def blob_url(self, repo: str, sha256: str) -> str:
+        return self.url + self.blob_path(repo, sha256)
+
+    def delete(self, repo: str, sha256: str) -> None:
+        """Remove a blob (untimed, between rounds)."""
+        status, body = plain_request("DELETE", self.blob_url(repo, sha256))
+        if status not in (200, 404):
+            raise BenchError(f"rest-server DELETE answered {status}: {body[:200]!r}")
+
+    def stop(self) -> None:
+        stop_process(self.process, signal.SIGTERM)
+
+
+def rest_server_version(binary: Path) -> str:
+    try:
+        result = subprocess.run(
+            [str(binary), "--version"], capture_output=True, text=True, check=False, timeout=10
+        )
+    except OSError as exc:
+        raise BenchError(f"cannot run rest-server {binary}: {exc}") from None
+    text = (result.stdout or result.stderr).strip()
+    if result.returncode != 0 or not text:
+        raise BenchError(f"{binary} --version failed: {result.stderr.strip()}")
+    return text.splitlines()[0]
+
+
+def plain_request(method: str, url: str, body: bytes | None = None) -> tuple[int, bytes]:
+    """One untimed request on a connection of its own (set-up and clean-up)."""
+    request = urllib.request.Request(url, data=body, method=method)  # noqa: S310 - loopback
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:  # noqa: S310
+            return int(answer.status), answer.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+class Postgres:
+    """A fresh database for one server on a PostgreSQL the bench may create databases on,
+    dropped again at the end."""
+
+    def __init__(self, admin_url: str) -> None:
+        from sqlalchemy.engine import make_url
+
+        self.admin = make_url(admin_url).set(drivername="postgresql")
+        self.created: list[str] = []
+
+    def _dsn(self, database: str | None = None) -> str:
+        url = self.admin if database is None else self.admin.set(database=database)
+        return url.render_as_string(hide_password=False)
+
+    def _execute(self, statement: str) -> None:
+        import asyncpg  # type: ignore[import-untyped]
+
+        async def run() -> None:
+            connection = await asyncpg.connect(self._dsn(), timeout=5)
+            try:
+                await connection.execute(statement)
+            finally:
+                await connection.close()
+
+        asyncio.run(run())
+
+    def reachable(self) -> str:
+        """An empty string when usable, else why not."""
+        try:
+            self._execute("SELECT 1")
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return ""
+
+    def create(self) -> str:
+        name = f"br_bench_{uuid.uuid4().hex[:12]}"
+        self._execute(f'CREATE DATABASE "{name}"')
+        self.created.append(name)
+        return self._dsn(name)
+
+    def drop_all(self) -> None:
+        for name in self.created:
+            with contextlib.suppress(Exception):
+                self._execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self.created.clear()
+
+    @property
+    def safe(self) -> str:
+        return self.admin.render_as_string(hide_password=True)
+
+
+# --------------------------------------------------------------------------- keep-alive
+
+
+def percentile(values: Sequence[float], share: float) -> float:
+    """Nearest-rank percentile (``share`` 0.5 is the median of an odd count)."""
+    if not values:
+        raise ValueError("no values")
+    ordered = sorted(values)
+    rank = max(1, math.ceil(share * len(ordered)))
+    return ordered[rank - 1]
+
+
+class KeepAlive:
+    """One HTTP/1.1 connection reused for every request (``http.client`` sets
+    TCP_NODELAY and sends a bytes body with its headers). Counts reconnections: a server
+    that closed the connection would otherwise be charged a new handshake silently."""
+
+    def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
+        parsed = urllib.parse.urlsplit(url)
+        assert parsed.hostname is not None
+        assert parsed.port is not None
+        self.connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=300)
+        self.headers = headers or {}
+        self.reconnects = -1  # the first connection is not a reconnection
+        self._socket: object = None
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, bytes, float]:
+        """Status, body and seconds from sending the request to the last byte read."""
+        merged = {**self.headers, **headers} if headers else self.headers
+        started = time.perf_counter()
+        self.connection.request(method, path, body=body, headers=merged)
+        answer = self.connection.getresponse()
+        data = answer.read()
+        seconds = time.perf_counter() - started
+        if self.connection.sock is not self._socket:
+            self._socket = self.connection.sock
+            if self._socket is not None:
+                self.reconnects += 1
+        return answer.status, data, seconds
+
+    def close(self) -> None:
+        self.connection.close()
+
+
 @dataclass
-class Results:
-    size: int = 0
-    repeat: int = 0
-    nginx_up: list[float] = field(default_factory=list)
-    nginx_down: list[float] = field(default_factory=list)
-    ours_up: list[float] = field(default_factory=list)
-    ours_down: list[float] = field(default_factory=list)
-    ours_up_cpu: list[float] = field(default_factory=list)
-    ours_down_cpu: list[float] = field(default_factory=list)
-    rss_peaks: list[int] = field(default_factory=list)
-    hwms: list[int] = field(default_factory=list)
-    rss_idle: list[int] = field(default_factory=list)
-    rss_by_size: dict[int, tuple[int, int, int]] = field(default_factory=dict)
-    hwm_reset: bool = True  # VmHWM could be reset before each upload (else it is ignored)
-    checks: list[tuple[str, bool, str]] = field(default_factory=list)
+class Sequential:
+    """One round of sequential requests: per-request seconds and the server's CPU."""
+
+    seconds: list[float]
+    cpu: float
+    last: int = 0  # the last version number (ours)
+
+    @property
+    def rate(self) -> float:
+        return len(self.seconds) / sum(self.seconds)
+
+    @property
+    def cpu_ms(self) -> float:
+        return 1000 * self.cpu / len(self.seconds)
 
 
-def upload_ours(server: Server, test: TestFile, scratch: Path) -> Upload:
-    response = scratch / "upload-response.json"
+def small_uploads_ours(server: Server, body: bytes, count: int) -> Sequential:
+    path = urllib.parse.urlsplit(server.versions_url(SMALL_COLLECTION)).path
+    client = KeepAlive(server.url, {"Authorization": f"Bearer {server.token}"})
+    headers = {"Content-Type": "application/octet-stream"}
+    seconds: list[float] = []
+    last = b""
+    try:
+        client.request("GET", "/api/stable/auth/whoami")  # connect outside the timing
+        cpu_before = cpu_seconds(server.pid)
+        for _ in range(count):
+            status, last, took = client.request("POST", path, body, headers)
+            if status != 200:
+                raise BenchError(f"1 MiB upload answered {status}: {last[:300]!r}")
+            seconds.append(took)
+        cpu = cpu_seconds(server.pid) - cpu_before
+    finally:
+        client.close()
+    if client.reconnects:
+        raise BenchError(f"the server closed the keep-alive connection {client.reconnects}x")
+    version = int(json.loads(last)["data"]["version"]["versionNumber"])
+    return Sequential(seconds, cpu, version)
+
+
+def small_blob(base: bytes, base_hash: Any, tag: bytes) -> tuple[str, bytes]:
+    """A distinct body of ``len(base)`` bytes for rest-server (its blob name is the
+    SHA-256 of the body): ``base`` with its last ``len(tag)`` bytes replaced by ``tag``.
+    ``base_hash`` is the SHA-256 state of ``base[: -len(tag)]``, so a name costs a hash of
+    a few bytes."""
+    digest = base_hash.copy()
+    digest.update(tag)
+    return digest.hexdigest(), base[: len(base) - len(tag)] + tag
+
+
+class BlobMaker:
+    """Distinct same-size bodies and their names for rest-server, made outside timing."""
+
+    TAG = 16
+
+    def __init__(self, base: bytes) -> None:
+        self.base = base
+        self.prefix_hash = hashlib.sha256(base[: len(base) - self.TAG])
+        self.salt = os.urandom(8)
+        self.counter = 0
+
+    def next(self) -> tuple[str, bytes]:
+        self.counter += 1
+        return small_blob(
+            self.base, self.prefix_hash, self.salt + self.counter.to_bytes(self.TAG - 8, "big")
+        )
+
+
+def small_uploads_rest(rest: RestServer, blobs: BlobMaker, count: int, delete: bool) -> Sequential:
+    """POST ``count`` distinct 1 MiB blobs; with ``delete`` each is deleted right after
+    (timed with it, as the issue measured); without, they are deleted afterwards
+    (untimed)."""
+    client = KeepAlive(rest.url)
+    seconds: list[float] = []
+    leftovers: list[str] = []
+    try:
+        client.request("GET", "/")  # connect outside the timing
+        cpu_before = cpu_seconds(rest.pid)
+        for _ in range(count):
+            name, body = blobs.next()
+            path = rest.blob_path(SMALL_COLLECTION, name)
+            status, answer, took = client.request("POST", path, body)
+            if status != 200:
+                raise BenchError(f"rest-server POST answered {status}: {answer[:200]!r}")
+            if delete:
+                status, answer, took_delete = client.request("DELETE", path)
+                if status != 200:
+                    raise BenchError(f"rest-server DELETE answered {status}: {answer[:200]!r}")
+                took += took_delete
+            else:
+                leftovers.append(name)
+            seconds.append(took)
+        cpu = cpu_seconds(rest.pid) - cpu_before
+        for name in leftovers:
+            status, answer, _ = client.request("DELETE", rest.blob_path(SMALL_COLLECTION, name))
+            if status != 200:
+                raise BenchError(f"rest-server DELETE answered {status}: {answer[:200]!r}")
+    finally:
+        client.close()
+    if client.reconnects:
+        raise BenchError(f"rest-server closed the keep-alive connection {client.reconnects}x")
+    return Sequential(seconds, cpu)
+
+
+def downloads(
+    pid: int, url: str, path: str, size: int, count: int, headers: dict[str, str] | None = None
+) -> Sequential:
+    """GET ``path`` ``count`` times over one connection; every body must be ``size``
+    bytes."""
+    client = KeepAlive(url, headers)
+    seconds: list[float] = []
+    try:
+        client.request("GET", path)  # connect (and warm) outside the timing
+        cpu_before = cpu_seconds(pid)
+        for _ in range(count):
+            status, body, took = client.request("GET", path)
+            if status != 200 or len(body) != size:
+                raise BenchError(f"GET {path} answered {status} with {len(body)} bytes")
+            seconds.append(took)
+        cpu = cpu_seconds(pid) - cpu_before
+    finally:
+        client.close()
+    if client.reconnects:
+        raise BenchError(f"GET {path}: the connection was closed {client.reconnects}x")
+    return Sequential(seconds, cpu)
+
+
+# --------------------------------------------------------------------------- large transfers
+
+
+def upload_ours(
+    server: Server, test: TestFile, scratch: Path, collection: str = COLLECTION
+) -> Upload:
+    response = scratch / f"upload-response-{collection}.json"
     cpu_before = cpu_seconds(server.pid)
     with RssSampler(server.pid) as sampler:
         transfer = curl(
@@ -647,7 +1015,7 @@ def upload_ours(server: Server, test: TestFile, scratch: Path) -> Upload:
                 "-H",
                 "Content-Type: application/octet-stream",
                 *server.auth,
-                server.upload_url,
+                server.versions_url(collection),
             ],
             upload=True,
             response=response,
@@ -682,6 +1050,37 @@ def download_ours(server: Server, version: int) -> tuple[Transfer, float]:
     return transfer, cpu
 
 
+@dataclass
+class RestUpload:
+    transfer: Transfer
+    rss_before: int
+    rss_peak: int
+    hwm: int
+    hwm_reset: bool
+    cpu: float
+
+
+def upload_rest(rest: RestServer, test: TestFile, repo: str = COLLECTION) -> RestUpload:
+    cpu_before = cpu_seconds(rest.pid)
+    with RssSampler(rest.pid) as sampler:
+        transfer = curl(
+            ["-X", "POST", "-T", str(test.path), rest.blob_url(repo, test.sha256)], upload=True
+        )
+    cpu = cpu_seconds(rest.pid) - cpu_before
+    if transfer.status != 200:
+        raise BenchError(f"upload to rest-server answered {transfer.status}\n{tail(rest.log)}")
+    return RestUpload(transfer, sampler.before, sampler.peak, sampler.hwm, sampler.hwm_reset, cpu)
+
+
+def download_rest(rest: RestServer, test: TestFile) -> tuple[Transfer, float]:
+    cpu_before = cpu_seconds(rest.pid)
+    transfer = curl([rest.blob_url(COLLECTION, test.sha256)], upload=False)
+    cpu = cpu_seconds(rest.pid) - cpu_before
+    if transfer.status != 200:
+        raise BenchError(f"download from rest-server answered {transfer.status}")
+    return transfer, cpu
+
+
 def upload_nginx(nginx: Nginx, test: TestFile, name: str) -> Transfer:
     transfer = curl(["-T", str(test.path), f"{nginx.url}/{name}"], upload=True)
     if transfer.status not in (201, 204):
@@ -698,81 +1097,750 @@ def download_nginx(nginx: Nginx, name: str) -> Transfer:
     return transfer
 
 
-def speed(values: list[float]) -> str:
-    return f"{statistics.median(values) / MiB:8.1f} MiB/s" if values else "-"
+@dataclass
+class Parallel:
+    bytes_per_second: float
+    seconds: float
+    rss_peak: int
+    bodies: list[bytes]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--size",
-        type=parse_size,
-        default=parse_size("512M"),
-        help="plaintext size of the file compared with nginx (default 512M)",
-    )
-    parser.add_argument(
-        "--repeat",
-        type=int,
-        default=3,
-        help="transfers per direction and server; the median counts (default 3)",
-    )
-    parser.add_argument(
-        "--rss-sizes",
-        type=parse_sizes,
-        default=parse_sizes("64M,1G"),
-        help="sizes for the peak-RSS-vs-size check, each on a fresh server "
-        "(default 64M,1G; empty to skip)",
-    )
-    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
-    parser.add_argument(
-        "--keep",
-        action="store_true",
-        help="keep the temporary folder (logs, configs) for inspection",
-    )
-    args = parser.parse_args(argv)
-    if args.repeat < 1:
-        parser.error("--repeat must be at least 1")
+def parallel_curls(pid: int, commands: Sequence[Sequence[str]], size: int) -> Parallel:
+    """Start one curl per command at once; the aggregate is all bytes over the time from
+    starting the first to the end of the last."""
+    processes: list[subprocess.Popen[bytes]] = []
+    with RssSampler(pid) as sampler:
+        started = time.monotonic()
+        try:
+            for command in commands:
+                processes.append(
+                    subprocess.Popen(
+                        ["curl", "-sS", "-H", "Expect:", "-w", "\n%{http_code}", *command],
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE,
+                    )
+                )
+            outputs = [process.communicate(timeout=3600) for process in processes]
+        finally:
+            for process in processes:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+        seconds = time.monotonic() - started
+    bodies: list[bytes] = []
+    for process, (out, err) in zip(processes, outputs, strict=True):
+        body, _, code = out.rpartition(b"\n")
+        if process.returncode != 0 or code.strip() != b"200":
+            raise BenchError(
+                f"a concurrent upload failed ({process.returncode}, {code!r}): "
+                f"{err.decode(errors='replace').strip()} {body[:300]!r}"
+            )
+        bodies.append(body)
+    return Parallel(len(commands) * size / seconds, seconds, sampler.peak, bodies)
 
-    for tool in ("curl", "gpg", "head"):
-        if not shutil.which(tool):
-            print(f"error: {tool} is not installed", file=sys.stderr)
-            return 2
 
-    stop_on_signals()
-    root = Path(tempfile.mkdtemp(prefix="br-bench-"))
-    files = TestFiles(root / "files")
-    nginx = Nginx(root / "nginx")
-    servers: list[Server] = []
-    results = Results(size=args.size, repeat=args.repeat)
-    status = 2
-    try:
-        status = run(args, root, files, nginx, servers, results)
-    except BenchError as exc:
-        print(f"\nerror: {exc}", file=sys.stderr)
-        report(results, nginx)
-    except Interrupted as exc:
-        print(f"\ninterrupted ({exc}); cleaning up", file=sys.stderr)
-        status = 130
-    finally:
-        # A second Ctrl-C must not leave processes behind halfway through the clean-up.
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
-        for server in servers:
-            server.stop()
-        nginx.stop()
-        files.close()
-        if args.keep:
-            print(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-    if args.json and status in (0, 1):
-        args.json.write_text(json.dumps(as_json(results, nginx), indent=2) + "\n")
+def parallel_ours(server: Server, test: TestFile, count: int) -> Parallel:
+    commands = [
+        [
+            "-X",
+            "POST",
+            "-T",
+            str(test.path),
+            "-H",
+            "Content-Type: application/octet-stream",
+            *server.auth,
+            server.versions_url(f"{PARALLEL_PREFIX}{n}"),
+        ]
+        for n in range(1, count + 1)
+    ]
+    return parallel_curls(server.pid, commands, test.size)
+
+
+def parallel_rest(rest: RestServer, test: TestFile, count: int) -> Parallel:
+    commands = [
+        ["-X", "POST", "-T", str(test.path), rest.blob_url(f"{PARALLEL_PREFIX}{n}", test.sha256)]
+        for n in range(1, count + 1)
+    ]
+    return parallel_curls(rest.pid, commands, test.size)
+
+
+# --------------------------------------------------------------------------- results
+
+# The sides measured; "ours" is the server on SQLite.
+OURS, OURS_PG, REST, REST_DELETE, NGINX = "ours", "ours-postgres", "rest", "rest+delete", "nginx"
+
+
+@dataclass
+class MediumResults:
+    name: str
+    path: str
+    fstype: str
+    # measure -> side -> one value per round
+    figures: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    # side -> idle, before, peak, hwm (bytes) of the memory check
+    rss: dict[str, dict[str, int]] = field(default_factory=dict)
+    checks: list[tuple[str, bool, str]] = field(default_factory=list)
+
+    def add(self, measure: str, side: str, value: float) -> None:
+        self.figures.setdefault(measure, {}).setdefault(side, []).append(value)
+
+    def median(self, measure: str, side: str) -> float | None:
+        values = self.figures.get(measure, {}).get(side)
+        return statistics.median(values) if values else None
+
+
+@dataclass
+class Row:
+    medium: str
+    measure: str
+    ours: str
+    reference: str
+    ratio: str
+    target: str
+    met: bool | None  # None: reported only (no target, or no reference to compare with)
+
+
+@dataclass
+class Run:
+    machine: str = ""
+    load: str = ""
+    rest_server: str = ""
+    postgres: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+    media: list[MediumResults] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def _mibs(value: float | None) -> str:
+    return "-" if value is None else f"{value / MiB:.1f} MiB/s"
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}/s"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} ms"
+
+
+def _ratio_row(
+    medium: MediumResults,
+    measure: str,
+    ours: float | None,
+    reference: float | None,
+    shown: Callable[[float | None], str],
+    target: float | None,
+) -> Row:
+    ratio = ours / reference if ours is not None and reference else None
+    met = None if ratio is None or target is None else ratio >= target
+    return Row(
+        medium.name,
+        measure,
+        shown(ours),
+        shown(reference),
+        "-" if ratio is None else f"{ratio:.2f}",
+        "report" if target is None else f">= {target:.1f}x",
+        met,
+    )
+
+
+def rows_of(medium: MediumResults, options: dict[str, Any]) -> list[Row]:
+    """The table of one medium: each measure against its target."""
+    rows: list[Row] = []
+    large = human(options.get("size", 0))
+    for direction in ("upload", "download"):
+        measure = f"large {direction}"
+        if measure in medium.figures:
+            rows.append(
+                _ratio_row(
+                    medium,
+                    f"{measure} ({large}, curl)",
+                    medium.median(measure, OURS),
+                    medium.median(measure, REST),
+                    _mibs,
+                    LARGE_TARGET,
+                )
+            )
+            if medium.median(measure, NGINX) is not None:
+                rows.append(
+                    _ratio_row(
+                        medium,
+                        f"{measure}, nginx as reference",
+                        medium.median(measure, OURS),
+                        medium.median(measure, NGINX),
+                        _mibs,
+                        None,
+                    )
+                )
+    if "small rate" in medium.figures:
+        rest_post = medium.median("small rate", REST)
+        rest_delete = medium.median("small rate", REST_DELETE)
+        candidates = [value for value in (rest_post, rest_delete) if value is not None]
+        fastest = max(candidates) if candidates else None
+        rows.append(
+            _ratio_row(
+                medium,
+                "1 MiB uploads/s, sequential, SQLite",
+                medium.median("small rate", OURS),
+                fastest,
+                _rate,
+                SMALL_UPLOAD_TARGET,
+            )
+        )
+        if medium.median("small rate", OURS_PG) is not None:
+            rows.append(
+                _ratio_row(
+                    medium,
+                    "1 MiB uploads/s, sequential, PostgreSQL",
+                    medium.median("small rate", OURS_PG),
+                    fastest,
+                    _rate,
+                    None,
+                )
+            )
+        if candidates:
+            rows.append(
+                Row(
+                    medium.name,
+                    "  rest-server: POST only | POST+DELETE",
+                    "",
+                    f"{_rate(rest_post)} | {_rate(rest_delete)}",
+                    "",
+                    "report",
+                    None,
+                )
+            )
+        for side, label in ((OURS, "SQLite"), (OURS_PG, "PostgreSQL")):
+            if medium.median("small p50", side) is not None:
+                rows.append(
+                    Row(
+                        medium.name,
+                        f"  1 MiB upload p50 | CPU per upload, {label}",
+                        f"{_ms(medium.median('small p50', side))} | "
+                        f"{_ms(medium.median('small cpu', side))}",
+                        f"{_ms(medium.median('small p50', REST))} | "
+                        f"{_ms(medium.median('small cpu', REST))}",
+                        "",
+                        "report",
+                        None,
+                    )
+                )
+    if "download p50" in medium.figures:
+        p50 = medium.median("download p50", OURS)
+        rows.append(
+            Row(
+                medium.name,
+                "1 MiB download p50, keep-alive",
+                _ms(p50),
+                _ms(medium.median("download p50", REST)),
+                "",
+                f"<= {DOWNLOAD_P50_LIMIT:g} ms",
+                None if p50 is None else p50 <= DOWNLOAD_P50_LIMIT,
+            )
+        )
+        rows.append(
+            Row(
+                medium.name,
+                "1 MiB download p99 | CPU per download",
+                f"{_ms(medium.median('download p99', OURS))} | "
+                f"{_ms(medium.median('download cpu', OURS))}",
+                f"{_ms(medium.median('download p99', REST))} | "
+                f"{_ms(medium.median('download cpu', REST))}",
+                "",
+                "report",
+                None,
+            )
+        )
+        if medium.median("download p50", OURS_PG) is not None:
+            rows.append(
+                Row(
+                    medium.name,
+                    "1 MiB download p50 | p99, PostgreSQL",
+                    f"{_ms(medium.median('download p50', OURS_PG))} | "
+                    f"{_ms(medium.median('download p99', OURS_PG))}",
+                    "",
+                    "",
+                    "report",
+                    None,
+                )
+            )
+    if "parallel" in medium.figures:
+        count = options.get("parallel", 8)
+        rows.append(
+            _ratio_row(
+                medium,
+                f"{count} x {human(options.get('parallel_size', 0))} uploads at once",
+                medium.median("parallel", OURS),
+                medium.median("parallel", REST),
+                _mibs,
+                PARALLEL_TARGET,
+            )
+        )
+    ours_rss = medium.rss.get(OURS)
+    if ours_rss:
+        rest_rss = medium.rss.get(REST, {})
+        idle = ours_rss["idle"]
+        rows.append(
+            Row(
+                medium.name,
+                "idle RSS after start-up and a login",
+                human(idle),
+                human(rest_rss["idle"]) if rest_rss else "-",
+                "",
+                f"<= {human(IDLE_RSS_LIMIT)}",
+                idle <= IDLE_RSS_LIMIT,
+            )
+        )
+        growth = rss_growth(ours_rss)
+        rows.append(
+            Row(
+                medium.name,
+                f"peak RSS above idle, {human(options.get('rss_size', 0))} upload",
+                signed(growth),
+                signed(rss_growth(rest_rss)) if rest_rss else "-",
+                "",
+                f"<= +{human(RSS_GROWTH_LIMIT)}",
+                growth <= RSS_GROWTH_LIMIT,
+            )
+        )
+    return rows
+
+
+def rss_growth(rss: dict[str, int]) -> int:
+    """Peak above the RSS just before the upload: the sampled peak, or VmHWM when it
+    could be reset before the upload (it then catches spikes between samples)."""
+    peak = max(rss["peak"], rss["hwm"] if rss.get("hwm_reset") else 0)
+    return peak - rss["before"]
+
+
+def signed(size: int) -> str:
+    return f"+{human(size)}" if size >= 0 else f"-{human(-size)}"
+
+
+def all_rows(run: Run) -> list[Row]:
+    return [row for medium in run.media for row in rows_of(medium, run.options)]
+
+
+def verdict(run: Run) -> int:
+    """0: every target met; 1: one missed; 2: the run failed or a check is wrong."""
+    broken = bool(run.errors) or any(
+        not passed for medium in run.media for _, passed, _ in medium.checks
+    )
+    if broken or not run.media:
+        return 2
+    return 1 if any(row.met is False for row in all_rows(run)) else 0
+
+
+def report(run: Run) -> int:
+    print()
+    print(run.machine)
+    print(f"load before the run: {run.load}")
+    print(f"reference: {run.rest_server or 'none (no ratios)'}; PostgreSQL: {run.postgres}")
+    print(
+        f"medians of {run.options.get('rounds')} interleaved rounds; "
+        f"{run.options.get('small_count')} sequential uploads and "
+        f"{run.options.get('download_count')} downloads per round"
+    )
+    widths = (7, 48, 26, 26, 6, 13)
+    head = ("medium", "measure", "ours", "rest-server", "ratio", "target")
+    print()
+    print("  ".join(f"{h:<{w}}" for h, w in zip(head, widths, strict=True)) + "  result")
+    for row in all_rows(run):
+        result = {True: "met", False: "MISSED", None: ""}[row.met]
+        cells = (row.medium, row.measure, row.ours, row.reference, row.ratio, row.target)
+        print("  ".join(f"{c:<{w}}" for c, w in zip(cells, widths, strict=True)) + f"  {result}")
+    for medium in run.media:
+        for name, passed, detail in medium.checks:
+            print(f"{medium.name:<7}  check: {name:<44} {'OK' if passed else 'WRONG'}  {detail}")
+    for error in run.errors:
+        print(f"error: {error}")
+    status = verdict(run)
+    print(
+        {0: "all targets met", 1: "a target was missed", 2: "the run could not be completed"}[
+            status
+        ]
+    )
     return status
+
+
+def as_json(run: Run) -> dict[str, Any]:
+    return {
+        "machine": run.machine,
+        "load_before": run.load,
+        "rest_server": run.rest_server,
+        "postgres": run.postgres,
+        "options": run.options,
+        "media": {
+            medium.name: {
+                "path": medium.path,
+                "filesystem": medium.fstype,
+                "figures": medium.figures,
+                "rss": medium.rss,
+                "checks": [{"name": n, "passed": p, "detail": d} for n, p, d in medium.checks],
+            }
+            for medium in run.media
+        },
+        "rows": [row.__dict__ for row in all_rows(run)],
+        "errors": run.errors,
+        "status": verdict(run),
+    }
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the file system holding ``path`` (the longest mount point above it)."""
+    best, kind = "", "?"
+    resolved = str(path.resolve())
+    with contextlib.suppress(OSError), open("/proc/self/mounts") as mounts:
+        for line in mounts:
+            parts = line.split()
+            if len(parts) < 3:
+                continue
+            point = parts[1].replace("\\040", " ")
+            inside = resolved == point or resolved.startswith(point.rstrip("/") + "/")
+            if inside and len(point) >= len(best):
+                best, kind = point, parts[2]
+    return kind
+
+
+def machine_load() -> str:
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError:
+        return "?"
+    busy = cpu_busy()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f}, CPU busy {busy:.0%} over 1 s"
+
+
+def rotate(sides: Sequence[str], round_: int) -> list[str]:
+    """Who goes first alternates: round 1 in the given order, round 2 shifted by one..."""
+    shift = (round_ - 1) % len(sides)
+    return [*sides[shift:], *sides[:shift]]
+
+
+@dataclass
+class Setup:
+    """What every medium needs: the options, test files, password hash, reference."""
+
+    args: argparse.Namespace
+    files: TestFiles
+    password_hash: str
+    rest_binary: Path | None
+    postgres: Postgres | None
+
+
+@contextlib.contextmanager
+def started(processes: list[Any], process: Any, *start_args: Any) -> Iterator[Any]:
+    """Start ``process`` (a Server, RestServer or Nginx), stopping it on the way out."""
+    processes.append(process)
+    try:
+        process.start(*start_args)
+        yield process
+    finally:
+        process.stop()
+        processes.remove(process)
+
+
+def memory_check(setup: Setup, root: Path, medium: MediumResults, processes: list[Any]) -> None:
+    """A fresh server: idle RSS after start-up and one login, then the peak during one
+    large upload. The same for a fresh rest-server."""
+    args = setup.args
+    test = setup.files.get(args.rss_size)
+    fresh = Server(root / "rss-server", setup.password_hash, version_size=2 * test.size, parallel=0)
+    with started(processes, fresh):
+        time.sleep(1.0)  # let start-up work (and the login's hash) finish
+        idle = sum(read_status(pid).get("VmRSS", 0) for pid in descendants(fresh.pid))
+        settle()
+        done = upload_ours(fresh, test, root)
+        got, _ = curl_sha256([*fresh.auth, f"{fresh.upload_url}/{done.version}"])
+        medium.checks.append(
+            (f"server download = file ({human(test.size)})", got == test.sha256, got[:16])
+        )
+    medium.rss[OURS] = {
+        "idle": idle,
+        "before": done.rss_before,
+        "peak": done.rss_peak,
+        "hwm": done.hwm,
+        "hwm_reset": int(done.hwm_reset),
+    }
+    print(
+        f"  memory, ours: idle {human(idle)}; {human(test.size)} upload: before "
+        f"{human(done.rss_before)}, peak {human(done.rss_peak)}, VmHWM {human(done.hwm)} "
+        f"({done.transfer.speed / MiB:.0f} MiB/s)"
+    )
+    if setup.rest_binary is None:
+        return
+    rest = RestServer(setup.rest_binary, root / "rss-rest")
+    with started(processes, rest, [COLLECTION]):
+        time.sleep(0.5)
+        idle = sum(read_status(pid).get("VmRSS", 0) for pid in descendants(rest.pid))
+        settle()
+        up = upload_rest(rest, test)
+    medium.rss[REST] = {
+        "idle": idle,
+        "before": up.rss_before,
+        "peak": up.rss_peak,
+        "hwm": up.hwm,
+        "hwm_reset": int(up.hwm_reset),
+    }
+    print(
+        f"  memory, rest-server: idle {human(idle)}; upload: peak {human(up.rss_peak)}, "
+        f"VmHWM {human(up.hwm)} ({up.transfer.speed / MiB:.0f} MiB/s)"
+    )
+
+
+def measure_medium(
+    setup: Setup, name: str, root: Path, processes: list[Any], run: Run
+) -> MediumResults:
+    args = setup.args
+    medium = MediumResults(name, str(root), filesystem_type(root))
+    run.media.append(medium)
+    print(f"\n== {name}: {root} ({medium.fstype})")
+    if name == "disk" and medium.fstype in ("tmpfs", "ramfs"):
+        print(f"  warning: {root} is on {medium.fstype}, not a disk (see --disk-dir)")
+    if args.rss_size:
+        memory_check(setup, root, medium, processes)
+
+    large = setup.files.get(args.size)
+    small = setup.files.get(SMALL_SIZE)
+    small_body = small.path.read_bytes()
+    parallel = setup.files.get(args.parallel_size) if args.parallel else None
+    rounds = args.rounds
+    ours = Server(
+        root / "server",
+        setup.password_hash,
+        versions=rounds + 1,
+        version_size=2 * max(large.size, parallel.size if parallel else 0),
+        parallel=args.parallel,
+    )
+    stack = contextlib.ExitStack()
+    with stack:
+        stack.enter_context(started(processes, ours))
+        print(f"  server (SQLite) pid {ours.pid} on {ours.url}")
+        ours_pg: Server | None = None
+        if setup.postgres is not None:
+            ours_pg = Server(
+                root / "server-postgres",
+                setup.password_hash,
+                versions=rounds + 1,
+                db_url=setup.postgres.create(),
+                parallel=0,
+            )
+            stack.enter_context(started(processes, ours_pg))
+            print(f"  server (PostgreSQL) pid {ours_pg.pid} on {ours_pg.url}")
+        rest: RestServer | None = None
+        if setup.rest_binary is not None:
+            repos = [COLLECTION, SMALL_COLLECTION]
+            repos += [f"{PARALLEL_PREFIX}{n}" for n in range(1, args.parallel + 1)]
+            rest = RestServer(setup.rest_binary, root / "rest-server")
+            stack.enter_context(started(processes, rest, repos))
+            print(f"  rest-server pid {rest.pid} on {rest.url}")
+        nginx: Nginx | None = None
+        if args.nginx:
+            nginx = Nginx(root / "nginx")
+            stack.enter_context(started(processes, nginx))
+            print(f"  nginx {nginx.version} on {nginx.url}")
+
+        # Warm-up (untimed): the first requests of a process pay for lazy imports, caches
+        # and connection pools. One 1 MiB download target on each side.
+        blobs = BlobMaker(small_body)
+        for _ in range(2):
+            small_uploads_ours(ours, small_body, 2)
+            if ours_pg is not None:
+                small_uploads_ours(ours_pg, small_body, 2)
+        rest_download = ""
+        if rest is not None:
+            small_uploads_rest(rest, blobs, 2, delete=True)
+            rest_download, body = blobs.next()
+            status, answer = plain_request(
+                "POST", rest.blob_url(SMALL_COLLECTION, rest_download), body
+            )
+            if status != 200:
+                raise BenchError(f"rest-server POST answered {status}: {answer[:200]!r}")
+
+        sides = [OURS, *([REST] if rest else []), *([NGINX] if nginx else [])]
+        leftovers: list[Callable[[], None]] = []
+        last_large = 0
+        for round_ in range(1, rounds + 1):
+            for clean in leftovers:
+                clean()
+            leftovers = []
+            line: list[str] = []
+            # 1. large upload, then download, of the same file; a new object every round
+            # on every side (nothing is overwritten or rotated inside a timed request).
+            name = f"bench-{round_}.gpg"
+            for side in rotate(sides, round_):
+                settle()
+                if side == OURS:
+                    up = upload_ours(ours, large, root)
+                    last_large = up.version
+                    medium.add("large upload", OURS, up.transfer.speed)
+                    medium.add("large upload cpu", OURS, up.cpu)
+                    leftovers.extend(partial(drop_copy, p) for p in ours.stored(up.version))
+                elif side == REST and rest is not None:
+                    rest_up = upload_rest(rest, large)
+                    medium.add("large upload", REST, rest_up.transfer.speed)
+                    medium.add("large upload cpu", REST, rest_up.cpu)
+                    leftovers.append(partial(rest.delete, COLLECTION, large.sha256))
+                elif side == NGINX and nginx is not None:
+                    medium.add("large upload", NGINX, upload_nginx(nginx, large, name).speed)
+                    leftovers.append(partial(drop_copy, nginx.prefix / "webdav" / name))
+            for side in rotate(sides, round_ + 1):
+                if side == OURS:
+                    down, cpu = download_ours(ours, last_large)
+                    medium.add("large download", OURS, down.speed)
+                    medium.add("large download cpu", OURS, cpu)
+                elif side == REST and rest is not None:
+                    down, cpu = download_rest(rest, large)
+                    medium.add("large download", REST, down.speed)
+                    medium.add("large download cpu", REST, cpu)
+                elif side == NGINX and nginx is not None:
+                    medium.add("large download", NGINX, download_nginx(nginx, name).speed)
+            line.append(
+                "large up/down MiB/s "
+                + ", ".join(
+                    f"{side} {medium.figures['large upload'][side][-1] / MiB:.0f}"
+                    f"/{medium.figures['large download'][side][-1] / MiB:.0f}"
+                    for side in sides
+                )
+            )
+
+            # 2. sequential 1 MiB uploads over one keep-alive connection.
+            small_sides = [
+                OURS,
+                *([OURS_PG] if ours_pg else []),
+                *([REST, REST_DELETE] if rest else []),
+            ]
+            last_small: dict[str, int] = {}
+            for side in rotate(small_sides, round_):
+                if side == OURS:
+                    result = small_uploads_ours(ours, small_body, args.small_count)
+                    last_small[side] = result.last
+                elif side == OURS_PG and ours_pg is not None:
+                    result = small_uploads_ours(ours_pg, small_body, args.small_count)
+                    last_small[side] = result.last
+                elif rest is not None:
+                    result = small_uploads_rest(
+                        rest, blobs, args.small_count, delete=side == REST_DELETE
+                    )
+                else:
+                    continue
+                medium.add("small rate", side, result.rate)
+                medium.add("small p50", side, 1000 * statistics.median(result.seconds))
+                medium.add("small cpu", side, result.cpu_ms)
+            line.append(
+                "1 MiB uploads/s "
+                + ", ".join(
+                    f"{side} {medium.figures['small rate'][side][-1]:.0f}" for side in small_sides
+                )
+            )
+
+            # 3. 1 MiB download latency over one keep-alive connection.
+            download_sides = [OURS, *([OURS_PG] if ours_pg else []), *([REST] if rest else [])]
+            for side in rotate(download_sides, round_):
+                if side == OURS:
+                    path = urllib.parse.urlsplit(ours.versions_url(SMALL_COLLECTION)).path
+                    result = downloads(
+                        ours.pid,
+                        ours.url,
+                        f"{path}/{last_small[OURS]}",
+                        small.size,
+                        args.download_count,
+                        {"Authorization": f"Bearer {ours.token}"},
+                    )
+                elif side == OURS_PG and ours_pg is not None:
+                    path = urllib.parse.urlsplit(ours_pg.versions_url(SMALL_COLLECTION)).path
+                    result = downloads(
+                        ours_pg.pid,
+                        ours_pg.url,
+                        f"{path}/{last_small[OURS_PG]}",
+                        small.size,
+                        args.download_count,
+                        {"Authorization": f"Bearer {ours_pg.token}"},
+                    )
+                elif rest is not None:
+                    result = downloads(
+                        rest.pid,
+                        rest.url,
+                        rest.blob_path(SMALL_COLLECTION, rest_download),
+                        small.size,
+                        args.download_count,
+                    )
+                else:
+                    continue
+                milliseconds = [1000 * s for s in result.seconds]
+                medium.add("download p50", side, percentile(milliseconds, 0.5))
+                medium.add("download p99", side, percentile(milliseconds, 0.99))
+                medium.add("download cpu", side, result.cpu_ms)
+            line.append(
+                "1 MiB download p50 ms "
+                + ", ".join(
+                    f"{side} {medium.figures['download p50'][side][-1]:.2f}"
+                    for side in download_sides
+                )
+            )
+
+            # 4. concurrent uploads to as many collections / repositories.
+            if parallel is not None:
+                parallel_sides = [OURS, *([REST] if rest else [])]
+                for side in rotate(parallel_sides, round_):
+                    settle()
+                    if side == OURS:
+                        result_p = parallel_ours(ours, parallel, args.parallel)
+                        for n, body in enumerate(result_p.bodies, start=1):
+                            version = json.loads(body)["data"]["version"]
+                            if version["sha256"] != parallel.sha256:
+                                raise BenchError("a concurrent upload recorded a wrong SHA-256")
+                            stored = ours.stored(
+                                int(version["versionNumber"]), f"{PARALLEL_PREFIX}{n}"
+                            )
+                            leftovers.extend(partial(drop_copy, p) for p in stored)
+                    elif rest is not None:
+                        result_p = parallel_rest(rest, parallel, args.parallel)
+                        for n in range(1, args.parallel + 1):
+                            repo = f"{PARALLEL_PREFIX}{n}"
+                            leftovers.append(partial(rest.delete, repo, parallel.sha256))
+                    else:
+                        continue
+                    medium.add("parallel", side, result_p.bytes_per_second)
+                    medium.add("parallel peak rss", side, result_p.rss_peak)
+                line.append(
+                    "at once MiB/s "
+                    + ", ".join(
+                        f"{side} {medium.figures['parallel'][side][-1] / MiB:.0f}"
+                        for side in parallel_sides
+                    )
+                )
+            print(f"  round {round_}/{rounds}: " + "; ".join(line))
+
+        # Correctness (untimed): what each side returns is the file that was sent.
+        got, size = curl_sha256([*ours.auth, f"{ours.upload_url}/{last_large}"])
+        medium.checks.append(
+            ("server download = file", got == large.sha256 and size == large.size, got[:16])
+        )
+        got, _ = curl_sha256([*ours.auth, f"{ours.upload_url}/latest"])
+        medium.checks.append(("server 'latest' = file", got == large.sha256, got[:16]))
+        if rest is not None:
+            got, _ = curl_sha256([rest.blob_url(COLLECTION, large.sha256)])
+            medium.checks.append(("rest-server download = file", got == large.sha256, got[:16]))
+    return medium
+
+
+def disk_folder(args: argparse.Namespace) -> Path:
+    if args.disk_dir is not None:
+        return Path(args.disk_dir)
+    for candidate in ("/var/tmp", tempfile.gettempdir()):
+        if os.path.isdir(candidate) and os.access(candidate, os.W_OK):
+            return Path(candidate)
+    return Path(tempfile.gettempdir())
 
 
 def encode_password() -> str:
     result = subprocess.run(
-        [sys.executable, "-m", "backup_repository", f"--encode-password={PASSWORD}"],
+        [sys.executable, "-m", "backup_repository", "--encode-password", "-"],
+        input=PASSWORD,
         capture_output=True,
         text=True,
         check=False,
@@ -782,187 +1850,214 @@ def encode_password() -> str:
     return result.stdout.strip().splitlines()[-1]
 
 
-def run(
-    args: argparse.Namespace,
-    root: Path,
-    files: TestFiles,
-    nginx: Nginx,
-    servers: list[Server],
-    results: Results,
-) -> int:
-    print(machine_line())
-    busy = cpu_busy()
-    print(f"  CPU busy before the run: {busy:.0%}")
-    if busy > 0.1:
-        print("  warning: other work is running on this machine; the figures will be noisy")
-    test = files.get(args.size)
-    password_hash = encode_password()
+def parse_media(text: str) -> list[str]:
+    media = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [m for m in media if m not in ("tmpfs", "disk")]
+    if unknown or not media:
+        raise argparse.ArgumentTypeError(f"media are tmpfs and/or disk, not {text!r}")
+    return media
 
-    nginx.start()
-    # Room for every round: no timed upload replaces anything (see the README).
-    server = Server(root / "server", password_hash, versions=args.repeat)
-    servers.append(server)
-    server.start()
-    print(f"  nginx {nginx.version} on {nginx.url}; server (pid {server.pid}) on {server.url}")
 
-    last: Upload | None = None
-    leftovers: list[Path] = []
-    for round_ in range(1, args.repeat + 1):
-        for path in leftovers:
-            drop_copy(path)
-        # A new object on both sides every round: nothing is deleted or overwritten inside
-        # a timed request (unlinking a cached 512 MiB file costs ~0.2 s here, which nginx
-        # would pay on an overwrite and the server on a rotation).
-        name = f"bench-{round_}.gpg"
-        # Alternate who goes first so neither always meets the other's writeback.
-        order = ("nginx", "server") if round_ % 2 else ("server", "nginx")
-        for who in order:
-            settle()
-            if who == "nginx":
-                nginx_up = upload_nginx(nginx, test, name)
+QUICK = {
+    "rounds": 2,
+    "size": 16 * MiB,
+    "small_count": 20,
+    "download_count": 50,
+    "parallel_size": 4 * MiB,
+    "rss_size": 64 * MiB,
+}
+FULL = {
+    "rounds": 5,
+    "size": 512 * MiB,
+    "small_count": 100,
+    "download_count": 200,
+    "parallel_size": 64 * MiB,
+    "rss_size": 1024 * MiB,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument(
+        "--rest-server",
+        type=Path,
+        default=os.environ.get(REST_SERVER_ENV) or None,
+        help=f"restic's rest-server binary, the reference (default: ${REST_SERVER_ENV}); "
+        "without it the server is measured alone",
+    )
+    parser.add_argument(
+        "--media",
+        type=parse_media,
+        default=parse_media("tmpfs,disk"),
+        help="where the servers keep their data: tmpfs (/dev/shm), disk (a temporary "
+        "folder, see --disk-dir), or both in this order (default tmpfs,disk)",
+    )
+    parser.add_argument(
+        "--disk-dir", help="the folder on disk for the data and test files (default /var/tmp)"
+    )
+    parser.add_argument(
+        "--rounds",
+        "--repeat",
+        type=int,
+        help="interleaved rounds; the median counts (default 5, --quick 2)",
+    )
+    parser.add_argument(
+        "--size", type=parse_size, help="the large upload and download (default 512M)"
+    )
+    parser.add_argument(
+        "--small-count",
+        type=int,
+        help="sequential 1 MiB uploads per round and side (default 100)",
+    )
+    parser.add_argument(
+        "--download-count", type=int, help="1 MiB downloads per round and side (default 200)"
+    )
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=8,
+        help="concurrent uploads, each to its own collection (default 8; 0 to skip)",
+    )
+    parser.add_argument(
+        "--parallel-size", type=parse_size, help="size of each concurrent upload (default 64M)"
+    )
+    parser.add_argument(
+        "--rss-size",
+        type=parse_size,
+        help="the upload of the memory check on a fresh server (default 1G; 0 to skip)",
+    )
+    parser.add_argument(
+        "--postgres",
+        default=DEFAULT_POSTGRES,
+        help="a PostgreSQL URL allowed to create databases, for the PostgreSQL figures "
+        f"(default {DEFAULT_POSTGRES}, skipped when not reachable; 'none' to skip)",
+    )
+    parser.add_argument(
+        "--nginx",
+        action="store_true",
+        help="also run nginx (WebDAV PUT) as an extra reference for the large transfers",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes and 2 rounds (under a minute): checks that the script works",
+    )
+    parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temporary folders (logs, configurations)"
+    )
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    defaults = QUICK if args.quick else FULL
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    if args.small_count < 1 or args.download_count < 1:
+        parser.error("--small-count and --download-count must be at least 1")
+    if args.parallel < 0:
+        parser.error("--parallel must not be negative")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    for tool in ("curl", "gpg", "head"):
+        if not shutil.which(tool):
+            print(f"error: {tool} is not installed", file=sys.stderr)
+            return 2
+
+    stop_on_signals()
+    run = Run(
+        options={
+            key: getattr(args, key)
+            for key in (
+                "rounds",
+                "size",
+                "small_count",
+                "download_count",
+                "parallel",
+                "parallel_size",
+                "rss_size",
+                "media",
+                "nginx",
+                "quick",
+            )
+        }
+    )
+    folders: list[Path] = []
+    processes: list[Any] = []
+    files: TestFiles | None = None
+    postgres: Postgres | None = None
+    status = 2
+    try:
+        base = Path(tempfile.mkdtemp(prefix="br-bench-", dir=disk_folder(args)))
+        folders.append(base)
+        files = TestFiles(base / "files")
+        run.machine = machine_line()
+        run.load = machine_load()
+        print(run.machine)
+        print(f"load before the run: {run.load}")
+        if args.rest_server is None:
+            print(BUILD_HINT.format(env=REST_SERVER_ENV))
+            rest_binary = None
+        else:
+            rest_binary = Path(args.rest_server).resolve()
+            run.rest_server = f"{rest_server_version(rest_binary)} ({rest_binary.name})"
+            print(f"reference: {run.rest_server}")
+        if args.postgres.lower() != "none":
+            postgres = Postgres(args.postgres)
+            problem = postgres.reachable()
+            if problem:
+                run.postgres = f"not reachable at {postgres.safe} ({problem}); skipped"
+                postgres = None
             else:
-                last = upload_ours(server, test, root)
-        assert last is not None
-        results.nginx_up.append(nginx_up.speed)
-        results.ours_up.append(last.transfer.speed)
-        results.ours_up_cpu.append(last.cpu)
-        results.rss_peaks.append(last.rss_peak)
-        results.hwms.append(last.hwm)
-        results.rss_idle.append(last.rss_before)
-        results.hwm_reset = results.hwm_reset and last.hwm_reset
-        nginx_down = download_nginx(nginx, name)
-        results.nginx_down.append(nginx_down.speed)
-        ours_down, cpu = download_ours(server, last.version)
-        results.ours_down.append(ours_down.speed)
-        results.ours_down_cpu.append(cpu)
-        leftovers = [nginx.prefix / "webdav" / name, *server.stored(last.version)]
-        print(
-            f"  round {round_}/{args.repeat}: up nginx {nginx_up.speed / MiB:7.1f} MiB/s, "
-            f"ours {last.transfer.speed / MiB:7.1f} MiB/s (peak RSS {human(last.rss_peak)}); "
-            f"down nginx {nginx_down.speed / MiB:7.1f} MiB/s, "
-            f"ours {ours_down.speed / MiB:7.1f} MiB/s"
-        )
-    assert last is not None
-
-    # Correctness: what each side returns is byte for byte the file that was sent.
-    got, size = curl_sha256([*server.auth, f"{server.upload_url}/{last.version}"])
-    results.checks.append(
-        (
-            "server download SHA-256 = file",
-            got == test.sha256 and size == test.size,
-            f"{got[:16]}… {size} bytes",
-        )
-    )
-    results.checks.append(
-        ("server's recorded sha256 = file", last.sha256 == test.sha256, f"{last.sha256[:16]}…")
-    )
-    got, size = curl_sha256([*server.auth, f"{server.upload_url}/latest"])
-    results.checks.append(("server 'latest' = file", got == test.sha256, f"{got[:16]}…"))
-    got, size = curl_sha256([f"{nginx.url}/{name}"])
-    results.checks.append(("nginx download SHA-256 = file", got == test.sha256, f"{got[:16]}…"))
-    server.stop()
-
-    for rss_size in args.rss_sizes:
-        rss_test = files.get(rss_size)
-        fresh = Server(root / f"server-rss-{rss_size}", password_hash)
-        servers.append(fresh)
-        fresh.start()
-        settle()
-        done = upload_ours(fresh, rss_test, root)
-        got, _ = curl_sha256([*fresh.auth, f"{fresh.upload_url}/{done.version}"])
-        results.checks.append(
-            (
-                f"server download SHA-256 = file ({human(rss_size)})",
-                got == rss_test.sha256,
-                f"{got[:16]}…",
-            )
-        )
-        results.rss_by_size[rss_size] = (done.rss_before, done.rss_peak, done.hwm)
-        results.hwm_reset = results.hwm_reset and done.hwm_reset
-        print(
-            f"  RSS check {human(rss_size)}: idle {human(done.rss_before)}, "
-            f"peak {human(done.rss_peak)} (VmHWM {human(done.hwm)}), "
-            f"{done.transfer.speed / MiB:.1f} MiB/s"
-        )
-        fresh.stop()
-
-    return report(results, nginx)
-
-
-def verdicts(results: Results) -> list[tuple[str, str, str, bool | None]]:
-    rows: list[tuple[str, str, str, bool | None]] = []
-    if results.nginx_up and results.ours_up:
-        ratio = statistics.median(results.ours_up) / statistics.median(results.nginx_up)
-        rows.append(
-            ("upload / nginx", f"{ratio:.2f}", f">= {UPLOAD_TARGET}", ratio >= UPLOAD_TARGET)
-        )
-    if results.nginx_down and results.ours_down:
-        ratio = statistics.median(results.ours_down) / statistics.median(results.nginx_down)
-        rows.append(
-            ("download / nginx", f"{ratio:.2f}", f">= {DOWNLOAD_TARGET}", ratio >= DOWNLOAD_TARGET)
-        )
-    # VmHWM catches spikes between samples, but only counts when it was reset before the
-    # upload: otherwise it holds the peak since start-up (a login's Argon2 takes 64 MiB).
-    use_hwm = results.hwm_reset
-    peaks = list(results.rss_peaks) + [peak for _, peak, _ in results.rss_by_size.values()]
-    hwms = list(results.hwms) + [hwm for _, _, hwm in results.rss_by_size.values()]
-    if peaks:
-        peak = max(max(peaks), max(hwms, default=0) if use_hwm else 0)
-        rows.append(("peak RSS in uploads", human(peak), f"< {human(RSS_LIMIT)}", peak < RSS_LIMIT))
-    if len(results.rss_by_size) >= 2:
-        ordered = sorted(results.rss_by_size.items())
-        small, large = ordered[0], ordered[-1]
-        growth = max(large[1][1], large[1][2] if use_hwm else 0) - max(
-            small[1][1], small[1][2] if use_hwm else 0
-        )
-        rows.append(
-            (
-                f"peak RSS {human(large[0])} - {human(small[0])}",
-                human(growth) if growth >= 0 else f"-{human(-growth)}",
-                f"<= {human(RSS_GROWTH_LIMIT)}",
-                growth <= RSS_GROWTH_LIMIT,
-            )
-        )
-    return rows
-
-
-def report(results: Results, nginx: Nginx) -> int:
-    print()
-    print(f"File: {human(results.size)} OpenPGP message, {results.repeat} transfers each, medians")
-    print(f"{'':24}{'nginx':>16}{'server':>16}{'server CPU':>14}")
-    cpu_up = f"{statistics.median(results.ours_up_cpu):.2f} s" if results.ours_up_cpu else "-"
-    cpu_down = f"{statistics.median(results.ours_down_cpu):.2f} s" if results.ours_down_cpu else "-"
-    print(f"{'upload':24}{speed(results.nginx_up):>16}{speed(results.ours_up):>16}{cpu_up:>14}")
-    print(
-        f"{'download':24}{speed(results.nginx_down):>16}{speed(results.ours_down):>16}{cpu_down:>14}"
-    )
-    if not results.hwm_reset:
-        print("note: VmHWM could not be reset (/proc/PID/clear_refs); only samples count")
-    if results.rss_peaks:
-        print(
-            f"server RSS during uploads: idle {human(max(results.rss_idle))}, "
-            f"peak sampled {human(max(results.rss_peaks))}, VmHWM {human(max(results.hwms))}"
-        )
-    for size, (idle, peak, hwm) in sorted(results.rss_by_size.items()):
-        print(
-            f"fresh server, {human(size)} upload: idle {human(idle)}, "
-            f"peak {human(peak)}, VmHWM {human(hwm)}"
-        )
-    print()
-    print(f"{'target':44}{'measured':>12}{'goal':>12}  result")
-    failed = False
-    rows = verdicts(results)
-    for name, measured, goal, passed in rows:
-        failed = failed or passed is False
-        print(f"{name:44}{measured:>12}{goal:>12}  {'PASS' if passed else 'MISS'}")
-    broken = False
-    for name, passed, detail in results.checks:
-        broken = broken or not passed
-        print(f"{name:44}{'OK' if passed else 'WRONG':>8}  {detail}")
-    complete = len(rows) >= 3 and bool(results.checks)
-    if broken or not complete:
-        return 2
-    return 1 if failed else 0
+                run.postgres = f"{postgres.safe} (a fresh database per medium)"
+        else:
+            run.postgres = "skipped (--postgres none)"
+        print(f"PostgreSQL: {run.postgres}")
+        setup = Setup(args, files, encode_password(), rest_binary, postgres)
+        for name in args.media:
+            if name == "tmpfs":
+                if not os.path.isdir("/dev/shm"):
+                    raise BenchError("/dev/shm does not exist (use --media disk)")
+                root = Path(tempfile.mkdtemp(prefix="br-bench-", dir="/dev/shm"))
+                folders.append(root)
+            else:
+                root = base / "disk"
+                root.mkdir()
+            measure_medium(setup, name, root, processes, run)
+        status = report(run)
+    except BenchError as exc:
+        run.errors.append(str(exc))
+        print(f"\nerror: {exc}", file=sys.stderr)
+        status = report(run)
+    except Interrupted as exc:
+        print(f"\ninterrupted ({exc}); cleaning up", file=sys.stderr)
+        status = 130
+    finally:
+        # A second Ctrl-C must not leave processes behind halfway through the clean-up.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        for process in list(processes):
+            process.stop()
+        if files is not None:
+            files.close()
+        if postgres is not None:
+            postgres.drop_all()
+        for folder in folders:
+            if args.keep:
+                print(f"kept {folder}")
+            else:
+                shutil.rmtree(folder, ignore_errors=True)
+    if args.json and status in (0, 1, 2):
+        args.json.write_text(json.dumps(as_json(run), indent=2) + "\n")
+    return status
 
 
 def cpu_busy(seconds: float = 1.0) -> float:
@@ -998,35 +2093,6 @@ def machine_line() -> str:
         f"machine: {model}, {os.cpu_count()} CPUs, Linux {platform.release()}, "
         f"Python {platform.python_version()}, granian {granian}"
     )
-
-
-def as_json(results: Results, nginx: Nginx) -> dict[str, Any]:
-    return {
-        "machine": machine_line(),
-        "nginx": nginx.version,
-        "size": results.size,
-        "repeat": results.repeat,
-        "bytes_per_second": {
-            "nginx_upload": results.nginx_up,
-            "nginx_download": results.nginx_down,
-            "server_upload": results.ours_up,
-            "server_download": results.ours_down,
-        },
-        "server_cpu_seconds": {"upload": results.ours_up_cpu, "download": results.ours_down_cpu},
-        "rss": {
-            "idle": results.rss_idle,
-            "peak": results.rss_peaks,
-            "hwm": results.hwms,
-            "by_size": {
-                str(k): dict(zip(("idle", "peak", "hwm"), v, strict=True))
-                for k, v in results.rss_by_size.items()
-            },
-        },
-        "targets": [
-            {"name": n, "measured": m, "goal": g, "passed": p} for n, m, g, p in verdicts(results)
-        ],
-        "checks": [{"name": n, "passed": p, "detail": d} for n, p, d in results.checks],
-    }
 
 
 if __name__ == "__main__":
