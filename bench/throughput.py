@@ -72,7 +72,7 @@ DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 SMALL_SIZE = MiB  # the "1 MiB" of the small uploads and downloads (plaintext)
 SMALL_VERSIONS = 5  # maxBackupsCount of the small collection (fifo): every upload rotates
 
-# Targets (issue 15). Ratios are ours / rest-server's, medians of the rounds.
+# Targets. Ratios are ours / rest-server's, medians of the rounds.
 LARGE_TARGET = 1.0  # large upload and large download
 SMALL_UPLOAD_TARGET = 0.5  # sequential 1 MiB uploads per second, on SQLite
 DOWNLOAD_P50_LIMIT = 3.0  # ms, 1 MiB download over a keep-alive connection
@@ -940,7 +940,7 @@ class BlobMaker:
 
 def small_uploads_rest(rest: RestServer, blobs: BlobMaker, count: int, delete: bool) -> Sequential:
     """POST ``count`` distinct 1 MiB blobs; with ``delete`` each is deleted right after
-    (timed with it, as the issue measured); without, they are deleted afterwards
+    (timed together, which keeps the repository small); without, they are deleted afterwards
     (untimed)."""
     client = KeepAlive(rest.url)
     seconds: list[float] = []
@@ -1223,6 +1223,10 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f} ms"
 
 
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} s"
+
+
 def _ratio_row(
     medium: MediumResults,
     measure: str,
@@ -1272,6 +1276,20 @@ def rows_of(medium: MediumResults, options: dict[str, Any]) -> list[Row]:
                         None,
                     )
                 )
+    if "large upload cpu" in medium.figures:
+        rows.append(
+            Row(
+                medium.name,
+                "  server CPU, large upload | download",
+                f"{_seconds(medium.median('large upload cpu', OURS))} | "
+                f"{_seconds(medium.median('large download cpu', OURS))}",
+                f"{_seconds(medium.median('large upload cpu', REST))} | "
+                f"{_seconds(medium.median('large download cpu', REST))}",
+                "",
+                "report",
+                None,
+            )
+        )
     if "small rate" in medium.figures:
         rest_post = medium.median("small rate", REST)
         rest_delete = medium.median("small rate", REST_DELETE)
@@ -1971,6 +1989,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not shutil.which(tool):
             print(f"error: {tool} is not installed", file=sys.stderr)
             return 2
+
+    if args.nginx and not (shutil.which("nginx") or os.path.exists("/usr/sbin/nginx")):
+        print("error: --nginx: nginx is not installed (Debian: nginx-light)", file=sys.stderr)
+        return 2
 
     stop_on_signals()
     run = Run(
