@@ -550,7 +550,11 @@ def launch_server(
             env=env,
             start_new_session=True,
         )
-    wait_http(f"http://127.0.0.1:{port}/health", process, log)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", process, log)
+    except BaseException:  # a failed start or Ctrl-C: leave no server behind
+        stop_process(process, signal.SIGTERM)
+        raise
     return process
 
 

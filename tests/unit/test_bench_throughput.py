@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -31,7 +32,7 @@ def bench() -> ModuleType:
     return module
 
 
-def medium_meeting_every_target(bench: ModuleType) -> object:
+def medium_meeting_every_target(bench: ModuleType) -> Any:
     medium = bench.MediumResults("tmpfs", "/x", "tmpfs")
     for ours, rest in ((900.0, 800.0), (950.0, 800.0), (1000.0, 800.0)):
         medium.add("large upload", bench.OURS, ours * MiB)
@@ -55,13 +56,13 @@ def medium_meeting_every_target(bench: ModuleType) -> object:
     return medium
 
 
-def run_of(bench: ModuleType, medium: object) -> object:
+def run_of(bench: ModuleType, medium: Any) -> Any:
     run = bench.Run(options={"size": 512 * MiB, "parallel": 8, "parallel_size": 64 * MiB})
     run.media.append(medium)
     return run
 
 
-def row(bench: ModuleType, run: object, starts: str) -> object:
+def row(bench: ModuleType, run: Any, starts: str) -> Any:
     found = [r for r in bench.all_rows(run) if r.measure.startswith(starts)]
     assert len(found) == 1, [r.measure for r in bench.all_rows(run)]
     return found[0]
@@ -89,9 +90,9 @@ def test_every_target_met_exits_0(bench: ModuleType) -> None:
         (lambda b, m: m.figures["parallel"].__setitem__(b.OURS, [700.0 * MiB]), "8 x"),
     ],
 )
-def test_one_missed_target_exits_1(bench: ModuleType, change: object, missed: str) -> None:
+def test_one_missed_target_exits_1(bench: ModuleType, change: Any, missed: str) -> None:
     medium = medium_meeting_every_target(bench)
-    change(bench, medium)  # type: ignore[operator]
+    change(bench, medium)
     run = run_of(bench, medium)
     assert bench.verdict(run) == 1
     assert [r.measure[: len(missed)] for r in bench.all_rows(run) if r.met is False] == [missed]
