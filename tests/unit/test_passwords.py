@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
+import sys
 import threading
 
 import pytest
@@ -15,7 +17,7 @@ from backup_repository.domain.password_format import (
     decode_stored_hash,
     encode_for_storage,
 )
-from backup_repository.services.passwords import PasswordHasher
+from backup_repository.services.passwords import HASH_NICENESS, PasswordHasher
 from support import eventually
 
 # From the reference project's examples (docs/security.md, "Passwords").
@@ -177,5 +179,76 @@ async def test_without_a_limit_every_check_waits_its_turn(slow_hash: str) -> Non
             await asyncio.gather(*(hasher.verify(slow_hash, "slow") for _ in range(4)))
             == [True] * 4
         )
+    finally:
+        hasher.close()
+
+
+def _nice(thread_id: int) -> int:
+    """The nice value of one thread of this process, as the kernel reports it."""
+    with open(f"/proc/self/task/{thread_id}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[16])
+
+
+linux_only = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="the nice value of a thread is Linux's"
+)
+
+
+@linux_only
+async def test_hashing_threads_run_at_a_lower_priority_than_the_event_loop() -> None:
+    loop_thread = threading.get_native_id()
+    before = _nice(loop_thread)
+    hasher = PasswordHasher(2)
+    try:
+        await asyncio.gather(hasher.verify(ADMIN, "admin"), hasher.verify(TEST, "test"))
+        pool = [t.native_id for t in threading.enumerate() if t.name.startswith("argon2")]
+        assert pool, "no hashing thread found"
+        assert {_nice(tid) for tid in pool if tid is not None} == {min(19, before + HASH_NICENESS)}
+        # The caller's thread (the event loop's) keeps its priority.
+        assert _nice(loop_thread) == before
+    finally:
+        hasher.close()
+
+
+@linux_only
+async def test_lanes_started_by_libargon2_inherit_the_lower_priority(slow_hash: str) -> None:
+    """The hash's own threads (one per lane) are started from a pool thread and inherit its
+    nice value: every thread of the process that is neither a Python thread nor at the
+    server's priority is caught while a slow hash runs."""
+    base = _nice(threading.get_native_id())
+    lowered = min(19, base + HASH_NICENESS)
+    hasher = PasswordHasher(1)
+    lanes: set[int] = set()
+    others: set[int] = set()
+    try:
+        task = asyncio.create_task(hasher.verify(slow_hash, "slow"))
+        while not task.done():
+            python = {t.native_id for t in threading.enumerate()}
+            for entry in os.listdir("/proc/self/task"):
+                tid = int(entry)
+                if tid in python:
+                    continue
+                try:
+                    nice = _nice(tid)
+                except (OSError, ValueError):
+                    continue  # ended meanwhile
+                (lanes if nice == lowered else others).add(tid)
+            await asyncio.sleep(0.001)
+        assert await task
+    finally:
+        hasher.close()
+    assert lanes, "no lane thread of libargon2 was seen"
+    assert not others & lanes
+
+
+@linux_only
+async def test_a_niceness_of_zero_leaves_the_priority_alone() -> None:
+    before = _nice(threading.get_native_id())
+    hasher = PasswordHasher(1, niceness=0)
+    try:
+        assert await hasher.verify(TEST, "test")
+        pool = [t.native_id for t in threading.enumerate() if t.name.startswith("argon2")]
+        assert pool
+        assert {_nice(tid) for tid in pool if tid is not None} == {before}
     finally:
         hasher.close()

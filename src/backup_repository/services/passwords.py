@@ -5,13 +5,22 @@ Each hash takes 64 MiB and a few tens of milliseconds of CPU, so hashing runs in
 thread pool whose size bounds both: a burst of logins queues instead of exhausting memory. The
 queue is bounded too (``max_waiting``): past it a login is refused at once with ``TooBusy``
 rather than waiting behind a flood, which would only make every login slow.
+
+The pool's threads run at a lower CPU priority than the rest of the server (Linux: their
+nice value is raised by ``HASH_NICENESS``; the threads libargon2 starts for the lanes of a
+hash inherit it). A hash is a few tens of milliseconds of pure CPU on every core it can get;
+at the same priority a stream of logins takes the cores from the event loop, and every
+cheap request (a whoami, a listing, a download) waits behind it. At a lower priority the
+scheduler runs the event loop first whenever it has work, and the hashes take the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import os
 import secrets
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +48,10 @@ REFERENCE_PARAMETERS = {
 
 T = TypeVar("T")
 
+# How much lower the hashing threads' priority is than the server's (added to the nice
+# value, at most 19): at 10 a thread weighs about a tenth of one at the server's priority.
+HASH_NICENESS = 10
+
 # Retry-After bounds for a refused login: at least a second, at most a minute.
 MIN_RETRY_SECONDS = 1
 MAX_RETRY_SECONDS = 60
@@ -53,6 +66,7 @@ class PasswordHasher:
         time_cost: int = 1,
         memory_cost: int = 65536,
         parallelism: int = 4,
+        niceness: int = HASH_NICENESS,
     ) -> None:
         self._argon2 = _Argon2(
             time_cost=time_cost,
@@ -62,7 +76,12 @@ class PasswordHasher:
             salt_len=16,
             type=Type.ID,
         )
-        self._pool = ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix="argon2")
+        self._pool = ThreadPoolExecutor(
+            max_workers=max_concurrent,
+            thread_name_prefix="argon2",
+            initializer=lower_thread_priority,
+            initargs=(niceness,),
+        )
         self._concurrency = max_concurrent
         # Hashes running or waiting for a thread; None: the queue is unbounded.
         self._capacity = None if max_waiting is None else max_concurrent + max_waiting
@@ -144,3 +163,19 @@ class PasswordHasher:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def lower_thread_priority(niceness: int) -> None:
+    """Raise the calling thread's nice value by ``niceness`` (at most to 19).
+
+    Only on Linux, where the nice value belongs to a thread (elsewhere ``setpriority`` with
+    this id would lower the whole process, or fail). Raising it needs no privilege; if the
+    system refuses anyway, the thread keeps the server's priority."""
+    if niceness <= 0 or sys.platform != "linux":
+        return
+    thread = threading.get_native_id()
+    try:
+        current = os.getpriority(os.PRIO_PROCESS, thread)
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, current + niceness))
+    except OSError:
+        return
