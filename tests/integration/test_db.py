@@ -13,15 +13,33 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, inspect, select, text, update
+from sqlalchemy import (
+    Column,
+    Connection,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    event,
+    inspect,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backup_repository.db.autogen import autogenerate_options
 from backup_repository.db.engine import alembic_config, create_engine, migrate
-from backup_repository.db.repositories import SqlDatabaseHealth, SqlSessionRepository
+from backup_repository.db.repositories import (
+    SingleRead,
+    SqlDatabaseHealth,
+    SqlSessionRepository,
+    transaction,
+)
 from backup_repository.db.revision import create_revision
 from backup_repository.db.tables import Base, GrantedAccess
+from backup_repository.domain.errors import DependencyUnavailable
 from backup_repository.services.ports import SessionRecord
 
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
@@ -367,6 +385,68 @@ async def test_defaults_apply_to_rows_written_by_other_tools(
     assert stored.access_key_name == ""
     assert stored.deactivated is False
     assert stored.expires_at == T0
+
+
+async def test_session_lookup_is_one_statement_without_a_transaction_on_sqlite(
+    db_engine: AsyncEngine, sessions: SqlSessionRepository
+) -> None:
+    """Every authenticated request looks its session up: on SQLite one statement straight
+    to the driver (no BEGIN, no COMMIT), elsewhere one statement in a short transaction. A
+    revocation committed on another connection is seen by the very next lookup."""
+    await sessions.add(_session(1, created_at=T0))
+    begun: list[object] = []
+    statements: list[str] = []
+
+    def on_begin(connection: Connection) -> None:
+        begun.append(connection)
+
+    def on_statement(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    sync_engine = db_engine.sync_engine
+    event.listen(sync_engine, "begin", on_begin)
+    event.listen(sync_engine, "before_cursor_execute", on_statement)
+    try:
+        first = await sessions.get(_session(1).id)
+        expected = 0 if db_engine.dialect.name == "sqlite" else 1
+        assert (len(begun), len(statements)) == (expected, expected)
+        async with db_engine.begin() as connection:
+            await connection.execute(
+                update(GrantedAccess)
+                .where(GrantedAccess.id == _session(1).id)
+                .values(deactivated=True)
+            )
+        second = await sessions.get(_session(1).id)
+    finally:
+        event.remove(sync_engine, "begin", on_begin)
+        event.remove(sync_engine, "before_cursor_execute", on_statement)
+    assert first is not None
+    assert first.deactivated is False
+    assert second is not None
+    assert second.deactivated is True
+    assert second.expires_at.tzinfo is UTC
+    assert second.created_at == T0
+
+
+async def test_single_read_errors_are_those_of_any_statement(db_engine: AsyncEngine) -> None:
+    """A failing SingleRead raises what a SQLAlchemy transaction raises for the same
+    statement (a table that is gone, as a broken database file would say: on SQLite the 503
+    of an unavailable database)."""
+    missing = Table("no_such_table", MetaData(), Column("id", String(8)))
+    read = SingleRead(select(missing.c.id).where(missing.c.id == bindparam("id")))
+
+    async def in_transaction() -> None:
+        async with transaction(db_engine) as connection:
+            await connection.execute(read.statement, {"id": "x"})
+
+    with pytest.raises(Exception) as from_read:  # noqa: PT011 - compared below
+        await read.rows(db_engine, {"id": "x"})
+    with pytest.raises(Exception) as from_transaction:  # noqa: PT011
+        await in_transaction()
+    assert type(from_read.value) is type(from_transaction.value)
+    assert type(from_read.value.__cause__) is type(from_transaction.value.__cause__)
+    if db_engine.dialect.name == "sqlite":
+        assert isinstance(from_read.value, DependencyUnavailable)
 
 
 # Health

@@ -1,11 +1,13 @@
 """SQL implementations of the service ports. Every method runs in its own short
-transaction; nothing holds a connection between calls."""
+transaction (or, for the session lookup of every request, one statement: SingleRead);
+nothing holds a connection between calls."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -16,6 +18,7 @@ from sqlalchemy import (
     String,
     Update,
     and_,
+    bindparam,
     delete,
     false,
     func,
@@ -27,6 +30,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import aliased
 
@@ -53,6 +57,8 @@ _SESSION_COLUMNS: Final = (
     GrantedAccess.parent_id,
     GrantedAccess.operations_scope,
 )
+
+_SESSION_KEYS: Final = tuple(column.key for column in _SESSION_COLUMNS)
 
 
 class SqlSessionRepository:
@@ -105,14 +111,12 @@ class SqlSessionRepository:
         return True
 
     async def get(self, session_id: str) -> SessionRecord | None:
+        """The session ``session_id`` as committed now (every request asks, so that a
+        revocation counts from the very next request): one statement, built once."""
         if not _storable(session_id):
             return None
-        statement = select(*_SESSION_COLUMNS).where(
-            GrantedAccess.id == session_id, GrantedAccess.deleted_at.is_(None)
-        )
-        async with transaction(self._engine) as connection:
-            row = (await connection.execute(statement)).mappings().one_or_none()
-        return None if row is None else _to_record(row)
+        row = await _SESSION_BY_ID.one_or_none(self._engine, {"session_id": session_id})
+        return None if row is None else _to_record(dict(zip(_SESSION_KEYS, row, strict=True)))
 
     async def list_for_user(
         self,
@@ -319,6 +323,123 @@ async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
         raise
 
 
+# -- reads of one statement on the path of every request ----------------------------------
+#
+# A SingleRead is a SELECT with bind parameters, compiled once per dialect. On SQLite it goes
+# to the driver directly: one statement in autocommit mode is a read transaction of its own
+# (it sees every commit made before it started, a revocation included), and it costs one
+# trip to the driver's thread instead of the trips of BEGIN, the statement's cursor,
+# execution, fetch and close, and COMMIT. On other databases it runs through SQLAlchemy in a
+# short transaction, as every other read does. Values come back converted by the columns'
+# types either way (timestamps aware, booleans as bool).
+
+Processor = Callable[[Any], Any] | None
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    sql: str
+    # Bind parameter names in the order of the statement's placeholders.
+    positions: tuple[str, ...]
+    binds: tuple[Processor, ...]
+    results: tuple[Processor, ...]
+
+
+class SingleRead:
+    """One ``SELECT`` built once (with ``bindparam``), run with :meth:`rows`."""
+
+    def __init__(self, statement: Select[*tuple[Any, ...]]) -> None:
+        self.statement = statement
+        self._compiled: dict[tuple[str, str], _Compiled] = {}
+
+    async def rows(self, engine: AsyncEngine, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """Every row, each a tuple in the order of the selected columns."""
+        if engine.dialect.driver != "aiosqlite":
+            async with transaction(engine) as connection:
+                result = await connection.execute(self.statement, dict(params))
+                return [tuple(row) for row in result.all()]
+        compiled = self._for(engine.dialect)
+        values = tuple(
+            value if process is None else process(value)
+            for value, process in zip(
+                (params[name] for name in compiled.positions), compiled.binds, strict=True
+            )
+        )
+        try:
+            async with engine.connect() as connection:
+                raw = await connection.get_raw_connection()
+                found: Sequence[Sequence[Any]] = await raw.driver_connection.execute_fetchall(  # type: ignore[union-attr]
+                    compiled.sql, values
+                )
+        except sa_exc.SQLAlchemyError as exc:
+            _raise_unavailable(exc)
+            raise
+        except engine.dialect.loaded_dbapi.Error as exc:
+            # The driver's own error, as SQLAlchemy would have wrapped it (a locked or
+            # unreadable database file is an outage: 503).
+            wrapped = sa_exc.DBAPIError.instance(
+                compiled.sql, values, exc, engine.dialect.loaded_dbapi.Error
+            )
+            _raise_unavailable(wrapped)
+            raise wrapped from exc
+        except OSError as exc:
+            _raise_unavailable(exc)
+            raise
+        results = compiled.results
+        return [
+            tuple(
+                value if process is None else process(value)
+                for value, process in zip(row, results, strict=True)
+            )
+            for row in found
+        ]
+
+    async def one_or_none(
+        self, engine: AsyncEngine, params: Mapping[str, Any]
+    ) -> tuple[Any, ...] | None:
+        found = await self.rows(engine, params)
+        if len(found) > 1:
+            raise sa_exc.MultipleResultsFound("more than one row where at most one was expected")
+        return found[0] if found else None
+
+    def _for(self, dialect: Dialect) -> _Compiled:
+        key = (dialect.name, dialect.paramstyle)
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            compiled = self._compiled[key] = _compile(self.statement, dialect)
+        return compiled
+
+
+def _compile(statement: Select[*tuple[Any, ...]], dialect: Dialect) -> _Compiled:
+    compiled = statement.compile(dialect=dialect)
+    if dialect.paramstyle not in ("qmark", "numeric"):
+        raise ValueError(f"positional parameters expected, not {dialect.paramstyle}")
+    positions = tuple(compiled.positiontup or ())
+    binds = tuple(
+        compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+        for name in positions
+    )
+    results = tuple(
+        column.type.dialect_impl(dialect).result_processor(dialect, None)
+        for column in statement.selected_columns
+    )
+    return _Compiled(str(compiled), positions, binds, results)
+
+
+def _raise_unavailable(exc: BaseException) -> None:
+    if is_unavailable(exc):
+        logger.warning("database unavailable: %s", exc)
+        raise DependencyUnavailable(DATABASE_UNAVAILABLE) from exc
+
+
+# The session lookup of every authenticated request.
+_SESSION_BY_ID: Final = SingleRead(
+    select(*_SESSION_COLUMNS).where(
+        GrantedAccess.id == bindparam("session_id"), GrantedAccess.deleted_at.is_(None)
+    )
+)
+
+
 def _session_values(session: SessionRecord) -> dict[str, Any]:
     now = _utcnow()
     created_at = session.created_at or now
@@ -383,7 +504,7 @@ def _text_limits() -> dict[str, int]:
 _TEXT_LIMITS: Final = _text_limits()
 
 
-def _to_record(row: RowMapping) -> SessionRecord:
+def _to_record(row: RowMapping | Mapping[str, Any]) -> SessionRecord:
     return SessionRecord(
         id=row["id"],
         user=row["user_name"],
