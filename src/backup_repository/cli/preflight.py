@@ -24,7 +24,12 @@ from typing import Final
 from sqlalchemy.engine import make_url
 
 from backup_repository.config.providers import open_provider
-from backup_repository.db.engine import create_engine, migrate
+from backup_repository.db.engine import (
+    create_engine,
+    migrate,
+    migrate_in_child_process,
+    schema_is_current,
+)
 from backup_repository.db.urls import normalize_database_url, render_url_safely
 from backup_repository.settings import Listen, Settings
 from backup_repository.storage.base import StorageUnavailable
@@ -130,6 +135,11 @@ def _quiet() -> Iterator[None]:
 async def _check_database(url: str, flags: DatabaseFlags) -> None:
     engine = create_engine(url)
     try:
+        # A schema that is behind is migrated by a child process, so Alembic never takes
+        # memory in the server's; migrate() then finds nothing to do, or (when the child
+        # failed) does the work here and raises the real error.
+        if not await schema_is_current(engine):
+            await migrate_in_child_process(url)
         await migrate(engine)
     except Exception as exc:
         raise _database_error(url, flags, exc) from None

@@ -2,27 +2,42 @@
 
 Engines are created by the composition root, one per process, and disposed of at shutdown;
 nothing here creates one at import time.
+
+Alembic is imported only when the schema is behind the shipped migrations: a server whose
+database is current (every start but the first after an upgrade) checks the revision with
+one SELECT and never loads it (Alembic and Mako are about 7 MiB of resident memory).
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
+import re
+import sys
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, event, text
+from sqlalchemy import Connection, event, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from backup_repository.db.urls import normalize_database_url
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 logger = logging.getLogger(__name__)
 
 MIGRATIONS_DIR: Final = Path(__file__).resolve().parent / "migrations"
+# Alembic's table of the applied revision (its default name).
+VERSION_TABLE: Final = "alembic_version"
+# ``revision = "0008"`` and ``down_revision = "0007"`` (or None) in a migration file.
+_REVISION_LINE: Final = re.compile(
+    r"^(revision|down_revision)\s*(?::[^=\n]*)?=\s*(?:\"([^\"\n]*)\"|'([^'\n]*)'|(None))\s*$",
+    re.MULTILINE,
+)
 
 # How long a SQLite writer waits for another one before "database is locked".
 SQLITE_BUSY_TIMEOUT_MS: Final = 10_000
@@ -63,7 +78,8 @@ async def migrate(engine: AsyncEngine) -> None:
     an advisory lock, on SQLite it starts with ``BEGIN IMMEDIATE``; either way concurrent
     callers wait for each other, and the later ones find nothing left to do. (Alembic keeps
     the running migration in module globals, so callers in one process depend on these
-    locks too.)
+    locks too.) When the applied revision already is the newest shipped one, Alembic is
+    not even imported (:func:`head_revision`).
     """
     async with engine.connect() as connection:
         if engine.dialect.name == "sqlite":
@@ -73,12 +89,89 @@ async def migrate(engine: AsyncEngine) -> None:
                 await connection.execute(
                     text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
                 )
+            if await connection.run_sync(_schema_is_current):
+                logger.debug("database schema is current (revision %s)", head_revision())
+                return
             await connection.run_sync(_upgrade_to_head)
+
+
+async def schema_is_current(engine: AsyncEngine) -> bool:
+    """The database answers and is at the newest shipped revision (one SELECT; connection
+    errors are raised as they come)."""
+    async with engine.connect() as connection:
+        return bool(await connection.run_sync(_schema_is_current))
+
+
+async def migrate_in_child_process(url: str) -> bool:
+    """:func:`migrate` in a separate interpreter (``python -m backup_repository.db.migrate``),
+    so that Alembic, Mako and the migration scripts never take memory in the server's own
+    process. Best effort: False when the child failed (the caller then migrates in process
+    and so reports the real error). The URL goes through standard input, never the command
+    line (``ps`` would show its password). Not for an in-memory SQLite database, which only
+    exists in this process."""
+    parsed = make_url(normalize_database_url(url))
+    if parsed.get_backend_name() == "sqlite" and _sqlite_in_memory(parsed):
+        return False
+    try:
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "backup_repository.db.migrate",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+    except OSError:
+        return False
+    try:
+        await child.communicate(url.encode())
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+    return child.returncode == 0
+
+
+@functools.cache
+def head_revision() -> str | None:
+    """The newest shipped revision, read from the migration files without importing
+    Alembic; None when they do not form one line of revisions each naming its predecessor
+    as a plain string (Alembic then decides)."""
+    revisions: set[str] = set()
+    predecessors: set[str] = set()
+    for path in sorted((MIGRATIONS_DIR / "versions").glob("*.py")):
+        found: dict[str, str | None] = {}
+        for match in _REVISION_LINE.finditer(path.read_text(encoding="utf-8")):
+            key, double, single, none = match.groups()
+            if key in found:
+                return None
+            found[key] = None if none else (double if double is not None else single)
+        revision, down = found.get("revision"), found.get("down_revision", "")
+        if revision is None or down == "":
+            return None
+        revisions.add(revision)
+        if down is not None:
+            predecessors.add(down)
+    heads = revisions - predecessors
+    if len(heads) != 1 or not predecessors <= revisions:
+        return None
+    return heads.pop()
+
+
+def _schema_is_current(connection: Connection) -> bool:
+    """The database is at the newest shipped revision (nothing for Alembic to do)."""
+    head = head_revision()
+    if head is None or not inspect(connection).has_table(VERSION_TABLE):
+        return False
+    applied = connection.execute(text("SELECT version_num FROM alembic_version")).scalars()
+    return list(applied) == [head]
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
     """An Alembic configuration built in code: no ``alembic.ini``, no dependence on the
     working directory. ``connection``, when given, is the one the migrations run on."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", config_path(MIGRATIONS_DIR))
     config.set_main_option("path_separator", "os")
@@ -96,6 +189,9 @@ def config_path(path: Path) -> str:
 
 
 def _upgrade_to_head(connection: Connection) -> None:
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+
     before = MigrationContext.configure(connection).get_current_revision()
     command.upgrade(alembic_config(connection), "head")
     after = MigrationContext.configure(connection).get_current_revision()
@@ -107,7 +203,7 @@ def _upgrade_to_head(connection: Connection) -> None:
 
 def _create_sqlite_engine(url: URL) -> AsyncEngine:
     database = url.database or ""
-    in_memory = database in ("", ":memory:") or url.query.get("mode") == "memory"
+    in_memory = _sqlite_in_memory(url)
     if not in_memory and not database.startswith("file:"):
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(url)
@@ -144,6 +240,10 @@ def _create_sqlite_engine(url: URL) -> AsyncEngine:
         connection.exec_driver_sql(statement)
 
     return engine
+
+
+def _sqlite_in_memory(url: URL) -> bool:
+    return (url.database or "") in ("", ":memory:") or url.query.get("mode") == "memory"
 
 
 def _sqlite_pragma(dbapi_connection: Any, pragma: str) -> str | None:
