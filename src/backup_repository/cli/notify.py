@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Final
 
 import click
-import httpx
 
 from backup_repository.cli.options import (
     CONTEXT_SETTINGS,
@@ -104,12 +103,12 @@ async def run_notify_test(
         snapshot = source.snapshot()
     finally:
         await source.close()
-    async with httpx.AsyncClient() as http:
-        sender = build_sender(http=http, server_name=server_name)
-        try:
-            return await notify_channel(snapshot, channel, sender, server_name)
-        finally:
-            await sender.aclose()
+    # The sender makes its own HTTP client for a webhook, and closes it.
+    sender = build_sender(server_name=server_name)
+    try:
+        return await notify_channel(snapshot, channel, sender, server_name)
+    finally:
+        await sender.aclose()
 
 
 def make_test_event(channel: Channel, server_name: str, now: datetime) -> NotificationEvent:

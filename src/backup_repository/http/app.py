@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
 from fastapi import FastAPI
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp
@@ -186,7 +185,9 @@ def create_app(
             )
             # Notifications: judged on a schedule and after uploads, delivered from the
             # outbox by every replica (services/notifications.py).
-            notify_http = httpx.AsyncClient()
+            # Real time for the senders: a signature's timestamp is checked by receivers.
+            # Each channel type's library is loaded at its first delivery (notify/).
+            notify_sender = build_sender(server_name=socket.gethostname())
             notifications = NotificationService(
                 provider,
                 versions,
@@ -194,8 +195,7 @@ def create_app(
                 SqlNotificationFacts(engine),
                 SqlNotificationStateRepository(engine),
                 SqlOutboxRepository(engine),
-                # Real time for the senders: a signature's timestamp is checked by receivers.
-                build_sender(http=notify_http, server_name=socket.gethostname()),
+                notify_sender,
                 max_age=settings.notify_max_age,
                 events=events,
                 leases=SqlLeaseRepository(engine),
@@ -321,7 +321,7 @@ def create_app(
             cleanup.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await cleanup
-            await notify_http.aclose()
+            await notify_sender.aclose()
         finally:
             await provider.close()
             await store.close()

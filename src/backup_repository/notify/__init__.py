@@ -3,16 +3,20 @@
 :func:`build_sender` makes the one object the notification service talks to (the
 ``NotificationSender`` port); it dispatches on the channel's type to the webhook
 (``webhook.py``), email (``email.py``) and Apprise (``apprise.py``) senders. What a
-message says is in ``payload.py``. The composition root passes in what they need: an
-``httpx.AsyncClient``, the server's name and public URL, and a clock.
+message says is in ``payload.py``. The composition root passes in what they need: the
+server's name and public URL, a clock, and optionally an ``httpx.AsyncClient`` for
+webhooks (without one the webhook sender makes its own, at its first delivery).
+
+Each sender's module, and the library under it (httpx, smtplib, Apprise), is imported
+when a channel of its type is first used: a server without such channels never loads
+them (Apprise and httpx alone are about 10 MiB of resident memory).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-
-import httpx
+from typing import TYPE_CHECKING
 
 from backup_repository.domain.notification_channels import (
     Channel,
@@ -20,10 +24,14 @@ from backup_repository.domain.notification_channels import (
     DeliveryError,
     NotificationEvent,
 )
-from backup_repository.notify.apprise import AppriseSender
-from backup_repository.notify.email import EmailSender
 from backup_repository.notify.payload import ServerInfo
-from backup_repository.notify.webhook import WebhookSender
+
+if TYPE_CHECKING:
+    import httpx
+
+    from backup_repository.notify.apprise import AppriseSender
+    from backup_repository.notify.email import EmailSender
+    from backup_repository.notify.webhook import WebhookSender
 
 __all__ = ["ChannelSender", "ServerInfo", "build_sender"]
 
@@ -39,24 +47,27 @@ class ChannelSender:
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        http: httpx.AsyncClient | None,
         server: ServerInfo,
         clock: Callable[[], datetime] = _now,
     ) -> None:
         self.server = server
-        self._webhook = WebhookSender(http, server, clock)
-        self._email = EmailSender(server, clock)
-        self._apprise = AppriseSender(server)
+        self._http = http
+        self._clock = clock
+        # Made at the first delivery to a channel of their type (see the module's doc).
+        self._webhook: WebhookSender | None = None
+        self._email: EmailSender | None = None
+        self._apprise: AppriseSender | None = None
 
     async def send(self, channel: Channel, event: NotificationEvent) -> None:
         if channel.type is ChannelType.WEBHOOK and channel.webhook is not None:
-            await self._webhook.send(channel.webhook, event)
+            await self._webhook_sender().send(channel.webhook, event)
             return
         if channel.type is ChannelType.EMAIL and channel.email is not None:
-            await self._email.send(channel.email, event)
+            await self._email_sender().send(channel.email, event)
             return
         if channel.type is ChannelType.APPRISE and channel.apprise is not None:
-            await self._apprise.send(channel.apprise, event)
+            await self._apprise_sender().send(channel.apprise, event)
             return
         raise DeliveryError(
             f"channel {channel.name} of type {channel.type} has no {channel.type} settings; "
@@ -65,16 +76,40 @@ class ChannelSender:
         )
 
     async def aclose(self) -> None:
-        await self._webhook.aclose()
+        if self._webhook is not None:
+            await self._webhook.aclose()
+
+    def _webhook_sender(self) -> WebhookSender:
+        if self._webhook is None:
+            from backup_repository.notify.webhook import WebhookSender
+
+            self._webhook = WebhookSender(self._http, self.server, self._clock)
+        return self._webhook
+
+    def _email_sender(self) -> EmailSender:
+        if self._email is None:
+            from backup_repository.notify.email import EmailSender
+
+            self._email = EmailSender(self.server, self._clock)
+        return self._email
+
+    def _apprise_sender(self) -> AppriseSender:
+        if self._apprise is None:
+            from backup_repository.notify.apprise import AppriseSender
+
+            self._apprise = AppriseSender(self.server)
+        return self._apprise
 
 
 def build_sender(
     *,
-    http: httpx.AsyncClient,
+    http: httpx.AsyncClient | None = None,
     server_name: str,
     base_url: str = "",
     clock: Callable[[], datetime] = _now,
 ) -> ChannelSender:
     """The sender of every channel type. ``server_name`` says which deployment a message
-    comes from, ``base_url`` is the server's public URL ("" when not known)."""
+    comes from, ``base_url`` is the server's public URL ("" when not known). ``http`` is
+    the client for webhooks (the caller closes it); without it the sender makes one when
+    a webhook is first delivered and :meth:`ChannelSender.aclose` closes it."""
     return ChannelSender(http, ServerInfo(name=server_name, url=base_url), clock)

@@ -79,17 +79,20 @@ def retry_after(value: str | None, now: datetime) -> timedelta | None:
 
 
 class WebhookSender:
-    """Delivers events to webhook channels through ``http`` (the default trust store), or
-    through a client of its own per CA file for channels that name one (made again when
-    the file changes, as a mounted ConfigMap does when it is updated)."""
+    """Delivers events to webhook channels through ``http`` (the default trust store; when
+    None, a client of its own made at the first delivery), or through a client of its own
+    per CA file for channels that name one (made again when the file changes, as a mounted
+    ConfigMap does when it is updated)."""
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        http: httpx.AsyncClient | None,
         server: ServerInfo,
         clock: Callable[[], datetime],
     ) -> None:
         self._http = http
+        # The default client when none was passed in (closed by aclose).
+        self._own_http: httpx.AsyncClient | None = None
         self._server = server
         self._clock = clock
         # Per CA file: the client made from it, and the file's identity at the time (a
@@ -99,15 +102,22 @@ class WebhookSender:
         self._retired: list[httpx.AsyncClient] = []
 
     async def aclose(self) -> None:
-        """Close the clients made for CA files (never the one passed in)."""
+        """Close the clients made here (never the one passed in)."""
         clients, self._ca_clients = self._ca_clients, {}
         retired, self._retired = self._retired, []
+        own, self._own_http = self._own_http, None
         for client in [*(client for _stamp, client in clients.values()), *retired]:
             await client.aclose()
+        if own is not None:
+            await own.aclose()
 
     def _client(self, target: WebhookTarget) -> httpx.AsyncClient:
         if not target.ca_file:
-            return self._http
+            if self._http is not None:
+                return self._http
+            if self._own_http is None:
+                self._own_http = httpx.AsyncClient()
+            return self._own_http
         stamp = _file_stamp(target.ca_file)
         known = self._ca_clients.get(target.ca_file)
         if known is not None and known[0] == stamp:
