@@ -23,8 +23,9 @@ import time
 import uuid
 from typing import Any
 
-import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from backup_repository.logs import bound_fields
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # What an incoming request id may look like; anything else is replaced by a new id.
@@ -118,7 +119,7 @@ class RequestIdMiddleware:
             await send(message)
 
         started = time.perf_counter()
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
+        with bound_fields(request_id=request_id):
             try:
                 await self.app(scope, receive, send_with_id)
             except BaseException as exc:
