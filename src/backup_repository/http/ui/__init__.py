@@ -68,7 +68,7 @@ from backup_repository.http.ui import (
     pages_tokens,
 )
 from backup_repository.http.ui.headers import ConsoleHeadersMiddleware
-from backup_repository.http.ui.rendering import STATIC, ConsoleState, build_environment
+from backup_repository.http.ui.rendering import STATIC, ConsoleState
 
 ROUTERS: tuple[APIRouter, ...] = (
     pages_auth.router,
@@ -83,7 +83,7 @@ ROUTERS: tuple[APIRouter, ...] = (
 def install(app: FastAPI, limiter: RateLimiter | None) -> None:
     """Serve the console on ``app``; ``limiter`` counts login attempts in the API's login
     bucket."""
-    app.state.console_ui = ConsoleState(build_environment(), limiter)
+    app.state.console_ui = ConsoleState(limiter)
     # The static files first: the last router answers every other path under /ui.
     app.mount("/ui/static", StaticFiles(directory=STATIC), name="console-static")
     for router in ROUTERS:

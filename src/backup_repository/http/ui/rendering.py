@@ -1,5 +1,8 @@
 """Rendering of console pages: one Jinja2 environment per app (autoescaping on, undefined
-names an error), the context every page gets, and the error page."""
+names an error), the context every page gets, and the error page.
+
+Jinja2 is imported when the first page is rendered: a server whose console nobody opens
+never loads it."""
 
 from __future__ import annotations
 
@@ -7,11 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, pass_context
-from jinja2.runtime import Context
-from markupsafe import Markup, escape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
@@ -19,6 +19,11 @@ from backup_repository.domain import authz
 from backup_repository.domain.integrity import format_bytes
 from backup_repository.domain.roles import Role, grants
 from backup_repository.http.ratelimit import RateLimiter
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
+    from jinja2.runtime import Context
+    from markupsafe import Markup
 
 TEMPLATES = Path(__file__).parent / "templates"
 STATIC = Path(__file__).parent / "static"
@@ -44,13 +49,22 @@ NAVIGATION: tuple[NavItem, ...] = (
 
 @dataclass
 class ConsoleState:
-    """What the console's handlers share, built once per app (``app.state.console_ui``)."""
+    """What the console's handlers share, built once per app (``app.state.console_ui``);
+    the templates' environment is built at the first page."""
 
-    templates: Environment
     limiter: RateLimiter | None
+    _templates: Environment | None = None
+
+    @property
+    def templates(self) -> Environment:
+        if self._templates is None:
+            self._templates = build_environment()
+        return self._templates
 
 
 def build_environment() -> Environment:
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined, pass_context
+
     env = Environment(
         loader=FileSystemLoader(TEMPLATES),
         autoescape=True,
@@ -61,13 +75,15 @@ def build_environment() -> Environment:
     env.filters["bytes"] = format_bytes
     env.filters["utc"] = format_utc
     env.filters["age"] = format_age
-    env.globals["csrf_field"] = csrf_field
+    env.globals["csrf_field"] = pass_context(csrf_field)
     return env
 
 
-@pass_context
 def csrf_field(context: Context) -> Markup:
-    """The hidden input with the session's CSRF token that every POST form carries."""
+    """The hidden input with the session's CSRF token that every POST form carries (a
+    global of the templates, given their context)."""
+    from markupsafe import Markup, escape
+
     token = escape(context.get("csrf_token", ""))
     return Markup(f'<input type="hidden" name="csrf_token" value="{token}">')  # noqa: S704
 
