@@ -1527,13 +1527,15 @@ def filesystem_type(path: Path) -> str:
     return kind
 
 
-def machine_load() -> str:
+def machine_load() -> tuple[str, float]:
+    """The load average and the share of CPU busy over one second, as text, and that
+    share."""
+    busy = cpu_busy()
     try:
         one, five, fifteen = os.getloadavg()
     except OSError:
-        return "?"
-    busy = cpu_busy()
-    return f"load average {one:.2f} {five:.2f} {fifteen:.2f}, CPU busy {busy:.0%} over 1 s"
+        return f"CPU busy {busy:.0%} over 1 s", busy
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f}, CPU busy {busy:.0%} over 1 s", busy
 
 
 def rotate(sides: Sequence[str], round_: int) -> list[str]:
@@ -2026,9 +2028,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         folders.append(base)
         files = TestFiles(base / "files")
         run.machine = machine_line()
-        run.load = machine_load()
+        run.load, busy = machine_load()
         print(run.machine)
         print(f"load before the run: {run.load}")
+        if busy > 0.1:
+            print("warning: other work is running on this machine; the figures will be noisy")
         if args.rest_server is None:
             print(BUILD_HINT.format(env=REST_SERVER_ENV))
             rest_binary = None
