@@ -70,8 +70,18 @@ def bearer_token(request: Request) -> str:
     return token.strip()
 
 
-ServicesDep = Annotated[Services, Depends(get_services)]
-ClientIP = Annotated[str, Depends(get_client_ip)]
+# The dependencies are coroutines: FastAPI runs a plain function dependency in a worker
+# thread, two trips to a thread and back on every request for a dictionary lookup each.
+async def _services(request: Request) -> Services:
+    return get_services(request)
+
+
+async def _client_ip(request: Request) -> str:
+    return get_client_ip(request)
+
+
+ServicesDep = Annotated[Services, Depends(_services)]
+ClientIP = Annotated[str, Depends(_client_ip)]
 
 
 # Declares the Bearer scheme in the OpenAPI description (and marks the operations that need
