@@ -21,6 +21,7 @@ from sqlalchemy import (
     Table,
     bindparam,
     event,
+    insert,
     inspect,
     select,
     text,
@@ -32,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from backup_repository.db.autogen import autogenerate_options
 from backup_repository.db.engine import alembic_config, create_engine, migrate
 from backup_repository.db.repositories import (
-    SingleRead,
+    SingleStatement,
     SqlDatabaseHealth,
     SqlSessionRepository,
     transaction,
@@ -429,11 +430,11 @@ async def test_session_lookup_is_one_statement_without_a_transaction_on_sqlite(
 
 
 async def test_single_read_errors_are_those_of_any_statement(db_engine: AsyncEngine) -> None:
-    """A failing SingleRead raises what a SQLAlchemy transaction raises for the same
+    """A failing SingleStatement raises what a SQLAlchemy transaction raises for the same
     statement (a table that is gone, as a broken database file would say: on SQLite the 503
     of an unavailable database)."""
     missing = Table("no_such_table", MetaData(), Column("id", String(8)))
-    read = SingleRead(select(missing.c.id).where(missing.c.id == bindparam("id")))
+    read = SingleStatement(select(missing.c.id).where(missing.c.id == bindparam("id")))
 
     async def in_transaction() -> None:
         async with transaction(db_engine) as connection:
@@ -447,6 +448,42 @@ async def test_single_read_errors_are_those_of_any_statement(db_engine: AsyncEng
     assert type(from_read.value.__cause__) is type(from_transaction.value.__cause__)
     if db_engine.dialect.name == "sqlite":
         assert isinstance(from_read.value, DependencyUnavailable)
+
+
+async def test_single_statement_insert_stores_what_sqlalchemy_stores(
+    db_engine: AsyncEngine, sessions: SqlSessionRepository
+) -> None:
+    """An INSERT through SingleStatement stores the very values (as the database holds
+    them: timestamps in the same text on SQLite) that SQLAlchemy's own INSERT stores, so
+    that comparisons and ordering in other queries see no difference."""
+    table = GrantedAccess.__table__
+    at = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=timezone(timedelta(hours=2)))
+    values = {
+        "user_name": "admin",
+        "requester_ip": "",
+        "description": "",
+        "expires_at": at,
+        "created_at": at,
+        "updated_at": at,
+    }
+    write = SingleStatement(
+        insert(table).values(
+            {key: bindparam(key, type_=table.c[key].type) for key in ("id", *values)}
+        )
+    )
+    await write.run(db_engine, {"id": _session(1).id, **values})
+    async with db_engine.begin() as connection:
+        await connection.execute(insert(table), {"id": _session(2).id, **values})
+    raw = text(
+        "SELECT CAST(expires_at AS TEXT), CAST(deactivated AS TEXT) FROM granted_accesses"
+        " WHERE id = :id"
+    )
+    async with db_engine.connect() as connection:
+        stored = [(await connection.execute(raw, {"id": _session(n).id})).one() for n in (1, 2)]
+    assert stored[0] == stored[1]
+    first = await sessions.get(_session(1).id)
+    assert first is not None
+    assert first.expires_at == at
 
 
 # Health

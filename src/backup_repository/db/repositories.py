@@ -1,5 +1,5 @@
 """SQL implementations of the service ports. Every method runs in its own short
-transaction (or, for the session lookup of every request, one statement: SingleRead);
+transaction (or, for the session lookup of every request, one statement: SingleStatement);
 nothing holds a connection between calls."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any, Final
 
 from sqlalchemy import (
     CTE,
+    Insert,
     RowMapping,
     Select,
     String,
@@ -323,15 +324,17 @@ async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
         raise
 
 
-# -- reads of one statement on the path of every request ----------------------------------
+# -- one statement on the path of every request -------------------------------------------
 #
-# A SingleRead is a SELECT with bind parameters, compiled once per dialect. On SQLite it goes
-# to the driver directly: one statement in autocommit mode is a read transaction of its own
-# (it sees every commit made before it started, a revocation included), and it costs one
-# trip to the driver's thread instead of the trips of BEGIN, the statement's cursor,
-# execution, fetch and close, and COMMIT. On other databases it runs through SQLAlchemy in a
-# short transaction, as every other read does. Values come back converted by the columns'
-# types either way (timestamps aware, booleans as bool).
+# A SingleStatement is a SELECT (or an INSERT whose result is not needed) with bind
+# parameters, compiled once per dialect. On SQLite it goes to the driver directly: one
+# statement in autocommit mode is a transaction of its own (a read sees every commit made
+# before it started, a revocation included; a write is committed when it returns, as
+# durable as any COMMIT), and it costs one trip to the driver's thread instead of the trips
+# of BEGIN, the statement's cursor, execution, fetch and close, and COMMIT. On other
+# databases it runs through SQLAlchemy in a short transaction, as every other statement
+# does. Values go in and come back converted by the columns' types either way (timestamps
+# aware, booleans as bool).
 
 Processor = Callable[[Any], Any] | None
 
@@ -343,26 +346,36 @@ class _Compiled:
     positions: tuple[str, ...]
     binds: tuple[Processor, ...]
     results: tuple[Processor, ...]
+    # An INSERT's columns with a plain default value, for the parameters not given.
+    defaults: Mapping[str, Any]
 
 
-class SingleRead:
-    """One ``SELECT`` built once (with ``bindparam``), run with :meth:`rows`."""
+class SingleStatement:
+    """One statement built once (every value a ``bindparam`` of the column's type): a
+    ``SELECT`` run with :meth:`rows` or :meth:`one_or_none`, or an ``INSERT`` run with
+    :meth:`run`."""
 
-    def __init__(self, statement: Select[*tuple[Any, ...]]) -> None:
+    def __init__(self, statement: Select[*tuple[Any, ...]] | Insert) -> None:
         self.statement = statement
         self._compiled: dict[tuple[str, str], _Compiled] = {}
 
     async def rows(self, engine: AsyncEngine, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-        """Every row, each a tuple in the order of the selected columns."""
+        """Every row, each a tuple in the order of the selected columns (none for an
+        INSERT)."""
         if engine.dialect.driver != "aiosqlite":
             async with transaction(engine) as connection:
                 result = await connection.execute(self.statement, dict(params))
-                return [tuple(row) for row in result.all()]
+                return [tuple(row) for row in result.all()] if result.returns_rows else []
         compiled = self._for(engine.dialect)
         values = tuple(
             value if process is None else process(value)
             for value, process in zip(
-                (params[name] for name in compiled.positions), compiled.binds, strict=True
+                (
+                    params[name] if name in params else compiled.defaults[name]
+                    for name in compiled.positions
+                ),
+                compiled.binds,
+                strict=True,
             )
         )
         try:
@@ -394,6 +407,9 @@ class SingleRead:
             for row in found
         ]
 
+    async def run(self, engine: AsyncEngine, params: Mapping[str, Any]) -> None:
+        await self.rows(engine, params)
+
     async def one_or_none(
         self, engine: AsyncEngine, params: Mapping[str, Any]
     ) -> tuple[Any, ...] | None:
@@ -410,7 +426,7 @@ class SingleRead:
         return compiled
 
 
-def _compile(statement: Select[*tuple[Any, ...]], dialect: Dialect) -> _Compiled:
+def _compile(statement: Select[*tuple[Any, ...]] | Insert, dialect: Dialect) -> _Compiled:
     compiled = statement.compile(dialect=dialect)
     if dialect.paramstyle not in ("qmark", "numeric"):
         raise ValueError(f"positional parameters expected, not {dialect.paramstyle}")
@@ -419,11 +435,21 @@ def _compile(statement: Select[*tuple[Any, ...]], dialect: Dialect) -> _Compiled
         compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
         for name in positions
     )
-    results = tuple(
-        column.type.dialect_impl(dialect).result_processor(dialect, None)
-        for column in statement.selected_columns
+    results = (
+        tuple(
+            column.type.dialect_impl(dialect).result_processor(dialect, None)
+            for column in statement.selected_columns
+        )
+        if isinstance(statement, Select)
+        else ()
     )
-    return _Compiled(str(compiled), positions, binds, results)
+    defaults: dict[str, Any] = {}
+    if isinstance(statement, Insert):
+        for column in statement.table.columns:
+            default = column.default
+            if default is not None and getattr(default, "is_scalar", False):
+                defaults[column.key] = getattr(default, "arg", None)
+    return _Compiled(str(compiled), positions, binds, results, defaults)
 
 
 def _raise_unavailable(exc: BaseException) -> None:
@@ -433,7 +459,7 @@ def _raise_unavailable(exc: BaseException) -> None:
 
 
 # The session lookup of every authenticated request.
-_SESSION_BY_ID: Final = SingleRead(
+_SESSION_BY_ID: Final = SingleStatement(
     select(*_SESSION_COLUMNS).where(
         GrantedAccess.id == bindparam("session_id"), GrantedAccess.deleted_at.is_(None)
     )
