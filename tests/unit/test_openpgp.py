@@ -770,3 +770,43 @@ def test_byte_order_mark_before_the_armor_is_refused_with_advice(
     assert "byte order mark" in raised.value.message
     assert "-----BEGIN PGP MESSAGE-----" in raised.value.message
     assert checker.size == len(pieces[0])  # refused by the first piece fed
+
+
+# --- runs of partial chunks, as gpg writes the encrypted data ----------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    exponents=st.lists(st.integers(min_value=9, max_value=13), min_size=1, max_size=12),
+    last=st.sampled_from(["one", "two", "five"]),
+    sizes=st.lists(st.integers(min_value=1, max_value=20_000), min_size=1, max_size=8),
+    cut=st.integers(min_value=1, max_value=40_000),
+)
+def test_runs_of_partial_chunks_in_any_pieces(
+    exponents: list[int], last: str, sizes: list[int], cut: int
+) -> None:
+    # The chunks are walked in a loop of their own; wherever the pieces split them (on a
+    # length octet, inside a chunk, several chunks in one piece), the complete message is
+    # accepted and one cut short anywhere inside the data is refused as truncated.
+    data = bytearray(b"\xd2")
+    for exponent in exponents:
+        data += bytes([0xE0 | exponent]) + (SEIPD_V1 * 30)[: 1 << exponent]
+    tail = 150 if last == "one" else 300
+    data += new_length(tail, last) + bytes(tail)
+    message = old(1, PKESK_V3) + bytes(data)
+    assert check(message, sizes) is None
+    # Cut anywhere after the data packet's version octet (before it the head is undecided).
+    shorter = message[: max(len(message) - cut, len(message) - len(data) + 3)]
+    error = check(shorter, sizes)
+    assert isinstance(error, NotOpenPGP)
+    assert "truncated" in error.message
+
+
+def test_a_small_partial_chunk_after_a_run_stops_the_tracking() -> None:
+    run = b"".join(b"\xe9" + bytes(512) for _ in range(8))
+    head = old(1, PKESK_V3) + b"\xd2\xe9" + (SEIPD_V1 * 2)[:512] + run
+    for size in (1, 513, 4096, 100_000):
+        assert check(head + b"\xe0\x00" + b"\xe9", [size]) is None  # cut, but not followed
+        error = check(head + b"\xe9" + bytes(100), [size])
+        assert isinstance(error, NotOpenPGP)
+        assert "truncated" in error.message

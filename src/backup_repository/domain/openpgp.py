@@ -194,6 +194,10 @@ class _PacketStream:
                 position += 1
                 self._read_header()
             elif state is _State.CHUNK_LENGTH:
+                if not self._header:
+                    position = self._skip_partial_chunks(data, position, size)
+                    if position >= size or self._state is not _State.CHUNK_LENGTH:
+                        continue
                 self._header.append(data[position])
                 position += 1
                 self._read_chunk_length()
@@ -208,6 +212,27 @@ class _PacketStream:
                 step = min(self._remaining, size - position)
                 position += step
                 self._consumed(step)
+
+    def _skip_partial_chunks(self, data: memoryview, position: int, size: int) -> int:
+        """Walk a run of partial body chunks (one length octet each, as gpg writes the
+        encrypted data: 8 KiB chunks) in one tight loop, the same steps as the general one
+        takes a few statements at a time; returns where the general loop goes on: at a
+        length octet it must read itself (the last chunk's, or a chunk too small to
+        follow), or at the end of ``data`` (inside a chunk: its rest is counted)."""
+        while position < size:
+            octet = data[position]
+            if octet < 224 or octet == 255:
+                break
+            length = 1 << (octet & 0x1F)
+            if length < MIN_TRACKED_CHUNK:
+                break
+            position += 1
+            if length > size - position:
+                self._start_chunk(length, partial=True)
+                self._remaining -= size - position
+                return size
+            position += length
+        return position
 
     def end(self) -> None:
         """The stream ended: refuse it unless the encrypted data is complete."""
