@@ -59,8 +59,6 @@ _SESSION_COLUMNS: Final = (
     GrantedAccess.operations_scope,
 )
 
-_SESSION_KEYS: Final = tuple(column.key for column in _SESSION_COLUMNS)
-
 
 class SqlSessionRepository:
     """Issued tokens in the ``granted_accesses`` table.
@@ -117,7 +115,7 @@ class SqlSessionRepository:
         if not _storable(session_id):
             return None
         row = await _SESSION_BY_ID.one_or_none(self._engine, {"session_id": session_id})
-        return None if row is None else _to_record(dict(zip(_SESSION_KEYS, row, strict=True)))
+        return None if row is None else _to_record(dict(zip(_SESSION_BY_ID.keys, row, strict=True)))
 
     async def list_for_user(
         self,
@@ -346,7 +344,7 @@ class _Compiled:
     positions: tuple[str, ...]
     binds: tuple[Processor, ...]
     results: tuple[Processor, ...]
-    # An INSERT's columns with a plain default value, for the parameters not given.
+    # For the parameters not given: values in the statement, plain column defaults.
     defaults: Mapping[str, Any]
 
 
@@ -357,6 +355,10 @@ class SingleStatement:
 
     def __init__(self, statement: Select[*tuple[Any, ...]] | Insert) -> None:
         self.statement = statement
+        # The names of a SELECT's columns, in the order of the values of each row.
+        self.keys: tuple[str, ...] = (
+            tuple(statement.selected_columns.keys()) if isinstance(statement, Select) else ()
+        )
         self._compiled: dict[tuple[str, str], _Compiled] = {}
 
     async def rows(self, engine: AsyncEngine, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
@@ -443,12 +445,16 @@ def _compile(statement: Select[*tuple[Any, ...]] | Insert, dialect: Dialect) -> 
         if isinstance(statement, Select)
         else ()
     )
+    # An INSERT's plain column defaults, and values the statement carries itself (a LIMIT).
     defaults: dict[str, Any] = {}
     if isinstance(statement, Insert):
         for column in statement.table.columns:
             default = column.default
             if default is not None and getattr(default, "is_scalar", False):
                 defaults[column.key] = getattr(default, "arg", None)
+    for name in positions:
+        if not compiled.binds[name].required:
+            defaults.setdefault(name, compiled.binds[name].effective_value)
     return _Compiled(str(compiled), positions, binds, results, defaults)
 
 
