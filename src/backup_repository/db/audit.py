@@ -3,12 +3,12 @@ services/audit.py). Rows are only added; every call runs in its own short transa
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, cast
 
-from sqlalchemy import ColumnElement, RowMapping, String, insert, select
+from sqlalchemy import ColumnElement, RowMapping, String, Table, bindparam, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from backup_repository.db.repositories import transaction
+from backup_repository.db.repositories import SingleStatement, transaction
 from backup_repository.db.tables import AuditEvent
 from backup_repository.services.audit import AuditEntry, AuditFilters
 from backup_repository.services.events import Event
@@ -23,6 +23,16 @@ def _limits() -> dict[str, int]:
 
 
 _LIMITS: Final = _limits()
+# One event's row (a download's, a login's): one statement, on SQLite one trip to the driver.
+_ADD: Final = SingleStatement(
+    insert(cast(Table, AuditEvent.__table__)).values(
+        {
+            column.key: bindparam(column.key, type_=column.type)
+            for column in AuditEvent.__table__.c
+            if column.key != "id"
+        }
+    )
+)
 
 
 def _text(column: str, value: str) -> str:
@@ -54,8 +64,7 @@ class SqlAuditRepository:
         self._engine = engine
 
     async def add(self, event: Event) -> None:
-        async with transaction(self._engine) as connection:
-            await connection.execute(insert(AuditEvent).values(**event_values(event)))
+        await _ADD.run(self._engine, event_values(event))
 
     async def query(
         self, filters: AuditFilters, limit: int, before_id: int | None = None

@@ -4,16 +4,27 @@ a replica dies)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import Insert, RowMapping, and_, false, func, insert, or_, select, update
+from sqlalchemy import (
+    Insert,
+    RowMapping,
+    and_,
+    bindparam,
+    false,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from backup_repository.db.owners import server_owner
-from backup_repository.db.repositories import transaction
+from backup_repository.db.repositories import SingleStatement, transaction
 from backup_repository.db.tables import BackupVersion, CollectionState, GrantedAccess
 from backup_repository.services.ports import LockLost, SessionConsumed, VersionRecord
 
@@ -138,26 +149,14 @@ class SqlVersionRepository:
         return [_to_record(r) for r in rows]
 
     async def get_version(self, collection_id: str, number: int) -> VersionRecord | None:
-        # One version: its signature too (listings leave it out, it is the larger part).
-        statement = select(*_VERSION_COLUMNS, BackupVersion.signature).where(
-            BackupVersion.collection_id == collection_id,
-            BackupVersion.version_number == number,
-            BackupVersion.deleted_at.is_(None),
-        )
-        async with transaction(self._engine) as connection:
-            row = (await connection.execute(statement)).mappings().one_or_none()
-        return None if row is None else _to_record(row)
+        row = await _ONE_VERSION.one_or_none(self._engine, {"cid": collection_id, "number": number})
+        return None if row is None else _to_record(dict(zip(_ONE_VERSION.keys, row, strict=True)))
 
     async def latest_version(self, collection_id: str) -> VersionRecord | None:
-        statement = (
-            select(*_VERSION_COLUMNS, BackupVersion.signature)
-            .where(BackupVersion.collection_id == collection_id, BackupVersion.deleted_at.is_(None))
-            .order_by(BackupVersion.version_number.desc())
-            .limit(1)
+        row = await _LATEST_VERSION.one_or_none(self._engine, {"cid": collection_id})
+        return (
+            None if row is None else _to_record(dict(zip(_LATEST_VERSION.keys, row, strict=True)))
         )
-        async with transaction(self._engine) as connection:
-            row = (await connection.execute(statement)).mappings().one_or_none()
-        return None if row is None else _to_record(row)
 
     async def commit_version(
         self,
@@ -294,7 +293,24 @@ async def _check_lock(
         raise LockLost(f"upload lock of the collection of version {version_id} was taken over")
 
 
-def _to_record(row: RowMapping) -> VersionRecord:
+# One version, as a download asks for it: its signature too (listings leave it out, it is
+# the larger part). One statement each, built once (on SQLite one trip to the driver).
+_ONE_VERSION: Final = SingleStatement(
+    select(*_VERSION_COLUMNS, BackupVersion.signature).where(
+        BackupVersion.collection_id == bindparam("cid"),
+        BackupVersion.version_number == bindparam("number"),
+        BackupVersion.deleted_at.is_(None),
+    )
+)
+_LATEST_VERSION: Final = SingleStatement(
+    select(*_VERSION_COLUMNS, BackupVersion.signature)
+    .where(BackupVersion.collection_id == bindparam("cid"), BackupVersion.deleted_at.is_(None))
+    .order_by(BackupVersion.version_number.desc())
+    .limit(1)
+)
+
+
+def _to_record(row: RowMapping | Mapping[str, Any]) -> VersionRecord:
     return VersionRecord(
         id=row["id"],
         collection_id=row["collection_id"],
