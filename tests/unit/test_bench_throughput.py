@@ -149,6 +149,8 @@ def test_percentile_is_nearest_rank(bench: ModuleType) -> None:
 def test_quick_sets_small_sizes_but_keeps_what_is_given(bench: ModuleType) -> None:
     quick = bench.parse_args(["--quick", "--rounds", "3", "--rest-server", "/x"])
     assert (quick.rounds, quick.size, quick.rss_size) == (3, 16 * MiB, 64 * MiB)
+    assert quick.media == ["tmpfs"]
+    assert bench.parse_args(["--quick", "--media", "disk,tmpfs"]).media == ["disk", "tmpfs"]
     full = bench.parse_args(["--media", "disk"])
     assert (full.rounds, full.size, full.rss_size, full.media) == (
         5,
@@ -156,6 +158,7 @@ def test_quick_sets_small_sizes_but_keeps_what_is_given(bench: ModuleType) -> No
         1024 * MiB,
         ["disk"],
     )
+    assert bench.parse_args([]).media == ["tmpfs", "disk"]
     with pytest.raises(SystemExit):
         bench.parse_args(["--media", "ssd"])
 
