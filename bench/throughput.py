@@ -1624,19 +1624,20 @@ def measure_medium(
     print(f"\n== {name}: {root} ({medium.fstype})")
     if name == "disk" and medium.fstype in ("tmpfs", "ramfs"):
         print(f"  warning: {root} is on {medium.fstype}, not a disk (see --disk-dir)")
-    if args.rss_size:
+    if args.rss_size and "memory" in args.measures:
         memory_check(setup, root, medium, processes)
 
-    large = setup.files.get(args.size)
+    large = setup.files.get(args.size) if "large" in args.measures else None
     small = setup.files.get(SMALL_SIZE)
     small_body = small.path.read_bytes()
-    parallel = setup.files.get(args.parallel_size) if args.parallel else None
+    wanted = args.parallel and "parallel" in args.measures
+    parallel = setup.files.get(args.parallel_size) if wanted else None
     rounds = args.rounds
     ours = Server(
         root / "server",
         setup.password_hash,
         versions=rounds + 1,
-        version_size=2 * max(large.size, parallel.size if parallel else 0),
+        version_size=2 * max(args.size, args.parallel_size),
         parallel=args.parallel,
     )
     stack = contextlib.ExitStack()
@@ -1670,10 +1671,11 @@ def measure_medium(
         # Warm-up (untimed): the first requests of a process pay for lazy imports, caches
         # and connection pools. One 1 MiB download target on each side.
         blobs = BlobMaker(small_body)
+        last_small: dict[str, int] = {}  # the version each server's downloads fetch
         for _ in range(2):
-            small_uploads_ours(ours, small_body, 2)
+            last_small[OURS] = small_uploads_ours(ours, small_body, 2).last
             if ours_pg is not None:
-                small_uploads_ours(ours_pg, small_body, 2)
+                last_small[OURS_PG] = small_uploads_ours(ours_pg, small_body, 2).last
         rest_download = ""
         if rest is not None:
             small_uploads_rest(rest, blobs, 2, delete=True)
@@ -1692,122 +1694,125 @@ def measure_medium(
                 clean()
             leftovers = []
             line: list[str] = []
-            # 1. large upload, then download, of the same file; a new object every round
-            # on every side (nothing is overwritten or rotated inside a timed request).
-            name = f"bench-{round_}.gpg"
-            for side in rotate(sides, round_):
-                settle()
-                if side == OURS:
-                    up = upload_ours(ours, large, root)
-                    last_large = up.version
-                    medium.add("large upload", OURS, up.transfer.speed)
-                    medium.add("large upload cpu", OURS, up.cpu)
-                    leftovers.extend(partial(drop_copy, p) for p in ours.stored(up.version))
-                elif side == REST and rest is not None:
-                    rest_up = upload_rest(rest, large)
-                    medium.add("large upload", REST, rest_up.transfer.speed)
-                    medium.add("large upload cpu", REST, rest_up.cpu)
-                    leftovers.append(partial(rest.delete, COLLECTION, large.sha256))
-                elif side == NGINX and nginx is not None:
-                    medium.add("large upload", NGINX, upload_nginx(nginx, large, name).speed)
-                    leftovers.append(partial(drop_copy, nginx.prefix / "webdav" / name))
-            for side in rotate(sides, round_ + 1):
-                if side == OURS:
-                    down, cpu = download_ours(ours, last_large)
-                    medium.add("large download", OURS, down.speed)
-                    medium.add("large download cpu", OURS, cpu)
-                elif side == REST and rest is not None:
-                    down, cpu = download_rest(rest, large)
-                    medium.add("large download", REST, down.speed)
-                    medium.add("large download cpu", REST, cpu)
-                elif side == NGINX and nginx is not None:
-                    medium.add("large download", NGINX, download_nginx(nginx, name).speed)
-            line.append(
-                "large up/down MiB/s "
-                + ", ".join(
-                    f"{side} {medium.figures['large upload'][side][-1] / MiB:.0f}"
-                    f"/{medium.figures['large download'][side][-1] / MiB:.0f}"
-                    for side in sides
+            if large is not None:
+                # 1. large upload, then download, of the same file; a new object every round
+                # on every side (nothing is overwritten or rotated inside a timed request).
+                name = f"bench-{round_}.gpg"
+                for side in rotate(sides, round_):
+                    settle()
+                    if side == OURS:
+                        up = upload_ours(ours, large, root)
+                        last_large = up.version
+                        medium.add("large upload", OURS, up.transfer.speed)
+                        medium.add("large upload cpu", OURS, up.cpu)
+                        leftovers.extend(partial(drop_copy, p) for p in ours.stored(up.version))
+                    elif side == REST and rest is not None:
+                        rest_up = upload_rest(rest, large)
+                        medium.add("large upload", REST, rest_up.transfer.speed)
+                        medium.add("large upload cpu", REST, rest_up.cpu)
+                        leftovers.append(partial(rest.delete, COLLECTION, large.sha256))
+                    elif side == NGINX and nginx is not None:
+                        medium.add("large upload", NGINX, upload_nginx(nginx, large, name).speed)
+                        leftovers.append(partial(drop_copy, nginx.prefix / "webdav" / name))
+                for side in rotate(sides, round_ + 1):
+                    if side == OURS:
+                        down, cpu = download_ours(ours, last_large)
+                        medium.add("large download", OURS, down.speed)
+                        medium.add("large download cpu", OURS, cpu)
+                    elif side == REST and rest is not None:
+                        down, cpu = download_rest(rest, large)
+                        medium.add("large download", REST, down.speed)
+                        medium.add("large download cpu", REST, cpu)
+                    elif side == NGINX and nginx is not None:
+                        medium.add("large download", NGINX, download_nginx(nginx, name).speed)
+                line.append(
+                    "large up/down MiB/s "
+                    + ", ".join(
+                        f"{side} {medium.figures['large upload'][side][-1] / MiB:.0f}"
+                        f"/{medium.figures['large download'][side][-1] / MiB:.0f}"
+                        for side in sides
+                    )
                 )
-            )
 
-            # 2. sequential 1 MiB uploads over one keep-alive connection.
-            small_sides = [
-                OURS,
-                *([OURS_PG] if ours_pg else []),
-                *([REST, REST_DELETE] if rest else []),
-            ]
-            last_small: dict[str, int] = {}
-            for side in rotate(small_sides, round_):
-                if side == OURS:
-                    result = small_uploads_ours(ours, small_body, args.small_count)
-                    last_small[side] = result.last
-                elif side == OURS_PG and ours_pg is not None:
-                    result = small_uploads_ours(ours_pg, small_body, args.small_count)
-                    last_small[side] = result.last
-                elif rest is not None:
-                    result = small_uploads_rest(
-                        rest, blobs, args.small_count, delete=side == REST_DELETE
+            if "small" in args.measures:
+                # 2. sequential 1 MiB uploads over one keep-alive connection.
+                small_sides = [
+                    OURS,
+                    *([OURS_PG] if ours_pg else []),
+                    *([REST, REST_DELETE] if rest else []),
+                ]
+                for side in rotate(small_sides, round_):
+                    if side == OURS:
+                        result = small_uploads_ours(ours, small_body, args.small_count)
+                        last_small[side] = result.last
+                    elif side == OURS_PG and ours_pg is not None:
+                        result = small_uploads_ours(ours_pg, small_body, args.small_count)
+                        last_small[side] = result.last
+                    elif rest is not None:
+                        result = small_uploads_rest(
+                            rest, blobs, args.small_count, delete=side == REST_DELETE
+                        )
+                    else:
+                        continue
+                    medium.add("small rate", side, result.rate)
+                    medium.add("small p50", side, 1000 * statistics.median(result.seconds))
+                    medium.add("small cpu", side, result.cpu_ms)
+                line.append(
+                    "1 MiB uploads/s "
+                    + ", ".join(
+                        f"{side} {medium.figures['small rate'][side][-1]:.0f}"
+                        for side in small_sides
                     )
-                else:
-                    continue
-                medium.add("small rate", side, result.rate)
-                medium.add("small p50", side, 1000 * statistics.median(result.seconds))
-                medium.add("small cpu", side, result.cpu_ms)
-            line.append(
-                "1 MiB uploads/s "
-                + ", ".join(
-                    f"{side} {medium.figures['small rate'][side][-1]:.0f}" for side in small_sides
                 )
-            )
 
-            # 3. 1 MiB download latency over one keep-alive connection.
-            download_sides = [OURS, *([OURS_PG] if ours_pg else []), *([REST] if rest else [])]
-            for side in rotate(download_sides, round_):
-                if side == OURS:
-                    path = urllib.parse.urlsplit(ours.versions_url(SMALL_COLLECTION)).path
-                    result = downloads(
-                        ours.pid,
-                        ours.url,
-                        f"{path}/{last_small[OURS]}",
-                        small.size,
-                        args.download_count,
-                        {"Authorization": f"Bearer {ours.token}"},
+            if "download" in args.measures:
+                # 3. 1 MiB download latency over one keep-alive connection.
+                download_sides = [OURS, *([OURS_PG] if ours_pg else []), *([REST] if rest else [])]
+                for side in rotate(download_sides, round_):
+                    if side == OURS:
+                        path = urllib.parse.urlsplit(ours.versions_url(SMALL_COLLECTION)).path
+                        result = downloads(
+                            ours.pid,
+                            ours.url,
+                            f"{path}/{last_small[OURS]}",
+                            small.size,
+                            args.download_count,
+                            {"Authorization": f"Bearer {ours.token}"},
+                        )
+                    elif side == OURS_PG and ours_pg is not None:
+                        path = urllib.parse.urlsplit(ours_pg.versions_url(SMALL_COLLECTION)).path
+                        result = downloads(
+                            ours_pg.pid,
+                            ours_pg.url,
+                            f"{path}/{last_small[OURS_PG]}",
+                            small.size,
+                            args.download_count,
+                            {"Authorization": f"Bearer {ours_pg.token}"},
+                        )
+                    elif rest is not None:
+                        result = downloads(
+                            rest.pid,
+                            rest.url,
+                            rest.blob_path(SMALL_COLLECTION, rest_download),
+                            small.size,
+                            args.download_count,
+                        )
+                    else:
+                        continue
+                    milliseconds = [1000 * s for s in result.seconds]
+                    medium.add("download p50", side, percentile(milliseconds, 0.5))
+                    medium.add("download p99", side, percentile(milliseconds, 0.99))
+                    medium.add("download cpu", side, result.cpu_ms)
+                line.append(
+                    "1 MiB download p50 ms "
+                    + ", ".join(
+                        f"{side} {medium.figures['download p50'][side][-1]:.2f}"
+                        for side in download_sides
                     )
-                elif side == OURS_PG and ours_pg is not None:
-                    path = urllib.parse.urlsplit(ours_pg.versions_url(SMALL_COLLECTION)).path
-                    result = downloads(
-                        ours_pg.pid,
-                        ours_pg.url,
-                        f"{path}/{last_small[OURS_PG]}",
-                        small.size,
-                        args.download_count,
-                        {"Authorization": f"Bearer {ours_pg.token}"},
-                    )
-                elif rest is not None:
-                    result = downloads(
-                        rest.pid,
-                        rest.url,
-                        rest.blob_path(SMALL_COLLECTION, rest_download),
-                        small.size,
-                        args.download_count,
-                    )
-                else:
-                    continue
-                milliseconds = [1000 * s for s in result.seconds]
-                medium.add("download p50", side, percentile(milliseconds, 0.5))
-                medium.add("download p99", side, percentile(milliseconds, 0.99))
-                medium.add("download cpu", side, result.cpu_ms)
-            line.append(
-                "1 MiB download p50 ms "
-                + ", ".join(
-                    f"{side} {medium.figures['download p50'][side][-1]:.2f}"
-                    for side in download_sides
                 )
-            )
 
             # 4. concurrent uploads to as many collections / repositories.
-            if parallel is not None:
+            if parallel is not None and "parallel" in args.measures:
                 parallel_sides = [OURS, *([REST] if rest else [])]
                 for side in rotate(parallel_sides, round_):
                     settle()
@@ -1839,16 +1844,17 @@ def measure_medium(
                 )
             print(f"  round {round_}/{rounds}: " + "; ".join(line))
 
-        # Correctness (untimed): what each side returns is the file that was sent.
-        got, size = curl_sha256([*ours.auth, f"{ours.upload_url}/{last_large}"])
-        medium.checks.append(
-            ("server download = file", got == large.sha256 and size == large.size, got[:16])
-        )
-        got, _ = curl_sha256([*ours.auth, f"{ours.upload_url}/latest"])
-        medium.checks.append(("server 'latest' = file", got == large.sha256, got[:16]))
-        if rest is not None:
-            got, _ = curl_sha256([rest.blob_url(COLLECTION, large.sha256)])
-            medium.checks.append(("rest-server download = file", got == large.sha256, got[:16]))
+        if large is not None:
+            # Correctness (untimed): what each side returns is the file that was sent.
+            got, size = curl_sha256([*ours.auth, f"{ours.upload_url}/{last_large}"])
+            medium.checks.append(
+                ("server download = file", got == large.sha256 and size == large.size, got[:16])
+            )
+            got, _ = curl_sha256([*ours.auth, f"{ours.upload_url}/latest"])
+            medium.checks.append(("server 'latest' = file", got == large.sha256, got[:16]))
+            if rest is not None:
+                got, _ = curl_sha256([rest.blob_url(COLLECTION, large.sha256)])
+                medium.checks.append(("rest-server download = file", got == large.sha256, got[:16]))
     return medium
 
 
@@ -1872,6 +1878,17 @@ def encode_password() -> str:
     if result.returncode != 0:
         raise BenchError(f"--encode-password failed:\n{result.stderr}")
     return result.stdout.strip().splitlines()[-1]
+
+
+MEASURES = ("large", "small", "download", "parallel", "memory")
+
+
+def parse_measures(text: str) -> list[str]:
+    chosen = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [m for m in chosen if m not in MEASURES]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"measures are {', '.join(MEASURES)}, not {text!r}")
+    return chosen
 
 
 def parse_media(text: str) -> list[str]:
@@ -1958,6 +1975,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {DEFAULT_POSTGRES}, skipped when not reachable; 'none' to skip)",
     )
     parser.add_argument(
+        "--measures",
+        type=parse_measures,
+        default=list(MEASURES),
+        help=f"which measures to run, comma-separated (default all: {','.join(MEASURES)})",
+    )
+    parser.add_argument(
         "--nginx",
         action="store_true",
         help="also run nginx (WebDAV PUT) as an extra reference for the large transfers",
@@ -2014,6 +2037,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "parallel_size",
                 "rss_size",
                 "media",
+                "measures",
                 "nginx",
                 "quick",
             )

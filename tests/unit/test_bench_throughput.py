@@ -159,6 +159,10 @@ def test_quick_sets_small_sizes_but_keeps_what_is_given(bench: ModuleType) -> No
         ["disk"],
     )
     assert bench.parse_args([]).media == ["tmpfs", "disk"]
+    assert bench.parse_args([]).measures == list(bench.MEASURES)
+    assert bench.parse_args(["--measures", "small,download"]).measures == ["small", "download"]
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--measures", "small,latency"])
     with pytest.raises(SystemExit):
         bench.parse_args(["--media", "ssd"])
 
