@@ -725,7 +725,10 @@ class RestServer:
             self.process = subprocess.Popen(
                 command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
-        wait_http(self.url + "/", self.process, self.log, accept=(200, 400, 401, 404, 405))
+        try:
+            wait_http(self.url + "/", self.process, self.log, accept=(200, 400, 401, 404, 405))
+        except BenchError as exc:
+            raise BenchError(f"rest-server did not start: {exc}") from None
         for repo in repos:
             status, body = plain_request("POST", f"{self.url}/{repo}/?create=true")
             if status != 200:
@@ -2086,7 +2089,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 root = base / "disk"
                 root.mkdir()
-            measure_medium(setup, name, root, processes, run)
+            try:
+                measure_medium(setup, name, root, processes, run)
+            except BenchError as exc:  # the other media are still measured
+                run.errors.append(f"{name}: {exc}")
+                print(f"\nerror on {name}: {exc}", file=sys.stderr)
         status = report(run)
     except BenchError as exc:
         run.errors.append(str(exc))
