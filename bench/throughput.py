@@ -1110,12 +1110,14 @@ class Parallel:
     seconds: float
     rss_peak: int
     bodies: list[bytes]
+    cpu: float  # the server's CPU seconds over all the uploads
 
 
 def parallel_curls(pid: int, commands: Sequence[Sequence[str]], size: int) -> Parallel:
     """Start one curl per command at once; the aggregate is all bytes over the time from
     starting the first to the end of the last."""
     processes: list[subprocess.Popen[bytes]] = []
+    cpu_before = cpu_seconds(pid)
     with RssSampler(pid) as sampler:
         started = time.monotonic()
         try:
@@ -1134,6 +1136,7 @@ def parallel_curls(pid: int, commands: Sequence[Sequence[str]], size: int) -> Pa
                     process.kill()
                     process.wait()
         seconds = time.monotonic() - started
+    cpu = cpu_seconds(pid) - cpu_before
     bodies: list[bytes] = []
     for process, (out, err) in zip(processes, outputs, strict=True):
         body, _, code = out.rpartition(b"\n")
@@ -1143,7 +1146,7 @@ def parallel_curls(pid: int, commands: Sequence[Sequence[str]], size: int) -> Pa
                 f"{err.decode(errors='replace').strip()} {body[:300]!r}"
             )
         bodies.append(body)
-    return Parallel(len(commands) * size / seconds, seconds, sampler.peak, bodies)
+    return Parallel(len(commands) * size / seconds, seconds, sampler.peak, bodies, cpu)
 
 
 def parallel_ours(server: Server, test: TestFile, count: int) -> Parallel:
@@ -1399,6 +1402,18 @@ def rows_of(medium: MediumResults, options: dict[str, Any]) -> list[Row]:
                 medium.median("parallel", REST),
                 _mibs,
                 PARALLEL_TARGET,
+            )
+        )
+    if "parallel cpu" in medium.figures:
+        rows.append(
+            Row(
+                medium.name,
+                "  server CPU, all concurrent uploads",
+                _seconds(medium.median("parallel cpu", OURS)),
+                _seconds(medium.median("parallel cpu", REST)),
+                "",
+                "report",
+                None,
             )
         )
     ours_rss = medium.rss.get(OURS)
@@ -1838,6 +1853,7 @@ def measure_medium(
                         continue
                     medium.add("parallel", side, result_p.bytes_per_second)
                     medium.add("parallel peak rss", side, result_p.rss_peak)
+                    medium.add("parallel cpu", side, result_p.cpu)
                 line.append(
                     "at once MiB/s "
                     + ", ".join(
