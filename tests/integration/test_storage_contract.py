@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -262,6 +263,41 @@ async def test_failing_iterator_leaves_nothing_behind(store: ObstoreBlobStore) -
         # More than one part, so that a multipart upload / staging file really existed.
         await store.put_stream("c/failed", failing_after(os.urandom(18 * MiB), error))
     assert raised.value is error  # the caller's own exception, not a wrapper
+    await assert_nothing_left(store, "c/failed")
+
+
+async def test_observe_sees_every_chunk_in_order_off_the_event_loop(
+    store: ObstoreBlobStore,
+) -> None:
+    data = os.urandom(9 * MiB + 4321)  # more than one part of a multipart upload
+    digest = hashlib.sha256()
+    threads: set[int] = set()
+
+    def observe(chunk: bytes) -> None:
+        threads.add(threading.get_ident())
+        digest.update(chunk)
+
+    assert await store.put_stream("c/observed", chunks_of(data), observe=observe) == len(data)
+    assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert threading.get_ident() not in threads
+    assert await read_all(store, "c/observed") == data
+
+
+async def test_failing_observe_fails_the_write_and_leaves_nothing_behind(
+    store: ObstoreBlobStore,
+) -> None:
+    error = QuotaExceeded("refused by the observer")
+    seen = 0
+
+    def observe(chunk: bytes) -> None:
+        nonlocal seen
+        seen += len(chunk)
+        if seen > 6 * MiB:
+            raise error
+
+    with pytest.raises(QuotaExceeded) as raised:
+        await store.put_stream("c/failed", chunks_of(os.urandom(18 * MiB)), observe=observe)
+    assert raised.value is error
     await assert_nothing_left(store, "c/failed")
 
 

@@ -346,8 +346,6 @@ class UploadService:
 
         async def checked() -> AsyncIterator[bytes]:
             nonlocal size
-            # SHA-256 runs in a thread of its own, overlapping the network and the storage.
-            hasher = ChunkWorker(digest.update, name="upload-sha256")
             try:
                 async for chunk in body:
                     if not chunk:
@@ -358,11 +356,9 @@ class UploadService:
                     if size > plan.limit:
                         raise quota_exceeded(collection, plan.quota, size, declared=False)
                     checker.feed(chunk)
-                    await hasher.submit(chunk)
                     await signed.submit(chunk)
                     yield chunk
                 checker.finish()
-                await hasher.finish()
                 # Refused here, before the object becomes visible: nothing stored.
                 await signed.finish()
                 # Last chance before the object becomes visible under its final name: if the
@@ -370,13 +366,13 @@ class UploadService:
                 if not await self._versions.renew_lock(collection.name, owner, self._lock_lease):
                     raise LockLost(f"upload lock of {collection.name} was lost")
             except BaseException:
-                await hasher.abort()
                 await signed.abort()
                 raise
 
         try:
             async with asyncio.timeout(self._io_timeout):
-                await self._store.put_stream(plan.key, checked())
+                # SHA-256 runs in the storage's writing thread, overlapping the network.
+                await self._store.put_stream(plan.key, checked(), observe=digest.update)
         except (InvalidInput, PayloadTooLarge):
             raise
         except LockLost as exc:

@@ -3,7 +3,7 @@ obstore) covers file://, s3://, gs://, azblob:// and memory:// URLs."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -31,8 +31,20 @@ class BlobInfo:
 
 
 class BlobStore(Protocol):
-    async def put_stream(self, key: str, chunks: AsyncIterable[bytes]) -> int:
+    async def put_stream(
+        self,
+        key: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        observe: Callable[[bytes], object] | None = None,
+    ) -> int:
         """Write ``chunks`` to ``key`` atomically and return the number of bytes written.
+
+        ``observe``, when given, is called with every chunk, in order, off the event loop
+        (file://: in the thread that writes the chunk, just before it is written) and has
+        seen them all when the call returns; e.g. a hash's ``update``, so that hashing
+        costs no thread and no hand-over of its own. When it raises, the write fails with
+        its exception as when ``chunks`` raises.
 
         While the write is in progress the data lives under a temporary name (a staging
         file, or an unfinished multipart upload); the object appears under ``key`` only

@@ -1,6 +1,10 @@
 """file:// writes: a staging file, written from a thread of its own, fsynced and renamed
 over the target; and the removal of staging files an interrupted write left behind.
 
+The writing thread also runs the caller's ``observe`` (the upload's SHA-256) on each chunk
+before writing it: one thread and one hand-over per chunk instead of two. Hashing and
+writing release the GIL, so they overlap the event loop receiving the next chunks.
+
 The staging file is named ``<name>#<n>``, as obstore's LocalStore names its own, so the
 clean-up of interrupted writes is the same whichever wrote them. Faster than obstore's
 local store and durable: a version recorded after a power loss is complete on disk.
@@ -13,7 +17,7 @@ import contextlib
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 from functools import partial
 from pathlib import Path
 from typing import BinaryIO
@@ -25,17 +29,28 @@ from backup_repository.streams import ChunkWorker
 logger = logging.getLogger(__name__)
 
 
-async def put_local(key: str, target: Path, chunks: AsyncIterable[bytes]) -> int:
+async def put_local(
+    key: str,
+    target: Path,
+    chunks: AsyncIterable[bytes],
+    observe: Callable[[bytes], object] | None = None,
+) -> int:
     """Write ``chunks`` to ``target`` (the file of ``key``) through a staging file and
-    return the number of bytes written. When ``chunks`` raises, or the task is cancelled,
-    the staging file is removed and the exception propagates; an OSError becomes
+    return the number of bytes written; ``observe`` sees each chunk just before it is
+    written. When ``chunks`` or ``observe`` raises, or the task is cancelled, the staging
+    file is removed and the exception propagates; an OSError of the write becomes
     StorageUnavailable."""
     staging = target.with_name(f"{target.name}#{secrets.randbelow(10**9) + 1}")
     try:
         handle = await asyncio.to_thread(_open_staging, staging)
     except OSError as exc:
         raise unavailable("write", key, exc) from exc
-    writer = ChunkWorker(partial(_write_all, handle), depth=8, name="storage-write")
+    work = (
+        partial(_write_all, handle)
+        if observe is None
+        else partial(_observe_and_write, handle, observe)
+    )
+    writer = ChunkWorker(work, depth=8, name="storage-write")
     size = 0
     try:
         async for chunk in chunks:
@@ -46,6 +61,8 @@ async def put_local(key: str, target: Path, chunks: AsyncIterable[bytes]) -> int
     except BaseException as exc:
         await writer.abort()
         await asyncio.shield(asyncio.to_thread(_discard_staging, handle, staging))
+        if isinstance(exc, _ObserverFailed):
+            raise exc.error from None
         if isinstance(exc, OSError):
             raise unavailable("write", key, exc) from exc
         raise
@@ -87,6 +104,22 @@ def _write_all(handle: BinaryIO, chunk: bytes) -> None:
         if written is None:  # pragma: no cover - only non-blocking files return None
             continue
         view = view[written:]
+
+
+class _ObserverFailed(Exception):
+    """Carries an exception of ``observe`` past the OSError handling of the write."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _observe_and_write(handle: BinaryIO, observe: Callable[[bytes], object], chunk: bytes) -> None:
+    try:
+        observe(chunk)
+    except Exception as exc:
+        raise _ObserverFailed(exc) from exc
+    _write_all(handle, chunk)
 
 
 def _commit_staging(handle: BinaryIO, staging: Path, target: Path) -> None:

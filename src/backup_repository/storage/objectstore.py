@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -94,11 +94,17 @@ class ObstoreBlobStore:
 
     # -- writes ------------------------------------------------------------------------------
 
-    async def put_stream(self, key: str, chunks: AsyncIterable[bytes]) -> int:
+    async def put_stream(
+        self,
+        key: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        observe: Callable[[bytes], object] | None = None,
+    ) -> int:
         validate_key(key)
         target = self.local_path(key)
         if target is not None:
-            return await put_local(key, target, chunks)
+            return await put_local(key, target, chunks, observe)
         return await put_multipart(
             self._store,
             key,
@@ -106,6 +112,7 @@ class ObstoreBlobStore:
             part_size=self._part_size,
             concurrency=self._upload_concurrency,
             abort_timeout=self._abort_timeout,
+            observe=observe,
         )
 
     async def delete(self, key: str) -> None:

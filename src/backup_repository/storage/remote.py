@@ -9,6 +9,8 @@ aborted cleanly when the stream fails or the caller is cancelled.
   it, so :func:`put_multipart` instead makes the iterator fail and waits (bounded) for
   obstore to abort before re-raising ``CancelledError``.
 - Bounded memory: at most ``concurrency`` parts are in flight plus the one being filled.
+- The caller's ``observe`` (the upload's SHA-256) runs on each chunk in a thread of its
+  own (a ChunkWorker) and has seen every chunk before the upload is completed.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import obstore
 from obstore.exceptions import BaseError as ObstoreError
 
 from backup_repository.storage.errors import unavailable
+from backup_repository.streams import ChunkWorker
 
 if TYPE_CHECKING:
     from obstore.store import ObjectStore
@@ -42,10 +45,11 @@ async def put_multipart(
     part_size: int,
     concurrency: int,
     abort_timeout: float,
+    observe: Callable[[bytes], object] | None = None,
 ) -> int:
     """Upload ``chunks`` to ``key`` in parts of ``part_size`` bytes, ``concurrency`` at a
     time, and return the number of bytes written."""
-    feed = _Feed(chunks)
+    feed = _Feed(chunks if observe is None else _observed(chunks, observe))
     put = asyncio.ensure_future(_put(store, key, feed, part_size, concurrency))
     try:
         await asyncio.shield(put)
@@ -56,6 +60,23 @@ async def put_multipart(
         await _abort_put(key, put, feed, abort_timeout)
         raise
     return put.result()
+
+
+async def _observed(
+    chunks: AsyncIterable[bytes], observe: Callable[[bytes], object]
+) -> AsyncIterator[bytes]:
+    """``chunks``, each handed to ``observe`` in a thread; the end of the stream comes only
+    once ``observe`` has seen every chunk, so its error fails the upload before it is
+    completed."""
+    worker = ChunkWorker(observe, name="storage-observe")
+    try:
+        async for chunk in chunks:
+            await worker.submit(chunk)
+            yield chunk
+        await worker.finish()
+    finally:
+        # Also when obstore stops pulling (a storage error) and the generator is closed.
+        await worker.abort()
 
 
 async def _put(store: ObjectStore, key: str, feed: _Feed, part_size: int, concurrency: int) -> int:
