@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
+import aiosqlite
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -21,6 +22,7 @@ from sqlalchemy import (
     Table,
     bindparam,
     event,
+    func,
     insert,
     inspect,
     select,
@@ -224,6 +226,44 @@ async def test_sqlite_engine_creates_its_folder_and_sets_the_pragmas(
         "busy_timeout": 10_000,
         "synchronous": 1,
     }
+
+
+async def test_sqlite_pool_rolls_back_a_returned_connection_only_in_a_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection given back to the pool with work not committed is rolled back; one in
+    no transaction (a single statement run outside of one) is not: no ROLLBACK trip to the
+    driver's thread."""
+    rollbacks: list[object] = []
+    original = aiosqlite.Connection.rollback
+
+    async def counted(self: aiosqlite.Connection) -> None:
+        rollbacks.append(self)
+        await original(self)
+
+    monkeypatch.setattr(aiosqlite.Connection, "rollback", counted)
+    engine = create_engine(f"sqlite:///{tmp_path / 'br.db'}")
+    try:
+        await migrate(engine)
+        rollbacks.clear()
+        async with engine.connect() as connection:
+            raw = await connection.get_raw_connection()
+            await raw.driver_connection.execute_fetchall("SELECT count(*) FROM granted_accesses")  # type: ignore[union-attr]
+        assert rollbacks == []
+        async with engine.connect() as connection:
+            raw = await connection.get_raw_connection()
+            driver = raw.driver_connection
+            await driver.execute("BEGIN")  # type: ignore[union-attr]
+            await driver.execute(  # type: ignore[union-attr]
+                "INSERT INTO granted_accesses (id, user_name, requester_ip, description,"
+                " expires_at, created_at, updated_at) VALUES ('x', 'u', '', '', '', '', '')"
+            )
+        assert len(rollbacks) == 1
+        async with engine.connect() as connection:
+            count = await connection.scalar(select(func.count()).select_from(GrantedAccess))
+        assert count == 0
+    finally:
+        await engine.dispose()
 
 
 # Sessions

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 from sqlalchemy import Connection, event, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 
 from backup_repository.db.urls import normalize_database_url
 
@@ -206,8 +206,19 @@ def _create_sqlite_engine(url: URL) -> AsyncEngine:
     in_memory = _sqlite_in_memory(url)
     if not in_memory and not database.startswith("file:"):
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url)
+    # The pool's reset of a returned connection is _on_reset: a ROLLBACK (one more trip to
+    # the driver's thread) only when SQLite says a transaction is open.
+    engine = create_async_engine(url, pool_reset_on_return=None)
     sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "reset")
+    def _on_reset(dbapi_connection: Any, _record: Any, state: PoolResetState) -> None:
+        # As the pool's own rollback-on-return, but a connection in no transaction (one
+        # statement run outside of one, db/repositories.py SingleStatement) is left as is.
+        if not state.asyncio_safe or state.transaction_was_reset:
+            return
+        if _sqlite_in_transaction(dbapi_connection):
+            dbapi_connection.rollback()
 
     @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
@@ -244,6 +255,15 @@ def _create_sqlite_engine(url: URL) -> AsyncEngine:
 
 def _sqlite_in_memory(url: URL) -> bool:
     return (url.database or "") in ("", ":memory:") or url.query.get("mode") == "memory"
+
+
+def _sqlite_in_transaction(dbapi_connection: Any) -> bool:
+    """Whether SQLite has a transaction open on the connection (True when it cannot say:
+    the connection is then rolled back, as the pool would)."""
+    try:
+        return bool(dbapi_connection.driver_connection.in_transaction)
+    except Exception:
+        return True
 
 
 def _sqlite_pragma(dbapi_connection: Any, pragma: str) -> str | None:
