@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from sqlalchemy import (
     CTE,
@@ -17,6 +17,7 @@ from sqlalchemy import (
     RowMapping,
     Select,
     String,
+    Table,
     Update,
     and_,
     bindparam,
@@ -78,8 +79,7 @@ class SqlSessionRepository:
         PostgreSQL), and SQLAlchemy's ``IntegrityError`` when the id already exists.
         """
         _check_session(session)
-        async with transaction(self._engine) as connection:
-            await connection.execute(insert(GrantedAccess).values(**_session_values(session)))
+        await _ADD_SESSION.run(self._engine, _session_values(session))
 
     async def add_refreshed(self, session: SessionRecord) -> bool:
         """Store a refreshed token's session if the session it was refreshed from
@@ -468,6 +468,31 @@ def _raise_unavailable(exc: BaseException) -> None:
 _SESSION_BY_ID: Final = SingleStatement(
     select(*_SESSION_COLUMNS).where(
         GrantedAccess.id == bindparam("session_id"), GrantedAccess.deleted_at.is_(None)
+    )
+)
+
+# The INSERT of a login's session (every value a bindparam of its column's type).
+_SESSIONS_TABLE: Final = cast(Table, GrantedAccess.__table__)
+_ADD_SESSION: Final = SingleStatement(
+    insert(_SESSIONS_TABLE).values(
+        {
+            key: bindparam(key, type_=_SESSIONS_TABLE.c[key].type)
+            for key in (
+                "id",
+                "user_name",
+                "access_key_name",
+                "requester_ip",
+                "description",
+                "expires_at",
+                "deactivated",
+                "created_at",
+                "updated_at",
+                "single_use_collection",
+                "family_id",
+                "parent_id",
+                "operations_scope",
+            )
+        }
     )
 )
 
