@@ -14,6 +14,9 @@ them (Apprise and httpx alone are about 10 MiB of resident memory).
 
 from __future__ import annotations
 
+import asyncio
+import importlib
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -61,13 +64,13 @@ class ChannelSender:
 
     async def send(self, channel: Channel, event: NotificationEvent) -> None:
         if channel.type is ChannelType.WEBHOOK and channel.webhook is not None:
-            await self._webhook_sender().send(channel.webhook, event)
+            await (await self._webhook_sender()).send(channel.webhook, event)
             return
         if channel.type is ChannelType.EMAIL and channel.email is not None:
-            await self._email_sender().send(channel.email, event)
+            await (await self._email_sender()).send(channel.email, event)
             return
         if channel.type is ChannelType.APPRISE and channel.apprise is not None:
-            await self._apprise_sender().send(channel.apprise, event)
+            await (await self._apprise_sender()).send(channel.apprise, event)
             return
         raise DeliveryError(
             f"channel {channel.name} of type {channel.type} has no {channel.type} settings; "
@@ -79,26 +82,39 @@ class ChannelSender:
         if self._webhook is not None:
             await self._webhook.aclose()
 
-    def _webhook_sender(self) -> WebhookSender:
+    async def _webhook_sender(self) -> WebhookSender:
         if self._webhook is None:
+            await _import_off_the_loop("backup_repository.notify.webhook")
             from backup_repository.notify.webhook import WebhookSender
 
-            self._webhook = WebhookSender(self._http, self.server, self._clock)
+            if self._webhook is None:
+                self._webhook = WebhookSender(self._http, self.server, self._clock)
         return self._webhook
 
-    def _email_sender(self) -> EmailSender:
+    async def _email_sender(self) -> EmailSender:
         if self._email is None:
+            await _import_off_the_loop("backup_repository.notify.email")
             from backup_repository.notify.email import EmailSender
 
-            self._email = EmailSender(self.server, self._clock)
+            if self._email is None:
+                self._email = EmailSender(self.server, self._clock)
         return self._email
 
-    def _apprise_sender(self) -> AppriseSender:
+    async def _apprise_sender(self) -> AppriseSender:
         if self._apprise is None:
+            await _import_off_the_loop("backup_repository.notify.apprise")
             from backup_repository.notify.apprise import AppriseSender
 
-            self._apprise = AppriseSender(self.server)
+            if self._apprise is None:
+                self._apprise = AppriseSender(self.server)
         return self._apprise
+
+
+async def _import_off_the_loop(module: str) -> None:
+    """Import ``module`` in a worker thread: a first import of httpx or Apprise takes tenths
+    of a second of CPU, which must not stall every request served by the event loop."""
+    if module not in sys.modules:
+        await asyncio.to_thread(importlib.import_module, module)
 
 
 def build_sender(
