@@ -8,12 +8,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, _IncludedRouter
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 from starlette.routing import BaseRoute
 
 from backup_repository.http.app import create_app
-from support import make_settings
+from gpg_fixtures import SAMPLES_DIR
+from support import collection_doc, make_settings, user_doc, write_config
 
 
 def _routes(routes: list[BaseRoute]) -> Iterator[BaseRoute]:
@@ -56,3 +60,46 @@ def test_the_dependencies_of_api_routes_run_on_the_event_loop(tmp_path: Path) ->
         if not _runs_on_the_loop(call)
     }
     assert threaded == set()
+
+
+async def test_whoami_and_a_download_make_no_sqlalchemy_transaction_on_sqlite(
+    tmp_path: Path,
+) -> None:
+    """On SQLite the session lookup, the version of a download and its audit row are one
+    statement each, sent to the driver directly (one trip to its thread each); none of them
+    goes through a SQLAlchemy transaction (BEGIN, statement, COMMIT: nine trips). The
+    audit row is still written."""
+    write_config(
+        tmp_path / "config",
+        [user_doc("admin", "admin-pass", ["systemAdmin"]), collection_doc("db")],
+    )
+    app = create_app(make_settings(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}"))
+    seen: list[str] = []
+
+    def on_statement(*args: Any) -> None:
+        statement = " ".join(str(args[2]).split())
+        if "granted_accesses" in statement or "INSERT INTO audit_events" in statement:
+            seen.append(statement)
+
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            login = await client.post(
+                "/api/stable/auth/login", json={"username": "admin", "password": "admin-pass"}
+            )
+            client.headers["Authorization"] = f"Bearer {login.json()['data']['token']}"
+            body = (SAMPLES_DIR / "symmetric.gpg").read_bytes()
+            base = "/api/stable/repository/collection/db/version"
+            assert (await client.post(base, content=body)).status_code == 200
+            event.listen(Engine, "before_cursor_execute", on_statement)
+            try:
+                whoami = await client.get("/api/stable/auth/whoami")
+                download = await client.get(f"{base}/latest")
+            finally:
+                event.remove(Engine, "before_cursor_execute", on_statement)
+            audit = await client.get("/api/stable/audit", params={"action": "download"})
+    assert whoami.status_code == 200
+    assert download.status_code == 200
+    assert download.content == body
+    assert seen == []
+    assert [entry["outcome"] for entry in audit.json()["data"]["events"]] == ["success"]
