@@ -10,6 +10,8 @@ import sys
 import threading
 
 import pytest
+from argon2 import PasswordHasher as _Argon2
+from argon2 import Type
 
 from backup_repository.domain.errors import TooBusy
 from backup_repository.domain.password_format import (
@@ -250,5 +252,57 @@ async def test_a_niceness_of_zero_leaves_the_priority_alone() -> None:
         pool = [t.native_id for t in threading.enumerate() if t.name.startswith("argon2")]
         assert pool
         assert {_nice(tid) for tid in pool if tid is not None} == {before}
+    finally:
+        hasher.close()
+
+
+# -- the pool's kept buffers ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("stored", "password", "expected"),
+    [
+        (ADMIN, "admin", True),
+        (ADMIN, "admin" + "x", False),
+        (TEST, "test", True),
+        (TEST, "", False),
+        (None, "anything", False),  # the decoy
+        ("hashed", "hashed", False),  # unusable: the decoy
+    ],
+)
+async def test_checks_in_the_pool_answer_as_the_library_does(
+    hasher: PasswordHasher, stored: str | None, password: str, expected: bool
+) -> None:
+    assert await hasher.verify(stored, password) is expected
+    assert hasher.verify_sync(stored, password) is expected
+
+
+async def test_hashes_in_other_forms_are_checked_by_the_library() -> None:
+    """argon2i, another memory cost, a bare PHC string with non-ASCII password: the same
+    answers through the pool as without it."""
+    hasher = PasswordHasher(1)
+    other = _Argon2(time_cost=2, memory_cost=8192, parallelism=2, type=Type.I)
+    small = _Argon2(time_cost=1, memory_cost=1024, parallelism=1, type=Type.ID)
+    try:
+        for phc, password in ((other.hash("pässwort"), "pässwort"),
+                              (small.hash("pässwort"), "pässwort")):  # fmt: skip
+            stored = encode_for_storage(phc)
+            assert await hasher.verify(stored, password)
+            assert not await hasher.verify(stored, password + "!")
+    finally:
+        hasher.close()
+
+
+async def test_a_burst_of_checks_reuses_one_buffer_per_thread_and_gives_it_back() -> None:
+    hasher = PasswordHasher(1)
+    try:
+        results = await asyncio.gather(*(hasher.verify(TEST, "test") for _ in range(4)))
+        assert results == [True] * 4
+        # Four checks queued behind one thread: one buffer mapped, used four times ...
+        assert hasher._buffers.allocations == 1
+        # ... and given back to the system once nothing waits.
+        await eventually(lambda: hasher.pending == 0 and not hasher._buffers._free, within=5)
+        assert await hasher.verify(TEST, "wrong") is False
+        assert hasher._buffers.allocations == 2
     finally:
         hasher.close()
