@@ -469,6 +469,25 @@ async def test_session_lookup_is_one_statement_without_a_transaction_on_sqlite(
     assert second.created_at == T0
 
 
+async def test_single_statement_returning_converts_the_returned_columns(
+    db_engine: AsyncEngine, sessions: SqlSessionRepository
+) -> None:
+    """An UPDATE ... RETURNING answers with its returned columns, named and converted by
+    their types (a boolean as bool, a timestamp aware), on every backend."""
+    await sessions.add(_session(1, created_at=T0))
+    table = GrantedAccess.__table__
+    revoke = SingleStatement(
+        update(table)
+        .where(table.c.id == bindparam("session_id"))
+        .values(deactivated=True, updated_at=bindparam("now", type_=table.c.updated_at.type))
+        .returning(table.c.deactivated, table.c.updated_at)
+    )
+    assert revoke.keys == ("deactivated", "updated_at")
+    now = T0 + timedelta(hours=1)
+    assert await revoke.rows(db_engine, {"session_id": _session(1).id, "now": now}) == [(True, now)]
+    assert await revoke.rows(db_engine, {"session_id": _session(2).id, "now": now}) == []
+
+
 async def test_single_read_errors_are_those_of_any_statement(db_engine: AsyncEngine) -> None:
     """A failing SingleStatement raises what a SQLAlchemy transaction raises for the same
     statement (a table that is gone, as a broken database file would say: on SQLite the 503

@@ -35,6 +35,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import aliased
+from sqlalchemy.sql.dml import UpdateBase
 
 from backup_repository.db.tables import GrantedAccess
 from backup_repository.domain.errors import DependencyUnavailable
@@ -356,9 +357,7 @@ class SingleStatement:
     def __init__(self, statement: Select[*tuple[Any, ...]] | Insert) -> None:
         self.statement = statement
         # The names of a SELECT's columns, in the order of the values of each row.
-        self.keys: tuple[str, ...] = (
-            tuple(statement.selected_columns.keys()) if isinstance(statement, Select) else ()
-        )
+        self.keys: tuple[str, ...] = tuple(key for key, _ in _returned(statement))
         self._compiled: dict[tuple[str, str], _Compiled] = {}
 
     async def rows(self, engine: AsyncEngine, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
@@ -437,13 +436,9 @@ def _compile(statement: Select[*tuple[Any, ...]] | Insert, dialect: Dialect) -> 
         compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
         for name in positions
     )
-    results = (
-        tuple(
-            column.type.dialect_impl(dialect).result_processor(dialect, None)
-            for column in statement.selected_columns
-        )
-        if isinstance(statement, Select)
-        else ()
+    results = tuple(
+        column.type.dialect_impl(dialect).result_processor(dialect, None)
+        for _, column in _returned(statement)
     )
     # An INSERT's plain column defaults, and values the statement carries itself (a LIMIT).
     defaults: dict[str, Any] = {}
@@ -456,6 +451,17 @@ def _compile(statement: Select[*tuple[Any, ...]] | Insert, dialect: Dialect) -> 
         if not compiled.binds[name].required:
             defaults.setdefault(name, compiled.binds[name].effective_value)
     return _Compiled(str(compiled), positions, binds, results, defaults)
+
+
+def _returned(statement: Any) -> list[tuple[str, Any]]:
+    """The names and columns of the rows a statement answers with: a SELECT's, or what an
+    INSERT or UPDATE says it RETURNS (none for plain text such as BEGIN)."""
+    columns: Any = ()
+    if isinstance(statement, Select):
+        columns = statement.selected_columns
+    elif isinstance(statement, UpdateBase):
+        columns = statement.exported_columns
+    return [(str(key), column) for key, column in columns.items()] if columns else []
 
 
 def _raise_unavailable(exc: BaseException) -> None:
