@@ -249,6 +249,21 @@ def thread_report(pid: int, before: dict[int, ThreadTimes], after: dict[int, Thr
     return {name: {k: round(v, 2) for k, v in g.items()} for name, g in sorted(groups.items())}
 
 
+def filesystem(path: Path) -> str:
+    """The type of the file system holding ``path`` (the longest mount point above it)."""
+    best, kind = "", "?"
+    with contextlib.suppress(OSError), open("/proc/mounts") as mounts:
+        for line in mounts:
+            fields = line.split()
+            if len(fields) < 3:
+                continue
+            point = fields[1]
+            inside = str(path) == point or str(path).startswith(point.rstrip("/") + "/")
+            if inside and len(point) > len(best):
+                best, kind = point, fields[2]
+    return kind
+
+
 def rss(pid: int) -> int:
     total = 0
     for member in descendants(pid):
@@ -401,7 +416,8 @@ def run(
             raise BenchError(f"seeding answered {status}: {answer!r}")
     time.sleep(1.0)
     idle = rss(server.pid)
-    print(f"server pid {server.pid} on {url}; idle RSS {human(idle)}")
+    storage_fs = filesystem(storage)
+    print(f"server pid {server.pid} on {url}; idle RSS {human(idle)}; storage on {storage_fs}")
     shares = ", ".join(f"{role} {count}" for role, count in mix.items() if count)
     print(f"load: {sum(mix.values())} clients ({shares}) for {args.duration:.0f} s, "
           f"{args.size} KiB bodies, from a second process")  # fmt: skip
@@ -484,6 +500,7 @@ def run(
         "duration_s": round(seconds, 1),
         "mix": mix,
         "body_kib": args.size,
+        "storage_filesystem": storage_fs,
         "requests": total,
         "requests_per_second": round(total / seconds, 1),
         "errors": errors,

@@ -138,3 +138,9 @@ async def test_a_broken_connection_is_an_http_error(mixed: ModuleType) -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.skipif(not Path("/proc/mounts").exists(), reason="needs /proc/mounts")
+def test_the_storage_file_system_is_the_one_of_the_longest_mount_point(mixed: ModuleType) -> None:
+    assert mixed.filesystem(Path("/proc/self/status")) == "proc"
+    assert mixed.filesystem(Path("/")) != "proc"
