@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -264,6 +265,38 @@ async def test_sqlite_pool_rolls_back_a_returned_connection_only_in_a_transactio
         assert count == 0
     finally:
         await engine.dispose()
+
+
+async def test_sqlite_single_statements_use_two_kept_connections_closed_with_the_engine(
+    tmp_path: Path,
+) -> None:
+    """On SQLite the SingleStatements run on two connections of their own (reads, writes)
+    instead of taking one from the pool per statement (under load a pool smaller than the
+    requests in flight opened and closed a connection per statement); dispose closes them,
+    their threads end."""
+    before = set(threading.enumerate())
+    engine = create_engine(f"sqlite:///{tmp_path / 'br.db'}")
+    checkouts: list[object] = []
+    connects: list[object] = []
+    try:
+        await migrate(engine)
+        sessions = SqlSessionRepository(engine)
+        await sessions.add(_session(1, created_at=T0))
+        assert await sessions.get(_session(1).id) is not None
+        event.listen(engine.sync_engine.pool, "checkout", lambda *args: checkouts.append(args))
+        event.listen(engine.sync_engine.pool, "connect", lambda *args: connects.append(args))
+        for number in range(2, 12):
+            await sessions.add(_session(number, created_at=T0))
+            assert await sessions.get(_session(number).id) is not None
+        assert (checkouts, connects) == ([], [])
+    finally:
+        await engine.dispose()
+    for _ in range(50):
+        left = [thread for thread in set(threading.enumerate()) - before if thread.is_alive()]
+        if not left:
+            break
+        await asyncio.sleep(0.1)
+    assert left == []
 
 
 # Sessions

@@ -4,7 +4,10 @@ nothing holds a connection between calls."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,10 +21,12 @@ from sqlalchemy import (
     Select,
     String,
     Table,
+    TextClause,
     Update,
     and_,
     bindparam,
     delete,
+    event,
     false,
     func,
     insert,
@@ -32,7 +37,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.dml import UpdateBase
@@ -352,9 +357,10 @@ class _Compiled:
 class SingleStatement:
     """One statement built once (every value a ``bindparam`` of the column's type): a
     ``SELECT`` run with :meth:`rows` or :meth:`one_or_none`, or an ``INSERT`` run with
-    :meth:`run`."""
+    :meth:`run`; or one of the statements of a short transaction on SQLite
+    (:meth:`on_sqlite`, db/versions.py)."""
 
-    def __init__(self, statement: Select[*tuple[Any, ...]] | Insert) -> None:
+    def __init__(self, statement: Select[*tuple[Any, ...]] | Insert | Update | TextClause) -> None:
         self.statement = statement
         # The names of a SELECT's columns, in the order of the values of each row.
         self.keys: tuple[str, ...] = tuple(key for key, _ in _returned(statement))
@@ -367,7 +373,34 @@ class SingleStatement:
             async with transaction(engine) as connection:
                 result = await connection.execute(self.statement, dict(params))
                 return [tuple(row) for row in result.all()] if result.returns_rows else []
-        compiled = self._for(engine.dialect)
+        try:
+            lane = await _lane(engine, self.statement)
+        except Exception:
+            lane = None  # not opened: a pooled connection says why, or works
+        if lane is not None:
+            try:
+                return await self.on_sqlite(lane.driver, engine.dialect, params)
+            except BaseException as exc:
+                _drop_lane_if_broken(engine, lane, exc)
+                raise
+        try:
+            async with engine.connect() as connection:
+                raw = await connection.get_raw_connection()
+                return await self.on_sqlite(raw.driver_connection, engine.dialect, params)
+        except sa_exc.SQLAlchemyError as exc:
+            _raise_unavailable(exc)
+            raise
+        except OSError as exc:
+            _raise_unavailable(exc)
+            raise
+
+    async def on_sqlite(
+        self, driver: Any, dialect: Dialect, params: Mapping[str, Any]
+    ) -> list[tuple[Any, ...]]:
+        """Run the statement on an aiosqlite connection (one trip to its thread), inside the
+        transaction the caller opened on it, if any. The driver's errors come as SQLAlchemy
+        would have wrapped them (a locked or unreadable database file is an outage: 503)."""
+        compiled = self._for(dialect)
         values = tuple(
             value if process is None else process(value)
             for value, process in zip(
@@ -380,19 +413,10 @@ class SingleStatement:
             )
         )
         try:
-            async with engine.connect() as connection:
-                raw = await connection.get_raw_connection()
-                found: Sequence[Sequence[Any]] = await raw.driver_connection.execute_fetchall(  # type: ignore[union-attr]
-                    compiled.sql, values
-                )
-        except sa_exc.SQLAlchemyError as exc:
-            _raise_unavailable(exc)
-            raise
-        except engine.dialect.loaded_dbapi.Error as exc:
-            # The driver's own error, as SQLAlchemy would have wrapped it (a locked or
-            # unreadable database file is an outage: 503).
+            found: Sequence[Sequence[Any]] = await driver.execute_fetchall(compiled.sql, values)
+        except dialect.loaded_dbapi.Error as exc:
             wrapped = sa_exc.DBAPIError.instance(
-                compiled.sql, values, exc, engine.dialect.loaded_dbapi.Error
+                compiled.sql, values, exc, dialect.loaded_dbapi.Error
             )
             _raise_unavailable(wrapped)
             raise wrapped from exc
@@ -427,7 +451,9 @@ class SingleStatement:
         return compiled
 
 
-def _compile(statement: Select[*tuple[Any, ...]] | Insert, dialect: Dialect) -> _Compiled:
+def _compile(
+    statement: Select[*tuple[Any, ...]] | Insert | Update | TextClause, dialect: Dialect
+) -> _Compiled:
     compiled = statement.compile(dialect=dialect)
     if dialect.paramstyle not in ("qmark", "numeric"):
         raise ValueError(f"positional parameters expected, not {dialect.paramstyle}")
@@ -451,6 +477,111 @@ def _compile(statement: Select[*tuple[Any, ...]] | Insert, dialect: Dialect) -> 
         if not compiled.binds[name].required:
             defaults.setdefault(name, compiled.binds[name].effective_value)
     return _Compiled(str(compiled), positions, binds, results, defaults)
+
+
+# -- SQLite lanes: a connection of its own for the SingleStatements' reads, one for writes --
+#
+# Taking a pooled connection for each statement costs the pool's bookkeeping on the event
+# loop, and under load a pool smaller than the requests in flight opens and closes a
+# connection (a thread and its PRAGMAs) per statement. A SingleStatement on SQLite goes to
+# one of two connections taken out of the pool (so opened with the engine's PRAGMAs) and
+# kept: reads (never blocked by a writer in WAL mode) and writes (which SQLite runs one at a
+# time anyway). Each runs its statements one after another in its thread. They are closed
+# with the engine (dispose), and dropped when one fails in a way that may have broken it.
+
+
+@dataclass
+class _Lanes:
+    loop: asyncio.AbstractEventLoop
+    opening: dict[str, asyncio.Future[_Lane]]
+
+
+_LANES: Final[weakref.WeakKeyDictionary[Engine, _Lanes]] = weakref.WeakKeyDictionary()
+
+
+async def _lane(engine: AsyncEngine, statement: Any) -> _Lane | None:
+    """The kept connection (pool proxy) for ``statement`` on this engine, opened on first
+    use; None when the statement needs a pooled connection (plain text such as BEGIN) or
+    the engine's lanes belong to another event loop."""
+    if isinstance(statement, Select):
+        kind = "read"
+    elif isinstance(statement, UpdateBase):
+        kind = "write"
+    else:
+        return None
+    sync_engine = engine.sync_engine
+    loop = asyncio.get_running_loop()
+    lanes = _LANES.get(sync_engine)
+    if lanes is None:
+        lanes = _LANES[sync_engine] = _Lanes(loop, {})
+        event.listen(sync_engine, "engine_disposed", _close_lanes)
+    if lanes.loop is not loop:
+        return None
+    opening = lanes.opening.get(kind)
+    if opening is None:
+        opening = lanes.opening[kind] = asyncio.ensure_future(_detached(engine))
+    try:
+        return await asyncio.shield(opening)
+    except Exception:
+        if lanes.opening.get(kind) is opening:
+            del lanes.opening[kind]
+        raise
+
+
+@dataclass(frozen=True)
+class _Lane:
+    proxy: Any  # the pool's proxy, detached: closing it closes the connection
+    driver: Any  # the aiosqlite connection
+
+
+async def _detached(engine: AsyncEngine) -> _Lane:
+    proxy = await engine.raw_connection()
+    driver = proxy.dbapi_connection.driver_connection  # type: ignore[union-attr]
+    proxy.detach()
+    return _Lane(proxy, driver)
+
+
+def _drop_lane_if_broken(engine: AsyncEngine, lane: _Lane, exc: BaseException) -> None:
+    """A lane whose statement failed for a reason other than the statement itself (a
+    constraint, a wrong statement) is closed; the next statement opens another. (A
+    cancelled caller leaves it as it is: its thread finishes the statement.)"""
+    if isinstance(exc, asyncio.CancelledError | sa_exc.IntegrityError | sa_exc.ProgrammingError):
+        return
+    lanes = _LANES.get(engine.sync_engine)
+    if lanes is None:
+        return
+    for kind, opening in list(lanes.opening.items()):
+        if _opened(opening) is lane:
+            del lanes.opening[kind]
+            _close_lane(lane)
+
+
+def _opened(opening: asyncio.Future[_Lane]) -> _Lane | None:
+    if opening.done() and not opening.cancelled() and opening.exception() is None:
+        return opening.result()
+    return None
+
+
+def _close_lanes(sync_engine: Engine) -> None:
+    lanes = _LANES.pop(sync_engine, None)
+    if lanes is None:
+        return
+    for opening in lanes.opening.values():
+        lane = _opened(opening)
+        if lane is not None:
+            _close_lane(lane)
+        else:
+            opening.cancel()
+
+
+def _close_lane(lane: _Lane) -> None:
+    try:
+        # Inside AsyncEngine.dispose (a greenlet): the driver's close is awaited.
+        lane.proxy.close()
+    except Exception:
+        # Elsewhere: the driver's thread is told to close the connection and stop.
+        with contextlib.suppress(Exception):
+            lane.driver.stop()
 
 
 def _returned(statement: Any) -> list[tuple[str, Any]]:
