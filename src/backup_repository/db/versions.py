@@ -139,14 +139,8 @@ class SqlVersionRepository:
         return int(result.rowcount or 0)
 
     async def live_versions(self, collection_id: str) -> list[VersionRecord]:
-        statement = (
-            select(*_VERSION_COLUMNS)
-            .where(BackupVersion.collection_id == collection_id, BackupVersion.deleted_at.is_(None))
-            .order_by(BackupVersion.version_number)
-        )
-        async with transaction(self._engine) as connection:
-            rows = (await connection.execute(statement)).mappings().all()
-        return [_to_record(r) for r in rows]
+        rows = await _LIVE.rows(self._engine, {"cid": collection_id})
+        return [_to_record(dict(zip(_LIVE.keys, row, strict=True))) for row in rows]
 
     async def get_version(self, collection_id: str, number: int) -> VersionRecord | None:
         row = await _ONE_VERSION.one_or_none(self._engine, {"cid": collection_id, "number": number})
@@ -301,6 +295,12 @@ _ONE_VERSION: Final = SingleStatement(
         BackupVersion.version_number == bindparam("number"),
         BackupVersion.deleted_at.is_(None),
     )
+)
+# The live versions of a collection, oldest first (listings, usage, retention).
+_LIVE: Final = SingleStatement(
+    select(*_VERSION_COLUMNS)
+    .where(BackupVersion.collection_id == bindparam("cid"), BackupVersion.deleted_at.is_(None))
+    .order_by(BackupVersion.version_number)
 )
 _LATEST_VERSION: Final = SingleStatement(
     select(*_VERSION_COLUMNS, BackupVersion.signature)
