@@ -115,3 +115,31 @@ def test_empty_scope_round_trip() -> None:
     assert encode_scope(()) == ""
     assert decode_scope("") == ()
     assert decode_scope(None) == ()
+
+
+def test_a_token_decoded_before_is_still_refused_once_expired() -> None:
+    """Decoded tokens are remembered (the signature is checked once), their expiry is
+    checked on every use."""
+    now = [datetime.now(UTC).timestamp()]
+    tokens = TokenCodec(SECRET, timedelta(hours=1), clock=lambda: now[0])
+    issued = tokens.issue("alice", "", (), timedelta(minutes=5))
+    first = tokens.decode(issued.token)
+    assert tokens.decode(issued.token) == first
+    now[0] = issued.expires_at.timestamp()
+    with pytest.raises(AuthenticationFailed):
+        tokens.decode(issued.token)
+    with pytest.raises(AuthenticationFailed):
+        tokens.decode(issued.token)
+
+
+def test_a_remembered_token_does_not_vouch_for_an_altered_one() -> None:
+    tokens = codec()
+    issued = tokens.issue("alice", "", (), timedelta(minutes=5))
+    tokens.decode(issued.token)
+    header, payload, signature = issued.token.split(".")
+    forged = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    forged["login"] = "mallory"
+    altered = base64.urlsafe_b64encode(json.dumps(forged).encode()).rstrip(b"=").decode()
+    with pytest.raises(AuthenticationFailed):
+        tokens.decode(f"{header}.{altered}.{signature}")
+    assert tokens.decode(issued.token).login == "alice"

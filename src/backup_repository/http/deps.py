@@ -92,10 +92,12 @@ _BEARER_SCHEME = HTTPBearer(
 BearerDoc = Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER_SCHEME)]
 
 
-async def get_auth(
-    request: Request, services: ServicesDep, client_ip: ClientIP, _scheme: BearerDoc
-) -> AuthContext:
-    return await services.auth.authenticate(bearer_token(request), client_ip)
+async def get_auth(request: Request, _scheme: BearerDoc) -> AuthContext:
+    # The services and the address read directly: each sub-dependency costs FastAPI's
+    # dependency machinery on every request.
+    return await get_services(request).auth.authenticate(
+        bearer_token(request), get_client_ip(request)
+    )
 
 
 Auth = Annotated[AuthContext, Depends(get_auth)]

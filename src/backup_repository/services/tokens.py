@@ -12,6 +12,9 @@ import binascii
 import hashlib
 import json
 import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -82,10 +85,20 @@ class TokenClaims:
     expires_at: datetime
 
 
+# How many decoded tokens a codec remembers (the tokens in use at once; a few hundred bytes
+# each). A token's signature is checked once; every request still checks its expiry here
+# and its session in the database (revocation counts from the next request).
+DECODED_CACHE_SIZE = 1024
+
+
 class TokenCodec:
-    def __init__(self, secret: str, lifetime: timedelta) -> None:
+    def __init__(
+        self, secret: str, lifetime: timedelta, clock: Callable[[], float] = time.time
+    ) -> None:
         self._secret = secret
         self.lifetime = lifetime
+        self._clock = clock
+        self._decoded: OrderedDict[str, TokenClaims] = OrderedDict()
 
     def issue(
         self,
@@ -110,6 +123,22 @@ class TokenCodec:
         return IssuedToken(token, session_id_of(token), issued, expires)
 
     def decode(self, token: str) -> TokenClaims:
+        """The claims of a valid token (signature, expiry, required claims), or
+        AuthenticationFailed. A token decoded before is only checked for expiry."""
+        known = self._decoded.get(token)
+        if known is not None:
+            if known.expires_at.timestamp() > self._clock():
+                self._decoded.move_to_end(token)
+                return known
+            del self._decoded[token]
+            raise AuthenticationFailed(INVALID_TOKEN)
+        claims = self._decode(token)
+        self._decoded[token] = claims
+        if len(self._decoded) > DECODED_CACHE_SIZE:
+            self._decoded.popitem(last=False)
+        return claims
+
+    def _decode(self, token: str) -> TokenClaims:
         try:
             claims = jwt.decode(
                 token,
@@ -125,6 +154,9 @@ class TokenCodec:
             raise AuthenticationFailed(INVALID_TOKEN)
         issued = claims.get("iat", claims.get("orig_iat"))
         expires = datetime.fromtimestamp(int(claims["exp"]), UTC)
+        if expires.timestamp() <= self._clock():
+            # Expired by the codec's clock too (the one remembered tokens are checked by).
+            raise AuthenticationFailed(INVALID_TOKEN)
         return TokenClaims(
             login=login,
             access_key_name=key,
