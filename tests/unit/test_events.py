@@ -4,6 +4,7 @@ upload_refusals.py)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import pytest
 
@@ -70,3 +71,26 @@ def test_a_failing_listener_does_not_stop_the_others(caplog: pytest.LogCaptureFi
     assert first.events == [event]
     assert last.events == [event]
     assert "event listener Failing failed" in caplog.text
+
+
+class Batches:
+    def __init__(self) -> None:
+        self.calls: list[list[Event]] = []
+
+    async def emit(self, event: Event) -> None:
+        self.calls.append([event])
+
+    async def emit_all(self, events: Sequence[Event]) -> None:
+        self.calls.append(list(events))
+
+
+def test_the_events_of_one_action_go_together_to_who_takes_them_together() -> None:
+    plain, batches = RecordingSink(), Batches()
+    fan = FanOut([plain, Failing(), batches])
+    events = [
+        Event(Action.ROTATION_DELETE, Outcome.SUCCESS, collection="db", version=1),
+        Event(Action.UPLOAD, Outcome.SUCCESS, collection="db", version=3),
+    ]
+    asyncio.run(fan.emit_all(events))
+    assert plain.events == events
+    assert batches.calls == [events]

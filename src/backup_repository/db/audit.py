@@ -3,12 +3,14 @@ services/audit.py). Rows are only added; every call runs in its own short transa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Final, cast
 
 from sqlalchemy import ColumnElement, RowMapping, String, Table, bindparam, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backup_repository.db.repositories import SingleStatement, transaction
+from backup_repository.db.statements import short_transaction
 from backup_repository.db.tables import AuditEvent
 from backup_repository.services.audit import AuditEntry, AuditFilters
 from backup_repository.services.events import Event
@@ -65,6 +67,16 @@ class SqlAuditRepository:
 
     async def add(self, event: Event) -> None:
         await _ADD.run(self._engine, event_values(event))
+
+    async def add_all(self, events: Sequence[Event]) -> None:
+        if len(events) <= 1:
+            for event in events:
+                await self.add(event)
+            return
+        # One transaction, the rows inserted in order (their ids grow in that order).
+        async with short_transaction(self._engine) as steps:
+            for event in events:
+                await steps.rows(_ADD, event_values(event))
 
     async def query(
         self, filters: AuditFilters, limit: int, before_id: int | None = None

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from sqlalchemy import (
     Insert,
     RowMapping,
-    and_,
+    Table,
     bindparam,
     false,
     func,
@@ -25,8 +25,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from backup_repository.db.owners import server_owner
 from backup_repository.db.repositories import SingleStatement, transaction
+from backup_repository.db.statements import Steps, short_transaction
 from backup_repository.db.tables import BackupVersion, CollectionState, GrantedAccess
-from backup_repository.services.ports import LockLost, SessionConsumed, VersionRecord
+from backup_repository.services.ports import (
+    LockedCollection,
+    LockLost,
+    SessionConsumed,
+    VersionRecord,
+)
 
 # The access key of the uploading session, from its row while it exists (sessions are
 # purged --session-retention after they expire).
@@ -54,6 +60,122 @@ _VERSION_COLUMNS: Final = (
     _UPLOADING_KEY,
 )
 
+# The statements an upload runs, built once (building a statement and its cache key on
+# every call cost more than running it) and run in short transactions that on SQLite go to
+# the driver directly (db/statements.py). A write whose effect must be known returns a
+# column: a row back means a row changed.
+_STATES: Final = cast(Table, CollectionState.__table__)
+_VERSIONS: Final = cast(Table, BackupVersion.__table__)
+_SESSIONS: Final = cast(Table, GrantedAccess.__table__)
+
+
+def _ensure_state(dialect: Any) -> Insert:
+    """The collection's state row, created unlocked when it does not exist yet."""
+    statement: Insert = (
+        dialect.insert(_STATES)
+        .values(collection_id=bindparam("cid"), last_version_number=0, updated_at=bindparam("now"))
+        .on_conflict_do_nothing()
+    )
+    return statement
+
+
+_ENSURE_STATE: Final = {
+    "postgresql": SingleStatement(_ensure_state(postgresql)),
+    "sqlite": SingleStatement(_ensure_state(sqlite)),
+}
+_OURS: Final = (
+    _STATES.c.collection_id == bindparam("cid"),
+    _STATES.c.lock_owner == bindparam("owner"),
+)
+# Take the lock when it is free (or ours, or its lease ran out): the last number given
+# comes back, no row when someone else holds it (or the state row does not exist yet).
+_LOCK: Final = SingleStatement(
+    update(_STATES)
+    .where(
+        _STATES.c.collection_id == bindparam("cid"),
+        or_(
+            _STATES.c.lock_owner.is_(None),
+            _STATES.c.lock_owner == bindparam("owner"),
+            _STATES.c.lock_expires_at < bindparam("now"),
+        ),
+    )
+    .values(
+        lock_owner=bindparam("owner"),
+        lock_expires_at=bindparam("expires"),
+        updated_at=bindparam("now"),
+    )
+    .returning(_STATES.c.last_version_number)
+)
+_RENEW: Final = SingleStatement(
+    update(_STATES)
+    .where(*_OURS)
+    .values(lock_expires_at=bindparam("expires"), updated_at=bindparam("now"))
+    .returning(_STATES.c.collection_id)
+)
+_RELEASE: Final = SingleStatement(
+    update(_STATES)
+    .where(*_OURS)
+    .values(lock_owner=None, lock_expires_at=None, updated_at=bindparam("now"))
+)
+# Still our lock and the number is the next one: advance the counter (the lock stays with
+# its holder while the counter moves; a commit that frees it does so in a second statement).
+_ADVANCE_WHERE: Final = (*_OURS, _STATES.c.last_version_number == bindparam("previous"))
+_ADVANCE: Final = SingleStatement(
+    update(_STATES)
+    .where(*_ADVANCE_WHERE)
+    .values(last_version_number=bindparam("number"), updated_at=bindparam("now"))
+    .returning(_STATES.c.collection_id)
+)
+_CONSUME_SESSION: Final = SingleStatement(
+    update(_SESSIONS)
+    .where(
+        _SESSIONS.c.id == bindparam("session"),
+        _SESSIONS.c.deactivated == false(),
+        _SESSIONS.c.deleted_at.is_(None),
+    )
+    .values(deactivated=True, updated_at=bindparam("now"))
+    .returning(_SESSIONS.c.id)
+)
+_VERSION_KEYS: Final = (
+    "id",
+    "collection_id",
+    "version_number",
+    "filename",
+    "storage_key",
+    "filesize",
+    "sha256",
+    "uploaded_by_session_id",
+    "user_name",
+    "created_at",
+    "updated_at",
+    "signer_fingerprint",
+    "signature",
+)
+_INSERT_VERSION: Final = SingleStatement(
+    insert(_VERSIONS).values(
+        {key: bindparam(key, type_=_VERSIONS.c[key].type) for key in _VERSION_KEYS}
+    )
+)
+_ROTATE: Final = SingleStatement(
+    update(_VERSIONS)
+    .where(_VERSIONS.c.id == bindparam("version"), _VERSIONS.c.deleted_at.is_(None))
+    .values(deleted_at=bindparam("now"), updated_at=bindparam("now"))
+)
+_MARK_PURGED: Final = SingleStatement(
+    update(_VERSIONS)
+    .where(_VERSIONS.c.id == bindparam("version"))
+    .values(purged_at=bindparam("now"))
+)
+# The versions whose object may exist (live ones, and rotated or deleted ones not purged).
+_NOT_PURGED: Final = SingleStatement(
+    select(*_VERSION_COLUMNS)
+    .where(
+        BackupVersion.collection_id == bindparam("cid"),
+        BackupVersion.purged_at.is_(None),
+    )
+    .order_by(BackupVersion.version_number)
+)
+
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -63,71 +185,59 @@ class SqlVersionRepository:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def _ensure_state(self, connection: AsyncConnection, collection_id: str) -> None:
-        values: dict[str, Any] = {
-            "collection_id": collection_id,
-            "last_version_number": 0,
-            "updated_at": _now(),
-        }
-        if connection.dialect.name == "postgresql":
-            pg = postgresql.insert(CollectionState).values(**values).on_conflict_do_nothing()
-            await connection.execute(pg)
-        else:
-            lite = sqlite.insert(CollectionState).values(**values).on_conflict_do_nothing()
-            await connection.execute(lite)
-
     async def try_lock(self, collection_id: str, owner: str, lease_seconds: float) -> int | None:
-        now = _now()
-        async with transaction(self._engine) as connection:
-            await self._ensure_state(connection, collection_id)
-            result = await connection.execute(
-                update(CollectionState)
-                .where(
-                    CollectionState.collection_id == collection_id,
-                    or_(
-                        CollectionState.lock_owner.is_(None),
-                        CollectionState.lock_owner == owner,
-                        CollectionState.lock_expires_at < now,
-                    ),
-                )
-                .values(
-                    lock_owner=owner,
-                    lock_expires_at=now + timedelta(seconds=lease_seconds),
-                    updated_at=now,
-                )
-            )
-            if result.rowcount != 1:
+        async with short_transaction(self._engine) as steps:
+            return await self._lock(steps, collection_id, owner, lease_seconds)
+
+    async def lock_for_upload(
+        self, collection_id: str, owner: str, lease_seconds: float
+    ) -> LockedCollection | None:
+        async with short_transaction(self._engine) as steps:
+            last = await self._lock(steps, collection_id, owner, lease_seconds)
+            if last is None:
                 return None
-            last = await connection.scalar(
-                select(CollectionState.last_version_number).where(
-                    CollectionState.collection_id == collection_id
-                )
-            )
-        return int(last or 0)
+            rows = await steps.rows(_NOT_PURGED, {"cid": collection_id})
+        versions = [_to_record(dict(zip(_NOT_PURGED.keys, row, strict=True))) for row in rows]
+        return LockedCollection(
+            last_number=last,
+            live=[v for v in versions if v.deleted_at is None],
+            unpurged=[v for v in versions if v.deleted_at is not None],
+        )
+
+    async def _lock(
+        self, steps: Steps, collection_id: str, owner: str, lease_seconds: float
+    ) -> int | None:
+        now = _now()
+        params = {
+            "cid": collection_id,
+            "owner": owner,
+            "expires": now + timedelta(seconds=lease_seconds),
+            "now": now,
+        }
+        taken = await steps.rows(_LOCK, params)
+        if not taken:
+            # Held by someone else, or the collection's first upload: its state row first.
+            await steps.rows(_ENSURE_STATE[self._engine.dialect.name], params)
+            taken = await steps.rows(_LOCK, params)
+        return int(taken[0][0]) if taken else None
 
     async def renew_lock(self, collection_id: str, owner: str, lease_seconds: float) -> bool:
         now = _now()
-        async with transaction(self._engine) as connection:
-            result = await connection.execute(
-                update(CollectionState)
-                .where(
-                    CollectionState.collection_id == collection_id,
-                    CollectionState.lock_owner == owner,
-                )
-                .values(lock_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
+        async with short_transaction(self._engine) as steps:
+            renewed = await steps.rows(
+                _RENEW,
+                {
+                    "cid": collection_id,
+                    "owner": owner,
+                    "expires": now + timedelta(seconds=lease_seconds),
+                    "now": now,
+                },
             )
-        return bool(result.rowcount == 1)
+        return len(renewed) == 1
 
     async def release_lock(self, collection_id: str, owner: str) -> None:
-        async with transaction(self._engine) as connection:
-            await connection.execute(
-                update(CollectionState)
-                .where(
-                    CollectionState.collection_id == collection_id,
-                    CollectionState.lock_owner == owner,
-                )
-                .values(lock_owner=None, lock_expires_at=None, updated_at=_now())
-            )
+        async with short_transaction(self._engine) as steps:
+            await steps.rows(_RELEASE, {"cid": collection_id, "owner": owner, "now": _now()})
 
     async def release_server_locks(self, tag: str | None) -> int:
         async with transaction(self._engine) as connection:
@@ -158,42 +268,37 @@ class SqlVersionRepository:
         owner: str,
         rotated_ids: Sequence[str],
         consume_session_id: str | None = None,
+        *,
+        release: bool = False,
     ) -> None:
         now = _now()
-        async with transaction(self._engine) as connection:
-            advanced = await connection.execute(
-                update(CollectionState)
-                .where(
-                    CollectionState.collection_id == version.collection_id,
-                    CollectionState.lock_owner == owner,
-                    CollectionState.last_version_number == version.number - 1,
-                )
-                .values(last_version_number=version.number, updated_at=now)
+        async with short_transaction(self._engine) as steps:
+            advanced = await steps.rows(
+                _ADVANCE,
+                {
+                    "cid": version.collection_id,
+                    "owner": owner,
+                    "previous": version.number - 1,
+                    "number": version.number,
+                    "now": now,
+                },
             )
-            if advanced.rowcount != 1:
+            if len(advanced) != 1:
                 raise LockLost(f"upload lock of {version.collection_id} was taken over")
             if consume_session_id is not None:
                 # A single-use token: whoever deactivates it first records their upload;
                 # raising here rolls the whole transaction back (the counter included).
-                consumed = await connection.execute(
-                    update(GrantedAccess)
-                    .where(
-                        GrantedAccess.id == consume_session_id,
-                        GrantedAccess.deactivated == false(),
-                        GrantedAccess.deleted_at.is_(None),
-                    )
-                    .values(deactivated=True, updated_at=now)
+                consumed = await steps.rows(
+                    _CONSUME_SESSION, {"session": consume_session_id, "now": now}
                 )
-                if consumed.rowcount != 1:
+                if len(consumed) != 1:
                     raise SessionConsumed(f"session {consume_session_id[:12]} is not active")
-            await connection.execute(insert_version(version))
-            if rotated_ids:
-                await connection.execute(
-                    update(BackupVersion)
-                    .where(
-                        BackupVersion.id.in_(list(rotated_ids)), BackupVersion.deleted_at.is_(None)
-                    )
-                    .values(deleted_at=now, updated_at=now)
+            await steps.rows(_INSERT_VERSION, version_values(version))
+            for rotated in rotated_ids:
+                await steps.rows(_ROTATE, {"version": rotated, "now": now})
+            if release:
+                await steps.rows(
+                    _RELEASE, {"cid": version.collection_id, "owner": owner, "now": now}
                 )
 
     async def set_protected(self, version_id: str, owner: str, protected: bool) -> bool:
@@ -239,12 +344,10 @@ class SqlVersionRepository:
     async def mark_purged(self, version_ids: Sequence[str]) -> None:
         if not version_ids:
             return
-        async with transaction(self._engine) as connection:
-            await connection.execute(
-                update(BackupVersion)
-                .where(and_(BackupVersion.id.in_(list(version_ids))))
-                .values(purged_at=_now())
-            )
+        now = _now()
+        async with short_transaction(self._engine) as steps:
+            for version_id in version_ids:
+                await steps.rows(_MARK_PURGED, {"version": version_id, "now": now})
 
     async def usage(self) -> dict[str, tuple[int, int]]:
         statement = (
@@ -333,18 +436,23 @@ def _to_record(row: RowMapping | Mapping[str, Any]) -> VersionRecord:
 
 def insert_version(version: VersionRecord) -> Insert:
     """The INSERT of one version row (an upload's, or an imported one's)."""
-    return insert(BackupVersion).values(
-        id=version.id,
-        collection_id=version.collection_id,
-        version_number=version.number,
-        filename=version.filename,
-        storage_key=version.storage_key,
-        filesize=version.size,
-        sha256=version.sha256,
-        uploaded_by_session_id=version.session_id,
-        user_name=version.user,
-        created_at=version.created_at,
-        updated_at=version.updated_at,
-        signer_fingerprint=version.signer_fingerprint,
-        signature=version.signature,
-    )
+    return insert(BackupVersion).values(**version_values(version))
+
+
+def version_values(version: VersionRecord) -> dict[str, Any]:
+    """The columns of the row recording ``version``."""
+    return {
+        "id": version.id,
+        "collection_id": version.collection_id,
+        "version_number": version.number,
+        "filename": version.filename,
+        "storage_key": version.storage_key,
+        "filesize": version.size,
+        "sha256": version.sha256,
+        "uploaded_by_session_id": version.session_id,
+        "user_name": version.user,
+        "created_at": version.created_at,
+        "updated_at": version.updated_at,
+        "signer_fingerprint": version.signer_fingerprint,
+        "signature": version.signature,
+    }

@@ -89,6 +89,9 @@ class AuditRepository(Protocol):
     async def add(self, event: Event) -> None:
         """Record one event (texts cut to their column sizes)."""
 
+    async def add_all(self, events: Sequence[Event]) -> None:
+        """Record several events in one transaction, in their order."""
+
     async def query(
         self, filters: AuditFilters, limit: int, before_id: int | None = None
     ) -> list[AuditEntry]:
@@ -128,18 +131,37 @@ class AuditLog:
         self._write_timeout = write_timeout
 
     async def emit(self, event: Event) -> None:
-        fields = event_fields(event)
         try:
             async with asyncio.timeout(self._write_timeout):
                 await self._repository.add(event)
         except Exception as exc:
+            self._failed([event], exc)
+            return
+        self._stored([event])
+
+    async def emit_all(self, events: Sequence[Event]) -> None:
+        """The events of one action (an upload and the versions it rotated out): their rows
+        in one transaction, in their order; their lines one by one."""
+        try:
+            async with asyncio.timeout(self._write_timeout):
+                await self._repository.add_all(events)
+        except Exception as exc:
+            self._failed(events, exc)
+            return
+        self._stored(events)
+
+    def _stored(self, events: Sequence[Event]) -> None:
+        for event in events:
+            self._logger.info("audit", extra={**event_fields(event), "stored": True})
+
+    def _failed(self, events: Sequence[Event], exc: Exception) -> None:
+        error = describe_error(exc)
+        for event in events:
             self._logger.error(
                 "audit",
-                extra={**fields, "stored": False, "error": describe_error(exc)},
+                extra={**event_fields(event), "stored": False, "error": error},
                 exc_info=exc,
             )
-            return
-        self._logger.info("audit", extra={**fields, "stored": True})
 
 
 def describe_error(exc: BaseException) -> str:

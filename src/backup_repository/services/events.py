@@ -7,6 +7,11 @@ deletions, integrity results) and hand it to the one sink they were given; the
 composition root gives them a :class:`FanOut` of the real listeners. A listener must never
 make the action fail: :class:`FanOut` logs a listener's error and goes on.
 
+An action that makes several events at once (an upload that rotates versions out) hands
+them over together with :func:`emit_all`, in their order: a listener that can take them
+together (:class:`BatchSink`, as the audit log does: one transaction for their rows) gets
+them in one call, any other one by one.
+
 Events never carry secrets: no passwords, no tokens; sessions are named by the first 12
 characters of their id (the SHA-256 of the token), as in the logs.
 """
@@ -18,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +94,22 @@ class EventSink(Protocol):
         """Record or count the event. Should not raise; :class:`FanOut` guards anyway."""
 
 
+@runtime_checkable
+class BatchSink(EventSink, Protocol):
+    async def emit_all(self, events: Sequence[Event]) -> None:
+        """Record or count several events of one action, in their order, together."""
+
+
+async def emit_all(sink: EventSink, events: Sequence[Event]) -> None:
+    """Hand ``events`` to ``sink`` in their order: in one call when it takes several
+    together, else one by one."""
+    if isinstance(sink, BatchSink):
+        await sink.emit_all(events)
+        return
+    for event in events:
+        await sink.emit(event)
+
+
 class NullSink:
     async def emit(self, event: Event) -> None:
         return None
@@ -105,5 +126,12 @@ class FanOut:
         for sink in self._sinks:
             try:
                 await sink.emit(event)
+            except Exception:
+                logger.exception("event listener %s failed", type(sink).__name__)
+
+    async def emit_all(self, events: Sequence[Event]) -> None:
+        for sink in self._sinks:
+            try:
+                await emit_all(sink, events)
             except Exception:
                 logger.exception("event listener %s failed", type(sink).__name__)

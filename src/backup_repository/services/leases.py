@@ -6,8 +6,13 @@ while the work goes on, so it never pins a database connection and frees itself 
 the lease when the process holding it dies. :func:`renewed_lease` is the one place that
 renews it, notices that it was lost, stops the work and releases it::
 
-    async with renewed_lease(renew, release, seconds, "upload lock of db"):
+    async with renewed_lease(renew, release, seconds, "upload lock of db") as lease:
         ...  # the work; raises LockLost if the lease is lost and the work was stopped
+
+The work can ask whether the lease is still its own before a step that must not happen
+without it (:meth:`Lease.ensure_held`: the database is asked only when the lease was last
+confirmed more than a third of it ago), and can free the lease in the transaction that
+ends the work (:meth:`Lease.stop_renewing` before it, :meth:`Lease.released` after it).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, TypeVar
@@ -27,6 +33,59 @@ T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 
+class Lease:
+    """A lease held under :func:`renewed_lease`, as the work sees it."""
+
+    def __init__(
+        self, renew: Callable[[], Awaitable[bool]], seconds: float, taken_at: float | None
+    ) -> None:
+        self._renew = renew
+        self.seconds = seconds
+        # time.monotonic() when the last take or renewal that succeeded was sent: the lease
+        # runs until at least a lease after it. None: not known (ask the database).
+        self._confirmed_at = taken_at
+        self._stopped = False
+        self._released = False
+
+    @property
+    def is_stopped(self) -> bool:
+        return self._stopped
+
+    @property
+    def is_released(self) -> bool:
+        return self._released
+
+    def stop_renewing(self) -> None:
+        """The work is about to free the lease in its last transaction (which checks the
+        lease is still its own): the renewal stops, so that it cannot take the freed lease
+        for lost."""
+        self._stopped = True
+
+    def released(self) -> None:
+        """The work freed the lease itself: it is not released again."""
+        self._stopped = True
+        self._released = True
+
+    def surely_held(self) -> bool:
+        """True while the lease was confirmed less than a third of it ago (as the renewal
+        does it then, at least two thirds of it are left): nobody can have taken it over."""
+        confirmed = self._confirmed_at
+        return confirmed is not None and time.monotonic() - confirmed < self.seconds / 3
+
+    async def renew(self) -> bool:
+        """Extend the lease now; False when it is no longer ours."""
+        sent = time.monotonic()
+        if not await self._renew():
+            return False
+        self._confirmed_at = sent
+        return True
+
+    async def ensure_held(self) -> bool:
+        """Whether the lease is still ours, for a step that must not happen without it:
+        known without asking while :meth:`surely_held`, else renewed (False when lost)."""
+        return self.surely_held() or await self.renew()
+
+
 @contextlib.asynccontextmanager
 async def renewed_lease(
     renew: Callable[[], Awaitable[bool]],
@@ -35,10 +94,13 @@ async def renewed_lease(
     what: str,
     *,
     stop_on_loss: bool = True,
-) -> AsyncIterator[None]:
+    taken_at: float | None = None,
+) -> AsyncIterator[Lease]:
     """Hold a lease already taken while the body runs: ``renew`` (True while it is still
     ours) every third of ``seconds``, ``release`` once the body is done, unless the lease
-    was lost (it may be someone else's by then). ``what`` names it in the log.
+    was lost (it may be someone else's by then) or the body freed it itself
+    (:meth:`Lease.released`). ``what`` names it in the log; ``taken_at`` is
+    ``time.monotonic()`` from just before the lease was taken, when known.
 
     With ``stop_on_loss`` a lost lease cancels the body at once and the body's
     cancellation becomes :class:`LockLost`; without it the body goes on and learns of the
@@ -47,16 +109,21 @@ async def renewed_lease(
     runs out by itself). The release is shielded: a cancelled body still releases."""
     task = asyncio.current_task()
     lost = asyncio.Event()
+    lease = Lease(renew, seconds, taken_at)
 
     async def keep() -> None:
         while True:
             await asyncio.sleep(seconds / 3)
+            if lease.is_stopped:
+                return
             try:
-                ours = await renew()
+                ours = await lease.renew()
             except Exception:
                 logger.exception("could not renew the %s", what)
                 continue
             if not ours:
+                if lease.is_stopped:
+                    return
                 logger.error("the %s was lost (a stall longer than the lease)", what)
                 lost.set()
                 if stop_on_loss and task is not None:
@@ -71,7 +138,7 @@ async def renewed_lease(
 
     renewer = asyncio.create_task(keep(), name=f"renew {what}")
     try:
-        yield
+        yield lease
     except asyncio.CancelledError:
         if stop_on_loss and lost.is_set() and task is not None and task.uncancel() == 0:
             # Cancelled by the renewer, not by anyone else: the work must stop because
@@ -82,7 +149,7 @@ async def renewed_lease(
         renewer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await renewer
-        if not lost.is_set():
+        if not lost.is_set() and not lease.is_released:
             await asyncio.shield(release_quietly())
 
 
@@ -102,7 +169,8 @@ def renewed_upload_lock(
     seconds: float,
     *,
     stop_on_loss: bool = True,
-) -> contextlib.AbstractAsyncContextManager[None]:
+    taken_at: float | None = None,
+) -> contextlib.AbstractAsyncContextManager[Lease]:
     """:func:`renewed_lease` for the upload lock of a collection that ``owner`` took."""
 
     async def renew() -> bool:
@@ -112,7 +180,12 @@ def renewed_upload_lock(
         await locks.release_lock(collection_id, owner)
 
     return renewed_lease(
-        renew, release, seconds, f"upload lock of {collection_id}", stop_on_loss=stop_on_loss
+        renew,
+        release,
+        seconds,
+        f"upload lock of {collection_id}",
+        stop_on_loss=stop_on_loss,
+        taken_at=taken_at,
     )
 
 

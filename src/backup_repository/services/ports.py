@@ -188,11 +188,31 @@ class SessionConsumed(Exception):
     """The single-use session an upload was to consume was already used or revoked."""
 
 
+@dataclass(frozen=True)
+class LockedCollection:
+    """What an upload finds as it takes a collection's upload lock
+    (:meth:`VersionRepository.lock_for_upload`)."""
+
+    # The last version number ever given in the collection.
+    last_number: int
+    # Versions not rotated out, oldest first.
+    live: list[VersionRecord]
+    # Rotated or deleted versions whose stored object may still exist.
+    unpurged: list[VersionRecord]
+
+
 class VersionRepository(Protocol):
     async def try_lock(self, collection_id: str, owner: str, lease_seconds: float) -> int | None:
         """Take the collection's upload lock if it is free or its lease ran out. Returns the
         last version number ever given in the collection, or None when someone else holds
         the lock."""
+
+    async def lock_for_upload(
+        self, collection_id: str, owner: str, lease_seconds: float
+    ) -> LockedCollection | None:
+        """:meth:`try_lock`, and in the same transaction read what an upload plans with:
+        the live versions and those whose object may still exist. None when someone else
+        holds the lock."""
 
     async def renew_lock(self, collection_id: str, owner: str, lease_seconds: float) -> bool:
         """Extend the lease; False when the lock is no longer ours."""
@@ -218,12 +238,15 @@ class VersionRepository(Protocol):
         owner: str,
         rotated_ids: Sequence[str],
         consume_session_id: str | None = None,
+        *,
+        release: bool = False,
     ) -> None:
         """In one transaction: check the lock is still ``owner``'s and the number is the next
         one, advance the counter, record the version and mark the rotated ones deleted.
         Raises LockLost (and records nothing) when the lock was taken over. With
         ``consume_session_id``, also deactivate that session; raises SessionConsumed (and
-        records nothing) when it is no longer active."""
+        records nothing) when it is no longer active. With ``release``, the same
+        transaction frees the lock."""
 
     async def set_protected(self, version_id: str, owner: str, protected: bool) -> bool:
         """Protect a live version, or unprotect it, while ``owner`` holds its collection's

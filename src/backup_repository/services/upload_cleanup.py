@@ -71,15 +71,24 @@ class UploadCleanup:
         except Exception:
             logger.exception("could not delete unrecorded object %s", key)
 
-    async def clean_leftovers(self, collection: Collection, last_number: int) -> None:
+    async def clean_leftovers(
+        self,
+        collection: Collection,
+        last_number: int,
+        unpurged: Sequence[VersionRecord] | None = None,
+    ) -> None:
         """With the collection's lock held nothing else writes to it, so whatever an
         interrupted upload or rotation left behind can go: staging data, an object stored
-        but never recorded (the next number), and objects of rotated versions."""
+        but never recorded (the next number), and objects of rotated versions
+        (``unpurged``, as read when the lock was taken; read here when None)."""
         try:
             await self._store.remove_incomplete_writes(f"{collection.name}/")
             unrecorded = f"{collection.name}/{collection.filename_for(last_number + 1)}"
             await self._store.delete(unrecorded)
-            await self.purge(await self._versions.deleted_unpurged(collection.name))
+            if unpurged is None:
+                unpurged = await self._versions.deleted_unpurged(collection.name)
+            if unpurged:
+                await self.purge(unpurged)
         except StorageError as exc:
             raise DependencyUnavailable(STORAGE_UNAVAILABLE) from exc
 

@@ -17,6 +17,7 @@ import hashlib
 import logging
 import re
 import secrets
+import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -47,14 +48,17 @@ from backup_repository.services.collections import (
 )
 from backup_repository.services.events import (
     Action,
+    Event,
     EventSink,
     NullSink,
     Outcome,
+    emit_all,
     short_session,
 )
-from backup_repository.services.leases import renewed_upload_lock
+from backup_repository.services.leases import Lease, renewed_upload_lock
 from backup_repository.services.ports import (
     ConfigurationProvider,
+    LockedCollection,
     LockLost,
     SessionConsumed,
     VersionRecord,
@@ -134,6 +138,15 @@ class _Plan:
         return self.quota.bytes
 
 
+@dataclass(frozen=True)
+class _Recorded:
+    """A version recorded, and what its upload still has to announce and purge."""
+
+    collection: Collection
+    record: VersionRecord
+    rotated: list[VersionRecord]
+
+
 class UploadService:
     def __init__(
         self,
@@ -192,7 +205,7 @@ class UploadService:
             size = content_length
             try:
                 async with asyncio.timeout(self._deadline):
-                    record = await self._upload(
+                    recorded = await self._upload(
                         ctx,
                         request.collection_id,
                         counted(),
@@ -210,17 +223,8 @@ class UploadService:
                 refusal_event(ctx, request.collection_id, request.client_ip, exc, received or size)
             )
             raise
-        await self._events.emit(
-            caller_event(
-                ctx,
-                Action.UPLOAD,
-                Outcome.SUCCESS,
-                request.collection_id,
-                version=record.number,
-                size=record.size,
-            )
-        )
-        return record
+        await self._announce(ctx, recorded)
+        return recorded.record
 
     def warnings(self, record: VersionRecord) -> list[str]:
         """What the uploader of ``record`` should be told although it was stored."""
@@ -238,7 +242,7 @@ class UploadService:
         content_length: int | None,
         decode: BodyDecoder | None,
         signature: Callable[[], bytes | None] = lambda: None,
-    ) -> VersionRecord:
+    ) -> _Recorded:
         collection = self._collections.authorized(
             ctx, collection_id, CollectionAction.UPLOAD, NOT_AUTHORIZED_UPLOAD
         )
@@ -252,17 +256,19 @@ class UploadService:
 
         owner = f"{self._instance}:{uuid.uuid4().hex[:16]}"
         await self.cleanup.wait_for(collection)
-        last_number = await self._versions.try_lock(collection.name, owner, self._lock_lease)
-        if last_number is None:
+        taken_at = time.monotonic()
+        # The lock, the counter and the versions to plan with, in one transaction.
+        locked = await self._versions.lock_for_upload(collection.name, owner, self._lock_lease)
+        if locked is None:
             raise Conflict(PARALLEL_UPLOAD)
 
         try:
             async with renewed_upload_lock(
-                self._versions, collection.name, owner, self._lock_lease
-            ):
-                await self.cleanup.clean_leftovers(collection, last_number)
+                self._versions, collection.name, owner, self._lock_lease, taken_at=taken_at
+            ) as lease:
+                await self.cleanup.clean_leftovers(collection, locked.last_number, locked.unpurged)
                 return await self._upload_locked(
-                    ctx, collection, owner, last_number, body, content_length, decode, signature
+                    ctx, collection, owner, lease, locked, body, content_length, decode, signature
                 )
         except LockLost as exc:
             # Lost while the upload ran (a stall longer than the lease): another upload may
@@ -274,19 +280,20 @@ class UploadService:
         ctx: AuthContext,
         collection: Collection,
         owner: str,
-        last_number: int,
+        lease: Lease,
+        locked: LockedCollection,
         body: AsyncIterable[bytes],
         content_length: int | None,
         decode: BodyDecoder | None,
         signature: Callable[[], bytes | None] = lambda: None,
-    ) -> VersionRecord:
-        plan = await self._plan(collection, last_number)
+    ) -> _Recorded:
+        plan = self._plan(collection, locked)
         if content_length is not None and content_length > plan.limit:
             raise quota_exceeded(collection, plan.quota, content_length, declared=True)
         if decode is not None:
             # A form: its every byte counts, not only the file's (which are fewer).
             body = decode(_at_most(body, collection, plan.quota))
-        stored = await self._store_body(collection, owner, plan, body, signature)
+        stored = await self._store_body(collection, lease, plan, body, signature)
         record = VersionRecord(
             id=str(uuid.uuid4()),
             collection_id=collection.name,
@@ -303,20 +310,19 @@ class UploadService:
             signer_fingerprint=stored.signer.fingerprint if stored.signer else None,
             signature=stored.signature,
         )
-        await self._commit(ctx, record, owner, plan)
-        await self._announce(ctx, collection, record, plan)
-        return record
+        await self._commit(ctx, record, owner, lease, plan)
+        return _Recorded(collection, record, plan.rotated)
 
-    async def _plan(self, collection: Collection, last_number: int) -> _Plan:
+    def _plan(self, collection: Collection, locked: LockedCollection) -> _Plan:
         """The next number and its object, the versions this upload rotates out, and the
         largest upload the quota leaves room for once they are gone."""
         # The version is recorded with this time, so the rotation computed here (gfs looks
         # at the new version's period) is the one its commit makes.
         now = self.clock()
-        live = await self._versions.live_versions(collection.name)
+        live = locked.live
         by_number = {v.number: v for v in live}
         upcoming = next_upload(collection, [_stored(v) for v in live], now)
-        number = last_number + 1
+        number = locked.last_number + 1
         filename = collection.filename_for(number)
         return _Plan(
             now=now,
@@ -330,7 +336,7 @@ class UploadService:
     async def _store_body(
         self,
         collection: Collection,
-        owner: str,
+        lease: Lease,
         plan: _Plan,
         body: AsyncIterable[bytes],
         signature_of: Callable[[], bytes | None] = lambda: None,
@@ -362,8 +368,9 @@ class UploadService:
                 # Refused here, before the object becomes visible: nothing stored.
                 await signed.finish()
                 # Last chance before the object becomes visible under its final name: if the
-                # lease was lost meanwhile, that name may now belong to another upload.
-                if not await self._versions.renew_lock(collection.name, owner, self._lock_lease):
+                # lease was lost meanwhile, that name may now belong to another upload. (The
+                # database is asked when the lease was confirmed over a third of it ago.)
+                if not await lease.ensure_held():
                     raise LockLost(f"upload lock of {collection.name} was lost")
             except BaseException:
                 await signed.abort()
@@ -383,20 +390,24 @@ class UploadService:
         return _Stored(size, digest.hexdigest(), signed.signer, signed.armored)
 
     async def _commit(
-        self, ctx: AuthContext, record: VersionRecord, owner: str, plan: _Plan
+        self, ctx: AuthContext, record: VersionRecord, owner: str, lease: Lease, plan: _Plan
     ) -> None:
-        """Record the version (still under our lock, with the next number) and mark the
-        rotated versions deleted, in one transaction. A single-use token is consumed in
-        the same transaction, so two uploads with it (on any replicas) can never both be
-        recorded."""
+        """Record the version (still under our lock, with the next number), mark the
+        rotated versions deleted and free the lock, in one transaction. A single-use token
+        is consumed in the same transaction, so two uploads with it (on any replicas) can
+        never both be recorded."""
         single_use = ctx.session.single_use_collection is not None
+        # The transaction frees the lock: its renewal must not take that for a loss.
+        lease.stop_renewing()
         try:
             await self._versions.commit_version(
                 record,
                 owner,
                 [r.id for r in plan.rotated],
                 consume_session_id=ctx.session.id if single_use else None,
+                release=True,
             )
+            lease.released()
         except SessionConsumed:
             # Used (or revoked) meanwhile: nothing was recorded; the object goes.
             await asyncio.shield(self.cleanup.delete_quietly(record.storage_key))
@@ -415,17 +426,19 @@ class UploadService:
             await asyncio.shield(self.cleanup.delete_quietly(record.storage_key))
             raise
 
-    async def _announce(
-        self, ctx: AuthContext, collection: Collection, record: VersionRecord, plan: _Plan
-    ) -> None:
-        """Log the new version, emit the events of the token it used up and of the versions
-        it rotated out, and delete their objects."""
+    async def _announce(self, ctx: AuthContext, recorded: _Recorded) -> None:
+        """Log the new version; emit, together and in this order, the events of the token
+        it used up, of the versions it rotated out and of the upload itself; then delete
+        the objects of the rotated versions (outside of the lock: their names are never
+        given again, and the next clean-up purges what is left)."""
+        collection, record = recorded.collection, recorded.record
         number = record.number
         logger.info(
             "stored %s v%d (%d bytes) for %s", collection.name, number, record.size, ctx.user.name
         )
+        events: list[Event] = []
         if ctx.session.single_use_collection is not None:
-            await self._events.emit(
+            events.append(
                 caller_event(
                     ctx,
                     Action.TOKEN_REVOKE,
@@ -436,20 +449,33 @@ class UploadService:
                     f"{short_session(ctx.session.id)} revoked",
                 )
             )
-        for gone in plan.rotated:
-            await self._events.emit(
-                caller_event(
-                    ctx,
-                    Action.ROTATION_DELETE,
-                    Outcome.SUCCESS,
-                    collection.name,
-                    version=gone.number,
-                    size=gone.size,
-                    detail=f"rotated out by v{number} ({collection.strategy.name})",
-                )
+        events.extend(
+            caller_event(
+                ctx,
+                Action.ROTATION_DELETE,
+                Outcome.SUCCESS,
+                collection.name,
+                version=gone.number,
+                size=gone.size,
+                detail=f"rotated out by v{number} ({collection.strategy.name})",
             )
+            for gone in recorded.rotated
+        )
+        events.append(
+            caller_event(
+                ctx,
+                Action.UPLOAD,
+                Outcome.SUCCESS,
+                collection.name,
+                version=number,
+                size=record.size,
+            )
+        )
+        await emit_all(self._events, events)
+        if not recorded.rotated:
+            return
         try:
-            await self.cleanup.purge(plan.rotated)
+            await self.cleanup.purge(recorded.rotated)
         except Exception:
             # Recorded and answered as stored; the next clean-up purges what is left.
             logger.exception("could not purge the rotated versions of %s", collection.name)
