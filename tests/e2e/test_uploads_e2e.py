@@ -102,14 +102,20 @@ def partial_upload(
 
 
 def hold_lock(
-    server: ServerProcess, auth: dict[str, str], head: bytes, total: int
+    server: ServerProcess,
+    auth: dict[str, str],
+    head: bytes,
+    total: int,
+    probe: tuple[ServerProcess, dict[str, str]] | None = None,
 ) -> socket.socket:
     """A partial upload that holds the collection's lock and waits for the rest of its body.
-    The first probe can reach the lock before the partial upload does (which is then
-    refused with 409): start it again until it is the one holding the lock."""
+    The first probe (sent to ``probe``, another replica, when given) can reach the lock
+    before the partial upload does (which is then refused with 409): start it again until
+    it is the one holding the lock."""
+    prober, prober_auth = probe or (server, auth)
     for _ in range(10):
         held = partial_upload(server, auth, head, total)
-        wait_until(lambda: lock_taken(server, auth) or not no_answer_yet(held))  # noqa: B023
+        wait_until(lambda: lock_taken(prober, prober_auth) or not no_answer_yet(held))  # noqa: B023
         if no_answer_yet(held):
             return held
         held.close()
@@ -218,10 +224,11 @@ def test_two_replicas_one_upload_at_a_time(
     try:
         auths = [login(r) for r in replicas]
         big = gpg_home.encrypt(bytes(2 * 1024 * 1024), compress=False)
-        sock = partial_upload(replicas[0], auths[0], big[: len(big) // 2], len(big))
+        # Once the first replica holds the lock, the second refuses uploads.
+        sock = hold_lock(
+            replicas[0], auths[0], big[: len(big) // 2], len(big), (replicas[1], auths[1])
+        )
         try:
-            # Once the first replica holds the lock, the second refuses uploads.
-            wait_until(lambda: lock_taken(replicas[1], auths[1]))
             assert no_answer_yet(sock)
             response = upload(replicas[1], auths[1], gpg_home.encrypt(b"other replica"))
             assert response.status_code == 409, response.text
