@@ -299,6 +299,20 @@ async def test_sqlite_single_statements_use_two_kept_connections_closed_with_the
     assert left == []
 
 
+async def test_single_statements_on_an_in_memory_sqlite_database() -> None:
+    """An in-memory database lives in its one pooled connection: SingleStatements use it
+    (no connection of their own, which would be another, empty, database)."""
+    engine = create_engine("sqlite://")
+    try:
+        await migrate(engine)
+        sessions = SqlSessionRepository(engine)
+        await sessions.add(_session(1, created_at=T0))
+        assert await sessions.get(_session(1).id) is not None
+        assert [record.id for record in await sessions.list_for_user("admin")] == [_session(1).id]
+    finally:
+        await engine.dispose()
+
+
 # Sessions
 
 

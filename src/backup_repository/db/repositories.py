@@ -40,6 +40,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import aliased
+from sqlalchemy.pool import QueuePool
 from sqlalchemy.sql.dml import UpdateBase
 
 from backup_repository.db.tables import GrantedAccess
@@ -510,6 +511,9 @@ async def _lane(engine: AsyncEngine, statement: Any) -> _Lane | None:
     else:
         return None
     sync_engine = engine.sync_engine
+    if not isinstance(sync_engine.pool, QueuePool):
+        # An in-memory database lives in its one pooled connection: nothing to take out.
+        return None
     loop = asyncio.get_running_loop()
     lanes = _LANES.get(sync_engine)
     if lanes is None:
