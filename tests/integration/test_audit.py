@@ -17,6 +17,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backup_repository.db.audit import SqlAuditRepository
 from backup_repository.db.engine import create_engine, migrate
@@ -615,3 +616,23 @@ async def test_texts_are_cut_to_their_columns_and_lose_nul(database_url: str) ->
         assert await repository.query(AuditFilters(), 10, before_id=10**18 - 1) == [entry]
     finally:
         await engine.dispose()
+
+
+@pytest.mark.parametrize("count", [2, 11])
+async def test_the_events_of_one_action_are_recorded_in_their_order(
+    db_engine: AsyncEngine, count: int
+) -> None:
+    # An upload's events (the versions it rotated out, then itself) in one statement; more
+    # than a statement takes, in one transaction.
+    repository = SqlAuditRepository(db_engine)
+    events = [
+        Event(Action.ROTATION_DELETE, Outcome.SUCCESS, collection="db", version=n)
+        for n in range(1, count)
+    ] + [Event(Action.UPLOAD, Outcome.SUCCESS, collection="db", version=count, size=7)]
+    await repository.add_all(events)
+    await repository.add_all([])
+    recorded = list(reversed(await repository.query(AuditFilters(), 100)))
+    assert [(e.action, e.version) for e in recorded] == [
+        (e.action.value, e.version) for e in events
+    ]
+    assert recorded[-1].size == 7

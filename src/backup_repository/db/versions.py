@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from backup_repository.db.owners import server_owner
 from backup_repository.db.repositories import SingleStatement, transaction
-from backup_repository.db.statements import Steps, short_transaction
+from backup_repository.db.statements import Steps, short_transaction, statements
 from backup_repository.db.tables import BackupVersion, CollectionState, GrantedAccess
 from backup_repository.services.ports import (
     LockedCollection,
@@ -186,13 +186,15 @@ class SqlVersionRepository:
         self._engine = engine
 
     async def try_lock(self, collection_id: str, owner: str, lease_seconds: float) -> int | None:
-        async with short_transaction(self._engine) as steps:
+        async with statements(self._engine) as steps:
             return await self._lock(steps, collection_id, owner, lease_seconds)
 
     async def lock_for_upload(
         self, collection_id: str, owner: str, lease_seconds: float
     ) -> LockedCollection | None:
-        async with short_transaction(self._engine) as steps:
+        # Once the lock is ours no other writer changes the versions: the read need not
+        # commit together with the lock (on SQLite: one trip each, no BEGIN or COMMIT).
+        async with statements(self._engine) as steps:
             last = await self._lock(steps, collection_id, owner, lease_seconds)
             if last is None:
                 return None
@@ -223,21 +225,19 @@ class SqlVersionRepository:
 
     async def renew_lock(self, collection_id: str, owner: str, lease_seconds: float) -> bool:
         now = _now()
-        async with short_transaction(self._engine) as steps:
-            renewed = await steps.rows(
-                _RENEW,
-                {
-                    "cid": collection_id,
-                    "owner": owner,
-                    "expires": now + timedelta(seconds=lease_seconds),
-                    "now": now,
-                },
-            )
+        renewed = await _RENEW.rows(
+            self._engine,
+            {
+                "cid": collection_id,
+                "owner": owner,
+                "expires": now + timedelta(seconds=lease_seconds),
+                "now": now,
+            },
+        )
         return len(renewed) == 1
 
     async def release_lock(self, collection_id: str, owner: str) -> None:
-        async with short_transaction(self._engine) as steps:
-            await steps.rows(_RELEASE, {"cid": collection_id, "owner": owner, "now": _now()})
+        await _RELEASE.rows(self._engine, {"cid": collection_id, "owner": owner, "now": _now()})
 
     async def release_server_locks(self, tag: str | None) -> int:
         async with transaction(self._engine) as connection:
@@ -345,6 +345,9 @@ class SqlVersionRepository:
         if not version_ids:
             return
         now = _now()
+        if len(version_ids) == 1:
+            await _MARK_PURGED.rows(self._engine, {"version": version_ids[0], "now": now})
+            return
         async with short_transaction(self._engine) as steps:
             for version_id in version_ids:
                 await steps.rows(_MARK_PURGED, {"version": version_id, "now": now})

@@ -210,9 +210,9 @@ class VersionRepository(Protocol):
     async def lock_for_upload(
         self, collection_id: str, owner: str, lease_seconds: float
     ) -> LockedCollection | None:
-        """:meth:`try_lock`, and in the same transaction read what an upload plans with:
-        the live versions and those whose object may still exist. None when someone else
-        holds the lock."""
+        """:meth:`try_lock`, and once the lock is ours (no other writer changes the
+        versions then) read what an upload plans with: the live versions and those whose
+        object may still exist. None when someone else holds the lock."""
 
     async def renew_lock(self, collection_id: str, owner: str, lease_seconds: float) -> bool:
         """Extend the lease; False when the lock is no longer ours."""

@@ -81,10 +81,17 @@ class UploadCleanup:
         interrupted upload or rotation left behind can go: staging data, an object stored
         but never recorded (the next number), and objects of rotated versions
         (``unpurged``, as read when the lock was taken; read here when None)."""
+        unrecorded = f"{collection.name}/{collection.filename_for(last_number + 1)}"
         try:
-            await self._store.remove_incomplete_writes(f"{collection.name}/")
-            unrecorded = f"{collection.name}/{collection.filename_for(last_number + 1)}"
-            await self._store.delete(unrecorded)
+            # Two different things to remove: neither waits for the other.
+            found = await asyncio.gather(
+                self._store.remove_incomplete_writes(f"{collection.name}/"),
+                self._store.delete(unrecorded),
+                return_exceptions=True,
+            )
+            for outcome in found:
+                if isinstance(outcome, BaseException):
+                    raise outcome
             if unpurged is None:
                 unpurged = await self._versions.deleted_unpurged(collection.name)
             if unpurged:

@@ -428,9 +428,9 @@ class UploadService:
 
     async def _announce(self, ctx: AuthContext, recorded: _Recorded) -> None:
         """Log the new version; emit, together and in this order, the events of the token
-        it used up, of the versions it rotated out and of the upload itself; then delete
-        the objects of the rotated versions (outside of the lock: their names are never
-        given again, and the next clean-up purges what is left)."""
+        it used up, of the versions it rotated out and of the upload itself; meanwhile
+        delete the objects of the rotated versions (outside of the lock: their names are
+        never given again, and the next clean-up purges what is left)."""
         collection, record = recorded.collection, recorded.record
         number = record.number
         logger.info(
@@ -471,11 +471,17 @@ class UploadService:
                 size=record.size,
             )
         )
-        await emit_all(self._events, events)
         if not recorded.rotated:
+            await emit_all(self._events, events)
             return
+        # The audit rows and the deletion of the rotated objects do not wait for each other.
+        await asyncio.gather(
+            emit_all(self._events, events), self._purge(collection, recorded.rotated)
+        )
+
+    async def _purge(self, collection: Collection, rotated: list[VersionRecord]) -> None:
         try:
-            await self.cleanup.purge(recorded.rotated)
+            await self.cleanup.purge(rotated)
         except Exception:
             # Recorded and answered as stored; the next clean-up purges what is left.
             logger.exception("could not purge the rotated versions of %s", collection.name)
