@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from backup_repository.domain.errors import AuthenticationFailed
 from backup_repository.domain.network import parse_address
-from backup_repository.http.deps import Services, get_client_ip, get_services
+from backup_repository.http.deps import Services, ServicesDep, get_client_ip, get_services
 from backup_repository.http.ui import csrf
 from backup_repository.services.auth import AuthContext
 
@@ -152,7 +152,7 @@ async def checked_post(request: Request) -> ConsoleSession:
 
 Page = Annotated[ConsoleSession, Depends(console_session)]
 Post = Annotated[ConsoleSession, Depends(checked_post)]
-ServicesOf = Annotated[Services, Depends(get_services)]
+ServicesOf = ServicesDep  # a coroutine dependency: no trip to a worker thread
 
 
 def public_base_url(request: Request, services: Services) -> str:
