@@ -323,9 +323,7 @@ async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
         async with engine.begin() as connection:
             yield connection
     except Exception as exc:
-        if is_unavailable(exc):
-            logger.warning("database unavailable: %s", exc)
-            raise DependencyUnavailable(DATABASE_UNAVAILABLE) from exc
+        raise_if_unavailable(exc)
         raise
 
 
@@ -388,11 +386,8 @@ class SingleStatement:
             async with engine.connect() as connection:
                 raw = await connection.get_raw_connection()
                 return await self.on_sqlite(raw.driver_connection, engine.dialect, params)
-        except sa_exc.SQLAlchemyError as exc:
-            _raise_unavailable(exc)
-            raise
-        except OSError as exc:
-            _raise_unavailable(exc)
+        except (sa_exc.SQLAlchemyError, OSError) as exc:
+            raise_if_unavailable(exc)
             raise
 
     async def on_sqlite(
@@ -419,10 +414,10 @@ class SingleStatement:
             wrapped = sa_exc.DBAPIError.instance(
                 compiled.sql, values, exc, dialect.loaded_dbapi.Error
             )
-            _raise_unavailable(wrapped)
+            raise_if_unavailable(wrapped)
             raise wrapped from exc
         except OSError as exc:
-            _raise_unavailable(exc)
+            raise_if_unavailable(exc)
             raise
         results = compiled.results
         return [
@@ -599,7 +594,9 @@ def _returned(statement: Any) -> list[tuple[str, Any]]:
     return [(str(key), column) for key, column in columns.items()] if columns else []
 
 
-def _raise_unavailable(exc: BaseException) -> None:
+def raise_if_unavailable(exc: BaseException) -> None:
+    """An unreachable database (or a locked or unreadable SQLite file) is an outage:
+    ``DependencyUnavailable`` (503), logged once; any other error is left to the caller."""
     if is_unavailable(exc):
         logger.warning("database unavailable: %s", exc)
         raise DependencyUnavailable(DATABASE_UNAVAILABLE) from exc

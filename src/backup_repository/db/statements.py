@@ -13,7 +13,6 @@ come back converted by the columns' types; an unreachable database is
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Final, Protocol
 
@@ -23,14 +22,11 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from backup_repository.db.repositories import (
-    DATABASE_UNAVAILABLE,
     SingleStatement,
-    is_unavailable,
+    raise_if_unavailable,
     transaction,
 )
 from backup_repository.domain.errors import DependencyUnavailable
-
-logger = logging.getLogger(__name__)
 
 _BEGIN: Final = SingleStatement(text("BEGIN"))
 _COMMIT: Final = SingleStatement(text("COMMIT"))
@@ -90,9 +86,7 @@ async def short_transaction(engine: AsyncEngine) -> AsyncIterator[Steps]:
     except DependencyUnavailable:
         raise
     except (sa_exc.SQLAlchemyError, OSError) as exc:
-        if is_unavailable(exc):
-            logger.warning("database unavailable: %s", exc)
-            raise DependencyUnavailable(DATABASE_UNAVAILABLE) from exc
+        raise_if_unavailable(exc)
         raise
 
 
