@@ -27,6 +27,8 @@ from backup_repository.services.events import (
     FanOut,
     Outcome,
     RefusalReason,
+    emit_kept,
+    keeps_rows,
 )
 from backup_repository.services.upload_refusals import refusal_reason
 from backup_repository.storage.base import StorageError
@@ -94,3 +96,44 @@ def test_the_events_of_one_action_go_together_to_who_takes_them_together() -> No
     asyncio.run(fan.emit_all(events))
     assert plain.events == events
     assert batches.calls == [events]
+
+
+class KeepsRows(Batches):
+    """A listener that keeps rows, as the audit log does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kept: list[tuple[list[Event], Exception | None]] = []
+
+    def keeps_rows(self) -> bool:
+        return True
+
+    async def emit_kept(self, events: Sequence[Event], failure: Exception | None = None) -> None:
+        self.kept.append((list(events), failure))
+
+
+def test_rows_kept_by_the_action_reach_the_row_keeper_as_kept_and_the_others_as_usual() -> None:
+    """An upload writes its audit rows in its own commit when a listener keeps rows: that
+    listener is told they are written (or why they could not be), every other one gets the
+    events as from emit_all."""
+    plain, batches, keeper = RecordingSink(), Batches(), KeepsRows()
+    assert not keeps_rows(FanOut([plain, batches]))
+    fan = FanOut([plain, Failing(), batches])
+    fan.add(keeper)
+    assert keeps_rows(fan)
+    assert keeps_rows(keeper)
+    events = [
+        Event(Action.ROTATION_DELETE, Outcome.SUCCESS, collection="db", version=1),
+        Event(Action.UPLOAD, Outcome.SUCCESS, collection="db", version=3),
+    ]
+    asyncio.run(emit_kept(fan, events))
+    broken = RuntimeError("no such table: audit_events")
+    asyncio.run(emit_kept(fan, events, broken))
+    assert plain.events == events + events
+    assert batches.calls == [events, events]
+    assert keeper.calls == []
+    assert keeper.kept == [(events, None), (events, broken)]
+    # A sink that keeps no rows gets them as from emit_all.
+    alone = Batches()
+    asyncio.run(emit_kept(alone, events))
+    assert alone.calls == [events]

@@ -1,5 +1,10 @@
 """The audit log in the ``audit_events`` table (the ``AuditRepository`` of
-services/audit.py). Rows are only added; every call runs in its own short transaction."""
+services/audit.py). Rows are only added; every call runs in its own short transaction.
+
+An upload's rows are not written here but in the transaction that records its version
+(:func:`insert_steps`, taken by ``SqlVersionRepository.commit_version``): an accepted upload
+always has its rows, and they cost no transaction of their own (services/events.py,
+``keeps_rows``)."""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from sqlalchemy import ColumnElement, RowMapping, String, Table, bindparam, inse
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backup_repository.db.repositories import SingleStatement, transaction
-from backup_repository.db.statements import short_transaction
+from backup_repository.db.statements import Step, in_one_transaction
 from backup_repository.db.tables import AuditEvent
 from backup_repository.services.audit import AuditEntry, AuditFilters
 from backup_repository.services.events import Event
@@ -57,6 +62,25 @@ def _add_rows(count: int) -> SingleStatement:
     return found
 
 
+def insert_steps(events: Sequence[Event]) -> list[Step]:
+    """The INSERTs of the rows of ``events``, in their order (their ids grow in that order),
+    eight rows at most in one INSERT (each number of rows a statement built once): for
+    :func:`~db.statements.in_one_transaction`, alone or with other statements."""
+    steps: list[Step] = []
+    for start in range(0, len(events), _MAX_ROWS_AT_ONCE):
+        chunk = events[start : start + _MAX_ROWS_AT_ONCE]
+        if len(chunk) == 1:
+            steps.append(Step(_ADD, event_values(chunk[0])))
+            continue
+        params = {
+            f"{key}_{i}": value
+            for i, event in enumerate(chunk)
+            for key, value in event_values(event).items()
+        }
+        steps.append(Step(_add_rows(len(chunk)), params))
+    return steps
+
+
 def _text(column: str, value: str) -> str:
     """``value`` fit for its column: NUL characters dropped (PostgreSQL refuses them) and
     cut to the column's length (SQLite would not enforce it, PostgreSQL would refuse)."""
@@ -93,19 +117,8 @@ class SqlAuditRepository:
             for event in events:
                 await self.add(event)
             return
-        if len(events) <= _MAX_ROWS_AT_ONCE:
-            # One INSERT of the rows in their order (their ids grow in that order).
-            params = {
-                f"{key}_{i}": value
-                for i, event in enumerate(events)
-                for key, value in event_values(event).items()
-            }
-            await _add_rows(len(events)).run(self._engine, params)
-            return
-        # One transaction, the rows inserted in order.
-        async with short_transaction(self._engine) as steps:
-            for event in events:
-                await steps.rows(_ADD, event_values(event))
+        # One transaction, the rows inserted in order (one INSERT per eight of them).
+        await in_one_transaction(self._engine, insert_steps(events))
 
     async def query(
         self, filters: AuditFilters, limit: int, before_id: int | None = None

@@ -8,11 +8,11 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, cast
+from typing import Any, Final, NoReturn, TypeVar, cast
 
 from sqlalchemy import (
     CTE,
@@ -50,6 +50,8 @@ from backup_repository.domain.sessions import may_refresh_from, scope_from_json,
 from backup_repository.services.ports import RevokedSessions, SessionCursor, SessionRecord
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _SESSION_COLUMNS: Final = (
     GrantedAccess.id,
@@ -372,23 +374,11 @@ class SingleStatement:
             async with transaction(engine) as connection:
                 result = await connection.execute(self.statement, dict(params))
                 return [tuple(row) for row in result.all()] if result.returns_rows else []
-        try:
-            lane = await _lane(engine, self.statement)
-        except Exception:
-            lane = None  # not opened: a pooled connection says why, or works
-        if lane is not None:
-            try:
-                return await self.on_sqlite(lane.driver, engine.dialect, params)
-            except BaseException as exc:
-                _drop_lane_if_broken(engine, lane, exc)
-                raise
-        try:
-            async with engine.connect() as connection:
-                raw = await connection.get_raw_connection()
-                return await self.on_sqlite(raw.driver_connection, engine.dialect, params)
-        except (sa_exc.SQLAlchemyError, OSError) as exc:
-            raise_if_unavailable(exc)
-            raise
+        return await on_sqlite_connection(
+            engine,
+            _kind(self.statement),
+            lambda driver: self.on_sqlite(driver, engine.dialect, params),
+        )
 
     async def on_sqlite(
         self, driver: Any, dialect: Dialect, params: Mapping[str, Any]
@@ -396,6 +386,19 @@ class SingleStatement:
         """Run the statement on an aiosqlite connection (one trip to its thread), inside the
         transaction the caller opened on it, if any. The driver's errors come as SQLAlchemy
         would have wrapped them (a locked or unreadable database file is an outage: 503)."""
+        sql, values = self.bound(dialect, params)
+        try:
+            found: Sequence[Sequence[Any]] = await driver.execute_fetchall(sql, values)
+        except dialect.loaded_dbapi.Error as exc:
+            raise_sqlite_error(dialect, sql, values, exc)
+        except OSError as exc:
+            raise_if_unavailable(exc)
+            raise
+        return self.converted(dialect, found)
+
+    def bound(self, dialect: Dialect, params: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
+        """The statement's SQL for ``dialect`` and its positional values, converted by the
+        columns' types (what the SQLite driver is given)."""
         compiled = self._for(dialect)
         values = tuple(
             value if process is None else process(value)
@@ -408,18 +411,12 @@ class SingleStatement:
                 strict=True,
             )
         )
-        try:
-            found: Sequence[Sequence[Any]] = await driver.execute_fetchall(compiled.sql, values)
-        except dialect.loaded_dbapi.Error as exc:
-            wrapped = sa_exc.DBAPIError.instance(
-                compiled.sql, values, exc, dialect.loaded_dbapi.Error
-            )
-            raise_if_unavailable(wrapped)
-            raise wrapped from exc
-        except OSError as exc:
-            raise_if_unavailable(exc)
-            raise
-        results = compiled.results
+        return compiled.sql, values
+
+    def converted(self, dialect: Dialect, found: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
+        """The rows the driver answered with, their values converted by the columns'
+        types."""
+        results = self._for(dialect).results
         return [
             tuple(
                 value if process is None else process(value)
@@ -495,16 +492,53 @@ class _Lanes:
 _LANES: Final[weakref.WeakKeyDictionary[Engine, _Lanes]] = weakref.WeakKeyDictionary()
 
 
-async def _lane(engine: AsyncEngine, statement: Any) -> _Lane | None:
-    """The kept connection (pool proxy) for ``statement`` on this engine, opened on first
-    use; None when the statement needs a pooled connection (plain text such as BEGIN) or
-    the engine's lanes belong to another event loop."""
+def _kind(statement: Any) -> str | None:
+    """Which kept connection runs ``statement``: reads, writes, or (plain text such as
+    BEGIN) none."""
     if isinstance(statement, Select):
-        kind = "read"
-    elif isinstance(statement, UpdateBase):
-        kind = "write"
-    else:
-        return None
+        return "read"
+    if isinstance(statement, UpdateBase):
+        return "write"
+    return None
+
+
+async def on_sqlite_connection(
+    engine: AsyncEngine, kind: str | None, call: Callable[[Any], Awaitable[T]]
+) -> T:
+    """``call`` with an aiosqlite connection of ``engine``: the kept one of ``kind``
+    (``"read"`` or ``"write"``), or a pooled one when there is none (an in-memory database,
+    another event loop, ``kind`` None). A kept connection that failed in a way that may
+    have broken it is dropped; an unreachable database is ``DependencyUnavailable``."""
+    try:
+        lane = None if kind is None else await _lane(engine, kind)
+    except Exception:
+        lane = None  # not opened: a pooled connection says why, or works
+    if lane is not None:
+        try:
+            return await call(lane.driver)
+        except BaseException as exc:
+            _drop_lane_if_broken(engine, lane, exc)
+            raise
+    try:
+        async with engine.connect() as connection:
+            raw = await connection.get_raw_connection()
+            return await call(raw.driver_connection)
+    except (sa_exc.SQLAlchemyError, OSError) as exc:
+        raise_if_unavailable(exc)
+        raise
+
+
+def raise_sqlite_error(dialect: Dialect, sql: str, values: Any, exc: Exception) -> NoReturn:
+    """Raise an error of the SQLite driver as SQLAlchemy would have wrapped it (a locked or
+    unreadable database file is an outage: ``DependencyUnavailable``, 503)."""
+    wrapped = sa_exc.DBAPIError.instance(sql, values, exc, dialect.loaded_dbapi.Error)
+    raise_if_unavailable(wrapped)
+    raise wrapped from exc
+
+
+async def _lane(engine: AsyncEngine, kind: str) -> _Lane | None:
+    """The kept connection (pool proxy) of ``kind`` on this engine, opened on first use;
+    None when the engine's lanes belong to another event loop."""
     sync_engine = engine.sync_engine
     if not isinstance(sync_engine.pool, QueuePool):
         # An in-memory database lives in its one pooled connection: nothing to take out.

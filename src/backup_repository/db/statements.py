@@ -1,19 +1,33 @@
 """Short transactions of statements built once (:class:`~db.repositories.SingleStatement`),
 for the writes on the path of an upload (db/versions.py, db/audit.py).
 
-On SQLite every statement, the ``BEGIN`` and the ``COMMIT`` go to the driver directly, one
-trip to its thread each, instead of the trips of each statement's cursor, execution, fetch
-and close that SQLAlchemy makes; on other databases they run through SQLAlchemy in a short
-transaction, as every other statement does. Either way a statement answers with its rows,
-so a write that must know whether it changed a row says ``RETURNING``; values go in and
-come back converted by the columns' types; an unreachable database is
-``DependencyUnavailable``.
+:func:`in_one_transaction` runs statements known in advance (:class:`Step`: a statement,
+its values, and what to raise when it answers with no row) as one transaction. On SQLite
+the whole transaction, ``BEGIN IMMEDIATE`` to ``COMMIT`` (or ``ROLLBACK`` when a step
+raises), is one call in the driver's thread on the kept connection of the writes: one trip
+to the thread and one wake of the event loop, however many statements, where a statement
+each would cost a trip each. On other databases the steps run through SQLAlchemy in a
+short transaction, one after the other.
+
+:func:`short_transaction` is for transactions whose later statements depend on what the
+earlier ones answered in ways a :class:`Step` cannot say: on SQLite every statement, the
+``BEGIN`` and the ``COMMIT`` go to the driver directly, one trip to its thread each,
+instead of the trips of each statement's cursor, execution, fetch and close that
+SQLAlchemy makes; elsewhere they run through SQLAlchemy, as every other statement does.
+
+Either way a statement answers with its rows, so a write that must know whether it changed
+a row says ``RETURNING``; values go in and come back converted by the columns' types; an
+unreachable database is ``DependencyUnavailable``.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+import itertools
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
 from typing import Any, Final, Protocol
 
 from sqlalchemy import exc as sa_exc
@@ -23,7 +37,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from backup_repository.db.repositories import (
     SingleStatement,
+    is_unavailable,
+    on_sqlite_connection,
     raise_if_unavailable,
+    raise_sqlite_error,
     transaction,
 )
 from backup_repository.domain.errors import DependencyUnavailable
@@ -111,3 +128,164 @@ async def statements(engine: AsyncEngine) -> AsyncIterator[Steps]:
         return
     async with short_transaction(engine) as steps:
         yield steps
+
+
+@dataclass(frozen=True)
+class Step:
+    """One statement of :func:`in_one_transaction`, with its values. ``unless_rows``: when
+    the statement answers with no row, the transaction is rolled back and what it returns
+    is raised (e.g. a write guarded by a condition that no longer holds); None: go on.
+    ``optional``: when the statement fails (other than by the database being unreachable),
+    the transaction goes on without the optional steps (all of them or none are written)
+    and commits; optional steps come last."""
+
+    statement: SingleStatement
+    params: Mapping[str, Any]
+    unless_rows: Callable[[], Exception] | None = None
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class Done:
+    """What a committed :func:`in_one_transaction` answered: the rows of each step (none
+    for an optional step that was left out), and the error that left the optional steps
+    out, if one did."""
+
+    rows: list[list[tuple[Any, ...]]]
+    optional_failed: Exception | None = None
+
+
+_Call = tuple[str, tuple[Any, ...], Callable[[], Exception] | None, bool]
+
+
+async def in_one_transaction(engine: AsyncEngine, steps: Sequence[Step]) -> Done:
+    """Run ``steps`` in order in one transaction, committed when all the required ones went
+    through. On SQLite one trip to the driver's thread (module docstring). A cancelled
+    caller does not stop a transaction already sent: it commits or rolls back by itself.
+
+    aiosqlite has no public call that runs a function in its thread: its ``_execute``
+    (which every one of its own calls goes through) and ``_conn`` are used, and a
+    statement each (:func:`short_transaction`) when a release of aiosqlite lacks them."""
+    if any(a.optional and not b.optional for a, b in itertools.pairwise(steps)):
+        raise ValueError("optional steps come last")
+    if engine.dialect.driver != "aiosqlite":
+        return await _one_by_one(engine, steps)
+    dialect = engine.dialect
+    calls: list[_Call] = [
+        (*step.statement.bound(dialect, step.params), step.unless_rows, step.optional)
+        for step in steps
+    ]
+
+    async def run(driver: Any) -> Done:
+        execute = getattr(driver, "_execute", None)
+        if execute is None or not hasattr(type(driver), "_conn"):
+            return await _one_by_one(engine, steps)
+        done: list[int] = []
+        try:
+            found, failed = await execute(partial(_in_thread, driver, calls, done))
+        except dialect.loaded_dbapi.Error as exc:
+            sql, values = ("COMMIT", ()) if len(done) == len(calls) else calls[len(done)][:2]
+            raise_sqlite_error(dialect, sql, values, exc)
+        except OSError as exc:
+            raise_if_unavailable(exc)
+            raise
+        rows = [step.statement.converted(dialect, r) for step, r in zip(steps, found, strict=True)]
+        if failed is None:
+            return Done(rows)
+        at, error = failed
+        wrapped = sa_exc.DBAPIError.instance(
+            calls[at][0], calls[at][1], error, dialect.loaded_dbapi.Error
+        )
+        return Done(rows, wrapped)
+
+    return await on_sqlite_connection(engine, "write", run)
+
+
+def _in_thread(
+    driver: Any, calls: Sequence[_Call], done: list[int]
+) -> tuple[list[list[Any]], tuple[int, Exception] | None]:
+    """The transaction of :func:`in_one_transaction`, in the aiosqlite connection's thread
+    (nothing else runs on the connection meanwhile): the rows of each statement, and the
+    failure that left the optional ones out (their index, the error). ``done`` counts the
+    statements that went through, so that an error names the one that failed. The optional
+    statements run after a savepoint, rolled back to when one of them fails."""
+    connection: sqlite3.Connection = driver._conn
+    connection.execute("BEGIN IMMEDIATE")
+    failed: tuple[int, Exception] | None = None
+    try:
+        found: list[list[Any]] = []
+        in_savepoint = False
+        for at, (sql, values, unless_rows, optional) in enumerate(calls):
+            if optional and failed is not None:
+                found.append([])
+                done.append(1)
+                continue
+            if optional and not in_savepoint:
+                connection.execute("SAVEPOINT optional_steps")
+                in_savepoint = True
+            try:
+                rows = connection.execute(sql, values).fetchall()
+            except sqlite3.Error as exc:
+                if not (optional and connection.in_transaction) or _unavailable(exc):
+                    raise
+                connection.execute("ROLLBACK TO optional_steps")
+                failed = (at, exc)
+                rows = []
+            if not rows and unless_rows is not None:
+                raise unless_rows()
+            found.append(rows)
+            done.append(1)
+        if in_savepoint:
+            connection.execute("RELEASE optional_steps")
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            with contextlib.suppress(Exception):
+                connection.execute("ROLLBACK")
+        raise
+    return found, failed
+
+
+def _unavailable(exc: sqlite3.Error) -> bool:
+    """A locked, full or unreadable database: the transaction cannot go on."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in _UNAVAILABLE_CODES
+
+
+# SQLITE_BUSY, SQLITE_LOCKED, SQLITE_NOMEM, SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_FULL,
+# SQLITE_CANTOPEN (primary result codes).
+_UNAVAILABLE_CODES: Final = frozenset({5, 6, 7, 10, 11, 13, 14})
+
+
+class _OptionalFailed(Exception):
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+async def _one_by_one(engine: AsyncEngine, steps: Sequence[Step]) -> Done:
+    """The steps one statement each in a short transaction; when an optional one fails,
+    everything again without the optional ones (a failed statement aborts the whole
+    transaction on PostgreSQL)."""
+    try:
+        return Done(await _each(engine, steps))
+    except _OptionalFailed as failed:
+        required = [step for step in steps if not step.optional]
+        rows = await _each(engine, required)
+        return Done(rows + [[] for _ in steps[len(required) :]], failed.error)
+
+
+async def _each(engine: AsyncEngine, steps: Sequence[Step]) -> list[list[tuple[Any, ...]]]:
+    found: list[list[tuple[Any, ...]]] = []
+    async with short_transaction(engine) as transaction_steps:
+        for step in steps:
+            try:
+                rows = await transaction_steps.rows(step.statement, step.params)
+            except sa_exc.DBAPIError as exc:
+                if step.optional and not is_unavailable(exc):
+                    raise _OptionalFailed(exc) from exc
+                raise
+            if not rows and step.unless_rows is not None:
+                raise step.unless_rows()
+            found.append(rows)
+    return found

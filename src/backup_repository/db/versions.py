@@ -1,10 +1,18 @@
 """Versions of collections and the per-collection upload lock (a lease row that works the
 same on PostgreSQL and SQLite, holds no connection during an upload, and frees itself when
-a replica dies)."""
+a replica dies).
+
+An upload's two transactions (:meth:`SqlVersionRepository.lock_for_upload`: the lock taken
+and the versions read; :meth:`SqlVersionRepository.commit_version`: the counter advanced and
+the lock freed in one statement, the token consumed, the version recorded, the rotated ones
+marked deleted and the upload's audit rows written) are statements known in advance, so
+each runs with :func:`~db.statements.in_one_transaction`: on SQLite one trip to the
+driver's thread each."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, cast
 
@@ -23,10 +31,12 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from backup_repository.db.audit import insert_steps
 from backup_repository.db.owners import server_owner
 from backup_repository.db.repositories import SingleStatement, transaction
-from backup_repository.db.statements import Steps, short_transaction, statements
+from backup_repository.db.statements import Step, Steps, in_one_transaction, statements
 from backup_repository.db.tables import BackupVersion, CollectionState, GrantedAccess
+from backup_repository.services.events import Event
 from backup_repository.services.ports import (
     LockedCollection,
     LockLost,
@@ -118,12 +128,23 @@ _RELEASE: Final = SingleStatement(
     .values(lock_owner=None, lock_expires_at=None, updated_at=bindparam("now"))
 )
 # Still our lock and the number is the next one: advance the counter (the lock stays with
-# its holder while the counter moves; a commit that frees it does so in a second statement).
+# its holder), or advance it and free the lock in the same statement (an upload's commit).
 _ADVANCE_WHERE: Final = (*_OURS, _STATES.c.last_version_number == bindparam("previous"))
 _ADVANCE: Final = SingleStatement(
     update(_STATES)
     .where(*_ADVANCE_WHERE)
     .values(last_version_number=bindparam("number"), updated_at=bindparam("now"))
+    .returning(_STATES.c.collection_id)
+)
+_ADVANCE_AND_RELEASE: Final = SingleStatement(
+    update(_STATES)
+    .where(*_ADVANCE_WHERE)
+    .values(
+        last_version_number=bindparam("number"),
+        lock_owner=None,
+        lock_expires_at=None,
+        updated_at=bindparam("now"),
+    )
     .returning(_STATES.c.collection_id)
 )
 _CONSUME_SESSION: Final = SingleStatement(
@@ -181,6 +202,14 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+class _NotTaken(Exception):
+    """The upload lock is someone else's (or its collection has no state row yet)."""
+
+
+def _raises(error: Exception) -> Callable[[], Exception]:
+    return lambda: error
+
+
 class SqlVersionRepository:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -192,19 +221,38 @@ class SqlVersionRepository:
     async def lock_for_upload(
         self, collection_id: str, owner: str, lease_seconds: float
     ) -> LockedCollection | None:
-        # Once the lock is ours no other writer changes the versions: the read need not
-        # commit together with the lock (on SQLite: one trip each, no BEGIN or COMMIT).
-        async with statements(self._engine) as steps:
-            last = await self._lock(steps, collection_id, owner, lease_seconds)
-            if last is None:
-                return None
-            rows = await steps.rows(_NOT_PURGED, {"cid": collection_id})
-        versions = [_to_record(dict(zip(_NOT_PURGED.keys, row, strict=True))) for row in rows]
-        return LockedCollection(
-            last_number=last,
-            live=[v for v in versions if v.deleted_at is None],
-            unpurged=[v for v in versions if v.deleted_at is not None],
-        )
+        # The lock and the read in one transaction (on SQLite one trip to the driver); the
+        # read is thrown away when the lock was not taken. Someone else holds it, or this is
+        # the collection's first upload: its state row is created and the lock tried again.
+        for attempt in range(2):
+            now = _now()
+            params = {
+                "cid": collection_id,
+                "owner": owner,
+                "expires": now + timedelta(seconds=lease_seconds),
+                "now": now,
+            }
+            try:
+                done = await in_one_transaction(
+                    self._engine,
+                    [
+                        Step(_LOCK, params, unless_rows=_NotTaken),
+                        Step(_NOT_PURGED, {"cid": collection_id}),
+                    ],
+                )
+            except _NotTaken:
+                if attempt:
+                    return None
+                await _ENSURE_STATE[self._engine.dialect.name].rows(self._engine, params)
+                continue
+            taken, rows = done.rows
+            versions = [_to_record(dict(zip(_NOT_PURGED.keys, row, strict=True))) for row in rows]
+            return LockedCollection(
+                last_number=int(taken[0][0]),
+                live=[v for v in versions if v.deleted_at is None],
+                unpurged=[v for v in versions if v.deleted_at is not None],
+            )
+        return None
 
     async def _lock(
         self, steps: Steps, collection_id: str, owner: str, lease_seconds: float
@@ -270,36 +318,42 @@ class SqlVersionRepository:
         consume_session_id: str | None = None,
         *,
         release: bool = False,
-    ) -> None:
+        audit: Sequence[Event] = (),
+    ) -> Exception | None:
         now = _now()
-        async with short_transaction(self._engine) as steps:
-            advanced = await steps.rows(
-                _ADVANCE,
+        cid = version.collection_id
+        advance = _ADVANCE_AND_RELEASE if release else _ADVANCE
+        steps = [
+            Step(
+                advance,
                 {
-                    "cid": version.collection_id,
+                    "cid": cid,
                     "owner": owner,
                     "previous": version.number - 1,
                     "number": version.number,
                     "now": now,
                 },
+                unless_rows=_raises(LockLost(f"upload lock of {cid} was taken over")),
             )
-            if len(advanced) != 1:
-                raise LockLost(f"upload lock of {version.collection_id} was taken over")
-            if consume_session_id is not None:
-                # A single-use token: whoever deactivates it first records their upload;
-                # raising here rolls the whole transaction back (the counter included).
-                consumed = await steps.rows(
-                    _CONSUME_SESSION, {"session": consume_session_id, "now": now}
+        ]
+        if consume_session_id is not None:
+            # A single-use token: whoever deactivates it first records their upload;
+            # raising here rolls the whole transaction back (the counter included).
+            steps.append(
+                Step(
+                    _CONSUME_SESSION,
+                    {"session": consume_session_id, "now": now},
+                    unless_rows=_raises(
+                        SessionConsumed(f"session {consume_session_id[:12]} is not active")
+                    ),
                 )
-                if len(consumed) != 1:
-                    raise SessionConsumed(f"session {consume_session_id[:12]} is not active")
-            await steps.rows(_INSERT_VERSION, version_values(version))
-            for rotated in rotated_ids:
-                await steps.rows(_ROTATE, {"version": rotated, "now": now})
-            if release:
-                await steps.rows(
-                    _RELEASE, {"cid": version.collection_id, "owner": owner, "now": now}
-                )
+            )
+        steps.append(Step(_INSERT_VERSION, version_values(version)))
+        steps.extend(Step(_ROTATE, {"version": rotated, "now": now}) for rotated in rotated_ids)
+        # The audit rows are optional: when they cannot be written, the version is recorded
+        # all the same, and the error is returned for the audit log to report.
+        steps.extend(replace(step, optional=True) for step in insert_steps(audit))
+        return (await in_one_transaction(self._engine, steps)).optional_failed
 
     async def set_protected(self, version_id: str, owner: str, protected: bool) -> bool:
         now = _now()
@@ -348,9 +402,10 @@ class SqlVersionRepository:
         if len(version_ids) == 1:
             await _MARK_PURGED.rows(self._engine, {"version": version_ids[0], "now": now})
             return
-        async with short_transaction(self._engine) as steps:
-            for version_id in version_ids:
-                await steps.rows(_MARK_PURGED, {"version": version_id, "now": now})
+        await in_one_transaction(
+            self._engine,
+            [Step(_MARK_PURGED, {"version": version_id, "now": now}) for version_id in version_ids],
+        )
 
     async def usage(self) -> dict[str, tuple[int, int]]:
         statement = (

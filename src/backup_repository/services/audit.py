@@ -6,6 +6,12 @@ logger ``backup_repository.audit`` with the message ``audit`` and the event's fi
 ``extra`` (so a JSON log formatter emits them as keys). When the database cannot take the
 row, the line is logged at error level with ``stored`` false and the error: the action
 itself is never failed by its audit record.
+
+It keeps rows (``keeps_rows``, services/events.py): an upload writes its events' rows in
+the transaction that records its version (so they cost no transaction of their own, and an
+accepted upload has them unless they alone failed: then the version is recorded without
+them), and hands them over with ``emit_kept``, which only logs their lines (at error level,
+``stored`` false, when they failed).
 """
 
 from __future__ import annotations
@@ -147,6 +153,17 @@ class AuditLog:
                 await self._repository.add_all(events)
         except Exception as exc:
             self._failed(events, exc)
+            return
+        self._stored(events)
+
+    def keeps_rows(self) -> bool:
+        return True
+
+    async def emit_kept(self, events: Sequence[Event], failure: Exception | None = None) -> None:
+        """Events whose rows their action wrote in its own transaction: their lines (as not
+        stored, with the error, when the action could not write them: ``failure``)."""
+        if failure is not None:
+            self._failed(events, failure)
             return
         self._stored(events)
 

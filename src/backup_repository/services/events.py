@@ -12,6 +12,19 @@ them over together with :func:`emit_all`, in their order: a listener that can ta
 together (:class:`BatchSink`, as the audit log does: one transaction for their rows) gets
 them in one call, any other one by one.
 
+An action that ends in a database transaction of its own can write the rows of its events
+in it, instead of the audit log writing them in one more: an accepted upload then always
+has its rows, and they cost no transaction of their own. The upload asks
+:func:`keeps_rows` of its sink (true when a listener keeps rows, :class:`RowKeepingSink`:
+the audit log); if so it builds its events before its commit, passes them to it
+(``VersionRepository.commit_version``, which writes their rows with the version, in their
+order), and once committed hands them over with :func:`emit_kept`: the audit log then only
+writes its log lines, every other listener gets them as from :func:`emit_all`. When the
+commit fails nothing of them was written, and the refusal is emitted as usual. When only
+their rows fail (say the audit table is broken), the commit goes on without them, as an
+action is never failed by its audit record, and the error reaches the audit log through
+:func:`emit_kept`, which logs the events as not stored.
+
 Events never carry secrets: no passwords, no tokens; sessions are named by the first 12
 characters of their id (the SHA-256 of the token), as in the logs.
 """
@@ -110,6 +123,34 @@ async def emit_all(sink: EventSink, events: Sequence[Event]) -> None:
         await sink.emit(event)
 
 
+@runtime_checkable
+class RowKeepingSink(EventSink, Protocol):
+    def keeps_rows(self) -> bool:
+        """Whether this listener keeps events as rows in the database (the audit log does)."""
+
+    async def emit_kept(self, events: Sequence[Event], failure: Exception | None = None) -> None:
+        """Events of one action whose rows the action wrote in its own transaction: as
+        :meth:`BatchSink.emit_all`, without writing the rows again. ``failure``: why the
+        action could not write them after all (it went on without them)."""
+
+
+def keeps_rows(sink: EventSink) -> bool:
+    """Whether ``sink`` (or a listener it fans out to) keeps events as rows: an action may
+    then write the rows of its events in its own transaction (module docstring)."""
+    return isinstance(sink, RowKeepingSink) and sink.keeps_rows()
+
+
+async def emit_kept(
+    sink: EventSink, events: Sequence[Event], failure: Exception | None = None
+) -> None:
+    """Hand over ``events`` whose rows their action wrote, or tried to write and could not
+    (``failure``) (module docstring)."""
+    if isinstance(sink, RowKeepingSink) and sink.keeps_rows():
+        await sink.emit_kept(events, failure)
+        return
+    await emit_all(sink, events)
+
+
 class NullSink:
     async def emit(self, event: Event) -> None:
         return None
@@ -133,5 +174,15 @@ class FanOut:
         for sink in self._sinks:
             try:
                 await emit_all(sink, events)
+            except Exception:
+                logger.exception("event listener %s failed", type(sink).__name__)
+
+    def keeps_rows(self) -> bool:
+        return any(keeps_rows(sink) for sink in self._sinks)
+
+    async def emit_kept(self, events: Sequence[Event], failure: Exception | None = None) -> None:
+        for sink in self._sinks:
+            try:
+                await emit_kept(sink, events, failure)
             except Exception:
                 logger.exception("event listener %s failed", type(sink).__name__)

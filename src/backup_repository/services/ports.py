@@ -11,6 +11,7 @@ from typing import NamedTuple, Protocol
 from backup_repository.domain.identity import Collection, ObjectGrant, User
 from backup_repository.domain.notification_channels import Channel, NotificationEvent
 from backup_repository.domain.notifications import StoredState, VersionFacts
+from backup_repository.services.events import Event
 
 
 @dataclass(frozen=True)
@@ -240,13 +241,17 @@ class VersionRepository(Protocol):
         consume_session_id: str | None = None,
         *,
         release: bool = False,
-    ) -> None:
+        audit: Sequence[Event] = (),
+    ) -> Exception | None:
         """In one transaction: check the lock is still ``owner``'s and the number is the next
         one, advance the counter, record the version and mark the rotated ones deleted.
         Raises LockLost (and records nothing) when the lock was taken over. With
         ``consume_session_id``, also deactivate that session; raises SessionConsumed (and
         records nothing) when it is no longer active. With ``release``, the same
-        transaction frees the lock."""
+        transaction frees the lock. ``audit``: the events of the upload, whose audit rows
+        the same transaction writes, in their order (services/events.py, ``keeps_rows``);
+        when they cannot be written the version is recorded without them and the error is
+        returned (None: written, or none given)."""
 
     async def set_protected(self, version_id: str, owner: str, protected: bool) -> bool:
         """Protect a live version, or unprotect it, while ``owner`` holds its collection's

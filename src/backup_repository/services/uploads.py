@@ -8,6 +8,12 @@ services/leases.py), cleans up what an interrupted upload left, and then, in
 (counted, hashed and checked as OpenPGP on its way to the store), commits the version and
 announces it. Every refusal, whichever step refuses, emits one event with its reason
 (services/upload_refusals.py), here and nowhere else.
+
+The events of an accepted upload (the token it used up, the versions it rotated out, the
+upload) are built before its commit: when the sink keeps rows (the audit log,
+services/events.py ``keeps_rows``) the commit's transaction writes them with the version,
+and they are handed over with ``emit_kept`` once it committed; otherwise with ``emit_all``
+after it.
 """
 
 from __future__ import annotations
@@ -53,6 +59,8 @@ from backup_repository.services.events import (
     NullSink,
     Outcome,
     emit_all,
+    emit_kept,
+    keeps_rows,
     short_session,
 )
 from backup_repository.services.leases import Lease, renewed_upload_lock
@@ -140,11 +148,15 @@ class _Plan:
 
 @dataclass(frozen=True)
 class _Recorded:
-    """A version recorded, and what its upload still has to announce and purge."""
+    """A version recorded, and what its upload still has to announce and purge: its events,
+    whose rows the commit wrote when ``kept`` (unless ``audit_failed`` says why not)."""
 
     collection: Collection
     record: VersionRecord
     rotated: list[VersionRecord]
+    events: list[Event]
+    kept: bool
+    audit_failed: Exception | None = None
 
 
 class UploadService:
@@ -310,8 +322,10 @@ class UploadService:
             signer_fingerprint=stored.signer.fingerprint if stored.signer else None,
             signature=stored.signature,
         )
-        await self._commit(ctx, record, owner, lease, plan)
-        return _Recorded(collection, record, plan.rotated)
+        events = _accepted_events(ctx, collection, record, plan.rotated)
+        kept = keeps_rows(self._events)
+        failed = await self._commit(ctx, record, owner, lease, plan, events if kept else [])
+        return _Recorded(collection, record, plan.rotated, events, kept, failed)
 
     def _plan(self, collection: Collection, locked: LockedCollection) -> _Plan:
         """The next number and its object, the versions this upload rotates out, and the
@@ -390,24 +404,33 @@ class UploadService:
         return _Stored(size, digest.hexdigest(), signed.signer, signed.armored)
 
     async def _commit(
-        self, ctx: AuthContext, record: VersionRecord, owner: str, lease: Lease, plan: _Plan
-    ) -> None:
+        self,
+        ctx: AuthContext,
+        record: VersionRecord,
+        owner: str,
+        lease: Lease,
+        plan: _Plan,
+        audit: list[Event],
+    ) -> Exception | None:
         """Record the version (still under our lock, with the next number), mark the
-        rotated versions deleted and free the lock, in one transaction. A single-use token
-        is consumed in the same transaction, so two uploads with it (on any replicas) can
-        never both be recorded."""
+        rotated versions deleted, free the lock and write the rows of ``audit``, in one
+        transaction; returns the error that kept the audit rows out of it, if one did. A
+        single-use token is consumed in the same transaction, so two uploads with it (on
+        any replicas) can never both be recorded."""
         single_use = ctx.session.single_use_collection is not None
         # The transaction frees the lock: its renewal must not take that for a loss.
         lease.stop_renewing()
         try:
-            await self._versions.commit_version(
+            failed = await self._versions.commit_version(
                 record,
                 owner,
                 [r.id for r in plan.rotated],
                 consume_session_id=ctx.session.id if single_use else None,
                 release=True,
+                audit=audit,
             )
             lease.released()
+            return failed
         except SessionConsumed:
             # Used (or revoked) meanwhile: nothing was recorded; the object goes.
             await asyncio.shield(self.cleanup.delete_quietly(record.storage_key))
@@ -427,57 +450,27 @@ class UploadService:
             raise
 
     async def _announce(self, ctx: AuthContext, recorded: _Recorded) -> None:
-        """Log the new version; emit, together and in this order, the events of the token
-        it used up, of the versions it rotated out and of the upload itself; meanwhile
-        delete the objects of the rotated versions (outside of the lock: their names are
-        never given again, and the next clean-up purges what is left)."""
+        """Log the new version; hand over its events (their rows are already written when
+        ``recorded.kept``); meanwhile delete the objects of the rotated versions (outside of
+        the lock: their names are never given again, and the next clean-up purges what is
+        left)."""
         collection, record = recorded.collection, recorded.record
-        number = record.number
         logger.info(
-            "stored %s v%d (%d bytes) for %s", collection.name, number, record.size, ctx.user.name
+            "stored %s v%d (%d bytes) for %s",
+            collection.name,
+            record.number,
+            record.size,
+            ctx.user.name,
         )
-        events: list[Event] = []
-        if ctx.session.single_use_collection is not None:
-            events.append(
-                caller_event(
-                    ctx,
-                    Action.TOKEN_REVOKE,
-                    Outcome.SUCCESS,
-                    collection.name,
-                    version=number,
-                    detail=f"single-use token used by v{number}; session "
-                    f"{short_session(ctx.session.id)} revoked",
-                )
-            )
-        events.extend(
-            caller_event(
-                ctx,
-                Action.ROTATION_DELETE,
-                Outcome.SUCCESS,
-                collection.name,
-                version=gone.number,
-                size=gone.size,
-                detail=f"rotated out by v{number} ({collection.strategy.name})",
-            )
-            for gone in recorded.rotated
-        )
-        events.append(
-            caller_event(
-                ctx,
-                Action.UPLOAD,
-                Outcome.SUCCESS,
-                collection.name,
-                version=number,
-                size=record.size,
-            )
-        )
+        if recorded.kept:
+            emitted = emit_kept(self._events, recorded.events, recorded.audit_failed)
+        else:
+            emitted = emit_all(self._events, recorded.events)
         if not recorded.rotated:
-            await emit_all(self._events, events)
+            await emitted
             return
-        # The audit rows and the deletion of the rotated objects do not wait for each other.
-        await asyncio.gather(
-            emit_all(self._events, events), self._purge(collection, recorded.rotated)
-        )
+        # The listeners and the deletion of the rotated objects do not wait for each other.
+        await asyncio.gather(emitted, self._purge(collection, recorded.rotated))
 
     async def _purge(self, collection: Collection, rotated: list[VersionRecord]) -> None:
         try:
@@ -485,6 +478,45 @@ class UploadService:
         except Exception:
             # Recorded and answered as stored; the next clean-up purges what is left.
             logger.exception("could not purge the rotated versions of %s", collection.name)
+
+
+def _accepted_events(
+    ctx: AuthContext, collection: Collection, record: VersionRecord, rotated: list[VersionRecord]
+) -> list[Event]:
+    """The events of an accepted upload, in this order: the token it used up (a single-use
+    one), the versions it rotated out, the upload itself."""
+    number = record.number
+    events: list[Event] = []
+    if ctx.session.single_use_collection is not None:
+        events.append(
+            caller_event(
+                ctx,
+                Action.TOKEN_REVOKE,
+                Outcome.SUCCESS,
+                collection.name,
+                version=number,
+                detail=f"single-use token used by v{number}; session "
+                f"{short_session(ctx.session.id)} revoked",
+            )
+        )
+    events.extend(
+        caller_event(
+            ctx,
+            Action.ROTATION_DELETE,
+            Outcome.SUCCESS,
+            collection.name,
+            version=gone.number,
+            size=gone.size,
+            detail=f"rotated out by v{number} ({collection.strategy.name})",
+        )
+        for gone in rotated
+    )
+    events.append(
+        caller_event(
+            ctx, Action.UPLOAD, Outcome.SUCCESS, collection.name, version=number, size=record.size
+        )
+    )
+    return events
 
 
 class _SignedStream:
