@@ -237,9 +237,12 @@ def configure_logging(
         )
 
 
-# ``with bound_fields(request_id=...):`` every log line inside the block carries the fields
-# (structlog is reached through this module, which imports it without rich).
-bound_fields = structlog.contextvars.bound_contextvars
+# ``tokens = bind_fields(request_id=...)``: every log line from then on carries the fields,
+# until ``reset_fields(**tokens)`` (in the same task) gives them their previous values. Two
+# calls, not a context manager: the request id layer runs them on every request (structlog is
+# reached through this module, which imports it without rich).
+bind_fields = structlog.contextvars.bind_contextvars
+reset_fields = structlog.contextvars.reset_contextvars
 
 
 def granian_log_config(level: str) -> dict[str, Any]:

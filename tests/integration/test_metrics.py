@@ -340,6 +340,26 @@ async def test_refused_before_routing_keeps_the_route_template(tmp_path: Path) -
     assert value(m, "backup_repository_logins_total", outcome="success") == 1
 
 
+async def test_an_unhandled_error_is_counted_as_the_500_it_was_answered(tmp_path: Path) -> None:
+    """Requests are counted by the outermost layer, outside Starlette's error layer: an
+    unhandled error is counted with the status of the answer it got, under its route."""
+    write_config(tmp_path / "config", documents())
+    app = create_app(make_settings(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}"))
+
+    @app.get("/explode/{what}", include_in_schema=False)
+    async def explode(what: str) -> None:
+        raise RuntimeError(what)
+
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            for _ in range(2):
+                assert (await client.get("/explode/kaboom")).status_code == 500
+            m = await scrape(client)
+    requests = "backup_repository_http_requests_total"
+    assert value(m, requests, method="GET", route="/explode/{what}", status="500") == 2
+
+
 async def test_bounded_labels_for_odd_methods(client: httpx.AsyncClient) -> None:
     for method in ("BREW", "PROPFIND", "GET"):
         await client.request(method, "/health")

@@ -237,6 +237,8 @@ async def test_a_request_the_client_abandoned_is_logged_as_499(log: io.StringIO)
     async def abandoned(scope: Any, receive: Any, send: Any) -> None:
         raise asyncio.CancelledError
 
+    ended: list[tuple[str, int]] = []
+
     async def receive() -> dict[str, Any]:
         return {"type": "http.disconnect"}
 
@@ -245,6 +247,61 @@ async def test_a_request_the_client_abandoned_is_logged_as_499(log: io.StringIO)
 
     scope = {"type": "http", "method": "POST", "path": "/x", "headers": [], "client": ("::1", 1)}
     with pytest.raises(asyncio.CancelledError):
-        await RequestIdMiddleware(abandoned)(scope, receive, send)
+        await RequestIdMiddleware(
+            abandoned, on_end=[lambda scope, status, _: ended.append((scope["path"], status))]
+        )(scope, receive, send)
     (line,) = log_lines(log)
     assert (line["status"], line["client_ip"], line["bytes"]) == (499, "::1", 0)
+    assert ended == [("/x", 499)]
+
+
+async def test_those_told_of_each_request_get_its_status_route_and_duration() -> None:
+    """The request metrics learn of every request from the request id layer (the one layer
+    that watches responses): the status sent, 500 for an unhandled error (the answer of
+    Starlette's error layer, inside it), the route template once routing chose one."""
+    app = App()
+    errors.install(app)
+
+    @app.get("/explode/{what}")
+    async def explode(what: str) -> None:
+        raise RuntimeError(what)
+
+    @app.get("/fine")
+    async def fine() -> dict[str, bool]:
+        return {"fine": True}
+
+    ended: list[tuple[str, int, str]] = []
+
+    def on_end(scope: Any, status: int, seconds: float) -> None:
+        assert 0 <= seconds < 60
+        ended.append((scope["path"], status, route_template(scope)))
+
+    app.add_outermost_middleware(RequestIdMiddleware, on_end=[on_end])
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        assert (await client.get("/fine")).status_code == 200
+        assert (await client.get("/explode/kaboom")).status_code == 500
+        assert (await client.get("/nowhere")).status_code == 404
+    assert ended == [
+        ("/fine", 200, "/fine"),
+        ("/explode/kaboom", 500, "/explode/{what}"),
+        ("/nowhere", 404, "/nowhere"),
+    ]
+
+
+async def test_the_request_id_is_bound_while_the_request_runs_and_restored_after(
+    client: httpx.AsyncClient, log: io.StringIO
+) -> None:
+    """The in-process client runs the app in this task: the id bound for the request is
+    reset afterwards, and a value bound around it is the same again."""
+    structlog.contextvars.bind_contextvars(request_id="outside")
+    try:
+        response = await client.get("/health", headers={"X-Request-ID": "inside-1"})
+        assert response.headers["x-request-id"] == "inside-1"
+        assert structlog.contextvars.get_contextvars()["request_id"] == "outside"
+    finally:
+        structlog.contextvars.unbind_contextvars("request_id")
+    await client.get("/nowhere", headers={"X-Request-ID": "inside-2"})
+    assert "request_id" not in structlog.contextvars.get_contextvars()
+    (line,) = [line for line in log_lines(log) if line.get("route") == "/nowhere"]
+    assert line["request_id"] == "inside-2"

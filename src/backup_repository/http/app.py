@@ -36,8 +36,8 @@ from backup_repository.http.deps import Services
 from backup_repository.http.metrics import (
     DeliveryCounter,
     Metrics,
-    MetricsMiddleware,
     MetricsSink,
+    RequestMetrics,
     collection_source,
     configuration_source,
     integrity_source,
@@ -98,6 +98,10 @@ class App(FastAPI):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("docs_url", None)
         kwargs.setdefault("redoc_url", None)
+        # FastAPI's own OpenTelemetry hooks off: the server has its Prometheus metrics and its
+        # access log, and with them on FastAPI looks up the global OpenTelemetry providers
+        # on every request (about 7 µs each, to find none configured).
+        kwargs.setdefault("telemetry", {"tracing": False, "metrics": False, "logs": False})
         super().__init__(*args, **kwargs)
         self.outermost: list[Middleware] = []
 
@@ -357,12 +361,11 @@ def create_app(
     app.add_middleware(RateLimitMiddleware, limiter=limiter)
     app.add_middleware(ClientAddressMiddleware, trusted_proxies=settings.trusted_proxies)
     app.add_middleware(HeaderLimitMiddleware)
-    # Outermost: every request is counted, those refused by the middleware above included.
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
     # The web console under /ui (its pages, static files and security headers); its login
     # form counts in the login bucket of the rate limits.
     ui.install(app, limiter)
     # Outside even Starlette's error layer: every log line of a request carries its id, and
-    # every response (a 500 too) the X-Request-ID header.
-    app.add_outermost_middleware(RequestIdMiddleware)
+    # every response (a 500 too) the X-Request-ID header. The same layer tells the metrics
+    # of every request once it is done, those refused by the middleware above included.
+    app.add_outermost_middleware(RequestIdMiddleware, on_end=[RequestMetrics(metrics)])
     return app

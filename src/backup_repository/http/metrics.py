@@ -6,8 +6,9 @@ docs/monitoring.md).
   *scrape sources*: async functions run at each scrape that return metric families read
   from the database or the configuration (per-collection gauges). A new such gauge is one
   function given to :meth:`Metrics.add_source`; see :func:`collection_gauge`.
-- :class:`MetricsMiddleware` (pure ASGI, outermost) counts requests and their latency per
-  route template and status, when the response has finished.
+- :class:`RequestMetrics` counts requests and their latency per route template and status,
+  when the response has finished; the outermost layer (``request_log.RequestIdMiddleware``,
+  which watches every response already) tells it of each request.
 - :class:`MetricsSink` is an ``EventSink``: logins, uploads (bytes, refusals by reason),
   downloads and rotation deletions reach the counters through the services' events.
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Protocol
@@ -31,7 +31,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.routing import compile_path
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from backup_repository.services.events import Action, Event, Outcome, RefusalReason
 from backup_repository.services.stats import StatsService
@@ -43,8 +43,6 @@ UNMATCHED_ROUTE = "<unmatched>"
 UNKNOWN_COLLECTION = "<unknown>"
 OTHER_METHOD = "OTHER"
 OTHER_REASON = "other"
-# The status of a request whose client went away before any answer was sent (as nginx).
-CLIENT_CLOSED = 499
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Requests range from a health check (milliseconds) to an upload of many gigabytes (hours).
 DURATION_BUCKETS = (
@@ -148,6 +146,9 @@ class Metrics:
             ["channel", "outcome"],
             registry=registry,
         )
+        # The series of each (method, route, status), looked up once: ``labels()`` takes a
+        # lock and builds a key on every call. Bounded as the labels are.
+        self._request_series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         # Series that alerts compute rates of exist from the start, at 0.
         for outcome in Outcome:
             self.logins.labels(outcome.value)
@@ -161,8 +162,16 @@ class Metrics:
         self._sources[name] = source
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.http_requests.labels(method, route, str(status)).inc()
-        self.http_duration.labels(method, route).observe(seconds)
+        key = (method, route, status)
+        series = self._request_series.get(key)
+        if series is None:
+            series = (
+                self.http_requests.labels(method, route, str(status)),
+                self.http_duration.labels(method, route),
+            )
+            self._request_series[key] = series
+        series[0].inc()
+        series[1].observe(seconds)
 
     async def render(self) -> bytes:
         """The Prometheus text format of every metric, the scrape sources run now."""
@@ -411,12 +420,11 @@ def template_matcher(templates: Iterable[str]) -> Callable[[str], str]:
     return match
 
 
-class MetricsMiddleware:
+class RequestMetrics:
     """Counts every HTTP request once its response has finished (a streamed download when
-    its last byte was handed to the server); bodies pass through untouched."""
+    its last byte was handed to the server): a ``request_log.RequestEnd``."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
+    def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
         self._matcher: Callable[[str], str] | None = None
 
@@ -432,32 +440,10 @@ class MetricsMiddleware:
             self._matcher = template_matcher(paths)
         return self._matcher(scope["path"])
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 0
-
-        async def observed_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
+    def __call__(self, scope: Scope, status: int, seconds: float) -> None:
         try:
-            await self.app(scope, receive, observed_send)
-        except BaseException as exc:
-            if not status:
-                status = CLIENT_CLOSED if isinstance(exc, asyncio.CancelledError) else 500
-            raise
-        finally:
-            try:
-                self.metrics.observe_request(
-                    method_label(scope["method"]),
-                    self._route(scope),
-                    status or 500,
-                    time.perf_counter() - started,
-                )
-            except Exception:  # counting must never change what the client got
-                logger.exception("could not count request to %s", scope.get("path"))
+            self.metrics.observe_request(
+                method_label(scope["method"]), self._route(scope), status or 500, seconds
+            )
+        except Exception:  # counting must never change what the client got
+            logger.exception("could not count request to %s", scope.get("path"))

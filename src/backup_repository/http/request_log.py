@@ -12,6 +12,10 @@ request is written on the logger ``backup_repository.access`` when the response 
 method, route template (or path), status, duration, bytes sent, client address. Never the
 query string (``/ready?code=`` carries the health key) nor any header. The health probes
 (``/health``, ``/ready``) are logged at debug level to keep the logs quiet.
+
+The layer also tells others when a request is done (``on_end``, e.g. the request metrics of
+:mod:`.metrics`): one layer watches the responses of every request for all of them, instead
+of one layer per concern each wrapping ``send``.
 """
 
 from __future__ import annotations
@@ -21,11 +25,12 @@ import logging
 import random
 import re
 import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backup_repository.logs import bound_fields
+from backup_repository.logs import bind_fields, reset_fields
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # What an incoming request id may look like; anything else is replaced by a new id.
@@ -83,9 +88,19 @@ def client_ip(scope: Scope) -> str:
     return str(peer[0]) if peer else ""
 
 
+RequestEnd = Callable[[Scope, int, float], None]
+"""Told of each request once it is done: its scope (``route`` set when routing chose one),
+the status of its response (0 when the app returned without answering; 500, or 499 when the
+client went away, when it raised before answering) and the seconds it took."""
+
+
 class RequestIdMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    """The outermost layer: the request id, the access log, and ``on_end`` (the request
+    metrics) told of every request when its response is done."""
+
+    def __init__(self, app: ASGIApp, on_end: Iterable[RequestEnd] = ()) -> None:
         self.app = app
+        self.on_end = tuple(on_end)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -101,46 +116,57 @@ class RequestIdMiddleware:
         async def send_with_id(message: Message) -> None:
             nonlocal status, sent, declared_length
             kind = message["type"]
-            if kind == "http.response.start":
+            if kind == "http.response.body":
+                sent += len(message.get("body", b""))
+            elif kind == "http.response.start":
                 status = int(message["status"])
-                headers: list[Any] = [
-                    (key, value)
-                    for key, value in message.get("headers", ())
-                    if key.lower() != _HEADER_KEY
-                ]
+                headers: list[Any] = []
+                for key, value in message.get("headers", ()):
+                    name = key.lower()
+                    if name == _HEADER_KEY:
+                        continue
+                    if name == b"content-length" and value.isdigit():
+                        declared_length = int(value)
+                    headers.append((key, value))
                 headers.append(header)
                 message = {**message, "headers": headers}
-                for key, value in headers:
-                    if key.lower() == b"content-length" and value.isdigit():
-                        declared_length = int(value)
-            elif kind == "http.response.body":
-                sent += len(message.get("body", b""))
             elif kind == "http.response.pathsend" and declared_length is not None:
                 # Sent by the server from the file (zero-copy): as long as it declared.
                 sent += declared_length
             await send(message)
 
         started = time.perf_counter()
-        with bound_fields(request_id=request_id):
+        # Every line logged while the request is handled carries its id (reset afterwards:
+        # the task may run other requests, e.g. an in-process client's).
+        tokens = bind_fields(request_id=request_id)
+        try:
             try:
                 await self.app(scope, receive, send_with_id)
             except BaseException as exc:
                 # Logged by the error handler already; the access line still says how it
                 # ended: 499 (as nginx writes it) when the client went away before an answer.
                 ended = 499 if isinstance(exc, asyncio.CancelledError) else 500
-                self._log(scope, status or ended, started, sent)
+                self._ended(scope, status or ended, started, sent)
                 raise
-            self._log(scope, status, started, sent)
+            self._ended(scope, status, started, sent)
+        finally:
+            reset_fields(**tokens)
+
+    def _ended(self, scope: Scope, status: int, started: float, sent: int) -> None:
+        seconds = time.perf_counter() - started
+        for on_end in self.on_end:
+            on_end(scope, status, seconds)
+        self._log(scope, status, seconds, sent)
 
     @staticmethod
-    def _log(scope: Scope, status: int, started: float, sent: int) -> None:
+    def _log(scope: Scope, status: int, seconds: float, sent: int) -> None:
         path = str(scope.get("path", ""))
         level = logging.DEBUG if path in QUIET_PATHS else logging.INFO
         if not access_logger.isEnabledFor(level):
             return
         method = str(scope.get("method", ""))
         route = route_template(scope)
-        duration_ms = round((time.perf_counter() - started) * 1000, 2)
+        duration_ms = round(seconds * 1000, 2)
         access_logger.log(
             level,
             "%s %s %s",
