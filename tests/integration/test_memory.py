@@ -13,8 +13,10 @@ import textwrap
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import click
 from alembic.script import ScriptDirectory
 
+from backup_repository.cli.server import SUBCOMMANDS, main
 from backup_repository.db.engine import (
     alembic_config,
     create_engine,
@@ -49,6 +51,15 @@ UNUSED = (
     "smtplib",
     "jinja2",
     "kubernetes",
+)
+# The subcommands' own modules (what they use that the server does not): imported when a
+# subcommand runs, never by the server.
+SUBCOMMAND_ONLY = (
+    "backup_repository.cli.import_reference",
+    "backup_repository.cli.notify",
+    "backup_repository.cli.verify",
+    "backup_repository.services.import_reference",
+    "backup_repository.domain.import_reference",
 )
 
 # Starts the app as `backup-repository` does (the command line's settings, the start-up
@@ -175,6 +186,19 @@ def test_a_started_server_has_not_loaded_what_its_configuration_does_not_use(
     loaded = {name.split(".")[0] for name in result["modules"]}
     assert "backup_repository" in loaded
     assert sorted(loaded & set(UNUSED)) == []
+    assert sorted(set(result["modules"]) & set(SUBCOMMAND_ONLY)) == []
+
+
+def test_every_subcommand_is_found_by_its_name() -> None:
+    """The server's group imports a subcommand when it is asked for; each name leads to the
+    click command of that name."""
+    context = click.Context(main)
+    assert main.list_commands(context) == sorted(SUBCOMMANDS)
+    for name in SUBCOMMANDS:
+        command = main.get_command(context, name)
+        assert isinstance(command, click.Command)
+        assert command.name == name
+    assert main.get_command(context, "no-such-command") is None
 
 
 def test_the_unused_libraries_are_installed() -> None:

@@ -9,18 +9,17 @@ JWT secret.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import secrets
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 from pydantic import ValidationError
 
-from backup_repository.cli.import_reference import import_reference
-from backup_repository.cli.notify import notify_test
 from backup_repository.cli.options import (
     CONTEXT_SETTINGS,
     database_options,
@@ -41,7 +40,6 @@ from backup_repository.cli.preflight import (
     check_dependencies,
     check_port,
 )
-from backup_repository.cli.verify import verify
 from backup_repository.logs import configure_logging
 from backup_repository.services.passwords import PasswordHasher
 from backup_repository.services.ports import ConfigSnapshot
@@ -60,8 +58,31 @@ DEV_CREDENTIALS = (
     ("ci-bot", "ci-bot-password", "uploads to and downloads from example-db"),
 )
 
+# The subcommands, by name: "module:attribute" of their click command. Imported when they
+# run (or --help lists them), never by the server: what they use that the server does not
+# (the reference importer, its domain rules) stays out of the server's memory.
+SUBCOMMANDS = {
+    "import-reference": "backup_repository.cli.import_reference:import_reference",
+    "notify-test": "backup_repository.cli.notify:notify_test",
+    "verify": "backup_repository.cli.verify:verify",
+}
+
+
+class _Commands(click.Group):
+    """The server's group: its subcommands are imported when one is asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *SUBCOMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in SUBCOMMANDS:
+            return super().get_command(ctx, cmd_name)
+        module, _, attribute = SUBCOMMANDS[cmd_name].partition(":")
+        return cast(click.Command, getattr(importlib.import_module(module), attribute))
+
 
 @click.group(
+    cls=_Commands,
     context_settings=CONTEXT_SETTINGS,
     invoke_without_command=True,
     # The reference's server takes flags only; the subcommands are ours.
@@ -343,11 +364,6 @@ def main(ctx: click.Context, /, **options: Any) -> None:
         # seen under load) after the one line was printed, which would lose the exit code.
         os._exit(exc.exit_code)
     run_server(settings)
-
-
-main.add_command(import_reference)
-main.add_command(verify)
-main.add_command(notify_test)
 
 
 def build_settings(options: dict[str, Any]) -> Settings:
