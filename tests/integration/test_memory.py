@@ -38,7 +38,7 @@ from support import JWT_SECRET, collection_doc, user_doc, write_config
 
 # Never needed by a server with the default configuration, and each loaded by a feature
 # it does not use (notification channels, the console's templates, migrations, the
-# kubernetes provider, structlog's optional pretty tracebacks).
+# kubernetes provider, structlog's optional pretty tracebacks, backup windows' cron).
 UNUSED = (
     "alembic",
     "mako",
@@ -51,6 +51,8 @@ UNUSED = (
     "smtplib",
     "jinja2",
     "kubernetes",
+    "croniter",
+    "dateutil",
 )
 # The subcommands' own modules (what they use that the server does not): imported when a
 # subcommand runs, never by the server.

@@ -23,7 +23,6 @@ from email.utils import parseaddr
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterError, croniter
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -145,6 +144,10 @@ def check_cron(value: str) -> str:
             "(minute hour day-of-month month day-of-week, e.g. '30 0 * * *')"
         )
     expression = " ".join(fields)
+    # Imported by the first window (docs/architecture.md: a library only an optional
+    # feature needs is imported where that feature is first used).
+    from croniter import CroniterError, croniter
+
     try:
         iterator = croniter(expression, _CRON_PROBE)
         iterator.get_prev(datetime)

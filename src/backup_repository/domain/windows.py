@@ -19,11 +19,13 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-
-from croniter import croniter
+from typing import TYPE_CHECKING
 
 from backup_repository.domain.errors import Forbidden
 from backup_repository.domain.identity import BackupWindow
+
+if TYPE_CHECKING:
+    from croniter import croniter
 
 _MINUTE = timedelta(minutes=1)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -39,6 +41,9 @@ def _schedule(cron: str) -> croniter:
         cache = _parsed.cache = {}
     found = cache.get(cron)
     if found is None:
+        # Imported by the first window (only collections with backup windows need it).
+        from croniter import croniter
+
         if len(cache) >= _MAX_PARSED:
             cache.clear()
         found = cache[cron] = croniter(cron, _EPOCH)
