@@ -151,3 +151,30 @@ async def test_on_sqlite_a_transaction_is_one_trip_to_the_driver(
         )
     assert len(trips) == 1, trips
     assert await stored(db_engine) == [("a", 0), ("b", 2), ("c", 0), ("d", 0)]
+
+
+async def test_a_single_statement_is_a_transaction_of_its_own_without_begin(
+    db_engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SingleStatement sends no BEGIN and COMMIT of its own (on PostgreSQL it runs in
+    autocommit mode: two round trips fewer), and its write is committed when it returns."""
+    if db_engine.dialect.name != "postgresql":
+        pytest.skip("SQLite's statements go to the driver directly (test_db.py)")
+    import asyncpg.transaction
+
+    # Transactions committed (the pool's ping before a checkout opens one and rolls it back).
+    committed: list[object] = []
+    commit = asyncpg.transaction.Transaction.commit
+
+    async def counted(self: asyncpg.transaction.Transaction) -> None:
+        committed.append(self)
+        await commit(self)
+
+    monkeypatch.setattr(asyncpg.transaction.Transaction, "commit", counted)
+    await ADD.rows(db_engine, {"cid": "a", "number": 0, "now": NOW})
+    assert await BUMP.rows(db_engine, {"cid": "a", "number": 4}) == [(4, NOW)]
+    assert committed == []
+    # Committed all the same: a transaction (another connection, maybe) reads it.
+    await in_one_transaction(db_engine, [Step(READ, {})])
+    assert len(committed) == 1
+    assert await stored(db_engine) == [("a", 4)]

@@ -337,9 +337,10 @@ async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
 # before it started, a revocation included; a write is committed when it returns, as
 # durable as any COMMIT), and it costs one trip to the driver's thread instead of the trips
 # of BEGIN, the statement's cursor, execution, fetch and close, and COMMIT. On other
-# databases it runs through SQLAlchemy in a short transaction, as every other statement
-# does. Values go in and come back converted by the columns' types either way (timestamps
-# aware, booleans as bool).
+# databases it runs through SQLAlchemy on a pooled connection in autocommit mode: a
+# transaction of its own there too, without the round trips of BEGIN and COMMIT. Values go
+# in and come back converted by the columns' types either way (timestamps aware, booleans
+# as bool).
 
 Processor = Callable[[Any], Any] | None
 
@@ -371,9 +372,15 @@ class SingleStatement:
         """Every row, each a tuple in the order of the selected columns (none for an
         INSERT)."""
         if engine.dialect.driver != "aiosqlite":
-            async with transaction(engine) as connection:
-                result = await connection.execute(self.statement, dict(params))
-                return [tuple(row) for row in result.all()] if result.returns_rows else []
+            # One statement is a transaction of its own: no BEGIN and COMMIT, two round
+            # trips fewer.
+            try:
+                async with _autocommit(engine).connect() as connection:
+                    result = await connection.execute(self.statement, dict(params))
+                    return [tuple(row) for row in result.all()] if result.returns_rows else []
+            except Exception as exc:
+                raise_if_unavailable(exc)
+                raise
         return await on_sqlite_connection(
             engine,
             _kind(self.statement),
@@ -442,6 +449,19 @@ class SingleStatement:
         if compiled is None:
             compiled = self._compiled[key] = _compile(self.statement, dialect)
         return compiled
+
+
+_AUTOCOMMIT: Final[weakref.WeakKeyDictionary[Engine, AsyncEngine]] = weakref.WeakKeyDictionary()
+
+
+def _autocommit(engine: AsyncEngine) -> AsyncEngine:
+    """``engine`` in autocommit mode (the same pool): each statement commits by itself."""
+    found = _AUTOCOMMIT.get(engine.sync_engine)
+    if found is None:
+        found = _AUTOCOMMIT[engine.sync_engine] = engine.execution_options(
+            isolation_level="AUTOCOMMIT"
+        )
+    return found
 
 
 def _compile(
