@@ -2,9 +2,9 @@
 
 Hashing and writing a large upload are CPU and disk work that would otherwise run on the
 event loop between network reads. ``ChunkWorker`` runs one blocking function over the
-chunks in a thread of its own, in order, with a bounded number of chunks in flight, so
-receiving, hashing and writing overlap on different cores while memory stays bounded.
-(hashlib and file writes release the GIL for large buffers.)
+chunks in a thread, in order, with a bounded number of chunks in flight, so receiving,
+hashing and writing overlap on different cores while memory stays bounded. (hashlib and
+file writes release the GIL for large buffers.)
 
 Handing a chunk over costs one queue put; the thread reports back to the event loop only
 when the loop is waiting for room (all ``depth`` slots taken; it is woken once half of them
@@ -12,27 +12,157 @@ are free again) and when the stream ends. A report is a write to the loop's wake
 and a turn of the loop, about as much work as hashing a small chunk, so reporting every
 chunk done (as a semaphore released from the thread would) cost more than a third of the
 CPU time an upload spends outside hashing and the kernel's copies.
+
+The work before the first chunk and after the last one (a file write opens a staging file,
+then fsyncs and renames it) runs in the same thread as the ``start`` and ``end`` of the
+worker, and the clean-up after a failure as its ``cleanup``: an upload wakes the loop once
+at its end, not once more per step through an executor.
+
+The threads are kept for reuse (``THREADS``): ``Thread.start`` blocks the event loop
+until the new thread runs, once per upload when every worker started its own. A thread
+that is done goes back among the idle ones before it reports the end of its job, so
+uploads one after the other keep using one thread. No more than ``keep`` threads stay
+idle, each ends after ``idle_seconds`` without work, and they are daemon threads: an idle
+one never holds up the process's exit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import queue
 import threading
 from collections.abc import Callable
 
+logger = logging.getLogger(__name__)
+
 _STOP = object()
+# A job, the name of the thread that runs it, and what to run once the thread is idle again.
+_Job = tuple[Callable[[], object], str, Callable[[], object] | None]
 
 
 class _Aborted(Exception):
     """Marks a worker stopped on purpose: the chunks still queued are skipped."""
 
 
+class ThreadPool:
+    """Daemon threads that run one job after another, kept idle between jobs.
+
+    ``run`` hands a job to the thread that went idle last (the others stay idle and end
+    after ``idle_seconds``) or starts a thread when none is idle. A thread that finishes a
+    job while ``keep`` threads are already idle ends. A job must not raise (one that does
+    is logged)."""
+
+    def __init__(self, *, keep: int = 8, idle_seconds: float = 60.0) -> None:
+        if keep < 0:
+            raise ValueError("keep must not be negative")
+        self.keep = keep
+        self.idle_seconds = idle_seconds
+        self._lock = threading.Lock()
+        # One inbox per idle thread, the one that went idle last at the end.
+        self._idle: list[queue.SimpleQueue[_Job | None]] = []
+        self.started = 0  # threads started so far (a figure for tests)
+
+    @property
+    def idle(self) -> int:
+        """Threads waiting for a job."""
+        return len(self._idle)
+
+    def run(
+        self, job: Callable[[], object], name: str, then: Callable[[], object] | None = None
+    ) -> None:
+        """Run ``job`` in a thread named ``name``, then ``then`` once the thread is back
+        among the idle ones (so that a job ``then`` reports to can have the same thread)."""
+        given = (job, name, then)
+        with self._lock:
+            inbox = self._idle.pop() if self._idle else None
+            if inbox is None:
+                self.started += 1
+        if inbox is not None:
+            inbox.put(given)
+            return
+        inbox = queue.SimpleQueue()
+        inbox.put(given)
+        # The job goes through the inbox, not the thread's arguments, which the thread
+        # would hold (and with them the job) for as long as it lives.
+        threading.Thread(target=self._serve, args=(inbox,), name=name, daemon=True).start()
+
+    def close(self) -> None:
+        """End the idle threads (those running a job end when it is done, as before).
+        The pool stays usable: a later ``run`` starts a thread again."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for inbox in idle:
+            inbox.put(None)
+
+    def _serve(self, inbox: queue.SimpleQueue[_Job | None]) -> None:
+        given = inbox.get()
+        while given is not None:
+            job, name, then = given
+            del given
+            threading.current_thread().name = name
+            _call(job)
+            del job  # hold nothing of the finished job while idle
+            with self._lock:
+                keep = len(self._idle) < self.keep
+                if keep:
+                    self._idle.append(inbox)
+            if then is not None:
+                _call(then)
+                del then
+            if not keep:
+                return
+            try:
+                given = inbox.get(timeout=self.idle_seconds)
+            except queue.Empty:
+                with self._lock:
+                    if any(waiting is inbox for waiting in self._idle):
+                        self._idle = [waiting for waiting in self._idle if waiting is not inbox]
+                        return
+                # ``run`` took this thread just now: its job is on the way.
+                given = inbox.get()
+
+
+def _call(function: Callable[[], object]) -> None:
+    try:
+        function()
+    except BaseException:  # a job handles its own errors; keep the thread alive
+        logger.exception("a worker thread's job failed")
+
+
+THREADS = ThreadPool()
+"""The threads of every ChunkWorker."""
+
+
 class ChunkWorker:
-    def __init__(self, work: Callable[[bytes], object], *, depth: int = 8, name: str) -> None:
+    """Runs ``work`` over the chunks ``submit`` hands over, in order, in a thread of the
+    pool, at most ``depth`` chunks in flight.
+
+    ``start`` runs in the thread before the first chunk; ``end`` after the last one, when
+    nothing failed; ``cleanup`` last when something failed (``start``, ``work``, ``end``)
+    or the worker was aborted. An exception of ``start`` or ``work`` skips the chunks
+    still queued and is raised by the next ``submit`` or by ``finish``; one of ``end`` is
+    raised by ``finish``; one of ``cleanup`` is logged.
+    """
+
+    def __init__(
+        self,
+        work: Callable[[bytes], object],
+        *,
+        depth: int = 8,
+        name: str,
+        start: Callable[[], object] | None = None,
+        end: Callable[[], object] | None = None,
+        cleanup: Callable[[], object] | None = None,
+        threads: ThreadPool | None = None,
+    ) -> None:
         if depth < 1:
             raise ValueError("depth must be at least 1")
         self._work = work
+        self._start = start
+        self._end = end
+        self._cleanup = cleanup
         self._depth = depth
         # Room is reported once this many chunks are left in flight.
         self._resume_at = depth // 2
@@ -42,16 +172,24 @@ class ChunkWorker:
         self._waiter: asyncio.Future[None] | None = None  # guarded by _lock
         self._loop = asyncio.get_running_loop()
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._done = self._loop.create_future()
-        self._thread.start()
+        (threads or THREADS).run(self._work_through, name, then=self._report_done)
 
     @property
     def in_flight(self) -> int:
         """Chunks submitted and not yet worked on."""
         return self._in_flight
 
-    def _run(self) -> None:
+    def _report_done(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            self._loop.call_soon_threadsafe(self._finished)
+
+    def _work_through(self) -> None:
+        if self._start is not None:
+            try:
+                self._start()
+            except BaseException as exc:  # handed to the event loop side
+                self._error = exc
         while True:
             item = self._queue.get()
             if item is _STOP:
@@ -70,7 +208,16 @@ class ChunkWorker:
                     waiter, self._waiter = self._waiter, None
             if waiter is not None:
                 self._loop.call_soon_threadsafe(_wake, waiter)
-        self._loop.call_soon_threadsafe(self._finished)
+        if self._error is None and self._end is not None:
+            try:
+                self._end()
+            except BaseException as exc:  # handed to the event loop side
+                self._error = exc
+        if self._error is not None and self._cleanup is not None:
+            try:
+                self._cleanup()
+            except Exception:
+                logger.warning("the clean-up after a failed stream failed", exc_info=True)
 
     def _finished(self) -> None:
         if not self._done.done():
@@ -90,7 +237,8 @@ class ChunkWorker:
         self._queue.put(chunk)
 
     async def finish(self) -> None:
-        """Wait until every queued chunk is done; raise the worker's error, if any."""
+        """Wait until every queued chunk and ``end`` are done; raise the worker's error,
+        if any."""
         self._queue.put(_STOP)
         await asyncio.shield(self._done)
         if self._error is not None:
@@ -98,11 +246,12 @@ class ChunkWorker:
 
     def stop(self) -> None:
         """Stop without waiting (on errors): queued chunks are still drained, unprocessed
-        once an error occurred, and the thread ends by itself."""
+        once an error occurred, and the thread's job ends by itself."""
         self._queue.put(_STOP)
 
     async def abort(self) -> None:
-        """Stop and wait for the thread to end, ignoring its error (the caller is already
+        """Stop and wait for the thread's job to end (``cleanup`` included, unless it
+        ended before without a failure), ignoring its error (the caller is already
         failing for a reason of its own)."""
         self._error = self._error or _Aborted()
         self._queue.put(_STOP)

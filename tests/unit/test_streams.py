@@ -1,17 +1,20 @@
-"""ChunkWorker: order, bounded chunks in flight, errors, and how rarely its thread reports
-back to the event loop."""
+"""ChunkWorker: order, bounded chunks in flight, errors, how rarely its thread reports back
+to the event loop, the work before and after the chunks in the same thread, and the
+threads kept for reuse."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from backup_repository.streams import ChunkWorker
+from backup_repository.streams import ChunkWorker, ThreadPool
 
 
 class Refused(Exception):
@@ -28,7 +31,7 @@ def counting_wakeups(loop: asyncio.AbstractEventLoop) -> list[int]:
         calls[0] += 1
         return original(callback, *args, **kwargs)
 
-    loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+    loop.call_soon_threadsafe = counted  # type: ignore[method-assign,assignment]
     return calls
 
 
@@ -134,3 +137,260 @@ def test_depth_must_be_positive() -> None:
 
     with pytest.raises(ValueError, match="depth"):
         asyncio.run(make())
+
+
+# -- the work before the first chunk and after the last, in the same thread ------------------
+
+
+class Recorder:
+    """start, work, end and cleanup of one worker, with the thread each ran in."""
+
+    def __init__(self, *, fail_start: bool = False, fail_on: bytes | None = None) -> None:
+        self.events: list[tuple[str, int]] = []
+        self.fail_start = fail_start
+        self.fail_on = fail_on
+
+    def start(self) -> None:
+        self.events.append(("start", threading.get_ident()))
+        if self.fail_start:
+            raise Refused("start")
+
+    def work(self, chunk: bytes) -> None:
+        self.events.append((chunk.decode(), threading.get_ident()))
+        if chunk == self.fail_on:
+            raise Refused(chunk.decode())
+
+    def end(self) -> None:
+        self.events.append(("end", threading.get_ident()))
+
+    def cleanup(self) -> None:
+        self.events.append(("cleanup", threading.get_ident()))
+
+    @property
+    def steps(self) -> list[str]:
+        return [step for step, _ in self.events]
+
+    @property
+    def threads(self) -> set[int]:
+        return {thread for _, thread in self.events}
+
+    def worker(self, **kwargs: Any) -> ChunkWorker:
+        return ChunkWorker(
+            self.work, start=self.start, end=self.end, cleanup=self.cleanup, **kwargs
+        )
+
+
+async def test_start_and_end_run_in_the_workers_thread_and_wake_the_loop_once() -> None:
+    # Before, opening the staging file and the fsync and rename each took a hop through the
+    # default executor: two more wake-ups of the loop per upload, and a thread hand-over.
+    calls = counting_wakeups(asyncio.get_running_loop())
+    recorder = Recorder()
+    worker = recorder.worker(depth=8, name="test-steps")
+    for n in range(3):
+        await worker.submit(str(n).encode())
+    await worker.finish()
+    assert recorder.steps == ["start", "0", "1", "2", "end"]
+    assert len(recorder.threads) == 1
+    assert threading.get_ident() not in recorder.threads
+    assert calls[0] == 1  # the end of the stream; the loop never waited for room
+
+
+async def test_a_failing_chunk_skips_end_and_runs_cleanup() -> None:
+    recorder = Recorder(fail_on=b"1")
+    worker = recorder.worker(name="test-cleanup")
+    for n in range(3):
+        await worker.submit(str(n).encode())
+    with pytest.raises(Refused, match="1"):
+        await worker.finish()
+    assert recorder.steps == ["start", "0", "1", "cleanup"]
+    assert len(recorder.threads) == 1
+
+
+async def test_a_failing_start_skips_every_chunk() -> None:
+    recorder = Recorder(fail_start=True)
+    worker = recorder.worker(depth=1, name="test-start")
+
+    async def submit_all() -> None:
+        async with asyncio.timeout(10):
+            for n in range(100):
+                await worker.submit(str(n).encode())
+
+    with pytest.raises(Refused, match="start"):
+        await submit_all()
+    with pytest.raises(Refused, match="start"):
+        await worker.finish()
+    assert recorder.steps == ["start", "cleanup"]
+
+
+async def test_a_failing_end_runs_cleanup() -> None:
+    recorder = Recorder()
+
+    def end() -> None:
+        recorder.events.append(("end", threading.get_ident()))
+        raise Refused("end")
+
+    worker = ChunkWorker(
+        recorder.work, start=recorder.start, end=end, cleanup=recorder.cleanup, name="t"
+    )
+    await worker.submit(b"0")
+    with pytest.raises(Refused, match="end"):
+        await worker.finish()
+    assert recorder.steps == ["start", "0", "end", "cleanup"]
+
+
+async def test_abort_runs_cleanup_and_not_end() -> None:
+    recorder = Recorder()
+    worker = recorder.worker(name="test-abort-cleanup")
+    await worker.submit(b"0")
+    await worker.abort()
+    assert recorder.steps[-1] == "cleanup"
+    assert "end" not in recorder.steps
+
+
+async def test_abort_after_a_successful_finish_changes_nothing() -> None:
+    recorder = Recorder()
+    worker = recorder.worker(name="test-abort-late")
+    await worker.submit(b"0")
+    await worker.finish()
+    await worker.abort()  # as a caller's `finally` does
+    assert recorder.steps == ["start", "0", "end"]
+
+
+async def test_a_failing_cleanup_is_logged_and_the_first_error_kept(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def cleanup() -> None:
+        raise OSError("cannot remove")
+
+    def work(chunk: bytes) -> None:
+        raise Refused("work")
+
+    worker = ChunkWorker(work, cleanup=cleanup, name="test-cleanup-fails")
+    await worker.submit(b"0")
+    with pytest.raises(Refused):
+        await worker.finish()
+    assert "clean-up" in caplog.text
+
+
+# -- threads kept for reuse ------------------------------------------------------------------
+
+
+async def run_worker(
+    pool: ThreadPool,
+    seen: set[threading.Thread] | None = None,
+    together: threading.Barrier | None = None,
+) -> None:
+    def work(chunk: bytes) -> None:
+        if seen is not None:
+            seen.add(threading.current_thread())
+        if together is not None:
+            together.wait(10)
+
+    worker = ChunkWorker(work, name="test-pool", threads=pool)
+    await worker.submit(b"x")
+    await worker.finish()
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+async def test_workers_one_after_the_other_reuse_threads() -> None:
+    # Before, every worker started a thread of its own; Thread.start blocks the event loop
+    # until the new thread runs.
+    pool = ThreadPool(keep=4, idle_seconds=30)
+    seen: set[threading.Thread] = set()
+    try:
+        for _ in range(30):
+            await run_worker(pool, seen)
+        # A thread is back among the idle ones before it reports the end of its job, so
+        # the next worker always finds it.
+        assert pool.started == 1
+        assert len(seen) == 1
+        assert all(thread.daemon for thread in seen)
+    finally:
+        pool.close()
+
+
+async def test_idle_threads_end_after_a_while() -> None:
+    pool = ThreadPool(keep=4, idle_seconds=0.05)
+    seen: set[threading.Thread] = set()
+    await run_worker(pool, seen)
+    (thread,) = seen
+    thread.join(10)
+    assert not thread.is_alive()
+    assert pool.idle == 0
+    await run_worker(pool, seen)  # the pool starts a thread again
+    assert pool.started == 2
+
+
+async def test_no_more_than_keep_threads_stay_idle() -> None:
+    pool = ThreadPool(keep=1, idle_seconds=30)
+    seen: set[threading.Thread] = set()
+    try:
+        together = threading.Barrier(4)
+        await asyncio.gather(*(run_worker(pool, seen, together) for _ in range(4)))
+        assert pool.started == len(seen) == 4  # four at once: four threads
+        wait_until(lambda: sum(thread.is_alive() for thread in seen) == 1)
+        assert pool.idle == 1
+    finally:
+        pool.close()
+
+
+async def test_close_ends_the_idle_threads() -> None:
+    pool = ThreadPool(keep=4, idle_seconds=30)
+    seen: set[threading.Thread] = set()
+    together = threading.Barrier(2)
+    await asyncio.gather(*(run_worker(pool, seen, together) for _ in range(2)))
+    wait_until(lambda: pool.idle == 2)
+    pool.close()
+    for thread in seen:
+        thread.join(10)
+        assert not thread.is_alive()
+
+
+def test_a_failing_job_does_not_end_its_thread(caplog: pytest.LogCaptureFixture) -> None:
+    pool = ThreadPool(keep=1, idle_seconds=30)
+    ran: list[threading.Thread] = []
+    done = threading.Event()
+
+    def failing() -> None:
+        ran.append(threading.current_thread())
+        raise RuntimeError("job failed")
+
+    def next_job() -> None:
+        ran.append(threading.current_thread())
+        done.set()
+
+    try:
+        pool.run(failing, "test-failing")
+        wait_until(lambda: pool.idle == 1)
+        pool.run(next_job, "test-next")
+        assert done.wait(10)
+        assert ran[0] is ran[1]
+        assert ran[1].name == "test-next"
+        assert "job failed" in caplog.text
+    finally:
+        pool.close()
+
+
+async def test_a_finished_worker_is_not_held_by_its_idle_thread() -> None:
+    pool = ThreadPool(keep=1, idle_seconds=30)
+    try:
+
+        def work(chunk: bytes) -> None:
+            pass
+
+        worker = ChunkWorker(work, name="test-release", threads=pool)
+        await worker.submit(b"x")
+        await worker.finish()
+        wait_until(lambda: pool.idle == 1)
+        reference = weakref.ref(worker)
+        del worker
+        gc.collect()
+        assert reference() is None
+    finally:
+        pool.close()

@@ -1,9 +1,13 @@
-"""file:// writes: a staging file, written from a thread of its own, fsynced and renamed
-over the target; and the removal of staging files an interrupted write left behind.
+"""file:// writes: a staging file, written from a thread, fsynced and renamed over the
+target; and the removal of staging files an interrupted write left behind.
 
-The writing thread also runs the caller's ``observe`` (the upload's SHA-256) on each chunk
-before writing it: one thread and one hand-over per chunk instead of two. Hashing and
-writing release the GIL, so they overlap the event loop receiving the next chunks.
+One thread (a ChunkWorker's, kept for reuse) does the whole write: it opens the staging
+file, runs the caller's ``observe`` (the upload's SHA-256) on each chunk before writing
+it, then fsyncs the file, renames it and fsyncs its folder, or removes it after a failure.
+The event loop hands each chunk over with a queue put and is woken once, when the write is
+done (and when it waits for room): no hop through an executor before or after the chunks,
+no thread started per write. Hashing and writing release the GIL, so they overlap the
+event loop receiving the next chunks.
 
 The staging file is named ``<name>#<n>``, as obstore's LocalStore names its own, so the
 clean-up of interrupted writes is the same whichever wrote them. Faster than obstore's
@@ -12,15 +16,12 @@ local store and durable: a version recorded after a power loss is complete on di
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
 import secrets
 from collections.abc import AsyncIterable, Callable
-from functools import partial
 from pathlib import Path
-from typing import BinaryIO
 
 from backup_repository.storage.errors import unavailable
 from backup_repository.storage.keys import STAGING_NAME
@@ -40,27 +41,23 @@ async def put_local(
     written. When ``chunks`` or ``observe`` raises, or the task is cancelled, the staging
     file is removed and the exception propagates; an OSError of the write becomes
     StorageUnavailable."""
-    staging = target.with_name(f"{target.name}#{secrets.randbelow(10**9) + 1}")
-    try:
-        handle = await asyncio.to_thread(_open_staging, staging)
-    except OSError as exc:
-        raise unavailable("write", key, exc) from exc
-    work = (
-        partial(_write_all, handle)
-        if observe is None
-        else partial(_observe_and_write, handle, observe)
+    staging = _StagingFile(target, observe)
+    writer = ChunkWorker(
+        staging.write,
+        depth=8,
+        name="storage-write",
+        start=staging.open,
+        end=staging.commit,
+        cleanup=staging.discard,
     )
-    writer = ChunkWorker(work, depth=8, name="storage-write")
     size = 0
     try:
         async for chunk in chunks:
             size += len(chunk)
             await writer.submit(chunk)
         await writer.finish()
-        await asyncio.to_thread(_commit_staging, handle, staging, target)
     except BaseException as exc:
         await writer.abort()
-        await asyncio.shield(asyncio.to_thread(_discard_staging, handle, staging))
         if isinstance(exc, _ObserverFailed):
             raise exc.error from None
         if isinstance(exc, OSError):
@@ -92,20 +89,6 @@ def remove_staging_files(root: Path, prefix: str) -> int:
     return removed
 
 
-def _open_staging(staging: Path) -> BinaryIO:
-    staging.parent.mkdir(parents=True, exist_ok=True)
-    return staging.open("xb", buffering=0)
-
-
-def _write_all(handle: BinaryIO, chunk: bytes) -> None:
-    view = memoryview(chunk)
-    while view:
-        written = handle.write(view)
-        if written is None:  # pragma: no cover - only non-blocking files return None
-            continue
-        view = view[written:]
-
-
 class _ObserverFailed(Exception):
     """Carries an exception of ``observe`` past the OSError handling of the write."""
 
@@ -114,28 +97,63 @@ class _ObserverFailed(Exception):
         self.error = error
 
 
-def _observe_and_write(handle: BinaryIO, observe: Callable[[bytes], object], chunk: bytes) -> None:
-    try:
-        observe(chunk)
-    except Exception as exc:
-        raise _ObserverFailed(exc) from exc
-    _write_all(handle, chunk)
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 
-def _commit_staging(handle: BinaryIO, staging: Path, target: Path) -> None:
-    try:
-        os.fsync(handle.fileno())
-    finally:
-        handle.close()
-    os.replace(staging, target)
-    directory = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+class _StagingFile:
+    """The staging file of one write; every method is blocking and runs in the writer's
+    thread."""
+
+    def __init__(self, target: Path, observe: Callable[[bytes], object] | None) -> None:
+        self.target = target
+        self.path = target.with_name(f"{target.name}#{secrets.randbelow(10**9) + 1}")
+        self.observe = observe
+        self.fd: int | None = None
+        self.created = False  # by this write (a name taken already is not ours to remove)
+
+    def open(self) -> None:
+        try:
+            self.fd = os.open(self.path, _CREATE, 0o666)
+        except FileNotFoundError:  # the first object of its folder
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(self.path, _CREATE, 0o666)
+        self.created = True
+
+    def write(self, chunk: bytes) -> None:
+        if self.observe is not None:
+            try:
+                self.observe(chunk)
+            except Exception as exc:
+                raise _ObserverFailed(exc) from exc
+        assert self.fd is not None
+        _write_all(self.fd, chunk)
+
+    def commit(self) -> None:
+        """fsync the file, rename it over the target, fsync the folder: only then is the
+        object there, and there after a power loss."""
+        fd = self.fd
+        assert fd is not None
+        os.fsync(fd)
+        self.fd = None
+        os.close(fd)
+        os.replace(self.path, self.target)
+        directory = os.open(self.target.parent, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    def discard(self) -> None:
+        """Remove the staging file, if this write created it."""
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
+        if self.created:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
 
 
-def _discard_staging(handle: BinaryIO, staging: Path) -> None:
-    handle.close()
-    with contextlib.suppress(FileNotFoundError):
-        staging.unlink()
+def _write_all(fd: int, chunk: bytes) -> None:
+    view = memoryview(chunk)
+    while view:
+        view = view[os.write(fd, view) :]
