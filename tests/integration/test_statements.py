@@ -150,7 +150,12 @@ async def test_on_sqlite_a_transaction_is_one_trip_to_the_driver(
             db_engine, [add("e"), Step(BUMP, {"cid": "x", "number": 2}, unless_rows=Missing)]
         )
     assert len(trips) == 1, trips
-    assert await stored(db_engine) == [("a", 0), ("b", 2), ("c", 0), ("d", 0)]
+    # A refused transaction leaves the kept connection as it was (reopening it would cost
+    # trips of its own).
+    trips.clear()
+    await in_one_transaction(db_engine, [add("f")])
+    assert len(trips) == 1, trips
+    assert await stored(db_engine) == [("a", 0), ("b", 2), ("c", 0), ("d", 0), ("f", 0)]
 
 
 async def test_a_single_statement_is_a_transaction_of_its_own_without_begin(

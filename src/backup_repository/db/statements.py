@@ -176,13 +176,16 @@ async def in_one_transaction(engine: AsyncEngine, steps: Sequence[Step]) -> Done
         for step in steps
     ]
 
-    async def run(driver: Any) -> Done:
+    async def run(driver: Any) -> Done | _Refused | None:
         execute = getattr(driver, "_execute", None)
         if execute is None or not hasattr(type(driver), "_conn"):
-            return await _one_by_one(engine, steps)
+            return None
         done: list[int] = []
         try:
             found, failed = await execute(partial(_in_thread, driver, calls, done))
+        except _Refused as refused:
+            # Raised once out of the connection's hands: it is not the connection's fault.
+            return refused
         except dialect.loaded_dbapi.Error as exc:
             sql, values = ("COMMIT", ()) if len(done) == len(calls) else calls[len(done)][:2]
             raise_sqlite_error(dialect, sql, values, exc)
@@ -198,7 +201,20 @@ async def in_one_transaction(engine: AsyncEngine, steps: Sequence[Step]) -> Done
         )
         return Done(rows, wrapped)
 
-    return await on_sqlite_connection(engine, "write", run)
+    outcome = await on_sqlite_connection(engine, "write", run)
+    if isinstance(outcome, _Refused):
+        raise outcome.error
+    if outcome is None:
+        return await _one_by_one(engine, steps)
+    return outcome
+
+
+class _Refused(Exception):
+    """A step's ``unless_rows`` error, on its way out of the driver's thread."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def _in_thread(
@@ -232,7 +248,7 @@ def _in_thread(
                 failed = (at, exc)
                 rows = []
             if not rows and unless_rows is not None:
-                raise unless_rows()
+                raise _Refused(unless_rows())
             found.append(rows)
             done.append(1)
         if in_savepoint:
