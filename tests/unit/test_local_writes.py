@@ -1,7 +1,7 @@
 """file:// writes (storage/local.py) on real files: one thread does the whole write (no hop
 through an executor before or after the chunks), the object appears only after the fsync of
 the file, the rename and the fsync of the folder, and every failure leaves no staging file
-and never removes a file the write did not create."""
+and never removes a file the write did not create; a delete is an unlink in a worker thread."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from backup_repository.storage.base import StorageUnavailable
+from backup_repository.storage.factory import open_blob_store
 from backup_repository.storage.local import put_local
 
 KiB = 1024
@@ -194,3 +195,19 @@ async def test_cancellation_while_waiting_for_chunks_removes_the_staging_file(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert list((tmp_path / "c").iterdir()) == []
+
+
+async def test_a_file_object_is_deleted_by_an_unlink_in_a_worker_thread(tmp_path: Path) -> None:
+    # obstore's delete went through its runtime's threads: twice the event loop's CPU of a
+    # plain unlink in the loop's executor, and an upload deletes twice (the clean-up's
+    # unrecorded object, the rotated version).
+    store = open_blob_store(tmp_path.as_uri())
+    await store.put_stream("c/f", chunks_of(b"rotated out"))
+    counted = Counted(asyncio.get_running_loop())
+    await store.delete("c/f")
+    await store.delete("c/missing")  # nothing to delete is no error
+    assert counted.executor == 2
+    assert list((tmp_path / "c").iterdir()) == []
+    (tmp_path / "c" / "folder").mkdir()
+    with pytest.raises(StorageUnavailable, match="delete of 'c/folder' failed"):
+        await store.delete("c/folder")

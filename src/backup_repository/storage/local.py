@@ -66,6 +66,14 @@ async def put_local(
     return size
 
 
+def delete_local(path: Path) -> None:
+    """Remove the file of an object, if it is there (blocking: run it in a thread). A plain
+    unlink in a worker thread costs the event loop less than obstore's delete, which goes
+    through its runtime's threads."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
 def remove_staging_files(root: Path, prefix: str) -> int:
     """Delete the staging files under ``root`` whose key starts with ``prefix`` and
     return their number (blocking: run it in a thread)."""

@@ -29,7 +29,7 @@ from obstore.exceptions import NotFoundError as ObstoreNotFound
 from backup_repository.storage.base import BlobInfo, BlobNotFound, StorageUnavailable
 from backup_repository.storage.errors import unavailable
 from backup_repository.storage.keys import validate_key, validate_prefix
-from backup_repository.storage.local import put_local, remove_staging_files
+from backup_repository.storage.local import delete_local, put_local, remove_staging_files
 from backup_repository.storage.remote import put_multipart
 from backup_repository.storage.urls import FileLocation, StorageLocation
 
@@ -117,7 +117,11 @@ class ObstoreBlobStore:
 
     async def delete(self, key: str) -> None:
         validate_key(key)
+        target = self.local_path(key)
         try:
+            if target is not None:
+                await asyncio.to_thread(delete_local, target)
+                return
             await obstore.delete_async(self._store, key)
         except (FileNotFoundError, ObstoreNotFound):
             return
