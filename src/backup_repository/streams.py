@@ -31,8 +31,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
 import threading
+import weakref
 from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
@@ -52,7 +54,7 @@ class ThreadPool:
     ``run`` hands a job to the thread that went idle last (the others stay idle and end
     after ``idle_seconds``) or starts a thread when none is idle. A thread that finishes a
     job while ``keep`` threads are already idle ends. A job must not raise (one that does
-    is logged)."""
+    is logged). A forked child starts with no idle threads (the parent's are not there)."""
 
     def __init__(self, *, keep: int = 8, idle_seconds: float = 60.0) -> None:
         if keep < 0:
@@ -63,6 +65,9 @@ class ThreadPool:
         # One inbox per idle thread, the one that went idle last at the end.
         self._idle: list[queue.SimpleQueue[_Job | None]] = []
         self.started = 0  # threads started so far (a figure for tests)
+        # A forked child has none of these threads: it must not hand them jobs.
+        pool = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _forget_threads(pool))
 
     @property
     def idle(self) -> int:
@@ -87,6 +92,11 @@ class ThreadPool:
         # The job goes through the inbox, not the thread's arguments, which the thread
         # would hold (and with them the job) for as long as it lives.
         threading.Thread(target=self._serve, args=(inbox,), name=name, daemon=True).start()
+
+    def forget_threads(self) -> None:
+        """In a forked child, which has none of the parent's threads: start afresh."""
+        self._lock = threading.Lock()  # a thread of the parent may have held it
+        self._idle = []
 
     def close(self) -> None:
         """End the idle threads (those running a job end when it is done, as before).
@@ -122,6 +132,12 @@ class ThreadPool:
                         return
                 # ``run`` took this thread just now: its job is on the way.
                 given = inbox.get()
+
+
+def _forget_threads(pool: weakref.ref[ThreadPool]) -> None:
+    alive = pool()
+    if alive is not None:
+        alive.forget_threads()
 
 
 def _call(function: Callable[[], object]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import threading
 import time
 import weakref
@@ -392,5 +393,24 @@ async def test_a_finished_worker_is_not_held_by_its_idle_thread() -> None:
         del worker
         gc.collect()
         assert reference() is None
+    finally:
+        pool.close()
+
+
+async def test_a_forked_child_starts_threads_of_its_own() -> None:
+    # The parent's idle threads do not exist in a forked child: a job handed to one of
+    # them would never run.
+    pool = ThreadPool(keep=4, idle_seconds=30)
+    try:
+        await run_worker(pool)
+        wait_until(lambda: pool.idle == 1)
+        child = os.fork()
+        if child == 0:  # pragma: no cover - runs in the child
+            ran = threading.Event()
+            pool.run(ran.set, "test-child")
+            os._exit(0 if ran.wait(10) else 1)
+        _, status = await asyncio.to_thread(os.waitpid, child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert pool.idle == 1  # the parent's pool is as it was
     finally:
         pool.close()
