@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator
+from datetime import datetime
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +135,39 @@ async def test_no_opentelemetry_provider_is_looked_up_per_request(
             for path in ("/health", "/api/stable/auth/whoami", "/nowhere"):
                 await client.get(path)
     assert asked == []
+
+
+async def test_a_download_sent_from_the_file_derives_no_header_from_its_stat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A version sent from its file carries the version's ETag and Last-Modified; the
+    file's stat gives its length only (Starlette would format a date and hash the stat on
+    every download, for headers it then drops)."""
+    import starlette.responses
+
+    def no_stat_headers(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a header derived from the file's stat")
+
+    write_config(
+        tmp_path / "config",
+        [user_doc("admin", "admin-pass", ["systemAdmin"]), collection_doc("db")],
+    )
+    app = create_app(make_settings(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}"))
+    body = (SAMPLES_DIR / "symmetric.gpg").read_bytes()
+    base = "/api/stable/repository/collection/db/version"
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            login = await client.post(
+                "/api/stable/auth/login", json={"username": "admin", "password": "admin-pass"}
+            )
+            client.headers["Authorization"] = f"Bearer {login.json()['data']['token']}"
+            uploaded = (await client.post(base, content=body)).json()["data"]["version"]
+            monkeypatch.setattr(starlette.responses, "formatdate", no_stat_headers)
+            download = await client.get(f"{base}/latest")
+    assert download.status_code == 200
+    assert download.content == body
+    assert download.headers["content-length"] == str(len(body))
+    assert download.headers["etag"] == f'"{uploaded["sha256"]}"'
+    created = datetime.fromisoformat(uploaded["CreatedAt"].replace("Z", "+00:00"))
+    assert download.headers["last-modified"] == format_datetime(created, usegmt=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import os
 import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -491,6 +492,16 @@ def _download_headers(download: Download) -> dict[str, str]:
     return headers
 
 
+class StoredFileResponse(FileResponse):
+    """A version's file, sent by the server itself (path-send), with the version's ETag and
+    Last-Modified given by the handler. Starlette would also derive both from the file's stat
+    on every download (an MD5 and a formatted date, about 18 µs), only to drop them for
+    those given: from the stat, only the length is taken."""
+
+    def set_stat_headers(self, stat_result: os.stat_result) -> None:
+        self.headers.setdefault("content-length", str(stat_result.st_size))
+
+
 # GET and HEAD as two routes: one route with both methods gives both the same operation id.
 @router.get(
     "/api/stable/repository/collection/{collectionId}/version/{version}",
@@ -536,7 +547,7 @@ async def download(
         # extension), with the stat the service took.
         path, stat_result = outgoing.file
         del headers["Content-Length"]
-        return FileResponse(
+        return StoredFileResponse(
             path, headers=headers, media_type="application/octet-stream", stat_result=stat_result
         )
     if outgoing.chunks is None:  # HEAD
