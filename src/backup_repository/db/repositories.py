@@ -375,7 +375,7 @@ class SingleStatement:
             # One statement is a transaction of its own: no BEGIN and COMMIT, two round
             # trips fewer.
             try:
-                async with _autocommit(engine).connect() as connection:
+                async with autocommit(engine).connect() as connection:
                     result = await connection.execute(self.statement, dict(params))
                     return [tuple(row) for row in result.all()] if result.returns_rows else []
             except Exception as exc:
@@ -454,7 +454,7 @@ class SingleStatement:
 _AUTOCOMMIT: Final[weakref.WeakKeyDictionary[Engine, AsyncEngine]] = weakref.WeakKeyDictionary()
 
 
-def _autocommit(engine: AsyncEngine) -> AsyncEngine:
+def autocommit(engine: AsyncEngine) -> AsyncEngine:
     """``engine`` in autocommit mode (the same pool): each statement commits by itself."""
     found = _AUTOCOMMIT.get(engine.sync_engine)
     if found is None:

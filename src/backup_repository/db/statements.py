@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from backup_repository.db.repositories import (
     SingleStatement,
+    autocommit,
     is_unavailable,
     on_sqlite_connection,
     raise_if_unavailable,
@@ -120,14 +121,20 @@ class _EachOnItsOwn:
 @contextlib.asynccontextmanager
 async def statements(engine: AsyncEngine) -> AsyncIterator[Steps]:
     """Statements that need not commit together (each is right by itself, e.g. under a
-    lock the caller holds): on SQLite each is a transaction of its own, one trip to the
-    driver without a BEGIN and a COMMIT; elsewhere they share one short transaction, which
-    costs fewer round trips than one each."""
+    lock the caller holds), each a transaction of its own: on SQLite one trip to the driver
+    without a BEGIN and a COMMIT; elsewhere on one pooled connection in autocommit mode
+    (one checkout, no round trips for BEGIN and COMMIT)."""
     if engine.dialect.driver == "aiosqlite":
         yield _EachOnItsOwn(engine)
         return
-    async with short_transaction(engine) as steps:
-        yield steps
+    try:
+        async with autocommit(engine).connect() as connection:
+            yield _SqlSteps(connection)
+    except DependencyUnavailable:
+        raise
+    except (sa_exc.SQLAlchemyError, OSError) as exc:
+        raise_if_unavailable(exc)
+        raise
 
 
 @dataclass(frozen=True)

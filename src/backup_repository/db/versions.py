@@ -2,12 +2,13 @@
 same on PostgreSQL and SQLite, holds no connection during an upload, and frees itself when
 a replica dies).
 
-An upload's two transactions (:meth:`SqlVersionRepository.lock_for_upload`: the lock taken
-and the versions read; :meth:`SqlVersionRepository.commit_version`: the counter advanced and
-the lock freed in one statement, the token consumed, the version recorded, the rotated ones
-marked deleted and the upload's audit rows written) are statements known in advance, so
-each runs with :func:`~db.statements.in_one_transaction`: on SQLite one trip to the
-driver's thread each."""
+An upload's two steps (:meth:`SqlVersionRepository.lock_for_upload`: the lock taken and the
+versions read; :meth:`SqlVersionRepository.commit_version`: the counter advanced and the
+lock freed in one statement, the token consumed, the version recorded, the rotated ones
+marked deleted and the upload's audit rows written) are statements known in advance, so on
+SQLite each runs with :func:`~db.statements.in_one_transaction`, one trip to the driver's
+thread. On PostgreSQL the commit is a short transaction, and the lock and the read two
+statements in autocommit mode on one connection (they need not commit together)."""
 
 from __future__ import annotations
 
@@ -202,6 +203,15 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _locked(last_number: int, rows: Sequence[tuple[Any, ...]]) -> LockedCollection:
+    versions = [_to_record(dict(zip(_NOT_PURGED.keys, row, strict=True))) for row in rows]
+    return LockedCollection(
+        last_number=last_number,
+        live=[v for v in versions if v.deleted_at is None],
+        unpurged=[v for v in versions if v.deleted_at is not None],
+    )
+
+
 class _NotTaken(Exception):
     """The upload lock is someone else's (or its collection has no state row yet)."""
 
@@ -221,7 +231,17 @@ class SqlVersionRepository:
     async def lock_for_upload(
         self, collection_id: str, owner: str, lease_seconds: float
     ) -> LockedCollection | None:
-        # The lock and the read in one transaction (on SQLite one trip to the driver); the
+        if self._engine.dialect.driver != "aiosqlite":
+            # Once the lock is ours no other writer changes the versions, and the read, a
+            # statement after the lock's, sees every commit made before it: they need not
+            # commit together (one connection, no round trips for BEGIN and COMMIT).
+            async with statements(self._engine) as steps:
+                last = await self._lock(steps, collection_id, owner, lease_seconds)
+                if last is None:
+                    return None
+                rows = await steps.rows(_NOT_PURGED, {"cid": collection_id})
+            return _locked(last, rows)
+        # On SQLite the lock and the read in one transaction, one trip to the driver; the
         # read is thrown away when the lock was not taken. Someone else holds it, or this is
         # the collection's first upload: its state row is created and the lock tried again.
         for attempt in range(2):
@@ -246,12 +266,7 @@ class SqlVersionRepository:
                 await _ENSURE_STATE[self._engine.dialect.name].rows(self._engine, params)
                 continue
             taken, rows = done.rows
-            versions = [_to_record(dict(zip(_NOT_PURGED.keys, row, strict=True))) for row in rows]
-            return LockedCollection(
-                last_number=int(taken[0][0]),
-                live=[v for v in versions if v.deleted_at is None],
-                unpurged=[v for v in versions if v.deleted_at is not None],
-            )
+            return _locked(int(taken[0][0]), rows)
         return None
 
     async def _lock(
