@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 logger = logging.getLogger(__name__)
 
@@ -116,8 +116,11 @@ class BatchSink(EventSink, Protocol):
 async def emit_all(sink: EventSink, events: Sequence[Event]) -> None:
     """Hand ``events`` to ``sink`` in their order: in one call when it takes several
     together, else one by one."""
-    if isinstance(sink, BatchSink):
-        await sink.emit_all(events)
+    # getattr rather than isinstance of the runtime-checkable Protocol: a hundred times
+    # cheaper, on the path of every upload.
+    batch = getattr(sink, "emit_all", None)
+    if batch is not None:
+        await batch(events)
         return
     for event in events:
         await sink.emit(event)
@@ -137,7 +140,8 @@ class RowKeepingSink(EventSink, Protocol):
 def keeps_rows(sink: EventSink) -> bool:
     """Whether ``sink`` (or a listener it fans out to) keeps events as rows: an action may
     then write the rows of its events in its own transaction (module docstring)."""
-    return isinstance(sink, RowKeepingSink) and sink.keeps_rows()
+    keeps = getattr(sink, "keeps_rows", None)
+    return keeps is not None and bool(keeps())
 
 
 async def emit_kept(
@@ -145,8 +149,8 @@ async def emit_kept(
 ) -> None:
     """Hand over ``events`` whose rows their action wrote, or tried to write and could not
     (``failure``) (module docstring)."""
-    if isinstance(sink, RowKeepingSink) and sink.keeps_rows():
-        await sink.emit_kept(events, failure)
+    if keeps_rows(sink):
+        await cast(RowKeepingSink, sink).emit_kept(events, failure)
         return
     await emit_all(sink, events)
 
