@@ -510,6 +510,8 @@ async def test_unsafe_keys_are_refused(store: ObstoreBlobStore, key: str) -> Non
         await store.delete(key)
     with pytest.raises(ValueError, match="storage key"):
         store.local_path(key)
+    with pytest.raises(ValueError, match="storage key"):
+        await store.remove_leftovers("a/", [key])
     assert await keys(store, "") == []
 
 
@@ -519,6 +521,8 @@ async def test_unsafe_prefixes_are_refused(store: ObstoreBlobStore, prefix: str)
         await keys(store, prefix)
     with pytest.raises(ValueError, match="storage prefix"):
         await store.remove_incomplete_writes(prefix)
+    with pytest.raises(ValueError, match="storage prefix"):
+        await store.remove_leftovers(prefix, [])
 
 
 async def test_traversal_cannot_write_outside_the_root(tmp_path: Path) -> None:
@@ -585,6 +589,31 @@ async def test_remove_incomplete_writes_after_a_crash(storage_url: str) -> None:
         assert await store.remove_incomplete_writes("") == 0
     assert await read_all(store, "coll/kept") == b"an earlier version"
     assert await read_all(store, "other/kept") == b"another collection"
+
+
+async def test_remove_leftovers_takes_the_keys_and_the_staging_files_under_the_prefix(
+    store: ObstoreBlobStore,
+) -> None:
+    """An upload's clean-up in one call: the objects named (a missing one is no error) and
+    what interrupted writes left under the prefix go; nothing else does."""
+    await store.put_stream("coll/kept", chunks_of(b"a recorded version"))
+    await store.put_stream("coll/v2.gpg", chunks_of(b"stored, never recorded"))
+    await store.put_stream("other/v2.gpg", chunks_of(b"another collection's"))
+    staging: list[Path] = []
+    if isinstance(store.location, FileLocation):
+        root = root_of(store)
+        staging = [root / "coll" / "v3.gpg#12345", root / "other" / "v3.gpg#678"]
+        for path in staging:
+            path.write_bytes(b"half of an interrupted write")
+    removed = await store.remove_leftovers("coll/", ["coll/v2.gpg", "coll/v9.gpg"])
+    assert removed == (1 if staging else 0)
+    assert await keys(store, "coll/") == ["coll/kept"]
+    assert await keys(store, "other/") == ["other/v2.gpg"]
+    assert await read_all(store, "coll/kept") == b"a recorded version"
+    if staging:
+        assert staging_files(root_of(store)) == [staging[1]]
+    # Nothing left to remove: still no error.
+    assert await store.remove_leftovers("coll/", ["coll/v2.gpg"]) == 0
 
 
 async def _wait_for_a_write_in_progress(

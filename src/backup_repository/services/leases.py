@@ -112,23 +112,31 @@ async def renewed_lease(
     lease = Lease(renew, seconds, taken_at)
 
     async def keep() -> None:
-        while True:
-            await asyncio.sleep(seconds / 3)
-            if lease.is_stopped:
-                return
+        while not lease.is_stopped:
             try:
                 ours = await lease.renew()
             except Exception:
                 logger.exception("could not renew the %s", what)
-                continue
-            if not ours:
-                if lease.is_stopped:
+            else:
+                if not ours:
+                    if lease.is_stopped:
+                        return
+                    logger.error("the %s was lost (a stall longer than the lease)", what)
+                    lost.set()
+                    if stop_on_loss and task is not None:
+                        task.cancel()
                     return
-                logger.error("the %s was lost (a stall longer than the lease)", what)
-                lost.set()
-                if stop_on_loss and task is not None:
-                    task.cancel()
-                return
+            await asyncio.sleep(seconds / 3)
+
+    # The renewing task starts at the first renewal, from a timer: a short body (a small
+    # upload) costs a timer set and cancelled, not a task started, cancelled and awaited.
+    loop = asyncio.get_running_loop()
+    renewer: asyncio.Task[None] | None = None
+
+    def start_renewing() -> None:
+        nonlocal renewer
+        if not lease.is_stopped:
+            renewer = loop.create_task(keep(), name=f"renew {what}")
 
     async def release_quietly() -> None:
         try:
@@ -136,7 +144,7 @@ async def renewed_lease(
         except Exception:
             logger.exception("could not release the %s", what)
 
-    renewer = asyncio.create_task(keep(), name=f"renew {what}")
+    timer = loop.call_later(seconds / 3, start_renewing)
     try:
         yield lease
     except asyncio.CancelledError:
@@ -146,9 +154,11 @@ async def renewed_lease(
             raise LockLost(f"the {what} was lost") from None
         raise
     finally:
-        renewer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await renewer
+        timer.cancel()
+        if renewer is not None:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
         if not lost.is_set() and not lease.is_released:
             await asyncio.shield(release_quietly())
 

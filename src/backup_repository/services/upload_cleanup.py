@@ -83,15 +83,8 @@ class UploadCleanup:
         (``unpurged``, as read when the lock was taken; read here when None)."""
         unrecorded = f"{collection.name}/{collection.filename_for(last_number + 1)}"
         try:
-            # Two different things to remove: neither waits for the other.
-            found = await asyncio.gather(
-                self._store.remove_incomplete_writes(f"{collection.name}/"),
-                self._store.delete(unrecorded),
-                return_exceptions=True,
-            )
-            for outcome in found:
-                if isinstance(outcome, BaseException):
-                    raise outcome
+            # One call (file://: one trip to a worker thread) for both.
+            await self._store.remove_leftovers(f"{collection.name}/", [unrecorded])
             if unpurged is None:
                 unpurged = await self._versions.deleted_unpurged(collection.name)
             if unpurged:

@@ -469,8 +469,13 @@ class UploadService:
         if not recorded.rotated:
             await emitted
             return
-        # The listeners and the deletion of the rotated objects do not wait for each other.
-        await asyncio.gather(emitted, self._purge(collection, recorded.rotated))
+        # The listeners and the deletion of the rotated objects do not wait for each other
+        # (one task more, not the two of a gather).
+        purging = asyncio.ensure_future(self._purge(collection, recorded.rotated))
+        try:
+            await emitted
+        finally:
+            await purging
 
     async def _purge(self, collection: Collection, rotated: list[VersionRecord]) -> None:
         try:

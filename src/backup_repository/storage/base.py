@@ -3,7 +3,7 @@ obstore) covers file://, s3://, gs://, azblob:// and memory:// URLs."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -78,5 +78,11 @@ class BlobStore(Protocol):
         (staging files; unfinished multipart uploads where the backend can list them) and
         return how many were removed. Only call it when no write under ``prefix`` can be
         in progress."""
+
+    async def remove_leftovers(self, prefix: str, keys: Sequence[str]) -> int:
+        """What :meth:`remove_incomplete_writes` removes under ``prefix``, and the objects
+        ``keys`` (a missing one is not an error), in one call: the clean-up of a
+        collection under its upload lock. Returns how many incomplete writes were
+        removed. Only call it when no write under ``prefix`` can be in progress."""
 
     async def close(self) -> None: ...

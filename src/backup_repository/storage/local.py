@@ -20,7 +20,7 @@ import contextlib
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, Callable, Sequence
 from pathlib import Path
 
 from backup_repository.storage.errors import unavailable
@@ -94,6 +94,15 @@ def remove_staging_files(root: Path, prefix: str) -> int:
                 continue
             logger.info("removed the staging file of an interrupted write: %s", key)
             removed += 1
+    return removed
+
+
+def remove_leftovers(root: Path, prefix: str, keys: Sequence[str]) -> int:
+    """The staging files under ``prefix`` and the files of ``keys`` (those that are there)
+    removed in one call; the number of staging files (blocking: run it in a thread)."""
+    removed = remove_staging_files(root, prefix)
+    for key in keys:
+        delete_local(root.joinpath(*key.split("/")))
     return removed
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -29,7 +29,12 @@ from obstore.exceptions import NotFoundError as ObstoreNotFound
 from backup_repository.storage.base import BlobInfo, BlobNotFound, StorageUnavailable
 from backup_repository.storage.errors import unavailable
 from backup_repository.storage.keys import validate_key, validate_prefix
-from backup_repository.storage.local import delete_local, put_local, remove_staging_files
+from backup_repository.storage.local import (
+    delete_local,
+    put_local,
+    remove_leftovers,
+    remove_staging_files,
+)
 from backup_repository.storage.remote import put_multipart
 from backup_repository.storage.urls import FileLocation, StorageLocation
 
@@ -252,6 +257,25 @@ class ObstoreBlobStore:
         root = self._location.root
         try:
             return await asyncio.to_thread(remove_staging_files, root, prefix)
+        except OSError as exc:
+            raise unavailable("clean-up", prefix or "/", exc) from exc
+
+    async def remove_leftovers(self, prefix: str, keys: Sequence[str]) -> int:
+        """file://: the staging files under ``prefix`` and the files of ``keys`` go in one
+        trip to a worker thread (an upload's clean-up under its collection's lock: one hand
+        over and one wake of the event loop, not one per call). Object stores: ``keys``
+        deleted (unfinished multipart uploads stay, as in
+        :meth:`remove_incomplete_writes`). Returns the number of staging files removed."""
+        validate_prefix(prefix)
+        for key in keys:
+            validate_key(key)
+        if not isinstance(self._location, FileLocation):
+            for key in keys:
+                await self.delete(key)
+            return 0
+        root = self._location.root
+        try:
+            return await asyncio.to_thread(remove_leftovers, root, prefix, keys)
         except OSError as exc:
             raise unavailable("clean-up", prefix or "/", exc) from exc
 
