@@ -6,6 +6,7 @@ recovers by itself when the dependency returns, without restarting the server.""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
 import time
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from reliability_support import (
@@ -27,6 +29,7 @@ from reliability_support import (
     send_upload,
     sha256,
 )
+from sqlalchemy.engine import make_url
 
 from support import ServerProcess, collection_doc, start_server, user_doc, wait_until, write_config
 
@@ -410,6 +413,96 @@ def test_database_stopped_then_back(
             f"\ndatabase outage: /ready 500 in {down.seconds:.2f}s, {outage:.1f}s of checks "
             f"while stopped; /ready 200 {recovery:.2f}s after PostgreSQL was back"
         )
+    finally:
+        server.stop()
+
+
+def terminate_connections(db_url: str) -> int:
+    """``pg_terminate_backend`` on every other connection to ``db_url``'s database, waiting
+    until each is gone; how many it ended (one may end by itself meanwhile)."""
+
+    async def terminate() -> int:
+        url = make_url(db_url)
+        admin = await asyncpg.connect(
+            host=url.host, port=url.port, user=url.username, password=url.password,
+            database=url.database,
+        )  # fmt: skip
+        try:
+            ended = await admin.fetch(
+                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        finally:
+            await admin.close()
+        return sum(1 for row in ended if row[0])
+
+    return asyncio.run(terminate())
+
+
+def test_database_connections_ended_while_pooled(
+    tmp_path: Path, postgres_url: str, pgp_bodies: PgpBodies
+) -> None:
+    """PostgreSQL ends every connection of the server while they wait in its pool (as an
+    ``idle_session_timeout``, an administrator or a proxy would): the next request of each
+    kind succeeds at once, none answers 503."""
+    rng = random.Random("connections-ended")
+    root = tmp_path / "storage"
+    server = start(tmp_path / "server", root.as_uri(), db_url=postgres_url)
+    try:
+        token = login(server.url)
+        first = pgp_bodies.make(100 * KiB, rng)
+        assert send_upload(server.url, token, "db", first).status == 200
+        second = pgp_bodies.make(200 * KiB, rng)
+
+        def whoami() -> None:
+            response = httpx.get(
+                server.url + "/api/stable/auth/whoami", headers=bearer(token), timeout=30
+            )
+            assert response.status_code == 200, response.text
+
+        def upload() -> None:
+            outcome = send_upload(server.url, token, "db", second)
+            assert outcome.status == 200, outcome
+            assert outcome.version["versionNumber"] == 2
+
+        def listing() -> None:
+            assert listed(server, token) == [(2, sha256(second)), (1, sha256(first))]
+
+        def fetch() -> None:
+            response = download(server, token, 1)
+            assert response.status_code == 200, response.text
+            assert sha256(response.content) == sha256(first)
+
+        for request in (whoami, upload, listing, fetch, lambda: login(server.url)):
+            assert terminate_connections(postgres_url) >= 1
+            request()
+        assert readiness(server).status == 200
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_database_restarted_while_idle(
+    tmp_path: Path, private_postgres: PrivatePostgres, pgp_bodies: PgpBodies
+) -> None:
+    """PostgreSQL restarts (``pg_ctl stop -m fast``, then start) while the server's
+    connections wait in its pool: the first request after it succeeds, without waiting for
+    /ready or a failed request first."""
+    rng = random.Random("database-restarted")
+    root = tmp_path / "storage"
+    server = start(tmp_path / "server", root.as_uri(), db_url=private_postgres.url)
+    try:
+        token = login(server.url)
+        first = pgp_bodies.make(100 * KiB, rng)
+        assert send_upload(server.url, token, "db", first).status == 200
+        for mode in ("fast", "immediate"):
+            private_postgres.stop(mode)
+            private_postgres.start()
+            response = httpx.get(
+                server.url + "/api/stable/auth/whoami", headers=bearer(token), timeout=30
+            )
+            assert response.status_code == 200, (mode, response.text)
+        assert listed(server, token) == [(1, sha256(first))]
     finally:
         server.stop()
 
