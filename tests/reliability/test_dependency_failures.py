@@ -2,7 +2,9 @@
 full, and the database stopped. In each case ``/ready`` turns 500 naming the failing check
 within ``--storage-health-timeout``, requests that need the dependency answer 503 with a
 clear message, nothing half-written is recorded or left in storage, and everything
-recovers by itself when the dependency returns, without restarting the server."""
+recovers by itself when the dependency returns, without restarting the server. When the
+database ends the server's pooled connections, or restarts, while the server is idle, no
+request fails at all: the pool replaces the closed connections (db/engine.py)."""
 
 from __future__ import annotations
 
