@@ -16,7 +16,8 @@ the storage, restarts the server and checks:
   numbers 1..N, N is the collection's counter, the live ones are the newest min(n, N);
 - after the next upload to the collection (which cleans up under the collection's lock)
   the storage holds exactly the objects of the live versions: no staging files, no
-  objects stored but never recorded, none of rotated versions.
+  objects stored but never recorded, none of rotated versions; every rotated version is
+  marked purged but the one that upload rotated out (its row is marked by the one after).
 
 "Legitimately removed by rotation" (fifo, n = maxBackupsCount): versions are numbered in
 commit order 1..N, and every commit deletes what exceeds the newest n. So a confirmed
@@ -468,7 +469,13 @@ def upload_next(
 
     rows, _ = read_database(backend.db_url)
     live = {r.storage_key for r in rows if not r.deleted}
-    assert all(r.purged for r in rows if r.deleted), "rotated versions not deleted"
+    # Every rotated version is marked purged, but the one each of these uploads rotated
+    # out: its object is deleted (checked below) and its row marked by the next upload.
+    just_rotated = {(name, tops[name] + 1 - ledger.max_count) for name, ledger in ledgers.items()}
+    unmarked = [r for r in rows if r.deleted and not r.purged]
+    assert all((r.collection, r.number) in just_rotated for r in unmarked), (
+        f"rotated versions not deleted: {unmarked}"
+    )
     objects = backend.storage.objects()
     assert objects == live, f"orphans {sorted(objects - live)}, missing {sorted(live - objects)}"
     unfinished = backend.storage.unfinished()

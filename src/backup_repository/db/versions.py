@@ -229,21 +229,29 @@ class SqlVersionRepository:
             return await self._lock(steps, collection_id, owner, lease_seconds)
 
     async def lock_for_upload(
-        self, collection_id: str, owner: str, lease_seconds: float
+        self,
+        collection_id: str,
+        owner: str,
+        lease_seconds: float,
+        purged: Sequence[str] = (),
     ) -> LockedCollection | None:
         if self._engine.dialect.driver != "aiosqlite":
             # Once the lock is ours no other writer changes the versions, and the read, a
             # statement after the lock's, sees every commit made before it: they need not
-            # commit together (one connection, no round trips for BEGIN and COMMIT).
+            # commit together (one connection, no round trips for BEGIN and COMMIT). The
+            # purge marks are true whether or not the lock is taken.
             async with statements(self._engine) as steps:
+                for version_id in purged:
+                    await steps.rows(_MARK_PURGED, {"version": version_id, "now": _now()})
                 last = await self._lock(steps, collection_id, owner, lease_seconds)
                 if last is None:
                     return None
                 rows = await steps.rows(_NOT_PURGED, {"cid": collection_id})
             return _locked(last, rows)
-        # On SQLite the lock and the read in one transaction, one trip to the driver; the
-        # read is thrown away when the lock was not taken. Someone else holds it, or this is
-        # the collection's first upload: its state row is created and the lock tried again.
+        # On SQLite the purge marks, the lock and the read in one transaction, one trip to
+        # the driver; the read is thrown away (and the marks rolled back) when the lock was
+        # not taken. Someone else holds it, or this is the collection's first upload: its
+        # state row is created and the lock tried again.
         for attempt in range(2):
             now = _now()
             params = {
@@ -256,6 +264,7 @@ class SqlVersionRepository:
                 done = await in_one_transaction(
                     self._engine,
                     [
+                        *(Step(_MARK_PURGED, {"version": v, "now": now}) for v in purged),
                         Step(_LOCK, params, unless_rows=_NotTaken),
                         Step(_NOT_PURGED, {"cid": collection_id}),
                     ],
@@ -265,7 +274,7 @@ class SqlVersionRepository:
                     return None
                 await _ENSURE_STATE[self._engine.dialect.name].rows(self._engine, params)
                 continue
-            taken, rows = done.rows
+            taken, rows = done.rows[len(purged) :]
             return _locked(int(taken[0][0]), rows)
         return None
 

@@ -209,11 +209,17 @@ class VersionRepository(Protocol):
         the lock."""
 
     async def lock_for_upload(
-        self, collection_id: str, owner: str, lease_seconds: float
+        self,
+        collection_id: str,
+        owner: str,
+        lease_seconds: float,
+        purged: Sequence[str] = (),
     ) -> LockedCollection | None:
         """:meth:`try_lock`, and once the lock is ours (no other writer changes the
         versions then) read what an upload plans with: the live versions and those whose
-        object may still exist. None when someone else holds the lock."""
+        object may still exist. None when someone else holds the lock. ``purged``: ids of
+        rotated versions whose objects are gone, marked purged before the read (in the
+        same trip; whether or not the lock is taken, they may be marked)."""
 
     async def renew_lock(self, collection_id: str, owner: str, lease_seconds: float) -> bool:
         """Extend the lease; False when the lock is no longer ours."""

@@ -43,6 +43,12 @@ class UploadCleanup:
         self._instance = instance
         # Collections the start-up clean-up of this process holds the lock of right now.
         self._cleaning: dict[str, asyncio.Event] = {}
+        # By collection: rotated versions whose objects this process deleted after an
+        # upload's commit and has not marked purged yet. The next upload's lock step marks
+        # them (one trip to the database fewer per rotating upload). Lost with the
+        # process: their rows then stay unpurged, and the next clean-up deletes their
+        # (missing) objects again and marks them.
+        self._unmarked: dict[str, list[str]] = {}
 
     async def wait_for(self, collection: Collection) -> None:
         """This process's start-up clean-up holds the collection's lock for a moment: an
@@ -53,9 +59,10 @@ class UploadCleanup:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(cleaning.wait(), self._lock_lease)
 
-    async def purge(self, versions: Sequence[VersionRecord]) -> None:
+    async def purge(self, versions: Sequence[VersionRecord], *, mark_later: bool = False) -> None:
         """Delete the objects of rotated versions (already marked deleted), then mark them
-        purged. A failure leaves them for the next upload's clean-up."""
+        purged, or with ``mark_later`` leave that to the next upload's lock step
+        (:meth:`take_unmarked`). A failure leaves them for the next upload's clean-up."""
         purged: list[str] = []
         for version in versions:
             try:
@@ -63,7 +70,22 @@ class UploadCleanup:
                 purged.append(version.id)
             except StorageError as exc:
                 logger.warning("could not delete rotated %s: %s", version.storage_key, exc)
+        if mark_later:
+            for version in versions:
+                if version.id in purged:
+                    self._unmarked.setdefault(version.collection_id, []).append(version.id)
+            return
         await self._versions.mark_purged(purged)
+
+    def take_unmarked(self, collection_id: str) -> list[str]:
+        """The versions of ``collection_id`` whose objects are gone and whose rows are not
+        marked purged yet, for the lock step to mark; given back with
+        :meth:`unmarked_again` when that did not happen."""
+        return self._unmarked.pop(collection_id, [])
+
+    def unmarked_again(self, collection_id: str, version_ids: Sequence[str]) -> None:
+        if version_ids:
+            self._unmarked.setdefault(collection_id, []).extend(version_ids)
 
     async def delete_quietly(self, key: str) -> None:
         try:

@@ -269,9 +269,18 @@ class UploadService:
         owner = f"{self._instance}:{uuid.uuid4().hex[:16]}"
         await self.cleanup.wait_for(collection)
         taken_at = time.monotonic()
-        # The lock, the counter and the versions to plan with, in one transaction.
-        locked = await self._versions.lock_for_upload(collection.name, owner, self._lock_lease)
+        # The lock, the counter and the versions to plan with, in one transaction, which
+        # also marks purged what an earlier upload of this process rotated out and deleted.
+        purged = self.cleanup.take_unmarked(collection.name)
+        try:
+            locked = await self._versions.lock_for_upload(
+                collection.name, owner, self._lock_lease, purged
+            )
+        except BaseException:
+            self.cleanup.unmarked_again(collection.name, purged)
+            raise
         if locked is None:
+            self.cleanup.unmarked_again(collection.name, purged)
             raise Conflict(PARALLEL_UPLOAD)
 
         try:
@@ -451,9 +460,9 @@ class UploadService:
 
     async def _announce(self, ctx: AuthContext, recorded: _Recorded) -> None:
         """Log the new version; hand over its events (their rows are already written when
-        ``recorded.kept``); meanwhile delete the objects of the rotated versions (outside of
-        the lock: their names are never given again, and the next clean-up purges what is
-        left)."""
+        ``recorded.kept``); then delete the objects of the rotated versions (outside of the
+        lock: their names are never given again, and the next clean-up purges what is
+        left), whose rows the collection's next upload marks purged in its lock step."""
         collection, record = recorded.collection, recorded.record
         logger.info(
             "stored %s v%d (%d bytes) for %s",
@@ -466,20 +475,17 @@ class UploadService:
             emitted = emit_kept(self._events, recorded.events, recorded.audit_failed)
         else:
             emitted = emit_all(self._events, recorded.events)
-        if not recorded.rotated:
-            await emitted
-            return
-        # The listeners and the deletion of the rotated objects do not wait for each other
-        # (one task more, not the two of a gather).
-        purging = asyncio.ensure_future(self._purge(collection, recorded.rotated))
-        try:
-            await emitted
-        finally:
-            await purging
+        # The listeners first: they only log, count and wake a loop (the audit rows are
+        # written by the commit, or by the audit log without its rows: handed over in
+        # turn), so the deletion after them waits for nothing, and needs no task of its own.
+        await emitted
+        if recorded.rotated:
+            await self._purge(collection, recorded.rotated)
 
     async def _purge(self, collection: Collection, rotated: list[VersionRecord]) -> None:
         try:
-            await self.cleanup.purge(rotated)
+            # Marked purged by the collection's next upload (or its clean-up).
+            await self.cleanup.purge(rotated, mark_later=True)
         except Exception:
             # Recorded and answered as stored; the next clean-up purges what is left.
             logger.exception("could not purge the rotated versions of %s", collection.name)
