@@ -692,7 +692,9 @@ def replay(rows: Sequence[Mapping[str, Any]]) -> History:
     """Walk the lock history in serialization order. A holder is whoever took the free
     lock; the lock passes to another owner only by release (owner set to NULL) or by a
     takeover of a lease (counted separately: legitimate only after a replica died). The
-    counter may move only by one, only while the lock stays with its holder."""
+    counter may move only by one, only by its holder: while the lock stays with it, or in
+    the update that releases it (an upload's commit advances the counter and frees the lock
+    in one statement)."""
     history = History()
     versions = {row["txid"]: row for row in rows if row["event"] == "version"}
     holder: dict[str, Hold | None] = defaultdict(lambda: None)
@@ -721,8 +723,8 @@ def replay(rows: Sequence[Mapping[str, Any]]) -> History:
                 holder[name] = taken
                 history.holds[name].append(taken)
         if row["new_last"] != row["old_last"]:
-            hold = holder[name]
-            if hold is None or row["new_owner"] != row["old_owner"]:
+            hold = current if current is not None and current.owner == row["old_owner"] else None
+            if hold is None or row["new_owner"] not in (row["old_owner"], None):
                 history.problems.append(f"{name} #{seq}: counter moved without the lock")
             elif row["new_last"] != row["old_last"] + 1:
                 history.problems.append(
