@@ -127,11 +127,10 @@ def trips(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return found
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_on_sqlite_a_transaction_is_one_trip_to_the_driver(
     db_engine: AsyncEngine, trips: list[str]
 ) -> None:
-    if db_engine.dialect.name != "sqlite":
-        pytest.skip("SQLite's driver thread")
     await in_one_transaction(db_engine, [add("a")])  # opens the kept connection
     trips.clear()
     await in_one_transaction(
@@ -158,13 +157,16 @@ async def test_on_sqlite_a_transaction_is_one_trip_to_the_driver(
     assert await stored(db_engine) == [("a", 0), ("b", 2), ("c", 0), ("d", 0), ("f", 0)]
 
 
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
 async def test_a_single_statement_is_a_transaction_of_its_own_without_begin(
     db_engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A SingleStatement sends no BEGIN and COMMIT of its own (on PostgreSQL it runs in
-    autocommit mode: two round trips fewer), and its write is committed when it returns."""
-    if db_engine.dialect.name != "postgresql":
-        pytest.skip("SQLite's statements go to the driver directly (test_db.py)")
+    autocommit mode: two round trips fewer), and its write is committed when it returns.
+    (SQLite's statements go to the driver directly: test_db.py.)"""
+    assert db_engine.dialect.name == "postgresql"
     import asyncpg.transaction
 
     # Transactions committed (the pool's ping before a checkout opens one and rolls it back).
