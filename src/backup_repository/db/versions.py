@@ -2,8 +2,9 @@
 same on PostgreSQL and SQLite, holds no connection during an upload, and frees itself when
 a replica dies).
 
-An upload's two steps (:meth:`SqlVersionRepository.lock_for_upload`: the lock taken and the
-versions read; :meth:`SqlVersionRepository.commit_version`: the counter advanced and the
+An upload's two steps (:meth:`SqlVersionRepository.lock_for_upload`: the purge marks of what
+the collection's previous upload rotated out and deleted, the lock taken and the versions
+read; :meth:`SqlVersionRepository.commit_version`: the counter advanced and the
 lock freed in one statement, the token consumed, the version recorded, the rotated ones
 marked deleted and the upload's audit rows written) are statements known in advance, so on
 SQLite each runs with :func:`~db.statements.in_one_transaction`, one trip to the driver's
