@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import logging.config
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,11 +15,15 @@ from typing import Any
 import pytest
 import structlog
 
+from backup_repository import logs
 from backup_repository.logs import (
     REDACTED,
+    LogFormat,
+    build_formatter,
     configure_logging,
     granian_log_config,
     redact_text,
+    structlog_formatter,
 )
 from log_scan import scan_logs
 
@@ -219,3 +224,336 @@ def test_granians_experimental_notice_is_dropped(stream: io.StringIO) -> None:
     logging.getLogger("_granian").warning("Embedded server is experimental!")
     logging.getLogger("_granian").warning("Killing worker-1")
     assert [line["message"] for line in lines(stream)] == ["Killing worker-1"]
+
+
+# -- the short path: the same bytes as structlog's whole chain ---------------------------------
+
+TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z")
+ACCESS_FIELDS = {
+    "method": "POST",
+    "route": "/api/stable/repository/collection/{collectionId}/version",
+    "status": 200,
+    "duration_ms": 812.4,
+    "bytes": 402,
+    "client_ip": "10.1.2.3",
+}
+AUDIT_FIELDS = {
+    "action": "upload",
+    "outcome": "success",
+    "user": "admin",
+    "access_key": "",
+    "client_ip": "10.1.2.3",
+    "collection": "db",
+    "version": 3,
+    "size": 1048576,
+    "reason": "",
+    "session": "0123456789ab",
+    "detail": "",
+    "at": "2026-11-27T03:00:12.345678Z",
+    "stored": True,
+}
+
+
+class _Shown:
+    """A value JSON cannot encode: shown by str(), and by repr() on the console."""
+
+    def __str__(self) -> str:
+        return "shown as str"
+
+    def __repr__(self) -> str:
+        return "<shown as repr>"
+
+
+FORMATS: list[tuple[LogFormat, bool]] = [("json", False), ("console", False), ("console", True)]
+
+
+class _Lines(logging.Handler):
+    """Formats each record when it is logged (in the context of the call, as the root
+    handler does), by the short path and by structlog's whole chain, in every format."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.formatters = [
+            (build_formatter(fmt, colors=colors), structlog_formatter(fmt, colors=colors))
+            for fmt, colors in FORMATS
+        ]
+        self.records: list[logging.LogRecord] = []
+        self.lines: dict[tuple[LogFormat, bool], list[tuple[str, str]]] = {
+            key: [] for key in FORMATS
+        }
+        self.changed: list[object] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        for key, (fast, whole) in zip(FORMATS, self.formatters, strict=True):
+            before = dict(record.__dict__)
+            line = fast.format(record)
+            if record.__dict__ != before:
+                self.changed.append(record.msg)
+            self.lines[key].append((line, whole.format(record)))
+
+
+@pytest.fixture
+def formatted() -> Iterator[_Lines]:
+    """The root logger's only handler is a :class:`_Lines`."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    keeper = _Lines()
+    for handler in handlers:
+        root.removeHandler(handler)
+    root.addHandler(keeper)
+    root.setLevel(logging.DEBUG)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+    )
+    try:
+        yield keeper
+    finally:
+        root.removeHandler(keeper)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
+        structlog.contextvars.clear_contextvars()
+        structlog.reset_defaults()
+
+
+def _log_everything() -> None:
+    """Representative lines: the access and audit lines, secrets of every kind, values of
+    every type, odd field names, every level, exceptions and stacks, structlog's own."""
+    access = logging.getLogger("backup_repository.access")
+    audit = logging.getLogger("backup_repository.audit")
+    log = logging.getLogger("backup_repository.services.auth")
+    with structlog.contextvars.bound_contextvars(request_id="5b0e3c0f6f0a4b4fa1f1c4a9b0de1e21"):
+        access.info("%s %s %s", "POST", ACCESS_FIELDS["route"], 200, extra=ACCESS_FIELDS)
+        access.debug("%s %s %s", "GET", "/ready", 200, extra={**ACCESS_FIELDS, "route": "/ready"})
+        audit.info("audit", extra=AUDIT_FIELDS)
+        audit.error("audit", extra={**AUDIT_FIELDS, "stored": False, "error": "OperationalError"})
+        log.info("login of %r from %s, session %s", "admin", "10.1.2.3", "3f1c9a0b7d2e")
+        log.warning("token %s issued", JWT)
+        log.info("connecting to %s", "postgresql://postgres:SECRET@db:5432/app")
+        log.info("header Authorization: Bearer %s", "opaque-token-value")
+        log.info("header authorization: BASIC dXNlcjpwYXNzd29yZA==")
+        log.info("storage s3://b?endpoint=http://s3&secret_access_key=AWS-SECRET&region=x")
+        log.info("/ready?code=abc&x=1 and key=value without a query")
+        log.info(
+            "fields",
+            extra={
+                "password": "hunter2",
+                "db_password": "pg-secret",
+                "jwt_secret_key": "signing-secret",
+                "Authorization": "Bearer abc",
+                "refresh_token": "opaque",
+                "api_key": 0,
+                "health_key": None,
+                "cookie": "",
+                "token": False,
+                "nested": {"user": "u", "password": "inner", "list": ["x", JWT, ("t", 1)]},
+                "deep": {"a": {"b": {"c": {"d": {"password": "deepest"}}}}},
+                "url": "https://user:pw@example.com/path?signature=abc",
+                "spaces": "a b",
+                "quotes": 'it\'s "quoted"',
+                "equals": "k=v",
+                "newline": "one\ntwo",
+                "tab": "a\tb",
+                "unicode": "ünïcödé ✓",
+                "empty": "",
+                "number": 12,
+                "float": 0.1,
+                "big": 10**20,
+                "flag": True,
+                "nothing": None,
+                "items": [1, "two", None],
+                "pair": (1, 2),
+                "shown": _Shown(),
+                "color_message": "\x1b[1mcoloured\x1b[0m",
+                "timestamp": "overridden",
+                "logger_name": "named",
+                "_record": "structlog's",
+                "event": "the extra's event",
+            },
+        )
+        log.info("%s", "a message longer than the thirty columns of the console's event")
+        log.info("short")
+        log.info("")
+        log.debug("debug")
+        log.critical("critical")
+        log.log(25, "a level without a name")
+        log.info("100%% sure, %d%%", 5)
+        with structlog.contextvars.bound_contextvars(collection="db", attempt=2):
+            log.info("more bound fields")
+        with structlog.contextvars.bound_contextvars(
+            event="bound", _record="bound", logger="bound", timestamp="bound"
+        ):
+            log.info("bound fields named as the chain's own")
+        try:
+            raise ValueError(f"bad token {JWT}")
+        except ValueError:
+            log.exception("failed")
+        log.info("with a stack", stack_info=True)
+        log.info("the exception as a field", extra={"exception": "text"})
+        structlog.get_logger("backup_repository.structlog").info("from structlog", size=3)
+    log.info("outside a request")
+
+
+def _same_timestamps(line: str) -> str:
+    return TIMESTAMP.sub("2026-11-27T03:00:12.345678Z", line)
+
+
+@pytest.mark.parametrize(("fmt", "colors"), FORMATS)
+def test_the_short_path_writes_the_bytes_of_structlogs_whole_chain(
+    formatted: _Lines, fmt: LogFormat, colors: bool
+) -> None:
+    _log_everything()
+    assert len(formatted.records) == 26
+    assert formatted.changed == []  # the record is left as it was, for other handlers
+    for record, (line, expected) in zip(
+        formatted.records, formatted.lines[fmt, colors], strict=True
+    ):
+        if record.stack_info:  # structlog writes the stack of the call that formats
+            line, expected = (
+                text.split("Stack (most recent call last)")[0] for text in (line, expected)
+            )
+        assert _same_timestamps(line) == _same_timestamps(expected), record.msg
+
+
+def test_an_access_line_as_written(formatted: _Lines) -> None:
+    _log_everything()
+    json_line, _ = formatted.lines["json", False][0]
+    assert _same_timestamps(json_line) == (
+        '{"request_id": "5b0e3c0f6f0a4b4fa1f1c4a9b0de1e21", "level": "info", '
+        '"logger": "backup_repository.access", "method": "POST", '
+        '"route": "/api/stable/repository/collection/{collectionId}/version", "status": 200, '
+        '"duration_ms": 812.4, "bytes": 402, "client_ip": "10.1.2.3", '
+        '"timestamp": "2026-11-27T03:00:12.345678Z", '
+        '"message": "POST /api/stable/repository/collection/{collectionId}/version 200"}'
+    )
+    console_line, _ = formatted.lines["console", False][0]
+    assert _same_timestamps(console_line) == (
+        "2026-11-27T03:00:12.345678Z [info     ] "
+        "POST /api/stable/repository/collection/{collectionId}/version 200 "
+        "[backup_repository.access] bytes=402 client_ip=10.1.2.3 duration_ms=812.4 "
+        "method=POST request_id=5b0e3c0f6f0a4b4fa1f1c4a9b0de1e21 "
+        "route=/api/stable/repository/collection/{collectionId}/version status=200"
+    )
+
+
+def test_a_line_with_secrets_as_written(formatted: _Lines) -> None:
+    _log_everything()
+    (index,) = [i for i, record in enumerate(formatted.records) if record.msg == "fields"]
+    line = json.loads(formatted.lines["json", False][index][0])
+    assert line["request_id"] == "5b0e3c0f6f0a4b4fa1f1c4a9b0de1e21"
+    assert line["message"] == "the extra's event"
+    for key in ("password", "db_password", "jwt_secret_key", "Authorization", "refresh_token"):
+        assert line[key] == REDACTED, key
+    assert (line["api_key"], line["health_key"], line["cookie"], line["token"]) == (
+        0,
+        None,
+        "",
+        False,
+    )
+    assert line["nested"] == {"user": "u", "password": REDACTED, "list": ["x", REDACTED, ["t", 1]]}
+    assert line["deep"] == {"a": {"b": {"c": {"d": {"password": "deepest"}}}}}  # too deep
+    assert line["url"] == f"https://user:{REDACTED}@example.com/path?signature={REDACTED}"
+    assert line["shown"] == "shown as str"
+    assert "_record" not in line
+    assert "color_message" not in line
+    assert line["timestamp"] != "overridden"
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch, name: str, method: str) -> list[str]:
+    """The calls of ``method`` of the pattern ``logs.<name>``, by their text."""
+    pattern = getattr(logs, name)
+    calls: list[str] = []
+
+    class Counted:
+        def __getattr__(self, attribute: str) -> Any:
+            return getattr(pattern, attribute)
+
+    def counted(*args: Any) -> Any:
+        calls.append(args[-1])
+        return getattr(pattern, method)(*args)
+
+    counter = Counted()
+    setattr(counter, method, counted)
+    monkeypatch.setattr(logs, name, counter)
+    return calls
+
+
+def test_field_names_are_searched_once_and_plain_text_not_at_all(
+    stream: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = _counting(monkeypatch, "SENSITIVE_KEY", "search")
+    texts = [
+        _counting(monkeypatch, pattern, "sub")
+        for pattern in ("_JWT", "_BEARER", "_URL_PASSWORD", "_SECRET_QUERY")
+    ]
+    logs.secret_name.cache_clear()
+    access = logging.getLogger("backup_repository.access")
+    for _ in range(3):
+        with structlog.contextvars.bound_contextvars(request_id="r-1"):
+            access.info("%s %s %s", "POST", ACCESS_FIELDS["route"], 200, extra=ACCESS_FIELDS)
+    # Each name once (the fields, request_id, level, logger, event, timestamp), not per line.
+    assert sorted(names) == sorted(
+        {*ACCESS_FIELDS, "request_id", "level", "logger", "event", "timestamp"}
+    )
+    assert texts == [[], [], [], []]
+    # A text with = but no query is not searched for query parameters either.
+    logging.getLogger("x").info("version=3 key=value")
+    assert texts[3] == []
+    logging.getLogger("x").info("/ready?code=abc")
+    assert texts[3] == ["/ready?code=abc"]
+    assert len(lines(stream)) == 5
+
+
+def test_a_plain_line_makes_no_second_record(
+    stream: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copies: list[dict[str, Any]] = []
+    make = logging.makeLogRecord
+
+    def counted(fields: dict[str, Any]) -> logging.LogRecord:
+        copies.append(fields)
+        return make(fields)
+
+    monkeypatch.setattr(logging, "makeLogRecord", counted)
+    logging.getLogger("backup_repository.access").info("plain", extra={"status": 200})
+    assert copies == []
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        logging.getLogger("x").exception("with a traceback")
+    assert len(copies) == 1  # structlog's whole chain, as before
+    plain, failed = lines(stream)
+    assert plain["status"] == 200
+    assert "RuntimeError: boom" in failed["exception"]
+
+
+def test_log_fields_writes_the_line_of_logger_log_without_looking_up_the_caller(
+    stream: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    access = logging.getLogger("backup_repository.access")
+    kind = type(access)  # structlog's subclass of Logger once it is configured
+    callers: list[object] = []
+    find_caller = kind.findCaller
+
+    def counted(self: logging.Logger, *args: Any) -> Any:
+        callers.append(self.name)
+        return find_caller(self, *args)
+
+    monkeypatch.setattr(kind, "findCaller", counted)
+    with structlog.contextvars.bound_contextvars(request_id="r-1"):
+        access.log(logging.INFO, "%s %s", "GET", 200, extra=ACCESS_FIELDS)
+        assert callers == ["backup_repository.access"]
+        logs.log_fields(access, logging.INFO, "%s %s", ("GET", 200), ACCESS_FIELDS)
+        logs.log_fields(access, logging.DEBUG - 1, "not enabled", (), {})
+    assert callers == ["backup_repository.access"]
+    by_log, by_log_fields = stream.getvalue().splitlines()
+    assert _same_timestamps(by_log) == _same_timestamps(by_log_fields)
+    assert json.loads(by_log_fields)["message"] == "GET 200"

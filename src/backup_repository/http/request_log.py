@@ -30,7 +30,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backup_repository.logs import bind_fields, reset_fields
+from backup_repository.logs import bind_fields, log_fields, reset_fields
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # What an incoming request id may look like; anything else is replaced by a new id.
@@ -167,13 +167,12 @@ class RequestIdMiddleware:
         method = str(scope.get("method", ""))
         route = route_template(scope)
         duration_ms = round(seconds * 1000, 2)
-        access_logger.log(
+        log_fields(
+            access_logger,
             level,
             "%s %s %s",
-            method,
-            route,
-            status,
-            extra={
+            (method, route, status),
+            {
                 "method": method,
                 "route": route,
                 "status": status,

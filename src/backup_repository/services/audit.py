@@ -25,6 +25,7 @@ from typing import Any, Final, Protocol
 
 from backup_repository.domain import authz
 from backup_repository.domain.errors import Forbidden, InvalidInput
+from backup_repository.logs import log_fields
 from backup_repository.services.auth import AuthContext
 from backup_repository.services.events import Action, Event, Outcome
 
@@ -169,7 +170,9 @@ class AuditLog:
 
     def _stored(self, events: Sequence[Event]) -> None:
         for event in events:
-            self._logger.info("audit", extra={**event_fields(event), "stored": True})
+            log_fields(
+                self._logger, logging.INFO, "audit", (), {**event_fields(event), "stored": True}
+            )
 
     def _failed(self, events: Sequence[Event], exc: Exception) -> None:
         error = describe_error(exc)
