@@ -109,7 +109,9 @@ def redact_text(text: str) -> str:
     replaced."""
     if "eyJ" in text:
         text = _JWT.sub(REDACTED, text)
-    if "earer" in text or "asic" in text:
+    # Auth schemes are case-insensitive ("BEARER x" is a credential too), as is _BEARER.
+    lowered = text.lower()
+    if "bearer" in lowered or "basic" in lowered:
         text = _BEARER.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
     if "://" in text:
         text = _URL_PASSWORD.sub(rf"\1{REDACTED}@", text)

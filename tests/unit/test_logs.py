@@ -148,6 +148,13 @@ def test_secrets_inside_messages_and_tracebacks_are_redacted(stream: io.StringIO
     assert "region=x" in messages[3]
 
 
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR", "Basic", "BASIC"])
+def test_credentials_are_redacted_whatever_the_case_of_their_scheme(scheme: str) -> None:
+    # HTTP auth schemes are case-insensitive: "BEARER <token>" is as secret as "Bearer <token>".
+    text = f"header Authorization: {scheme} opaque-token-value"
+    assert redact_text(text) == f"header Authorization: {scheme} {REDACTED}"
+
+
 def test_redact_text_leaves_ordinary_text_alone() -> None:
     text = "stored db v3 (12 bytes) for admin from 10.0.0.1; version=3 key=value"
     assert redact_text(text) == text
