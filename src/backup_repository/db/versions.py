@@ -129,26 +129,21 @@ _RELEASE: Final = SingleStatement(
     .where(*_OURS)
     .values(lock_owner=None, lock_expires_at=None, updated_at=bindparam("now"))
 )
+
+
 # Still our lock and the number is the next one: advance the counter (the lock stays with
 # its holder), or advance it and free the lock in the same statement (an upload's commit).
-_ADVANCE_WHERE: Final = (*_OURS, _STATES.c.last_version_number == bindparam("previous"))
-_ADVANCE: Final = SingleStatement(
-    update(_STATES)
-    .where(*_ADVANCE_WHERE)
-    .values(last_version_number=bindparam("number"), updated_at=bindparam("now"))
-    .returning(_STATES.c.collection_id)
-)
-_ADVANCE_AND_RELEASE: Final = SingleStatement(
-    update(_STATES)
-    .where(*_ADVANCE_WHERE)
-    .values(
-        last_version_number=bindparam("number"),
-        lock_owner=None,
-        lock_expires_at=None,
-        updated_at=bindparam("now"),
+def _advance(**also: Any) -> SingleStatement:
+    return SingleStatement(
+        update(_STATES)
+        .where(*_OURS, _STATES.c.last_version_number == bindparam("previous"))
+        .values(last_version_number=bindparam("number"), updated_at=bindparam("now"), **also)
+        .returning(_STATES.c.collection_id)
     )
-    .returning(_STATES.c.collection_id)
-)
+
+
+_ADVANCE: Final = _advance()
+_ADVANCE_AND_RELEASE: Final = _advance(lock_owner=None, lock_expires_at=None)
 _CONSUME_SESSION: Final = SingleStatement(
     update(_SESSIONS)
     .where(
