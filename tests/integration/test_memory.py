@@ -38,7 +38,8 @@ from support import JWT_SECRET, collection_doc, user_doc, write_config
 
 # Never needed by a server with the default configuration, and each loaded by a feature
 # it does not use (notification channels, the console's templates, migrations, the
-# kubernetes provider, structlog's optional pretty tracebacks, backup windows' cron).
+# kubernetes provider, structlog's optional pretty tracebacks, backup windows' cron, the
+# rate limits shared through Redis, the first metrics scrape).
 UNUSED = (
     "alembic",
     "mako",
@@ -53,6 +54,10 @@ UNUSED = (
     "kubernetes",
     "croniter",
     "dateutil",
+    "limits",
+    "deprecated",
+    "wrapt",
+    "prometheus_client",
 )
 # The subcommands' own modules (what they use that the server does not): imported when a
 # subcommand runs, never by the server.

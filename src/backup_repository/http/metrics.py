@@ -16,25 +16,36 @@ Label values are bounded: routes are templates (``<unmatched>`` for everything e
 methods outside the usual set are ``OTHER``, collections not in the configuration are
 ``<unknown>`` and refusal reasons outside :class:`RefusalReason` are ``other``. Nothing a
 client sends can create new series.
+
+The counters, the histogram and the gauge fed while the server runs are this module's own
+small series (:class:`CounterFamily`, :class:`HistogramFamily`, :class:`GaugeFamily`: a
+number or a list of bucket counts each, touched only by the event loop); prometheus_client
+is imported at the first scrape, which hands them to its text exposition as the same
+samples its own Counter, Histogram and Gauge give (``_total`` and ``_created``;
+``_bucket``, ``_count``, ``_sum`` and ``_created``). A server nobody scrapes never loads it
+(nor the HTTP and WSGI servers its exposition module imports).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
+import functools
 import logging
+import os
+import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import generate_latest
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 from starlette.routing import compile_path
 from starlette.types import Scope
 
 from backup_repository.services.events import Action, Event, Outcome, RefusalReason
 from backup_repository.services.stats import StatsService
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 logger = logging.getLogger(__name__)
 
@@ -68,87 +79,240 @@ DURATION_BUCKETS = (
 # timeout is 10 s) and reported with ``backup_repository_scrape_source_up 0``.
 SOURCE_TIMEOUT = 5.0
 
-ScrapeSource = Callable[[], Awaitable[Iterable[Metric]]]
+ScrapeSource = Callable[[], Awaitable[Iterable["Metric"]]]
 """Run at each scrape; returns the metric families to add to it."""
+
+# What the text exposition is served as (prometheus_client's CONTENT_TYPE_PLAIN_0_0_4).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def created_series_enabled() -> bool:
+    """Whether counters and histograms have their ``_created`` series: unless
+    ``PROMETHEUS_DISABLE_CREATED_SERIES`` says no, as for prometheus_client's own."""
+    setting = os.environ.get("PROMETHEUS_DISABLE_CREATED_SERIES", "False")
+    return setting.lower() not in ("true", "1", "t")
+
+
+# One sample of a series: the suffix of the metric's name, its own labels, the value.
+_Sample = tuple[str, dict[str, str], float]
+
+
+class CounterSeries:
+    __slots__ = ("created", "value")
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.created = time.time()
+
+    def inc(self, amount: float = 1) -> None:
+        if amount < 0:
+            raise ValueError("Counters can only be incremented by non-negative amounts.")
+        self.value += amount
+
+    def samples(self, created: bool) -> list[_Sample]:
+        samples: list[_Sample] = [("_total", {}, self.value)]
+        if created:
+            samples.append(("_created", {}, self.created))
+        return samples
+
+
+class GaugeSeries:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def set(self, value: float) -> None:
+        self.value = float(value)
+
+    def samples(self, created: bool) -> list[_Sample]:
+        return [("", {}, self.value)]
+
+
+@functools.cache
+def _le_labels(bounds: tuple[float, ...]) -> tuple[str, ...]:
+    """The ``le`` labels of the buckets, as prometheus_client writes the bounds."""
+    from prometheus_client.utils import floatToGoString
+
+    return tuple(floatToGoString(bound) for bound in bounds)  # type: ignore[no-untyped-call]
+
+
+class HistogramSeries:
+    __slots__ = ("bounds", "counts", "created", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0.0] * len(bounds)
+        self.sum = 0.0
+        self.created = time.time()
+
+    def observe(self, amount: float) -> None:
+        self.sum += amount
+        # The first bucket whose bound is not below the amount (none for NaN).
+        index = bisect.bisect_left(self.bounds, amount)
+        if index < len(self.bounds) and amount <= self.bounds[index]:
+            self.counts[index] += 1
+
+    def samples(self, created: bool) -> list[_Sample]:
+        samples: list[_Sample] = []
+        total = 0.0
+        for le, count in zip(_le_labels(self.bounds), self.counts, strict=True):
+            total += count
+            samples.append(("_bucket", {"le": le}, total))
+        samples.append(("_count", {}, total))
+        if self.bounds[0] >= 0:
+            samples.append(("_sum", {}, self.sum))
+        if created:
+            samples.append(("_created", {}, self.created))
+        return samples
+
+
+class _Series(Protocol):
+    def samples(self, created: bool) -> list[_Sample]: ...
+
+
+S = TypeVar("S", bound=_Series)
+
+
+class _Family(Generic[S]):
+    """A metric: its series by label values, in the order they first appeared."""
+
+    kind = ""
+
+    def __init__(self, name: str, documentation: str, labelnames: Iterable[str]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self.series: dict[tuple[str, ...], S] = {}
+
+    def _new(self) -> S:
+        raise NotImplementedError
+
+    def labels(self, *values: object) -> S:
+        key = tuple(str(value) for value in values)
+        series = self.series.get(key)
+        if series is None:
+            if len(key) != len(self.labelnames):
+                raise ValueError(f"{self.name}: expected labels {self.labelnames}, got {key}")
+            series = self.series[key] = self._new()
+        return series
+
+    def metric(self, created: bool) -> Metric:
+        """The family as prometheus_client's registry would collect it."""
+        from prometheus_client.metrics_core import Metric
+
+        metric = Metric(self.name, self.documentation, self.kind)
+        for values, series in self.series.items():
+            labels = dict(zip(self.labelnames, values, strict=True))
+            for suffix, own, value in series.samples(created):
+                metric.add_sample(self.name + suffix, {**labels, **own}, value)
+        return metric
+
+
+class CounterFamily(_Family[CounterSeries]):
+    kind = "counter"
+
+    def _new(self) -> CounterSeries:
+        return CounterSeries()
+
+
+class GaugeFamily(_Family[GaugeSeries]):
+    kind = "gauge"
+
+    def _new(self) -> GaugeSeries:
+        return GaugeSeries()
+
+
+class HistogramFamily(_Family[HistogramSeries]):
+    kind = "histogram"
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Iterable[str], buckets: Iterable[float]
+    ) -> None:
+        super().__init__(name, documentation, labelnames)
+        self.bounds = tuple(float(bound) for bound in buckets)
+
+    def _new(self) -> HistogramSeries:
+        return HistogramSeries(self.bounds)
 
 
 class Metrics:
     def __init__(self, version: str, source_timeout: float = SOURCE_TIMEOUT) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
         self._sources: dict[str, ScrapeSource] = {}
         self._source_timeout = source_timeout
-        registry = self.registry
-        self.info = Gauge(
-            f"{PREFIX}_info", "The running version (always 1)", ["version"], registry=registry
-        )
+        self._created = created_series_enabled()
+        self.info = GaugeFamily(f"{PREFIX}_info", "The running version (always 1)", ["version"])
         self.info.labels(version).set(1)
-        self.http_requests = Counter(
+        self.http_requests = CounterFamily(
             f"{PREFIX}_http_requests",
             "HTTP requests answered, by method, route template and status",
             ["method", "route", "status"],
-            registry=registry,
         )
-        self.http_duration = Histogram(
+        self.http_duration = HistogramFamily(
             f"{PREFIX}_http_request_duration_seconds",
             "Time from the request to the end of its response, by method and route template",
             ["method", "route"],
             buckets=DURATION_BUCKETS,
-            registry=registry,
         )
-        self.logins = Counter(
-            f"{PREFIX}_logins", "Login attempts by outcome", ["outcome"], registry=registry
-        )
-        self.token_operations = Counter(
+        self.logins = CounterFamily(f"{PREFIX}_logins", "Login attempts by outcome", ["outcome"])
+        self.token_operations = CounterFamily(
             f"{PREFIX}_token_operations",
             "Token refreshes and revocations by outcome",
             ["operation", "outcome"],
-            registry=registry,
         )
-        self.uploads = Counter(
+        self.uploads = CounterFamily(
             f"{PREFIX}_uploads",
             "Uploads by collection and outcome (success: a version was recorded)",
             ["collection", "outcome"],
-            registry=registry,
         )
-        self.uploads_refused = Counter(
-            f"{PREFIX}_uploads_refused",
-            "Refused uploads by reason",
-            ["reason"],
-            registry=registry,
+        self.uploads_refused = CounterFamily(
+            f"{PREFIX}_uploads_refused", "Refused uploads by reason", ["reason"]
         )
-        self.uploaded_bytes = Counter(
+        self.uploaded_bytes = CounterFamily(
             f"{PREFIX}_uploaded_bytes",
             "Bytes of the versions recorded, by collection",
             ["collection"],
-            registry=registry,
         )
-        self.downloads = Counter(
+        self.downloads = CounterFamily(
             f"{PREFIX}_downloads",
             "Downloads by collection and outcome (success: the response began)",
             ["collection", "outcome"],
-            registry=registry,
         )
-        self.downloaded_bytes = Counter(
+        self.downloaded_bytes = CounterFamily(
             f"{PREFIX}_downloaded_bytes",
             "Bytes of the downloads begun (the response length), by collection",
             ["collection"],
-            registry=registry,
         )
-        self.rotated_versions = Counter(
+        self.rotated_versions = CounterFamily(
             f"{PREFIX}_rotated_versions",
             "Versions deleted by rotation, by collection",
             ["collection"],
-            registry=registry,
         )
-        self.notifications_delivered = Counter(
+        self.notifications_delivered = CounterFamily(
             f"{PREFIX}_notifications_delivered",
             "Notification delivery attempts by channel and outcome (delivered, retry, failed)",
             ["channel", "outcome"],
-            registry=registry,
         )
-        # The series of each (method, route, status), looked up once: ``labels()`` takes a
-        # lock and builds a key on every call. Bounded as the labels are.
-        self._request_series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        # In the order of the scrape.
+        self._families: tuple[
+            _Family[CounterSeries] | _Family[GaugeSeries] | _Family[HistogramSeries], ...
+        ] = (
+            self.info,
+            self.http_requests,
+            self.http_duration,
+            self.logins,
+            self.token_operations,
+            self.uploads,
+            self.uploads_refused,
+            self.uploaded_bytes,
+            self.downloads,
+            self.downloaded_bytes,
+            self.rotated_versions,
+            self.notifications_delivered,
+        )
+        # The series of each (method, route, status), looked up once (``labels()`` builds a
+        # key of strings on every call). Bounded as the labels are.
+        self._request_series: dict[tuple[str, str, int], tuple[CounterSeries, HistogramSeries]] = {}
         # Series that alerts compute rates of exist from the start, at 0.
         for outcome in Outcome:
             self.logins.labels(outcome.value)
@@ -173,8 +337,16 @@ class Metrics:
         series[0].inc()
         series[1].observe(seconds)
 
+    def collect(self) -> Iterator[Metric]:
+        """The families fed while the server runs, as prometheus_client collects them."""
+        for family in self._families:
+            yield family.metric(self._created)
+
     async def render(self) -> bytes:
         """The Prometheus text format of every metric, the scrape sources run now."""
+        from prometheus_client.exposition import generate_latest
+        from prometheus_client.metrics_core import GaugeMetricFamily
+
         names = sorted(self._sources)
         results = await asyncio.gather(*(self._run(n, self._sources[n]) for n in names))
         up = GaugeMetricFamily(
@@ -187,7 +359,7 @@ class Metrics:
             up.add_metric([name], 0 if result is None else 1)
             if result is not None:
                 families.extend(result)
-        return generate_latest(_Scrape(self.registry, families))
+        return generate_latest(_Scrape(self, families))
 
     async def _run(self, name: str, source: ScrapeSource) -> list[Metric] | None:
         try:
@@ -198,15 +370,16 @@ class Metrics:
             return None
 
 
-class _Scrape(Collector):
-    """The registry's metrics followed by those the sources produced for one scrape."""
+class _Scrape:
+    """The metrics fed while the server runs, followed by those the sources produced for
+    one scrape (a prometheus_client ``Collector``)."""
 
-    def __init__(self, registry: CollectorRegistry, families: list[Metric]) -> None:
-        self._registry = registry
+    def __init__(self, metrics: Metrics, families: list[Metric]) -> None:
+        self._metrics = metrics
         self._families = families
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._registry.collect()
+        yield from self._metrics.collect()
         yield from self._families
 
 
@@ -214,7 +387,10 @@ class _Scrape(Collector):
 
 
 def collection_gauge(name: str, documentation: str, values: Mapping[str, float]) -> Metric:
-    """A gauge with one series per collection: the building block of scrape sources."""
+    """A gauge with one series per collection: the building block of scrape sources (which
+    run at a scrape, when prometheus_client is imported)."""
+    from prometheus_client.metrics_core import GaugeMetricFamily
+
     family = GaugeMetricFamily(name, documentation, labels=["collection"])
     for collection in sorted(values):
         family.add_metric([collection], values[collection])
@@ -304,6 +480,8 @@ def notification_source(notifications: OutboxCounts) -> ScrapeSource:
     """The notification outbox by status (pending, delivered, failed)."""
 
     async def outbox() -> list[Metric]:
+        from prometheus_client.metrics_core import GaugeMetricFamily
+
         counts = await notifications.outbox_counts()
         family = GaugeMetricFamily(
             f"{PREFIX}_notification_outbox",
@@ -330,6 +508,8 @@ class DeliveryCounter:
 
 def configuration_source(stats: StatsService) -> ScrapeSource:
     async def configuration() -> list[Metric]:
+        from prometheus_client.metrics_core import GaugeMetricFamily
+
         config = stats.configuration()
         problems = GaugeMetricFamily(
             f"{PREFIX}_config_problems",

@@ -10,10 +10,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from backup_repository.http.deps import ServicesDep, key_accepted, presented_keys
 from backup_repository.http.envelope import error
+from backup_repository.http.metrics import CONTENT_TYPE
 from backup_repository.http.openapi import responses as openapi
 
 router = APIRouter(tags=["health"])
@@ -51,4 +51,4 @@ async def metrics(
         if not key_accepted(keys, settings.health_check_key):
             return error(403, METRICS_KEY_INVALID)
     body = await services.metrics.render()
-    return Response(body, media_type=CONTENT_TYPE_PLAIN_0_0_4)
+    return Response(body, media_type=CONTENT_TYPE)
