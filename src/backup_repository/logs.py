@@ -1,7 +1,7 @@
 """Structured logs: structlog over the standard library.
 
-Every module logs with ``logging.getLogger(__name__)`` (or ``structlog.get_logger()``); one
-handler on the root logger renders each record through structlog's processors:
+Every module logs with ``logging.getLogger(__name__)``; one handler on the root logger
+renders each record as structlog's processors do:
 
 - ``json``: one JSON object per line, for log collectors: ``timestamp`` (ISO 8601, UTC),
   ``level``, ``logger``, ``message``, ``request_id`` inside a request, the ``extra={...}``
@@ -24,6 +24,14 @@ without colours by :func:`render_console`, the same bytes as structlog's Console
 Every other record goes through structlog's whole chain (:func:`structlog_formatter`), which
 stays the reference: ``tests/unit/test_logs.py`` compares both, byte for byte. The regular
 expression on field names runs once per name (:func:`secret_name` keeps the answers).
+
+structlog itself (about 1 MiB of resident memory with its console renderer and traceback
+modules, which its package always imports) is imported at the first record the short path
+does not take (an exception, a stack), or at once for coloured console lines; a server that
+logs no exception never loads it. Fields bound with :func:`bind_fields` are context
+variables named as structlog names its own (``structlog_<key>``), so structlog's chain finds
+them too; structlog's own loggers (``structlog.get_logger()``) are routed to the same
+handler once structlog is loaded. The server's modules log with ``logging.getLogger``.
 """
 
 from __future__ import annotations
@@ -36,7 +44,11 @@ import re
 import sys
 from collections.abc import Callable, Mapping, MutableMapping
 from datetime import UTC, datetime
-from typing import Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
+
+if TYPE_CHECKING:
+    import structlog
+    from structlog.typing import EventDict, Processor, WrappedLogger
 
 
 def _import_structlog_without_rich() -> None:
@@ -53,11 +65,25 @@ def _import_structlog_without_rich() -> None:
         del sys.modules["rich"]
 
 
-_import_structlog_without_rich()
+class _StructlogUse:
+    """Whether :func:`configure_logging` routes structlog's own loggers to its handler:
+    done when it runs if structlog is loaded, else when :func:`_structlog` loads it."""
 
-import structlog  # noqa: E402
-from structlog.contextvars import STRUCTLOG_KEY_PREFIX  # noqa: E402
-from structlog.typing import EventDict, Processor, WrappedLogger  # noqa: E402
+    wanted = False
+
+
+def _structlog() -> None:
+    """Load structlog (without rich) for the records and renderers that need it, and route
+    its own loggers as :func:`configure_logging` asked, the first time it is loaded."""
+    loaded = "structlog" in sys.modules
+    _import_structlog_without_rich()
+    if not loaded and _StructlogUse.wanted:
+        _configure_structlog()
+
+
+# The prefix of the names of structlog's context variables
+# (``structlog.contextvars.STRUCTLOG_KEY_PREFIX``): its chain merges every variable so named.
+STRUCTLOG_KEY_PREFIX = "structlog_"
 
 LogFormat = Literal["json", "console"]
 
@@ -179,7 +205,11 @@ def _drop_color_message(
 
 def _shared_processors() -> list[Processor]:
     """Run on every line, from structlog or from the standard library."""
+    _structlog()
+    import structlog
+
     return [
+        merge_bound_fields,
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
@@ -193,6 +223,9 @@ def structlog_formatter(fmt: LogFormat, *, colors: bool = False) -> logging.Form
     """structlog's whole chain: the shared processors, the exception as a string, the
     redaction, then JSON or console rendering. :func:`build_formatter` takes it for the
     records its short path does not (exceptions, stacks, lines of structlog's loggers)."""
+    _structlog()
+    import structlog
+
     renderer: Processor
     final: list[Processor] = [
         structlog.stdlib.ProcessorFormatter.remove_processors_meta,
@@ -212,6 +245,9 @@ def structlog_formatter(fmt: LogFormat, *, colors: bool = False) -> logging.Form
 
 
 def _console_renderer(colors: bool) -> structlog.dev.ConsoleRenderer:
+    _structlog()
+    import structlog
+
     return structlog.dev.ConsoleRenderer(
         colors=colors, exception_formatter=structlog.dev.plain_traceback
     )
@@ -242,6 +278,15 @@ def plain_event(record: logging.LogRecord) -> EventDict | None:
     if record.exc_info or record.stack_info or "_logger" in fields or "_name" in fields:
         return None
     event: EventDict = {"event": record.getMessage()}
+    # The fields of bind_fields first, then any other variable of structlog's context, as
+    # the chain's first two processors merge them.
+    for key, var in _FIELD_VARS.items():
+        value = var.get()
+        if value is not Ellipsis:
+            if key in _WHOLE_CHAIN:
+                return None
+            if key not in _META:
+                event.setdefault(key, value)
     context = contextvars.copy_context()
     for var in context:
         name = var.name
@@ -256,6 +301,9 @@ def plain_event(record: logging.LogRecord) -> EventDict | None:
                 event.setdefault(key, value)
     level = _LEVELS.get(record.levelname)
     if level is None:
+        _structlog()
+        import structlog
+
         level = structlog.stdlib.add_log_level(None, record.levelname.lower(), {})["level"]
     event["level"] = level
     event["logger"] = record.name
@@ -310,7 +358,10 @@ class _LineFormatter(logging.Formatter):
 
     def __init__(self, fmt: LogFormat, colors: bool) -> None:
         super().__init__()
-        self._whole_chain = structlog_formatter(fmt, colors=colors)
+        self._fmt: LogFormat = fmt
+        self._colors = colors
+        # structlog's chain, built for the first record that needs it (structlog loaded then).
+        self._whole_chain: logging.Formatter | None = None
         self._render: Callable[[EventDict], str | None]
         if fmt == "json":
             self._render = _render_json
@@ -326,6 +377,8 @@ class _LineFormatter(logging.Formatter):
             line = self._render(redact(None, "", event))
             if line is not None:
                 return line
+        if self._whole_chain is None:
+            self._whole_chain = structlog_formatter(self._fmt, colors=self._colors)
         return self._whole_chain.format(record)
 
 
@@ -377,9 +430,27 @@ def configure_logging(
     root.addHandler(handler)
     root.setLevel(numeric)
 
+    _StructlogUse.wanted = True
+    if "structlog" in sys.modules:
+        _configure_structlog()
+
+    for name in _ALWAYS_QUIET:
+        logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
+    for name in _QUIET_UNLESS_DEBUG:
+        logging.getLogger(name).setLevel(
+            logging.DEBUG if numeric <= logging.DEBUG else logging.WARNING
+        )
+
+
+def _configure_structlog() -> None:
+    """structlog's own loggers: filtered by the standard library's levels, then handed to
+    the root handler (the same formatter and redaction as every other line)."""
+    import structlog
+
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,
+            merge_bound_fields,
             structlog.contextvars.merge_contextvars,
             structlog.stdlib.add_log_level,
             structlog.stdlib.add_logger_name,
@@ -391,13 +462,6 @@ def configure_logging(
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-
-    for name in _ALWAYS_QUIET:
-        logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
-    for name in _QUIET_UNLESS_DEBUG:
-        logging.getLogger(name).setLevel(
-            logging.DEBUG if numeric <= logging.DEBUG else logging.WARNING
-        )
 
 
 # What the standard library says of a record whose caller it did not look up.
@@ -424,12 +488,42 @@ def log_fields(
         )
 
 
-# ``tokens = bind_fields(request_id=...)``: every log line from then on carries the fields,
-# until ``reset_fields(**tokens)`` (in the same task) gives them their previous values. Two
-# calls, not a context manager: the request id layer runs them on every request (structlog is
-# reached through this module, which imports it without rich).
-bind_fields = structlog.contextvars.bind_contextvars
-reset_fields = structlog.contextvars.reset_contextvars
+# The context variable of each field bound here, made once per name.
+_FIELD_VARS: dict[str, contextvars.ContextVar[Any]] = {}
+
+
+def bind_fields(**fields: Any) -> dict[str, contextvars.Token[Any]]:
+    """Every log line from now on carries ``fields``, until ``reset_fields(**tokens)`` (in
+    the same task) gives them their previous values; returns the tokens. Two calls, not a
+    context manager: the request id layer runs them on every request. What structlog's
+    ``bind_contextvars`` does, without loading structlog: each field is a context variable
+    named ``structlog_<key>`` (unset: ``...``), which structlog's chain merges as its own."""
+    tokens: dict[str, contextvars.Token[Any]] = {}
+    for key, value in fields.items():
+        var = _FIELD_VARS.get(key)
+        if var is None:
+            var = _FIELD_VARS[key] = contextvars.ContextVar(
+                STRUCTLOG_KEY_PREFIX + key, default=Ellipsis
+            )
+        tokens[key] = var.set(value)
+    return tokens
+
+
+def reset_fields(**tokens: contextvars.Token[Any]) -> None:
+    """Give the fields of ``bind_fields``' tokens the values they had before it."""
+    for key, token in tokens.items():
+        _FIELD_VARS[key].reset(token)
+
+
+def merge_bound_fields(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    """The processor that adds the fields of :func:`bind_fields` (before structlog's
+    ``merge_contextvars``, so that they win over a variable of the same name bound through
+    structlog, as on the short path)."""
+    for key, var in _FIELD_VARS.items():
+        value = var.get()
+        if value is not Ellipsis:
+            event_dict.setdefault(key, value)
+    return event_dict
 
 
 def granian_log_config(level: str) -> dict[str, Any]:

@@ -39,7 +39,8 @@ from support import JWT_SECRET, collection_doc, user_doc, write_config
 # Never needed by a server with the default configuration, and each loaded by a feature
 # it does not use (notification channels, the console's templates, migrations, the
 # kubernetes provider, structlog's optional pretty tracebacks, backup windows' cron, the
-# rate limits shared through Redis, the first metrics scrape).
+# rate limits shared through Redis, the first metrics scrape, structlog itself: the first
+# line with an exception or a stack).
 UNUSED = (
     "alembic",
     "mako",
@@ -58,6 +59,7 @@ UNUSED = (
     "deprecated",
     "wrapt",
     "prometheus_client",
+    "structlog",
 )
 # The subcommands' own modules (what they use that the server does not): imported when a
 # subcommand runs, never by the server.

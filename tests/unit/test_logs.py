@@ -8,6 +8,8 @@ import json
 import logging
 import logging.config
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -564,3 +566,107 @@ def test_log_fields_writes_the_line_of_logger_log_without_looking_up_the_caller(
     by_log, by_log_fields = stream.getvalue().splitlines()
     assert _same_timestamps(by_log) == _same_timestamps(by_log_fields)
     assert json.loads(by_log_fields)["message"] == "GET 200"
+
+
+# -- structlog loaded when a line needs it ---------------------------------------------------
+
+
+def test_the_field_variables_are_named_as_structlogs_own() -> None:
+    assert logs.STRUCTLOG_KEY_PREFIX == structlog.contextvars.STRUCTLOG_KEY_PREFIX
+
+
+def test_bound_fields_are_structlogs_context_and_are_reset(stream: io.StringIO) -> None:
+    outer = logs.bind_fields(request_id="outer", attempt=1)
+    inner = logs.bind_fields(request_id="inner")
+    assert structlog.contextvars.get_contextvars() == {"request_id": "inner", "attempt": 1}
+    logging.getLogger("a").warning("inside")
+    structlog.get_logger("b").warning("from structlog")
+    logs.reset_fields(**inner)
+    assert structlog.contextvars.get_contextvars() == {"request_id": "outer", "attempt": 1}
+    logs.reset_fields(**outer)
+    assert structlog.contextvars.get_contextvars() == {}
+    logging.getLogger("a").warning("after")
+    plain, chain, after = lines(stream)
+    assert (plain["request_id"], plain["attempt"]) == ("inner", 1)
+    assert (chain["request_id"], chain["attempt"]) == ("inner", 1)
+    assert "request_id" not in after
+
+
+def test_a_bound_field_wins_over_structlogs_variable_of_the_same_name(
+    stream: io.StringIO,
+) -> None:
+    """As before, when both bound the one variable: the request id of the request, whatever
+    was bound around it through structlog; on the short path and in the whole chain."""
+    with structlog.contextvars.bound_contextvars(request_id="around"):
+        tokens = logs.bind_fields(request_id="request")
+        try:
+            logging.getLogger("a").warning("plain")
+            try:
+                raise RuntimeError("boom")
+            except RuntimeError:
+                logging.getLogger("a").exception("whole chain")
+        finally:
+            logs.reset_fields(**tokens)
+    assert [line["request_id"] for line in lines(stream)] == ["request", "request"]
+
+
+# A server's logging: configured, plain lines, then a line with an exception, then a line
+# of structlog's own loggers.
+_LOADED_WHEN_NEEDED = """
+import io, json, logging, sys
+from backup_repository.logs import bind_fields, configure_logging, reset_fields
+
+out = io.StringIO()
+configure_logging("info", sys.argv[1], stream=out)
+tokens = bind_fields(request_id="r-1")
+logging.getLogger("backup_repository.access").info("GET / 200", extra={"status": 200})
+reset_fields(**tokens)
+plain = "structlog" in sys.modules
+try:
+    raise RuntimeError("boom")
+except RuntimeError:
+    logging.getLogger("backup_repository.x").exception("failed")
+import structlog
+structlog.get_logger("backup_repository.y").info("from structlog", size=3)
+print(json.dumps({"plain": plain, "after": "structlog" in sys.modules,
+                  "rich": "rich" in sys.modules, "lines": out.getvalue().splitlines()}))
+"""
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_structlog_is_loaded_by_the_first_line_that_needs_it(fmt: LogFormat) -> None:
+    answer = subprocess.run(
+        [sys.executable, "-c", _LOADED_WHEN_NEEDED, fmt],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    result = json.loads(answer.stdout)
+    assert (result["plain"], result["after"], result["rich"]) == (False, True, False)
+    access, failed, *traceback, native = result["lines"]
+    if fmt == "json":
+        assert json.loads(access)["request_id"] == "r-1"
+        assert "RuntimeError: boom" in json.loads(failed)["exception"]
+        assert (json.loads(native)["message"], json.loads(native)["size"]) == (
+            "from structlog",
+            3,
+        )
+    else:
+        assert "request_id=r-1" in access
+        assert "RuntimeError: boom" in "\n".join(traceback)
+        assert "from structlog" in native
+        assert "size=3" in native
+
+
+def test_only_the_log_pipeline_imports_structlog() -> None:
+    """The server's modules log with ``logging.getLogger``: structlog's own loggers would be
+    routed to the handler only once structlog is loaded, which a server that logs no
+    exception never does."""
+    source = Path(logs.__file__).parent
+    importing = sorted(
+        str(path.relative_to(source))
+        for path in source.rglob("*.py")
+        if re.search(r"^\s*(import|from)\s+structlog\b", path.read_text(), re.MULTILINE)
+    )
+    assert importing == ["logs.py"]
