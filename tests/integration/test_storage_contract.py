@@ -1,7 +1,9 @@
-"""The BlobStore contract, run on a local folder (file://), a real S3 server (SeaweedFS,
-s3://), Azurite (azblob://) and fake-gcs-server (gs://): atomic streaming writes, ranged
-reads, listing, deletes, the health probe, crash clean-up, key validation and bounded
-memory. Plus the storage URL parser."""
+"""The BlobStore contract, run on a local folder (file://, the store on the standard
+library), a real S3 server (SeaweedFS, s3://), Azurite (azblob://) and fake-gcs-server
+(gs://): atomic streaming writes, ranged reads, listing, deletes, the health probe, crash
+clean-up, key validation and bounded memory. The file:// store answers as obstore's
+LocalStore (which it replaced) on the same folder, and loads no part of obstore. Plus the
+storage URL parser."""
 
 from __future__ import annotations
 
@@ -27,12 +29,10 @@ from backup_repository.storage.base import (
     BlobStore,
     StorageUnavailable,
 )
+from backup_repository.storage.defaults import DEFAULT_PART_SIZE, READ_CHUNK_SIZE
 from backup_repository.storage.factory import open_blob_store
-from backup_repository.storage.objectstore import (
-    DEFAULT_PART_SIZE,
-    READ_CHUNK_SIZE,
-    ObstoreBlobStore,
-)
+from backup_repository.storage.filesystem import FileBlobStore
+from backup_repository.storage.objectstore import ObstoreBlobStore
 from backup_repository.storage.urls import (
     AzureLocation,
     FileLocation,
@@ -46,6 +46,7 @@ from cloud_emulators import RUNNING
 from storage_fixtures import S3TestEndpoint, child_command, free_ports
 
 MiB = 1024 * 1024
+Store = FileBlobStore | ObstoreBlobStore
 STAGING = re.compile(r"#[0-9]+$")
 BAD_KEYS = [
     "",
@@ -71,7 +72,7 @@ BAD_KEYS = [
 
 
 @pytest.fixture
-async def store(storage_url: str) -> AsyncIterator[ObstoreBlobStore]:
+async def store(storage_url: str) -> AsyncIterator[Store]:
     blob_store = open_blob_store(storage_url, io_timeout=10)
     try:
         yield blob_store
@@ -79,17 +80,17 @@ async def store(storage_url: str) -> AsyncIterator[ObstoreBlobStore]:
         await blob_store.close()
 
 
-def is_s3(store: ObstoreBlobStore) -> bool:
+def is_s3(store: Store) -> bool:
     return isinstance(store.location, S3Location)
 
 
-def s3_prefix(store: ObstoreBlobStore) -> str:
+def s3_prefix(store: Store) -> str:
     location = store.location
     assert isinstance(location, S3Location | AzureLocation | GCSLocation)
     return location.prefix + "/"
 
 
-def unfinished_writes(store: ObstoreBlobStore, prefix: str = "") -> list[str]:
+def unfinished_writes(store: Store, prefix: str = "") -> list[str]:
     """What storage holds of writes never completed under the store's prefix + ``prefix``:
     unfinished S3 or GCS multipart uploads, Azure blobs with uncommitted blocks only."""
     location = store.location
@@ -130,7 +131,7 @@ def names_under(folder: Path) -> list[str]:
     return sorted(path.name for path in folder.rglob("*"))
 
 
-def root_of(store: ObstoreBlobStore) -> Path:
+def root_of(store: Store) -> Path:
     location = store.location
     assert isinstance(location, FileLocation)
     return location.root
@@ -146,7 +147,7 @@ async def failing_after(data: bytes, error: BaseException) -> AsyncIterator[byte
     raise error
 
 
-async def assert_nothing_left(store: ObstoreBlobStore, key: str) -> None:
+async def assert_nothing_left(store: Store, key: str) -> None:
     assert await store.stat(key) is None
     assert await keys(store, "") == []
     if isinstance(store.location, FileLocation):
@@ -159,7 +160,7 @@ async def assert_nothing_left(store: ObstoreBlobStore, key: str) -> None:
         assert unfinished_writes(store) == []
 
 
-def _endpoint_of(store: ObstoreBlobStore) -> str:
+def _endpoint_of(store: Store) -> str:
     location = store.location
     assert isinstance(location, S3Location)
     assert location.endpoint is not None
@@ -169,7 +170,7 @@ def _endpoint_of(store: ObstoreBlobStore) -> str:
 # -- writes and reads ------------------------------------------------------------------------
 
 
-async def test_put_stat_read(store: ObstoreBlobStore) -> None:
+async def test_put_stat_read(store: Store) -> None:
     data = os.urandom(300_000)
     written = await store.put_stream("coll/file-1.tar.gz.gpg", chunks_of(data))
     assert written == len(data)
@@ -181,7 +182,7 @@ async def test_put_stat_read(store: ObstoreBlobStore) -> None:
     assert await read_all(store, "coll/file-1.tar.gz.gpg") == data
 
 
-async def test_ranged_reads(store: ObstoreBlobStore) -> None:
+async def test_ranged_reads(store: Store) -> None:
     data = os.urandom(10_000)
     await store.put_stream("c/f", chunks_of(data, 4096))
     size = len(data)
@@ -198,7 +199,7 @@ async def test_ranged_reads(store: ObstoreBlobStore) -> None:
     assert await read_all(store, "c/f", size + 10, size + 20) == b""
 
 
-async def test_invalid_ranges_are_refused(store: ObstoreBlobStore) -> None:
+async def test_invalid_ranges_are_refused(store: Store) -> None:
     await store.put_stream("c/f", chunks_of(b"0123456789"))
     with pytest.raises(ValueError, match="range"):
         await read_all(store, "c/f", -1)
@@ -206,7 +207,7 @@ async def test_invalid_ranges_are_refused(store: ObstoreBlobStore) -> None:
         await read_all(store, "c/f", 5, 4)
 
 
-async def test_empty_object(store: ObstoreBlobStore) -> None:
+async def test_empty_object(store: Store) -> None:
     assert await store.put_stream("c/empty", chunks_of(b"")) == 0
     info = await store.stat("c/empty")
     assert info is not None
@@ -215,13 +216,13 @@ async def test_empty_object(store: ObstoreBlobStore) -> None:
     assert await read_all(store, "c/empty", 0, 10) == b""
 
 
-async def test_overwrite_replaces_the_object(store: ObstoreBlobStore) -> None:
+async def test_overwrite_replaces_the_object(store: Store) -> None:
     await store.put_stream("c/f", chunks_of(b"first version"))
     await store.put_stream("c/f", chunks_of(b"second"))
     assert await read_all(store, "c/f") == b"second"
 
 
-async def test_multipart_upload_larger_than_the_part_size(store: ObstoreBlobStore) -> None:
+async def test_multipart_upload_larger_than_the_part_size(store: Store) -> None:
     size = 20 * MiB + 12345  # three parts: 8 MiB, 8 MiB and the rest
     assert size > 2 * DEFAULT_PART_SIZE
     digest = hashlib.sha256()
@@ -257,7 +258,7 @@ async def test_multipart_upload_larger_than_the_part_size(store: ObstoreBlobStor
     assert len(tail) == 1000
 
 
-async def test_failing_iterator_leaves_nothing_behind(store: ObstoreBlobStore) -> None:
+async def test_failing_iterator_leaves_nothing_behind(store: Store) -> None:
     error = QuotaExceeded("filesize reached allowed limit")
     with pytest.raises(QuotaExceeded) as raised:
         # More than one part, so that a multipart upload / staging file really existed.
@@ -267,7 +268,7 @@ async def test_failing_iterator_leaves_nothing_behind(store: ObstoreBlobStore) -
 
 
 async def test_observe_sees_every_chunk_in_order_off_the_event_loop(
-    store: ObstoreBlobStore,
+    store: Store,
 ) -> None:
     data = os.urandom(9 * MiB + 4321)  # more than one part of a multipart upload
     digest = hashlib.sha256()
@@ -284,7 +285,7 @@ async def test_observe_sees_every_chunk_in_order_off_the_event_loop(
 
 
 async def test_failing_observe_fails_the_write_and_leaves_nothing_behind(
-    store: ObstoreBlobStore,
+    store: Store,
 ) -> None:
     error = QuotaExceeded("refused by the observer")
     seen = 0
@@ -301,20 +302,20 @@ async def test_failing_observe_fails_the_write_and_leaves_nothing_behind(
     await assert_nothing_left(store, "c/failed")
 
 
-async def test_failure_in_the_first_chunk_leaves_nothing_behind(store: ObstoreBlobStore) -> None:
+async def test_failure_in_the_first_chunk_leaves_nothing_behind(store: Store) -> None:
     with pytest.raises(QuotaExceeded):
         await store.put_stream("c/failed", failing_after(b"", QuotaExceeded("empty")))
     await assert_nothing_left(store, "c/failed")
 
 
-async def test_failed_overwrite_keeps_the_previous_object(store: ObstoreBlobStore) -> None:
+async def test_failed_overwrite_keeps_the_previous_object(store: Store) -> None:
     await store.put_stream("c/f", chunks_of(b"the good backup"))
     with pytest.raises(QuotaExceeded):
         await store.put_stream("c/f", failing_after(os.urandom(9 * MiB), QuotaExceeded()))
     assert await read_all(store, "c/f") == b"the good backup"
 
 
-async def test_cancelled_write_is_aborted(store: ObstoreBlobStore) -> None:
+async def test_cancelled_write_is_aborted(store: Store) -> None:
     """A timeout around put_stream (cancellation) must not leave an unfinished multipart
     upload or a staging file behind, even while the stream is waiting for data."""
     sent_first_part = asyncio.Event()  # two parts were handed to obstore
@@ -339,7 +340,7 @@ async def test_cancelled_write_is_aborted(store: ObstoreBlobStore) -> None:
 # -- listing and deleting --------------------------------------------------------------------
 
 
-async def test_list_by_prefix(store: ObstoreBlobStore) -> None:
+async def test_list_by_prefix(store: Store) -> None:
     for key in ("a/b/c", "a/bc", "a/x", "b/y", "top"):
         await store.put_stream(key, chunks_of(key.encode()))
     assert await keys(store, "") == ["a/b/c", "a/bc", "a/x", "b/y", "top"]
@@ -354,7 +355,7 @@ async def test_list_by_prefix(store: ObstoreBlobStore) -> None:
     ]
 
 
-async def test_delete(store: ObstoreBlobStore) -> None:
+async def test_delete(store: Store) -> None:
     await store.put_stream("c/f", chunks_of(b"data"))
     await store.delete("c/f")
     assert await store.stat("c/f") is None
@@ -363,7 +364,7 @@ async def test_delete(store: ObstoreBlobStore) -> None:
     await store.delete("c/never-existed")
 
 
-async def test_missing_objects(store: ObstoreBlobStore) -> None:
+async def test_missing_objects(store: Store) -> None:
     assert await store.stat("c/missing") is None
     with pytest.raises(BlobNotFound):
         await read_all(store, "c/missing")
@@ -376,7 +377,7 @@ async def test_missing_objects(store: ObstoreBlobStore) -> None:
 # -- probe -----------------------------------------------------------------------------------
 
 
-async def test_probe_succeeds_and_cleans_up(store: ObstoreBlobStore) -> None:
+async def test_probe_succeeds_and_cleans_up(store: Store) -> None:
     await store.probe()
     await store.probe()
     assert await keys(store, "") == []
@@ -499,7 +500,7 @@ async def test_storage_failure_during_a_write(
 
 
 @pytest.mark.parametrize("key", BAD_KEYS)
-async def test_unsafe_keys_are_refused(store: ObstoreBlobStore, key: str) -> None:
+async def test_unsafe_keys_are_refused(store: Store, key: str) -> None:
     with pytest.raises(ValueError, match="storage key"):
         await store.put_stream(key, chunks_of(b"x"))
     with pytest.raises(ValueError, match="storage key"):
@@ -516,7 +517,7 @@ async def test_unsafe_keys_are_refused(store: ObstoreBlobStore, key: str) -> Non
 
 
 @pytest.mark.parametrize("prefix", ["/", "../", "a//", "a/../", "..", "/a/"])
-async def test_unsafe_prefixes_are_refused(store: ObstoreBlobStore, prefix: str) -> None:
+async def test_unsafe_prefixes_are_refused(store: Store, prefix: str) -> None:
     with pytest.raises(ValueError, match="storage prefix"):
         await keys(store, prefix)
     with pytest.raises(ValueError, match="storage prefix"):
@@ -534,7 +535,7 @@ async def test_traversal_cannot_write_outside_the_root(tmp_path: Path) -> None:
     assert names_under(tmp_path) == ["inner", "storage"]
 
 
-async def test_local_path(store: ObstoreBlobStore) -> None:
+async def test_local_path(store: Store) -> None:
     await store.put_stream("coll/v1.gpg", chunks_of(b"payload"))
     path = store.local_path("coll/v1.gpg")
     if not isinstance(store.location, FileLocation):
@@ -542,6 +543,183 @@ async def test_local_path(store: ObstoreBlobStore) -> None:
     else:
         assert path == root_of(store) / "coll" / "v1.gpg"
         assert path.read_bytes() == b"payload"
+
+
+# -- the file:// store and obstore's LocalStore -------------------------------------------
+
+
+def tricky_folder(root: Path) -> None:
+    """Objects in sub-folders, names with spaces, '%', '#' and non-ASCII letters, staging
+    files of both shapes, an empty folder, links to a file, to a folder and to nothing."""
+    for key in (
+        "a/b/c",
+        "a/bc",
+        "a/x",
+        "a/x#",
+        "a/x#ab",
+        "a/w#1#2",
+        "a/v#12",
+        "a/#5",
+        "a/sp ace",
+        "a/p%41",
+        "a/\u00e9",
+        "b/y",
+        "d#3/f",
+        "deep/1/2/3/4",
+        ".health/p",
+        "top",
+    ):
+        path = root.joinpath(*key.split("/"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(key.encode() * 3)
+    (root / "empty" / "folder").mkdir(parents=True)
+    (root / "b" / "link-file").symlink_to(root / "a" / "x")
+    (root / "b" / "link-folder").symlink_to(root / "a" / "b")
+    (root / "b" / "dangling").symlink_to(root / "nowhere")
+
+
+async def local_store_list(root: Path, prefix: str) -> list[BlobInfo]:
+    """What the store listed when it was obstore's LocalStore (the folder of the prefix,
+    filtered by the prefix)."""
+    import obstore
+    from obstore.store import LocalStore
+
+    folder = prefix.rpartition("/")[0]
+    found = []
+    async for batch in obstore.list(LocalStore(root), folder or None, chunk_size=1000):
+        for meta in batch:
+            if meta["path"].startswith(prefix):
+                found.append(
+                    BlobInfo(meta["path"], meta["size"], meta["last_modified"], meta["e_tag"])
+                )
+    return found
+
+
+async def local_store_stat(root: Path, key: str) -> BlobInfo | None:
+    import obstore
+    from obstore.exceptions import NotFoundError
+    from obstore.store import LocalStore
+
+    try:
+        meta = await obstore.head_async(LocalStore(root), key)
+    except (NotFoundError, FileNotFoundError):
+        return None
+    return BlobInfo(meta["path"], meta["size"], meta["last_modified"], meta["e_tag"])
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    ["", "a/", "a/b", "a/b/", "a/x", "b/", "t", "top", "top/", "deep/1/", "empty/", "missing/"],
+)
+async def test_the_file_store_lists_as_obstores_local_store_did(
+    tmp_path: Path, prefix: str
+) -> None:
+    """Same keys, in the same order (depth first, as the folder gives its names), with the
+    same sizes, times and ETags; staging files left out, links followed."""
+    root = tmp_path / "storage"
+    store = open_blob_store(root.as_uri())
+    tricky_folder(root)
+    listed = [info async for info in store.list(prefix)]
+    assert listed == await local_store_list(root, prefix)
+    if prefix == "":
+        assert {info.key for info in listed} >= {"b/link-file", "b/link-folder/c", "a/x#ab"}
+        assert not {"a/v#12", "a/#5", "b/dangling"} & {info.key for info in listed}
+
+
+async def test_the_file_store_stats_and_reads_as_obstores_local_store_did(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "storage"
+    store = open_blob_store(root.as_uri())
+    tricky_folder(root)
+    for key in ("a/x", "a/\u00e9", "a/x#ab", "b/link-file", "deep/1/2/3/4", "top"):
+        info = await store.stat(key)
+        assert info is not None
+        assert info == await local_store_stat(root, key)
+        content = root.joinpath(*key.split("/")).read_bytes()  # through the link, for one
+        assert await read_all(store, key) == content
+        assert await read_all(store, key, 2, 5) == content[2:5]
+    # Folders, dangling links and missing files are no objects.
+    for key in ("a/b", "b/link-folder", "b/dangling", "empty/folder", "missing"):
+        assert await store.stat(key) is None
+        assert await local_store_stat(root, key) is None
+        with pytest.raises(BlobNotFound):
+            await read_all(store, key)
+        with pytest.raises(BlobNotFound):
+            await read_all(store, key, 1, 1)
+    # A path through a file is a failing storage, not a missing object, as before.
+    with pytest.raises(StorageUnavailable, match="stat of 'top/x'"):
+        await store.stat("top/x")
+    with pytest.raises(StorageUnavailable, match="read of 'top/x'"):
+        await read_all(store, "top/x")
+
+
+def make_oddity(folder: Path, oddity: str) -> None:
+    folder.mkdir()
+    if oddity == "control character":
+        (folder / "new\nline").write_bytes(b"x")
+    elif oddity == "not UTF-8":
+        with open(os.path.join(os.fsencode(folder), b"bad\xff"), "wb") as made:
+            made.write(b"x")
+    else:
+        (folder / "self").symlink_to(folder)
+
+
+@pytest.mark.parametrize("oddity", ["control character", "not UTF-8", "loop of links"])
+async def test_a_file_that_cannot_be_a_key_fails_the_listing_as_before(
+    tmp_path: Path, oddity: str
+) -> None:
+    root = tmp_path / "storage"
+    store = open_blob_store(root.as_uri())
+    await store.put_stream("kept/v1", chunks_of(b"a version"))
+    make_oddity(root / "odd", oddity)
+    with pytest.raises(StorageUnavailable, match="list of 'odd/' failed"):
+        await keys(store, "odd/")
+    with pytest.raises(StorageUnavailable, match="list of '/' failed"):
+        await keys(store, "")
+    with pytest.raises(Exception, match=r"path|walk"):
+        await local_store_list(root, "odd/")
+    # Other folders are not walked: their listing is unaffected.
+    assert await keys(store, "kept/") == ["kept/v1"]
+
+
+async def test_a_listing_is_one_trip_to_a_thread_per_thousand_objects(tmp_path: Path) -> None:
+    root = tmp_path / "storage"
+    store = open_blob_store(root.as_uri())
+    (root / "c").mkdir()
+    for number in range(2500):
+        (root / "c" / f"v{number}").write_bytes(b"")
+    loop = asyncio.get_running_loop()
+    hops = 0
+    run_in_executor = loop.run_in_executor
+
+    def counted(*args: Any) -> Any:
+        nonlocal hops
+        hops += 1
+        return run_in_executor(*args)
+
+    loop.run_in_executor = counted  # type: ignore[method-assign,assignment]
+    try:
+        assert len(await keys(store, "c/")) == 2500
+        first = await anext(aiter(store.list("c/")))  # left unfinished: nothing stays open
+    finally:
+        loop.run_in_executor = run_in_executor  # type: ignore[method-assign]
+    assert first.key.startswith("c/v")
+    assert hops == 3 + 1
+
+
+def test_a_file_store_loads_no_part_of_obstore(tmp_path: Path) -> None:
+    result = subprocess.run(
+        child_command("modules", (tmp_path / "storage").as_uri(), "coll/v1.gpg"),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    loaded = json.loads(result.stdout.decode().strip().splitlines()[-1])
+    assert "backup_repository.storage.factory" in loaded
+    assert "obstore" not in loaded
+    assert "backup_repository.storage.objectstore" not in loaded
 
 
 # -- crash clean-up --------------------------------------------------------------------------
@@ -592,7 +770,7 @@ async def test_remove_incomplete_writes_after_a_crash(storage_url: str) -> None:
 
 
 async def test_remove_leftovers_takes_the_keys_and_the_staging_files_under_the_prefix(
-    store: ObstoreBlobStore,
+    store: Store,
 ) -> None:
     """An upload's clean-up in one call: the objects named (a missing one is no error) and
     what interrupted writes left under the prefix go; nothing else does."""
@@ -616,9 +794,7 @@ async def test_remove_leftovers_takes_the_keys_and_the_staging_files_under_the_p
     assert await store.remove_leftovers("coll/", ["coll/v2.gpg"]) == 0
 
 
-async def _wait_for_a_write_in_progress(
-    store: ObstoreBlobStore, child: asyncio.subprocess.Process
-) -> Path:
+async def _wait_for_a_write_in_progress(store: Store, child: asyncio.subprocess.Process) -> Path:
     """Wait until the child has stored at least one part: a staging file of 8 MiB or more
     (file://), or an unfinished multipart upload or uncommitted blocks (object stores)."""
     deadline = time.monotonic() + 30

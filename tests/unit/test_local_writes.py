@@ -1,7 +1,9 @@
 """file:// writes (storage/local.py) on real files: one thread does the whole write (no hop
 through an executor before or after the chunks), the object appears only after the fsync of
 the file, the rename and the fsync of the folder, and every failure leaves no staging file
-and never removes a file the write did not create; a delete is an unlink in a worker thread."""
+and never removes a file the write did not create; a delete is an unlink in a worker thread,
+and every other call of the file:// store (storage/filesystem.py) is one trip to a worker
+thread (a read: one per chunk)."""
 
 from __future__ import annotations
 
@@ -33,6 +35,10 @@ async def chunks_of(data: bytes, size: int = 80 * KiB) -> AsyncIterator[bytes]:
 
 def staging_files(folder: Path) -> list[str]:
     return sorted(path.name for path in folder.rglob("*#*"))
+
+
+def file_names(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.rglob("*") if path.is_file())
 
 
 class Counted:
@@ -211,3 +217,99 @@ async def test_a_file_object_is_deleted_by_an_unlink_in_a_worker_thread(tmp_path
     (tmp_path / "c" / "folder").mkdir()
     with pytest.raises(StorageUnavailable, match="delete of 'c/folder' failed"):
         await store.delete("c/folder")
+
+
+async def test_each_call_of_the_file_store_is_one_trip_to_a_worker_thread(
+    tmp_path: Path,
+) -> None:
+    # obstore's LocalStore answered each call from its runtime's threads: one wake-up of the
+    # loop per call and one per chunk read. The store on the standard library costs no more.
+    store = open_blob_store(tmp_path.as_uri())
+    data = os.urandom(3 * 1024 * KiB + 5)  # three chunks of 1 MiB and 5 bytes
+    await store.put_stream("c/f", chunks_of(data))
+    await store.put_stream("c/g", chunks_of(b"small"))
+    loop = asyncio.get_running_loop()
+
+    async def trips(call: Callable[[], Any]) -> tuple[int, int]:
+        counted = Counted(loop)
+        try:
+            await call()
+        finally:
+            del loop.run_in_executor, loop.call_soon_threadsafe  # the loop's own again
+        return counted.executor, counted.wakeups
+
+    async def read(start: int = 0, end: int | None = None) -> bytes:
+        return b"".join([piece async for piece in store.read("c/f", start, end)])
+
+    async def listing() -> list[str]:
+        return [info.key async for info in store.list("c/")]
+
+    assert await trips(lambda: store.stat("c/f")) == (1, 1)
+    assert await trips(lambda: store.stat("c/missing")) == (1, 1)
+    assert await trips(read) == (4, 4)
+    assert await trips(lambda: read(3 * 1024 * KiB)) == (1, 1)
+    assert await trips(lambda: read(7, 7)) == (1, 1)
+    assert await trips(listing) == (1, 1)
+    assert await trips(store.probe) == (1, 1)
+    assert await trips(lambda: store.remove_leftovers("c/", ["c/g"])) == (1, 1)
+    assert file_names(tmp_path) == ["f"]
+
+
+async def test_reads_of_the_file_store_come_in_chunks_of_one_mib(tmp_path: Path) -> None:
+    store = open_blob_store(tmp_path.as_uri())
+    data = os.urandom(2 * 1024 * KiB + 300)
+    await store.put_stream("c/f", chunks_of(data))
+    pieces = [len(piece) async for piece in store.read("c/f", 100)]
+    assert pieces == [1024 * KiB, 1024 * KiB, 200]
+    pieces = [len(piece) async for piece in store.read("c/f", 100, 1024 * KiB + 200)]
+    assert pieces == [1024 * KiB, 100]
+    # A file that grows while it is read is read up to the size it had when opened.
+    reading = store.read("c/f")
+    first = await anext(reading)
+    with (tmp_path / "c" / "f").open("ab") as grown:
+        grown.write(b"appended")
+    assert first + b"".join([piece async for piece in reading]) == data
+
+
+def open_files() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("cut", ["opening", "reading"])
+async def test_a_cancelled_read_closes_its_file_once_the_thread_is_done_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cut: str
+) -> None:
+    store = open_blob_store(tmp_path.as_uri())
+    await store.put_stream("c/f", chunks_of(os.urandom(2 * 1024 * KiB)))
+    before = open_files()
+    in_thread = threading.Event()
+    release = threading.Event()
+    pread = os.pread
+    calls = 0
+
+    def held_pread(fd: int, size: int, offset: int) -> bytes:
+        nonlocal calls
+        calls += 1
+        if calls == (1 if cut == "opening" else 2):
+            in_thread.set()
+            release.wait(10)
+        return pread(fd, size, offset)
+
+    monkeypatch.setattr(os, "pread", held_pread)
+
+    async def consume() -> None:
+        async for _piece in store.read("c/f"):
+            pass
+
+    task = asyncio.create_task(consume())
+    await asyncio.to_thread(in_thread.wait, 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(open_files() - before) == 1  # still the thread's, not closed under it
+    release.set()
+    for _ in range(100):
+        if open_files() == before:
+            break
+        await asyncio.sleep(0.01)
+    assert open_files() == before

@@ -1,5 +1,6 @@
-"""The storage interface services depend on. One implementation (``objectstore.py``, on
-obstore) covers file://, s3://, gs://, azblob:// and memory:// URLs."""
+"""The storage interface services depend on. Two implementations: ``filesystem.py`` for
+file:// URLs (the standard library alone) and ``objectstore.py`` for s3://, gs://,
+azblob:// and memory:// URLs (obstore); ``factory.py`` opens the one a URL names."""
 
 from __future__ import annotations
 

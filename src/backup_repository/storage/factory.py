@@ -1,5 +1,8 @@
-"""Opening the store a storage URL names: the obstore store of its backend (local folder,
-memory, S3, GCS, Azure) with the timeouts and retries of the storage client.
+"""Opening the store a storage URL names: a folder of this machine (file://, on the
+standard library, :mod:`~backup_repository.storage.filesystem`), or the obstore store of
+its backend (memory, S3, GCS, Azure) with the timeouts and retries of the storage client.
+obstore is imported only when such a store is opened: a server on file:// storage never
+loads it.
 
 Timeouts: ``io_timeout`` bounds connecting and every wait for response bytes. Downloads
 have no overall deadline (a slow client may legitimately take hours, and the HTTP client's
@@ -12,17 +15,15 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final
 
-from obstore.exceptions import BaseError as ObstoreError
-from obstore.store import AzureStore, GCSStore, LocalStore, MemoryStore, S3Store
-
 from backup_repository.storage.base import StorageUnavailable
-from backup_repository.storage.errors import first_line
-from backup_repository.storage.objectstore import (
+from backup_repository.storage.defaults import (
     DEFAULT_PART_SIZE,
     DEFAULT_PROBE_TIMEOUT,
     DEFAULT_UPLOAD_CONCURRENCY,
-    ObstoreBlobStore,
+    check_write_settings,
 )
+from backup_repository.storage.errors import first_line
+from backup_repository.storage.filesystem import FileBlobStore
 from backup_repository.storage.urls import (
     AzureLocation,
     FileLocation,
@@ -36,6 +37,8 @@ from backup_repository.storage.urls import (
 
 if TYPE_CHECKING:
     from obstore.store import ClientConfig, ObjectStore, RetryConfig
+
+    from backup_repository.storage.objectstore import ObstoreBlobStore
 
 DEFAULT_IO_TIMEOUT: Final = 30.0
 CONNECT_TIMEOUT: Final = 5.0
@@ -60,19 +63,37 @@ def open_blob_store(
     io_timeout: float | None = None,
     part_size: int = DEFAULT_PART_SIZE,
     upload_concurrency: int = DEFAULT_UPLOAD_CONCURRENCY,
-) -> ObstoreBlobStore:
+) -> FileBlobStore | ObstoreBlobStore:
     """Open the store ``url`` names (see :mod:`backup_repository.storage.urls`).
 
     ``io_timeout`` (seconds, default 30) bounds connecting and each wait for bytes from the
     storage; the health probe is bounded by it too (default 10 s). A file:// folder is
     created when missing. Raises ValueError for a URL that cannot be used and
-    StorageUnavailable when obstore refuses to build the store (e.g. an unreadable
-    credentials file). Nothing is sent over the network here.
+    StorageUnavailable when the store cannot be built (a folder that cannot be created,
+    an unreadable credentials file). Nothing is sent over the network here.
     """
     if io_timeout is not None and io_timeout <= 0:
         raise ValueError("io_timeout must be positive")
+    check_write_settings(part_size, upload_concurrency)
     location = parse_storage_url(url)
     description = redact_storage_url(url)
+    probe_timeout = io_timeout if io_timeout is not None else DEFAULT_PROBE_TIMEOUT
+    if isinstance(location, FileLocation):
+        if location.root.exists() and not location.root.is_dir():
+            raise ValueError("file:// storage URL names something that is not a folder")
+        try:
+            location.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageUnavailable(
+                f"cannot open storage {description}: {first_line(exc)}"
+            ) from exc
+        return FileBlobStore(location, description=description, probe_timeout=probe_timeout)
+
+    from obstore.exceptions import BaseError as ObstoreError
+    from obstore.store import MemoryStore
+
+    from backup_repository.storage.objectstore import ObstoreBlobStore
+
     idle = io_timeout if io_timeout is not None else DEFAULT_IO_TIMEOUT
 
     def make(store: ObjectStore, read_store: ObjectStore | None = None) -> ObstoreBlobStore:
@@ -83,14 +104,10 @@ def open_blob_store(
             description=description,
             part_size=part_size,
             upload_concurrency=upload_concurrency,
-            probe_timeout=io_timeout if io_timeout is not None else DEFAULT_PROBE_TIMEOUT,
+            probe_timeout=probe_timeout,
         )
 
     try:
-        if isinstance(location, FileLocation):
-            if location.root.exists() and not location.root.is_dir():
-                raise ValueError("file:// storage URL names something that is not a folder")
-            return make(LocalStore(location.root, mkdir=True))
         if isinstance(location, MemoryLocation):
             return make(MemoryStore())
         retry = _retry_config(idle)
@@ -135,6 +152,8 @@ def _retry_config(idle: float) -> RetryConfig:
 def _remote_store(
     location: StorageLocation, client_options: ClientConfig, retry: RetryConfig
 ) -> ObjectStore:
+    from obstore.store import AzureStore, GCSStore, S3Store
+
     if isinstance(location, S3Location):
         s3_options: dict[str, Any] = {
             "region": location.region,

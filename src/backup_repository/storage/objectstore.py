@@ -1,15 +1,14 @@
-"""The BlobStore on obstore (Rust object_store): file://, s3://, gs://, azblob://, memory://.
+"""The BlobStore on obstore (Rust object_store): s3://, gs://, azblob://, memory://.
+(file:// storage has a store of its own, :mod:`~backup_repository.storage.filesystem`.)
 
 The store is put together from the modules of this package: the key rules
-(:mod:`~backup_repository.storage.keys`), the file:// write path with its staging files
-and fsync (:mod:`~backup_repository.storage.local`), the multipart upload of the remote
-backends (:mod:`~backup_repository.storage.remote`), and its construction from a URL
+(:mod:`~backup_repository.storage.keys`), the multipart upload
+(:mod:`~backup_repository.storage.remote`), and its construction from a URL
 (:mod:`~backup_repository.storage.factory`). How the Protocol's promises are kept:
 
-- Atomic writes: the object appears only when a multipart upload is completed
-  (S3/GCS/Azure) or the staging file ``<key>#<n>`` is renamed over the key (file://).
-  When the caller's iterator raises, the upload is aborted / the staging file removed and
-  the caller's exception propagates unchanged; a cancelled write is aborted the same way.
+- Atomic writes: the object appears only when a multipart upload is completed. When the
+  caller's iterator raises, the upload is aborted and the caller's exception propagates
+  unchanged; a cancelled write is aborted the same way.
 - Bounded memory: at most ``upload_concurrency`` parts are in flight plus the one being
   filled; reads stream in chunks of about ``READ_CHUNK_SIZE``.
 """
@@ -27,33 +26,25 @@ from obstore.exceptions import BaseError as ObstoreError
 from obstore.exceptions import NotFoundError as ObstoreNotFound
 
 from backup_repository.storage.base import BlobInfo, BlobNotFound, StorageUnavailable
+from backup_repository.storage.defaults import (
+    DEFAULT_PART_SIZE,
+    DEFAULT_PROBE_TIMEOUT,
+    DEFAULT_UPLOAD_CONCURRENCY,
+    PROBE_PREFIX,
+    READ_CHUNK_SIZE,
+    check_write_settings,
+)
 from backup_repository.storage.errors import unavailable
 from backup_repository.storage.keys import validate_key, validate_prefix
-from backup_repository.storage.local import (
-    delete_local,
-    put_local,
-    remove_leftovers,
-    remove_staging_files,
-)
 from backup_repository.storage.remote import put_multipart
-from backup_repository.storage.urls import FileLocation, StorageLocation
+from backup_repository.storage.urls import StorageLocation
 
 if TYPE_CHECKING:
     from obstore import GetOptions, ObjectMeta
     from obstore.store import ObjectStore
 
-MiB: Final = 1024 * 1024
-DEFAULT_PART_SIZE: Final = 8 * MiB
-"""Multipart part size. S3 allows 10,000 parts, so this caps one object at 80,000 MiB
-(about 78 GiB); raise it for larger backups (memory grows with it)."""
-MIN_PART_SIZE: Final = 5 * MiB  # S3's minimum for every part but the last
-DEFAULT_UPLOAD_CONCURRENCY: Final = 2
-READ_CHUNK_SIZE: Final = 1 * MiB
-"""Reads yield chunks of at least this size (but the last) and at most twice it."""
-DEFAULT_PROBE_TIMEOUT: Final = 10.0
 ABORT_TIMEOUT: Final = 30.0
 """How long a cancelled ``put_stream`` waits for the upload to be aborted in storage."""
-PROBE_PREFIX: Final = ".health/"
 
 
 class ObstoreBlobStore:
@@ -71,10 +62,7 @@ class ObstoreBlobStore:
         probe_timeout: float = DEFAULT_PROBE_TIMEOUT,
         abort_timeout: float = ABORT_TIMEOUT,
     ) -> None:
-        if part_size < MIN_PART_SIZE:
-            raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes (S3's minimum)")
-        if upload_concurrency < 1:
-            raise ValueError("upload_concurrency must be at least 1")
+        check_write_settings(part_size, upload_concurrency)
         self._store = store
         self._read_store = read_store if read_store is not None else store
         self._location = location
@@ -107,9 +95,6 @@ class ObstoreBlobStore:
         observe: Callable[[bytes], object] | None = None,
     ) -> int:
         validate_key(key)
-        target = self.local_path(key)
-        if target is not None:
-            return await put_local(key, target, chunks, observe)
         return await put_multipart(
             self._store,
             key,
@@ -122,11 +107,7 @@ class ObstoreBlobStore:
 
     async def delete(self, key: str) -> None:
         validate_key(key)
-        target = self.local_path(key)
         try:
-            if target is not None:
-                await asyncio.to_thread(delete_local, target)
-                return
             await obstore.delete_async(self._store, key)
         except (FileNotFoundError, ObstoreNotFound):
             return
@@ -159,8 +140,8 @@ class ObstoreBlobStore:
         except (ObstoreError, OSError) as exc:
             if options is None:
                 raise unavailable("read", key, exc) from exc
-            # An unsatisfiable range (at or past the end) is an error to S3 and to the
-            # local store alike; tell it apart from a real failure by the object's size.
+            # An unsatisfiable range (at or past the end) is an error to S3; tell it apart
+            # from a real failure by the object's size.
             info = await self.stat(key)
             if info is None:
                 raise BlobNotFound(key) from None
@@ -239,45 +220,26 @@ class ObstoreBlobStore:
             await self.delete(key)
 
     def local_path(self, key: str) -> Path | None:
-        """The file of ``key`` under a file:// root (whether or not it exists yet);
-        None for every other backend."""
+        """None: the objects are not files of this machine."""
         validate_key(key)
-        if not isinstance(self._location, FileLocation):
-            return None
-        return self._location.root.joinpath(*key.split("/"))
+        return None
 
     async def remove_incomplete_writes(self, prefix: str) -> int:
-        """file://: delete the staging files ``<name>#<n>`` under ``prefix`` and return
-        their number. Object stores: 0, because obstore cannot list unfinished multipart
-        uploads; an abandoned one (the process was killed mid-upload) stays invisible and
-        is removed by the bucket's AbortIncompleteMultipartUpload lifecycle rule."""
+        """0, because obstore cannot list unfinished multipart uploads; an abandoned one
+        (the process was killed mid-upload) stays invisible and is removed by the bucket's
+        AbortIncompleteMultipartUpload lifecycle rule."""
         validate_prefix(prefix)
-        if not isinstance(self._location, FileLocation):
-            return 0
-        root = self._location.root
-        try:
-            return await asyncio.to_thread(remove_staging_files, root, prefix)
-        except OSError as exc:
-            raise unavailable("clean-up", prefix or "/", exc) from exc
+        return 0
 
     async def remove_leftovers(self, prefix: str, keys: Sequence[str]) -> int:
-        """file://: the staging files under ``prefix`` and the files of ``keys`` go in one
-        trip to a worker thread (an upload's clean-up under its collection's lock: one hand
-        over and one wake of the event loop, not one per call). Object stores: ``keys``
-        deleted (unfinished multipart uploads stay, as in
-        :meth:`remove_incomplete_writes`). Returns the number of staging files removed."""
+        """``keys`` deleted (unfinished multipart uploads stay, as in
+        :meth:`remove_incomplete_writes`); returns 0."""
         validate_prefix(prefix)
         for key in keys:
             validate_key(key)
-        if not isinstance(self._location, FileLocation):
-            for key in keys:
-                await self.delete(key)
-            return 0
-        root = self._location.root
-        try:
-            return await asyncio.to_thread(remove_leftovers, root, prefix, keys)
-        except OSError as exc:
-            raise unavailable("clean-up", prefix or "/", exc) from exc
+        for key in keys:
+            await self.delete(key)
+        return 0
 
     async def close(self) -> None:
         """Nothing to release: obstore's connection pools go with the store objects."""
