@@ -20,6 +20,7 @@ from backup_repository import __version__
 from backup_repository.db.engine import create_engine
 from backup_repository.db.versions import SqlVersionRepository
 from backup_repository.http.app import create_app
+from backup_repository.http.metrics import documented_templates
 from gpg_fixtures import GpgHome, pad_to
 from support import (
     closed_windows,
@@ -458,3 +459,30 @@ def test_metrics_through_the_real_server(tmp_path: Path, gpg_home: GpgHome) -> N
     assert value(m, "backup_repository_downloaded_bytes_total", collection="db") == len(data)
     assert value(m, "backup_repository_uploaded_bytes_total", collection="db") == len(data)
     assert value(m, "backup_repository_collection_bytes", collection="db") == len(data)
+
+
+async def test_requests_refused_before_routing_are_labelled_without_the_description(
+    tmp_path: Path,
+) -> None:
+    """The templates a refused or unknown path is matched against are those of the OpenAPI
+    description, taken from the routes: the description (about 3 MiB, kept once built) is
+    not built for the first stray request of a server nobody asked for /docs."""
+    write_config(tmp_path / "config", documents())
+    app = create_app(
+        make_settings(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}", rate_auth_limit=1)
+    )
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            assert (await client.get("/wp-admin/x.php")).status_code == 404
+            assert (await login(client, UPLOADER)).status_code == 200
+            assert (await login(client, UPLOADER)).status_code == 429
+            assert app.openapi_schema is None
+            m = await scrape(client)
+            assert app.openapi_schema is None
+    requests = "backup_repository_http_requests_total"
+    assert value(m, requests, method="GET", route="<unmatched>", status="404") == 1
+    assert value(m, requests, method="POST", route=LOGIN_ROUTE, status="429") == 1
+    templates = documented_templates(app.routes)
+    assert templates == list(app.openapi()["paths"])
+    assert any(template.startswith("/api/alpha/") for template in templates)

@@ -34,13 +34,14 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
-from starlette.routing import compile_path
+from starlette.routing import BaseRoute, compile_path
 from starlette.types import Scope
 
+from backup_repository.http.openapi.description import ALPHA_PREFIX, STABLE_PREFIX
 from backup_repository.services.events import Action, Event, Outcome, RefusalReason
 from backup_repository.services.stats import StatsService
 
@@ -600,6 +601,33 @@ def template_matcher(templates: Iterable[str]) -> Callable[[str], str]:
     return match
 
 
+def documented_templates(routes: Sequence[BaseRoute]) -> list[str]:
+    """The paths of the OpenAPI description, in its order, from the routes alone: the
+    templates of the routes FastAPI documents (API routes in the schema), then the
+    deprecated ``/api/alpha/`` aliases ``http/openapi/description.py`` adds for them. The
+    description itself (about 3 MiB once built, and kept) is left to ``/openapi.json`` and
+    the ``/docs`` page."""
+    from fastapi.routing import APIRoute, iter_route_contexts
+
+    documented: dict[str, set[str]] = {}
+    aliases: list[tuple[str, set[str]]] = []
+    for context in iter_route_contexts(routes):
+        path = context.path_format
+        if not isinstance(context.original_route, APIRoute) or not isinstance(path, str):
+            continue
+        methods = set(context.methods or ())
+        if context.include_in_schema and methods:
+            documented.setdefault(path, set()).update(methods)
+        if path.startswith(ALPHA_PREFIX):
+            aliases.append((path, methods))
+    templates = list(documented)
+    for path, methods in aliases:
+        stable = documented.get(STABLE_PREFIX + path.removeprefix(ALPHA_PREFIX), set())
+        if methods & stable and path not in templates:
+            templates.append(path)
+    return templates
+
+
 class RequestMetrics:
     """Counts every HTTP request once its response has finished (a streamed download when
     its last byte was handed to the server): a ``request_log.RequestEnd``."""
@@ -615,9 +643,8 @@ class RequestMetrics:
         # Refused before routing (rate limit, header or body limits) or not found: the
         # templates of the documented operations tell which route the path was meant for.
         if self._matcher is None:
-            openapi = getattr(scope.get("app"), "openapi", None)
-            paths = openapi().get("paths", {}) if callable(openapi) else {}
-            self._matcher = template_matcher(paths)
+            routes = getattr(scope.get("app"), "routes", None)
+            self._matcher = template_matcher(documented_templates(routes or []))
         return self._matcher(scope["path"])
 
     def __call__(self, scope: Scope, status: int, seconds: float) -> None:
