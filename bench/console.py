@@ -39,7 +39,7 @@ import yaml
 from sqlalchemy import insert
 
 from backup_repository.db.engine import create_engine, migrate
-from backup_repository.db.tables import BackupVersion, CollectionState, VersionCheckRow
+from backup_repository.db.tables import backup_versions, collection_states, version_checks
 from backup_repository.http.app import create_app
 from backup_repository.services.passwords import PasswordHasher
 from backup_repository.settings import Settings
@@ -134,10 +134,10 @@ async def fill(db_url: str, storage: Path, collections: int, versions: int) -> N
                 }
             )
     async with engine.begin() as connection:
-        await connection.execute(insert(CollectionState), states)
+        await connection.execute(insert(collection_states), states)
         for start in range(0, len(rows), 1000):
-            await connection.execute(insert(BackupVersion), rows[start : start + 1000])
-            await connection.execute(insert(VersionCheckRow), checks[start : start + 1000])
+            await connection.execute(insert(backup_versions), rows[start : start + 1000])
+            await connection.execute(insert(version_checks), checks[start : start + 1000])
     await engine.dispose()
 
 

@@ -24,7 +24,7 @@ from sqlalchemy import insert
 from sqlalchemy.engine import make_url
 
 from backup_repository.db.engine import create_engine
-from backup_repository.db.tables import AuditEvent, BackupVersion, GrantedAccess
+from backup_repository.db.tables import audit_events, backup_versions, granted_accesses
 from backup_repository.http.app import create_app
 from backup_repository.services.passwords import PasswordHasher
 from support import collection_doc, make_settings, write_config
@@ -83,7 +83,7 @@ async def _fill(db_url: str) -> None:
     try:
         async with engine.begin() as connection:
             await connection.execute(
-                insert(BackupVersion),
+                insert(backup_versions),
                 [
                     {
                         "id": str(uuid.uuid4()),
@@ -102,7 +102,7 @@ async def _fill(db_url: str) -> None:
                 ],
             )
             await connection.execute(
-                insert(AuditEvent),
+                insert(audit_events),
                 [
                     {
                         "at": start + timedelta(seconds=30 * i),
@@ -123,7 +123,7 @@ async def _fill(db_url: str) -> None:
             )
             now = datetime.now(UTC)
             await connection.execute(
-                insert(GrantedAccess),
+                insert(granted_accesses),
                 [
                     {
                         "id": f"{i:064x}",

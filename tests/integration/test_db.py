@@ -42,7 +42,7 @@ from backup_repository.db.repositories import (
     transaction,
 )
 from backup_repository.db.revision import create_revision
-from backup_repository.db.tables import Base, GrantedAccess
+from backup_repository.db.tables import granted_accesses, metadata
 from backup_repository.domain.errors import DependencyUnavailable
 from backup_repository.services.ports import SessionRecord
 
@@ -102,7 +102,7 @@ async def test_migrate_creates_the_schema_on_an_empty_database(fresh_engine: Asy
     assert await _tables_and_version(fresh_engine) == (set(), None)
     await migrate(fresh_engine)
     assert await _tables_and_version(fresh_engine) == (
-        {"alembic_version", *Base.metadata.tables},
+        {"alembic_version", *metadata.tables},
         HEAD,
     )
 
@@ -113,7 +113,7 @@ async def test_migrate_twice_is_a_no_op(fresh_engine: AsyncEngine) -> None:
     await sessions.add(_session(1))
     await migrate(fresh_engine)
     assert await _tables_and_version(fresh_engine) == (
-        {"alembic_version", *Base.metadata.tables},
+        {"alembic_version", *metadata.tables},
         HEAD,
     )
     assert await sessions.get(_session(1).id) is not None
@@ -126,7 +126,7 @@ async def test_concurrent_migrations_all_succeed(database_url: str) -> None:
         await asyncio.gather(*(migrate(engine) for engine in engines))
         for engine in engines:
             assert await _tables_and_version(engine) == (
-                {"alembic_version", *Base.metadata.tables},
+                {"alembic_version", *metadata.tables},
                 HEAD,
             )
     finally:
@@ -161,7 +161,7 @@ async def test_session_family_revision_downgrades_and_upgrades_again(
         )
     await migrate(fresh_engine)
     assert await _tables_and_version(fresh_engine) == (
-        {"alembic_version", *Base.metadata.tables},
+        {"alembic_version", *metadata.tables},
         HEAD,
     )
     stored = await sessions.get(_session(2).id)
@@ -174,7 +174,7 @@ async def test_migrated_schema_matches_the_models(db_engine: AsyncEngine) -> Non
 
     def differences(connection: Connection) -> list[object]:
         context = MigrationContext.configure(connection, opts=autogenerate_options())
-        return list(compare_metadata(context, Base.metadata))
+        return list(compare_metadata(context, metadata))
 
     async with db_engine.connect() as connection:
         assert await connection.run_sync(differences) == []
@@ -261,7 +261,7 @@ async def test_sqlite_pool_rolls_back_a_returned_connection_only_in_a_transactio
             )
         assert len(rollbacks) == 1
         async with engine.connect() as connection:
-            count = await connection.scalar(select(func.count()).select_from(GrantedAccess))
+            count = await connection.scalar(select(func.count()).select_from(granted_accesses))
         assert count == 0
     finally:
         await engine.dispose()
@@ -441,8 +441,8 @@ async def test_soft_deleted_sessions_are_absent(
     await sessions.add(_session(2, created_at=T0))
     async with db_engine.begin() as connection:
         await connection.execute(
-            update(GrantedAccess)
-            .where(GrantedAccess.id == _session(1).id)
+            update(granted_accesses)
+            .where(granted_accesses.c.id == _session(1).id)
             .values(deleted_at=datetime.now(UTC))
         )
     assert await sessions.get(_session(1).id) is None
@@ -450,7 +450,7 @@ async def test_soft_deleted_sessions_are_absent(
     assert await sessions.deactivate(_session(1).id) is False
     async with db_engine.connect() as connection:
         deactivated = await connection.scalar(
-            select(GrantedAccess.deactivated).where(GrantedAccess.id == _session(1).id)
+            select(granted_accesses.c.deactivated).where(granted_accesses.c.id == _session(1).id)
         )
     assert deactivated is False
 
@@ -500,8 +500,8 @@ async def test_session_lookup_is_one_statement_without_a_transaction_on_sqlite(
         assert (len(begun), len(statements)) == (expected, expected)
         async with db_engine.begin() as connection:
             await connection.execute(
-                update(GrantedAccess)
-                .where(GrantedAccess.id == _session(1).id)
+                update(granted_accesses)
+                .where(granted_accesses.c.id == _session(1).id)
                 .values(deactivated=True)
             )
         second = await sessions.get(_session(1).id)
@@ -522,7 +522,7 @@ async def test_single_statement_returning_converts_the_returned_columns(
     """An UPDATE ... RETURNING answers with its returned columns, named and converted by
     their types (a boolean as bool, a timestamp aware), on every backend."""
     await sessions.add(_session(1, created_at=T0))
-    table = GrantedAccess.__table__
+    table = granted_accesses
     revoke = SingleStatement(
         update(table)
         .where(table.c.id == bindparam("session_id"))
@@ -562,7 +562,7 @@ async def test_single_statement_insert_stores_what_sqlalchemy_stores(
     """An INSERT through SingleStatement stores the very values (as the database holds
     them: timestamps in the same text on SQLite) that SQLAlchemy's own INSERT stores, so
     that comparisons and ordering in other queries see no difference."""
-    table = GrantedAccess.__table__
+    table = granted_accesses
     at = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=timezone(timedelta(hours=2)))
     values = {
         "user_name": "admin",

@@ -595,7 +595,7 @@ async def table_names(url: str) -> list[str]:
 async def version_rows(url: str) -> list[tuple[str, int, int, str]]:
     from sqlalchemy import select
 
-    from backup_repository.db.tables import BackupVersion
+    from backup_repository.db.tables import backup_versions
 
     engine = create_engine(url)
     try:
@@ -603,11 +603,11 @@ async def version_rows(url: str) -> list[tuple[str, int, int, str]]:
             rows = (
                 await connection.execute(
                     select(
-                        BackupVersion.collection_id,
-                        BackupVersion.version_number,
-                        BackupVersion.filesize,
-                        BackupVersion.sha256,
-                    ).order_by(BackupVersion.collection_id, BackupVersion.version_number)
+                        backup_versions.c.collection_id,
+                        backup_versions.c.version_number,
+                        backup_versions.c.filesize,
+                        backup_versions.c.sha256,
+                    ).order_by(backup_versions.c.collection_id, backup_versions.c.version_number)
                 )
             ).all()
     finally:
@@ -618,14 +618,16 @@ async def version_rows(url: str) -> list[tuple[str, int, int, str]]:
 async def counters(url: str) -> dict[str, int]:
     from sqlalchemy import select
 
-    from backup_repository.db.tables import CollectionState
+    from backup_repository.db.tables import collection_states
 
     engine = create_engine(url)
     try:
         async with engine.connect() as connection:
             rows = (
                 await connection.execute(
-                    select(CollectionState.collection_id, CollectionState.last_version_number)
+                    select(
+                        collection_states.c.collection_id, collection_states.c.last_version_number
+                    )
                 )
             ).all()
     finally:

@@ -21,7 +21,7 @@ from backup_repository.db.notifications import (
     SqlOutboxRepository,
 )
 from backup_repository.db.repositories import transaction
-from backup_repository.db.tables import BackupVersion, NotificationOutbox
+from backup_repository.db.tables import backup_versions, notification_outbox
 from backup_repository.db.versions import SqlVersionRepository, insert_version
 from backup_repository.domain.identity import Collection
 from backup_repository.domain.notification_channels import (
@@ -63,7 +63,7 @@ def event(collection: str = "db", type_: EventType = EventType.LIMITS) -> Notifi
 async def outbox_rows(engine: AsyncEngine) -> int:
     async with transaction(engine) as connection:
         return int(
-            (await connection.execute(select(func.count(NotificationOutbox.id)))).scalar_one()
+            (await connection.execute(select(func.count(notification_outbox.c.id)))).scalar_one()
         )
 
 
@@ -308,7 +308,9 @@ async def test_announced_once_delivered_and_recovered(db_engine: AsyncEngine) ->
     # and to limits ("all" subscribes to limits only).
     async with transaction(db_engine) as connection:
         await connection.execute(
-            update(BackupVersion).where(BackupVersion.version_number <= 3).values(deleted_at=T0)
+            update(backup_versions)
+            .where(backup_versions.c.version_number <= 3)
+            .values(deleted_at=T0)
         )
     clock.now = T0 + timedelta(minutes=5)
     (recovered,) = await one.evaluate()

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from backup_repository.db.engine import create_engine, migrate
 from backup_repository.db.integrity import SqlLeaseRepository
 from backup_repository.db.repositories import SqlSessionRepository
-from backup_repository.db.tables import GrantedAccess
+from backup_repository.db.tables import granted_accesses
 from backup_repository.domain.identity import COLLECTION, ObjectGrant
 from backup_repository.domain.roles import Role
 from backup_repository.services.ports import RevokedSessions, SessionRecord
@@ -232,8 +232,8 @@ async def test_an_unreadable_stored_scope_reads_as_not_scoped(
     await sessions.add(session(7))
     async with db_engine.begin() as connection:
         await connection.execute(
-            update(GrantedAccess)
-            .where(GrantedAccess.id == session(7).id)
+            update(granted_accesses)
+            .where(granted_accesses.c.id == session(7).id)
             .values(operations_scope=text)
         )
     stored = await sessions.get(session(7).id)

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backup_repository.db.engine import create_engine, migrate
 from backup_repository.db.repositories import SqlSessionRepository
-from backup_repository.db.tables import GrantedAccess
+from backup_repository.db.tables import granted_accesses
 from backup_repository.db.versions import SqlVersionRepository
 from backup_repository.http.app import create_app
 from backup_repository.services.events import Action, Outcome
@@ -478,8 +478,8 @@ async def test_commit_refuses_a_soft_deleted_or_missing_session(engine: AsyncEng
     )
     async with engine.begin() as connection:
         await connection.execute(
-            update(GrantedAccess)
-            .where(GrantedAccess.id == session_id)
+            update(granted_accesses)
+            .where(granted_accesses.c.id == session_id)
             .values(deleted_at=datetime.now(UTC))
         )
     assert await versions.try_lock("db", "one", 30) == 0

@@ -6,19 +6,19 @@ driver's thread for the whole transaction."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import aiosqlite
 import pytest
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backup_repository.db.repositories import SingleStatement
 from backup_repository.db.statements import Step, in_one_transaction
-from backup_repository.db.tables import CollectionState
+from backup_repository.db.tables import collection_states
 
-STATES: Final = cast(Table, CollectionState.__table__)
+STATES: Final = collection_states
 NOW: Final = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
 ADD: Final = SingleStatement(
     insert(STATES).values(

@@ -49,7 +49,7 @@ from reliability_support import PgpBodies, UploadOutcome, login, send_upload, sh
 from sqlalchemy import select
 
 from backup_repository.db.engine import create_engine
-from backup_repository.db.tables import BackupVersion, CollectionState
+from backup_repository.db.tables import backup_versions, collection_states
 from support import ServerProcess, collection_doc, start_server, user_doc, write_config
 
 pytestmark = pytest.mark.e2e
@@ -155,13 +155,13 @@ def read_database(url: str) -> tuple[list[Row], dict[str, int]]:
             async with engine.connect() as connection:
                 versions = await connection.execute(
                     select(
-                        BackupVersion.collection_id,
-                        BackupVersion.version_number,
-                        BackupVersion.sha256,
-                        BackupVersion.storage_key,
-                        BackupVersion.deleted_at,
-                        BackupVersion.purged_at,
-                        BackupVersion.created_at,
+                        backup_versions.c.collection_id,
+                        backup_versions.c.version_number,
+                        backup_versions.c.sha256,
+                        backup_versions.c.storage_key,
+                        backup_versions.c.deleted_at,
+                        backup_versions.c.purged_at,
+                        backup_versions.c.created_at,
                     )
                 )
                 rows = [
@@ -169,7 +169,9 @@ def read_database(url: str) -> tuple[list[Row], dict[str, int]]:
                     for r in versions
                 ]
                 states = await connection.execute(
-                    select(CollectionState.collection_id, CollectionState.last_version_number)
+                    select(
+                        collection_states.c.collection_id, collection_states.c.last_version_number
+                    )
                 )
                 counters = {str(s[0]): int(s[1]) for s in states}
         finally:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from backup_repository.db.tables import Base
+from backup_repository.db.tables import metadata
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "database.md"
 
@@ -22,7 +22,7 @@ def sections() -> dict[str, str]:
 
 def test_every_table_has_a_section_and_a_row_in_the_overview() -> None:
     documented = sections()
-    tables = set(Base.metadata.tables) | {"alembic_version"}
+    tables = set(metadata.tables) | {"alembic_version"}
     assert tables == set(documented), (tables, set(documented))
     overview = DOC.read_text().split("## Tables", 1)[1].split("### ", 1)[0]
     for table in tables:
@@ -31,6 +31,6 @@ def test_every_table_has_a_section_and_a_row_in_the_overview() -> None:
 
 def test_every_column_is_described() -> None:
     documented = sections()
-    for name, table in Base.metadata.tables.items():
+    for name, table in metadata.tables.items():
         for column in table.columns:
             assert f"`{column.name}`" in documented[name], (name, column.name)

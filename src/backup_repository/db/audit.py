@@ -9,21 +9,21 @@ always has its rows, and they cost no transaction of their own (services/events.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Final, cast
+from typing import Any, Final
 
-from sqlalchemy import ColumnElement, RowMapping, String, Table, bindparam, insert, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import ColumnElement, RowMapping, String, bindparam, insert, select
 
+from backup_repository.db.engine import AsyncEngine
 from backup_repository.db.repositories import SingleStatement, transaction
 from backup_repository.db.statements import Step, in_one_transaction
-from backup_repository.db.tables import AuditEvent
+from backup_repository.db.tables import audit_events
 from backup_repository.services.audit import AuditEntry, AuditFilters
 from backup_repository.services.events import Event
 
 
 def _limits() -> dict[str, int]:
     limits: dict[str, int] = {}
-    for column in AuditEvent.__table__.c:
+    for column in audit_events.c:
         if isinstance(column.type, String) and column.type.length is not None:
             limits[column.name] = column.type.length
     return limits
@@ -32,10 +32,10 @@ def _limits() -> dict[str, int]:
 _LIMITS: Final = _limits()
 # One event's row (a download's, a login's): one statement, on SQLite one trip to the driver.
 _ADD: Final = SingleStatement(
-    insert(cast(Table, AuditEvent.__table__)).values(
+    insert(audit_events).values(
         {
             column.key: bindparam(column.key, type_=column.type)
-            for column in AuditEvent.__table__.c
+            for column in audit_events.c
             if column.key != "id"
         }
     )
@@ -49,7 +49,7 @@ _ADD_ROWS: dict[int, SingleStatement] = {}
 def _add_rows(count: int) -> SingleStatement:
     found = _ADD_ROWS.get(count)
     if found is None:
-        table = cast(Table, AuditEvent.__table__)
+        table = audit_events
         columns = [column for column in table.c if column.key != "id"]
         found = _ADD_ROWS[count] = SingleStatement(
             insert(table).values(
@@ -125,8 +125,8 @@ class SqlAuditRepository:
     ) -> list[AuditEntry]:
         conditions: list[ColumnElement[bool]] = []
         for column, value in (
-            (AuditEvent.user_name, filters.user),
-            (AuditEvent.collection_id, filters.collection),
+            (audit_events.c.user_name, filters.user),
+            (audit_events.c.collection_id, filters.collection),
         ):
             if value is None:
                 continue
@@ -136,17 +136,17 @@ class SqlAuditRepository:
                 return []
             conditions.append(column == value)
         if filters.action is not None:
-            conditions.append(AuditEvent.action == filters.action.value)
+            conditions.append(audit_events.c.action == filters.action.value)
         if filters.outcome is not None:
-            conditions.append(AuditEvent.outcome == filters.outcome.value)
+            conditions.append(audit_events.c.outcome == filters.outcome.value)
         if filters.since is not None:
-            conditions.append(AuditEvent.at >= filters.since)
+            conditions.append(audit_events.c.at >= filters.since)
         if filters.until is not None:
-            conditions.append(AuditEvent.at < filters.until)
+            conditions.append(audit_events.c.at < filters.until)
         if before_id is not None:
-            conditions.append(AuditEvent.id < before_id)
+            conditions.append(audit_events.c.id < before_id)
         statement = (
-            select(AuditEvent.__table__).where(*conditions).order_by(AuditEvent.id.desc())
+            select(audit_events).where(*conditions).order_by(audit_events.c.id.desc())
         ).limit(limit)
         async with transaction(self._engine) as connection:
             rows = (await connection.execute(statement)).mappings().all()

@@ -10,15 +10,15 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from sqlalchemy import String, and_, cast, func, literal, select
-from sqlalchemy.ext.asyncio import AsyncEngine
 
+from backup_repository.db.engine import AsyncEngine
 from backup_repository.db.integrity import _CHECK_COLUMNS, _to_check
 from backup_repository.db.repositories import transaction
-from backup_repository.db.tables import BackupVersion, VersionCheckRow
+from backup_repository.db.tables import backup_versions, version_checks
 from backup_repository.domain.integrity import CheckStatus
 from backup_repository.services.ports import CheckMark, VersionCheck, VersionSize
 
-_LIVE: Final = BackupVersion.deleted_at.is_(None)
+_LIVE: Final = backup_versions.c.deleted_at.is_(None)
 
 
 class SqlConsoleRepository:
@@ -35,15 +35,15 @@ class SqlConsoleRepository:
         # One row per collection, "number:size,number:size,...": 10,000 rows of numbers cost
         # the database driver and SQLAlchemy far more than splitting the text.
         pairs = func.aggregate_strings(
-            cast(BackupVersion.version_number, String)
+            cast(backup_versions.c.version_number, String)
             + literal(":", String)
-            + cast(BackupVersion.filesize, String),
+            + cast(backup_versions.c.filesize, String),
             ",",
         )
         statement = (
-            select(BackupVersion.collection_id, pairs)
-            .where(BackupVersion.collection_id.in_(list(collection_ids)), _LIVE)
-            .group_by(BackupVersion.collection_id)
+            select(backup_versions.c.collection_id, pairs)
+            .where(backup_versions.c.collection_id.in_(list(collection_ids)), _LIVE)
+            .group_by(backup_versions.c.collection_id)
         )
         found: dict[str, list[VersionSize]] = {}
         for collection_id, text in await self._rows(statement):
@@ -60,18 +60,18 @@ class SqlConsoleRepository:
             return {}
         newest = (
             select(
-                BackupVersion.collection_id.label("collection_id"),
-                func.max(BackupVersion.version_number).label("number"),
+                backup_versions.c.collection_id.label("collection_id"),
+                func.max(backup_versions.c.version_number).label("number"),
             )
-            .where(BackupVersion.collection_id.in_(list(collection_ids)), _LIVE)
-            .group_by(BackupVersion.collection_id)
+            .where(backup_versions.c.collection_id.in_(list(collection_ids)), _LIVE)
+            .group_by(backup_versions.c.collection_id)
             .subquery()
         )
-        statement = select(BackupVersion.collection_id, BackupVersion.created_at).join(
+        statement = select(backup_versions.c.collection_id, backup_versions.c.created_at).join(
             newest,
             and_(
-                BackupVersion.collection_id == newest.c.collection_id,
-                BackupVersion.version_number == newest.c.number,
+                backup_versions.c.collection_id == newest.c.collection_id,
+                backup_versions.c.version_number == newest.c.number,
             ),
         )
         return {str(row[0]): row[1] for row in await self._rows(statement)}
@@ -79,8 +79,8 @@ class SqlConsoleRepository:
     def _checks(self, collection_ids: Sequence[str], *columns: Any) -> Any:
         return (
             select(*columns)
-            .join(BackupVersion, BackupVersion.id == VersionCheckRow.version_id)
-            .where(_LIVE, VersionCheckRow.collection_id.in_(list(collection_ids)))
+            .join(backup_versions, backup_versions.c.id == version_checks.c.version_id)
+            .where(_LIVE, version_checks.c.collection_id.in_(list(collection_ids)))
         )
 
     async def check_marks_of(self, collection_ids: Sequence[str]) -> dict[str, list[CheckMark]]:
@@ -89,14 +89,14 @@ class SqlConsoleRepository:
         statement = (
             self._checks(
                 collection_ids,
-                VersionCheckRow.collection_id,
-                VersionCheckRow.version_id,
-                VersionCheckRow.version_number,
-                VersionCheckRow.status,
-                VersionCheckRow.detail,
+                version_checks.c.collection_id,
+                version_checks.c.version_id,
+                version_checks.c.version_number,
+                version_checks.c.status,
+                version_checks.c.detail,
             )
-            .where(VersionCheckRow.status != CheckStatus.OK.value)
-            .order_by(VersionCheckRow.collection_id, VersionCheckRow.version_number)
+            .where(version_checks.c.status != CheckStatus.OK.value)
+            .order_by(version_checks.c.collection_id, version_checks.c.version_number)
         )
         found: dict[str, list[CheckMark]] = {}
         for collection_id, version_id, number, status, detail in await self._rows(statement):
@@ -112,10 +112,10 @@ class SqlConsoleRepository:
             return {}
         statement = self._checks(
             collection_ids,
-            VersionCheckRow.collection_id,
-            func.count(VersionCheckRow.version_id),
-            func.max(VersionCheckRow.checked_at),
-        ).group_by(VersionCheckRow.collection_id)
+            version_checks.c.collection_id,
+            func.count(version_checks.c.version_id),
+            func.max(version_checks.c.checked_at),
+        ).group_by(version_checks.c.collection_id)
         found: dict[str, tuple[int, datetime]] = {}
         for collection_id, count, checked_at in await self._rows(statement):
             if checked_at is not None:
@@ -128,7 +128,7 @@ class SqlConsoleRepository:
         if not collection_ids:
             return {}
         statement = self._checks(collection_ids, *_CHECK_COLUMNS).order_by(
-            VersionCheckRow.collection_id, VersionCheckRow.version_number
+            version_checks.c.collection_id, version_checks.c.version_number
         )
         async with transaction(self._engine) as connection:
             rows = (await connection.execute(statement)).mappings().all()

@@ -30,23 +30,33 @@ connection that dies in the few milliseconds before it is taken, or that a middl
 silently while it was idle for less than POSTGRES_PING_AFTER_IDLE_S, fails the statement
 it runs (a 503); SQLAlchemy then replaces every pooled connection, so the next request
 succeeds. SQLite has no network and no checks.
+
+SQLAlchemy's async engine and connection come from its module ``sqlalchemy.ext.asyncio.engine``,
+loaded here without running the ``__init__`` of its package, which also imports the async
+ORM session and with it ``sqlalchemy.orm`` (about 6 MiB of resident memory; the server uses
+no ORM). The other modules of this package take ``AsyncEngine`` and ``AsyncConnection`` from
+here. When that way of loading fails (another SQLAlchemy release laid out differently), the
+package is imported as usual and a warning is logged: the server works the same, with the
+ORM in memory (``tests/integration/test_memory.py`` fails on such a release).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
+import importlib.util
 import logging
 import re
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import Connection, event, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DisconnectionError, InvalidatePoolError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, PoolResetState
 from sqlalchemy.util import await_only
 
@@ -56,6 +66,65 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 logger = logging.getLogger(__name__)
+
+# SQLAlchemy's package of the async engine; its ``__init__`` also imports the async ORM.
+_ASYNC_PACKAGE: Final = "sqlalchemy.ext.asyncio"
+_ASYNC_ENGINE_MODULE: Final = f"{_ASYNC_PACKAGE}.engine"
+_ASYNC_NAMES: Final = ("AsyncConnection", "AsyncEngine", "create_async_engine")
+
+
+def _load_async_engine_module() -> ModuleType:
+    """``sqlalchemy.ext.asyncio.engine``, imported without running its package's
+    ``__init__`` when the package is not imported yet (see the module's docstring).
+
+    While the module loads, an empty package object stands in ``sys.modules`` for the real
+    package (``__path__`` and spec as the import system would set them, nothing executed),
+    and it is taken out again afterwards: the real package, when something imports it later
+    (Alembic, a test), runs its ``__init__`` then and finds this same module already loaded,
+    so its classes are the ones used here.
+    """
+    if _ASYNC_PACKAGE in sys.modules:
+        return importlib.import_module(_ASYNC_ENGINE_MODULE)
+    spec = importlib.util.find_spec(_ASYNC_PACKAGE)
+    if spec is None or spec.submodule_search_locations is None:
+        raise ImportError(f"{_ASYNC_PACKAGE} is not a package")
+    stand_in = importlib.util.module_from_spec(spec)
+    sys.modules[_ASYNC_PACKAGE] = stand_in
+    try:
+        module = importlib.import_module(_ASYNC_ENGINE_MODULE)
+    finally:
+        if sys.modules.get(_ASYNC_PACKAGE) is stand_in:
+            del sys.modules[_ASYNC_PACKAGE]
+    missing = [name for name in _ASYNC_NAMES if not hasattr(module, name)]
+    if missing:
+        raise ImportError(f"{_ASYNC_ENGINE_MODULE} has no {', '.join(missing)}")
+    return module
+
+
+def _async_engine_module() -> ModuleType:
+    """The module of SQLAlchemy's async engine: loaded without the ORM when that works, else
+    through its package as usual (with a warning, since the ORM then takes memory)."""
+    try:
+        return _load_async_engine_module()
+    except Exception:
+        logger.warning(
+            "could not load SQLAlchemy's async engine without its ORM; importing %s as usual",
+            _ASYNC_PACKAGE,
+            exc_info=True,
+        )
+        importlib.import_module(_ASYNC_PACKAGE)
+        return importlib.import_module(_ASYNC_ENGINE_MODULE)
+
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection as AsyncConnection
+    from sqlalchemy.ext.asyncio import AsyncEngine as AsyncEngine
+    from sqlalchemy.ext.asyncio import create_async_engine
+else:
+    _async_engine = _async_engine_module()
+    AsyncConnection = _async_engine.AsyncConnection
+    AsyncEngine = _async_engine.AsyncEngine
+    create_async_engine = _async_engine.create_async_engine
 
 MIGRATIONS_DIR: Final = Path(__file__).resolve().parent / "migrations"
 # Alembic's table of the applied revision (its default name).

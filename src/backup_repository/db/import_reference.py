@@ -34,10 +34,10 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from backup_repository.db.engine import AsyncConnection, AsyncEngine
 from backup_repository.db.repositories import transaction
-from backup_repository.db.tables import BackupVersion, CollectionState
+from backup_repository.db.tables import backup_versions, collection_states
 from backup_repository.db.versions import insert_version
 from backup_repository.domain.import_reference import KnownVersion, ReferenceRow
 from backup_repository.services.ports import LockLost, VersionRecord
@@ -176,13 +176,13 @@ class SqlImportRepository:
     async def known_versions(self, collection_id: str) -> list[KnownVersion]:
         statement = (
             select(
-                BackupVersion.version_number,
-                BackupVersion.storage_key,
-                BackupVersion.filesize,
-                BackupVersion.deleted_at,
+                backup_versions.c.version_number,
+                backup_versions.c.storage_key,
+                backup_versions.c.filesize,
+                backup_versions.c.deleted_at,
             )
-            .where(BackupVersion.collection_id == collection_id)
-            .order_by(BackupVersion.version_number)
+            .where(backup_versions.c.collection_id == collection_id)
+            .order_by(backup_versions.c.version_number)
         )
         async with transaction(self._engine) as connection:
             rows = (await connection.execute(statement)).all()
@@ -193,8 +193,8 @@ class SqlImportRepository:
     async def last_version_number(self, collection_id: str) -> int:
         async with transaction(self._engine) as connection:
             value = await connection.scalar(
-                select(CollectionState.last_version_number).where(
-                    CollectionState.collection_id == collection_id
+                select(collection_states.c.last_version_number).where(
+                    collection_states.c.collection_id == collection_id
                 )
             )
         return int(value or 0)
@@ -212,8 +212,8 @@ class SqlImportRepository:
         async with transaction(self._engine) as connection:
             await self._raise(connection, collection_id, number, owner)
             value = await connection.scalar(
-                select(CollectionState.last_version_number).where(
-                    CollectionState.collection_id == collection_id
+                select(collection_states.c.last_version_number).where(
+                    collection_states.c.collection_id == collection_id
                 )
             )
         return int(value or 0)
@@ -222,12 +222,12 @@ class SqlImportRepository:
     async def _raise(
         connection: AsyncConnection, collection_id: str, number: int, owner: str
     ) -> None:
-        counter = CollectionState.last_version_number
+        counter = collection_states.c.last_version_number
         result = await connection.execute(
-            update(CollectionState)
+            update(collection_states)
             .where(
-                CollectionState.collection_id == collection_id,
-                CollectionState.lock_owner == owner,
+                collection_states.c.collection_id == collection_id,
+                collection_states.c.lock_owner == owner,
             )
             .values(
                 last_version_number=case((counter < number, number), else_=counter),

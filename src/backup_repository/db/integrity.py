@@ -8,26 +8,26 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import RowMapping, case, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import RowMapping, Table, case, func, or_, select, update
 
+from backup_repository.db.dialects import insert_on_conflict
+from backup_repository.db.engine import AsyncConnection, AsyncEngine
 from backup_repository.db.owners import server_owner
 from backup_repository.db.repositories import transaction
-from backup_repository.db.tables import BackupVersion, MaintenanceLease, VersionCheckRow
+from backup_repository.db.tables import backup_versions, maintenance_leases, version_checks
 from backup_repository.db.versions import _VERSION_COLUMNS, _to_record
 from backup_repository.domain.integrity import CheckStatus
 from backup_repository.services.ports import VersionCheck, VersionRecord
 
 _CHECK_COLUMNS: Final = (
-    VersionCheckRow.version_id,
-    VersionCheckRow.collection_id,
-    VersionCheckRow.version_number,
-    VersionCheckRow.checked_at,
-    VersionCheckRow.status,
-    VersionCheckRow.detail,
-    VersionCheckRow.actual_size,
-    VersionCheckRow.actual_sha256,
+    version_checks.c.version_id,
+    version_checks.c.collection_id,
+    version_checks.c.version_number,
+    version_checks.c.checked_at,
+    version_checks.c.status,
+    version_checks.c.detail,
+    version_checks.c.actual_size,
+    version_checks.c.actual_sha256,
 )
 _DAMAGE: Final = [s.value for s in CheckStatus if s.is_damage]
 
@@ -37,22 +37,15 @@ def _now() -> datetime:
 
 
 def _upsert(
-    connection: AsyncConnection, table: Any, values: dict[str, Any], key: str, update: list[str]
+    connection: AsyncConnection, table: Table, values: dict[str, Any], key: str, update: list[str]
 ) -> Any:
     """An INSERT that updates ``update`` columns when the row ``key`` exists (or does
     nothing, with ``update`` empty), in each database's syntax."""
-    if connection.dialect.name == "postgresql":
-        pg = postgresql.insert(table).values(**values)
-        if not update:
-            return pg.on_conflict_do_nothing(index_elements=[key])
-        return pg.on_conflict_do_update(
-            index_elements=[key], set_={c: pg.excluded[c] for c in update}
-        )
-    lite = sqlite.insert(table).values(**values)
+    statement = insert_on_conflict(connection.dialect.name, table).values(**values)
     if not update:
-        return lite.on_conflict_do_nothing(index_elements=[key])
-    return lite.on_conflict_do_update(
-        index_elements=[key], set_={c: lite.excluded[c] for c in update}
+        return statement.on_conflict_do_nothing(index_elements=[key])
+    return statement.on_conflict_do_update(
+        index_elements=[key], set_={c: statement.excluded[c] for c in update}
     )
 
 
@@ -61,10 +54,12 @@ class SqlIntegrityRepository:
         self._engine = engine
 
     async def live_versions(self, collection_ids: Sequence[str] | None) -> list[VersionRecord]:
-        statement = select(*_VERSION_COLUMNS).where(BackupVersion.deleted_at.is_(None))
+        statement = select(*_VERSION_COLUMNS).where(backup_versions.c.deleted_at.is_(None))
         if collection_ids is not None:
-            statement = statement.where(BackupVersion.collection_id.in_(list(collection_ids)))
-        statement = statement.order_by(BackupVersion.collection_id, BackupVersion.version_number)
+            statement = statement.where(backup_versions.c.collection_id.in_(list(collection_ids)))
+        statement = statement.order_by(
+            backup_versions.c.collection_id, backup_versions.c.version_number
+        )
         async with transaction(self._engine) as connection:
             rows = (await connection.execute(statement)).mappings().all()
         return [_to_record(r) for r in rows]
@@ -83,31 +78,31 @@ class SqlIntegrityRepository:
         columns = [c for c in values if c != "version_id"]
         async with transaction(self._engine) as connection:
             await connection.execute(
-                _upsert(connection, VersionCheckRow, values, "version_id", columns)
+                _upsert(connection, version_checks, values, "version_id", columns)
             )
 
     async def results(self, collection_id: str | None = None) -> list[VersionCheck]:
         statement = (
             select(*_CHECK_COLUMNS)
-            .join(BackupVersion, BackupVersion.id == VersionCheckRow.version_id)
-            .where(BackupVersion.deleted_at.is_(None))
+            .join(backup_versions, backup_versions.c.id == version_checks.c.version_id)
+            .where(backup_versions.c.deleted_at.is_(None))
         )
         if collection_id is not None:
-            statement = statement.where(VersionCheckRow.collection_id == collection_id)
+            statement = statement.where(version_checks.c.collection_id == collection_id)
         statement = statement.order_by(
-            VersionCheckRow.collection_id, VersionCheckRow.version_number
+            version_checks.c.collection_id, version_checks.c.version_number
         )
         async with transaction(self._engine) as connection:
             rows = (await connection.execute(statement)).mappings().all()
         return [_to_check(r) for r in rows]
 
     async def corrupt_counts(self) -> dict[str, int]:
-        damaged = func.sum(case((VersionCheckRow.status.in_(_DAMAGE), 1), else_=0))
+        damaged = func.sum(case((version_checks.c.status.in_(_DAMAGE), 1), else_=0))
         statement = (
-            select(VersionCheckRow.collection_id, damaged)
-            .join(BackupVersion, BackupVersion.id == VersionCheckRow.version_id)
-            .where(BackupVersion.deleted_at.is_(None))
-            .group_by(VersionCheckRow.collection_id)
+            select(version_checks.c.collection_id, damaged)
+            .join(backup_versions, backup_versions.c.id == version_checks.c.version_id)
+            .where(backup_versions.c.deleted_at.is_(None))
+            .group_by(version_checks.c.collection_id)
         )
         async with transaction(self._engine) as connection:
             rows = (await connection.execute(statement)).all()
@@ -124,7 +119,7 @@ class SqlLeaseRepository:
             await connection.execute(
                 _upsert(
                     connection,
-                    MaintenanceLease,
+                    maintenance_leases,
                     {"name": name, "owner": None, "expires_at": None, "updated_at": now},
                     "name",
                     [],
@@ -134,10 +129,13 @@ class SqlLeaseRepository:
             # succeeds (the row is locked by the first writer; the others re-check the
             # condition after it commits and find it held).
             result = await connection.execute(
-                update(MaintenanceLease)
+                update(maintenance_leases)
                 .where(
-                    MaintenanceLease.name == name,
-                    or_(MaintenanceLease.expires_at.is_(None), MaintenanceLease.expires_at < now),
+                    maintenance_leases.c.name == name,
+                    or_(
+                        maintenance_leases.c.expires_at.is_(None),
+                        maintenance_leases.c.expires_at < now,
+                    ),
                 )
                 .values(
                     owner=owner,
@@ -151,8 +149,8 @@ class SqlLeaseRepository:
         now = _now()
         async with transaction(self._engine) as connection:
             result = await connection.execute(
-                update(MaintenanceLease)
-                .where(MaintenanceLease.name == name, MaintenanceLease.owner == owner)
+                update(maintenance_leases)
+                .where(maintenance_leases.c.name == name, maintenance_leases.c.owner == owner)
                 .values(expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
             )
         return bool(result.rowcount == 1)
@@ -162,8 +160,8 @@ class SqlLeaseRepository:
         # the lease next.
         async with transaction(self._engine) as connection:
             await connection.execute(
-                update(MaintenanceLease)
-                .where(MaintenanceLease.name == name, MaintenanceLease.owner == owner)
+                update(maintenance_leases)
+                .where(maintenance_leases.c.name == name, maintenance_leases.c.owner == owner)
                 .values(expires_at=until, updated_at=_now())
             )
 
@@ -171,11 +169,11 @@ class SqlLeaseRepository:
         now = _now()
         async with transaction(self._engine) as connection:
             result = await connection.execute(
-                update(MaintenanceLease)
+                update(maintenance_leases)
                 .where(
-                    server_owner(MaintenanceLease.owner, tag),
-                    MaintenanceLease.expires_at > now,
-                    MaintenanceLease.expires_at < ending_before,
+                    server_owner(maintenance_leases.c.owner, tag),
+                    maintenance_leases.c.expires_at > now,
+                    maintenance_leases.c.expires_at < ending_before,
                 )
                 .values(expires_at=None, updated_at=now)
             )
@@ -186,8 +184,8 @@ class SqlLeaseRepository:
         async with transaction(self._engine) as connection:
             row = (
                 await connection.execute(
-                    select(MaintenanceLease.owner, MaintenanceLease.expires_at).where(
-                        MaintenanceLease.name == name
+                    select(maintenance_leases.c.owner, maintenance_leases.c.expires_at).where(
+                        maintenance_leases.c.name == name
                     )
                 )
             ).one_or_none()

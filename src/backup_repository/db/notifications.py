@@ -10,16 +10,16 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from sqlalchemy import RowMapping, and_, delete, func, insert, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from backup_repository.db.dialects import insert_on_conflict
+from backup_repository.db.engine import AsyncConnection, AsyncEngine
 from backup_repository.db.owners import server_owner
 from backup_repository.db.repositories import transaction
 from backup_repository.db.tables import (
-    AuditEvent,
-    BackupVersion,
-    NotificationOutbox,
-    NotificationState,
+    audit_events,
+    backup_versions,
+    notification_outbox,
+    notification_states,
 )
 from backup_repository.domain.notification_channels import EventType, NotificationEvent
 from backup_repository.domain.notifications import Condition, StoredState, VersionFacts
@@ -99,10 +99,12 @@ class SqlNotificationStateRepository:
         self._engine = engine
 
     async def states(self, collection_id: str | None = None) -> list[StoredState]:
-        statement = select(NotificationState.__table__)
+        statement = select(notification_states)
         if collection_id is not None:
-            statement = statement.where(NotificationState.collection_id == collection_id)
-        statement = statement.order_by(NotificationState.collection_id, NotificationState.condition)
+            statement = statement.where(notification_states.c.collection_id == collection_id)
+        statement = statement.order_by(
+            notification_states.c.collection_id, notification_states.c.condition
+        )
         async with transaction(self._engine) as connection:
             rows = (await connection.execute(statement)).mappings().all()
         known = {c.value for c in Condition}
@@ -147,37 +149,29 @@ class SqlNotificationStateRepository:
                 "created_at": write.at,
             }
             keys = ["collection_id", "condition"]
-            statement: Any
-            if connection.dialect.name == "postgresql":
-                statement = (
-                    postgresql.insert(NotificationState)
-                    .values(**row)
-                    .on_conflict_do_nothing(index_elements=keys)
-                )
-            else:
-                statement = (
-                    sqlite.insert(NotificationState)
-                    .values(**row)
-                    .on_conflict_do_nothing(index_elements=keys)
-                )
+            statement = (
+                insert_on_conflict(connection.dialect.name, notification_states)
+                .values(**row)
+                .on_conflict_do_nothing(index_elements=keys)
+            )
             result = await connection.execute(statement)
         else:
             # Compare-and-set: of evaluators racing on one state exactly one update
             # finds the revision it read (PostgreSQL re-checks the condition after the
             # first writer commits; SQLite has one writer at a time).
             result = await connection.execute(
-                update(NotificationState)
+                update(notification_states)
                 .where(
-                    NotificationState.collection_id == write.collection,
-                    NotificationState.condition == write.condition,
-                    NotificationState.revision == expected.revision,
+                    notification_states.c.collection_id == write.collection,
+                    notification_states.c.condition == write.condition,
+                    notification_states.c.revision == expected.revision,
                 )
                 .values(**values, revision=expected.revision + 1)
             )
         if result.rowcount != 1:
             raise _Lost
         for item in outbox:
-            await connection.execute(insert(NotificationOutbox).values(**_outbox_row(item)))
+            await connection.execute(insert(notification_outbox).values(**_outbox_row(item)))
 
 
 class _Lost(Exception):
@@ -228,19 +222,21 @@ class SqlOutboxRepository:
         """Queue events without a state change (tests and tools)."""
         async with transaction(self._engine) as connection:
             for item in items:
-                await connection.execute(insert(NotificationOutbox).values(**_outbox_row(item)))
+                await connection.execute(insert(notification_outbox).values(**_outbox_row(item)))
 
     async def claim(
         self, claimer: str, due: datetime, now: datetime, until: datetime, limit: int
     ) -> list[OutboxEntry]:
-        table = NotificationOutbox
+        table = notification_outbox
         claimable = and_(
-            table.status == PENDING,
-            table.next_attempt_at <= due,
-            or_(table.claimed_until.is_(None), table.claimed_until < now),
+            table.c.status == PENDING,
+            table.c.next_attempt_at <= due,
+            or_(table.c.claimed_until.is_(None), table.c.claimed_until < now),
         )
         async with transaction(self._engine) as connection:
-            query = select(table.id).where(claimable).order_by(table.next_attempt_at, table.id)
+            query = (
+                select(table.c.id).where(claimable).order_by(table.c.next_attempt_at, table.c.id)
+            )
             query = query.limit(limit)
             if connection.dialect.name == "postgresql":
                 # Replicas claiming at once skip each other's rows instead of waiting.
@@ -250,23 +246,25 @@ class SqlOutboxRepository:
             # is repeated so that a row claimed by someone else meanwhile is not taken.
             statement = (
                 update(table)
-                .where(table.id.in_(query.scalar_subquery()), claimable)
+                .where(table.c.id.in_(query.scalar_subquery()), claimable)
                 .values(claimed_by=claimer, claimed_until=until)
-                .returning(*table.__table__.c)
+                .returning(*table.c)
             )
             rows = (await connection.execute(statement)).mappings().all()
         entries = [_to_entry(r) for r in rows]
         return sorted(entries, key=lambda e: (e.next_attempt_at, e.id))
 
     async def _finish(self, entry_id: int, claimer: str, values: Mapping[str, Any]) -> bool:
-        table = NotificationOutbox
+        table = notification_outbox
         async with transaction(self._engine) as connection:
             result = await connection.execute(
                 update(table)
-                .where(table.id == entry_id, table.claimed_by == claimer, table.status == PENDING)
+                .where(
+                    table.c.id == entry_id, table.c.claimed_by == claimer, table.c.status == PENDING
+                )
                 .values(
                     **values,
-                    attempts=table.attempts + 1,
+                    attempts=table.c.attempts + 1,
                     claimed_by=None,
                     claimed_until=None,
                 )
@@ -297,20 +295,20 @@ class SqlOutboxRepository:
     async def page(
         self, status: str | None, limit: int, before_id: int | None = None
     ) -> list[OutboxEntry]:
-        table = NotificationOutbox
-        statement = select(table.__table__)
+        table = notification_outbox
+        statement = select(table)
         if status is not None:
-            statement = statement.where(table.status == status)
+            statement = statement.where(table.c.status == status)
         if before_id is not None:
-            statement = statement.where(table.id < before_id)
-        statement = statement.order_by(table.id.desc()).limit(limit)
+            statement = statement.where(table.c.id < before_id)
+        statement = statement.order_by(table.c.id.desc()).limit(limit)
         async with transaction(self._engine) as connection:
             rows = (await connection.execute(statement)).mappings().all()
         return [_to_entry(r) for r in rows]
 
     async def counts(self) -> dict[str, int]:
-        table = NotificationOutbox
-        statement = select(table.status, func.count()).group_by(table.status)
+        table = notification_outbox
+        statement = select(table.c.status, func.count()).group_by(table.c.status)
         async with transaction(self._engine) as connection:
             rows = (await connection.execute(statement)).all()
         counts = dict.fromkeys(STATUSES, 0)
@@ -318,24 +316,24 @@ class SqlOutboxRepository:
         return counts
 
     async def purge(self, older_than: datetime, batch: int) -> int:
-        table = NotificationOutbox
+        table = notification_outbox
         doomed = (
-            select(table.id)
-            .where(table.status.in_([DELIVERED, FAILED]), table.created_at < older_than)
+            select(table.c.id)
+            .where(table.c.status.in_([DELIVERED, FAILED]), table.c.created_at < older_than)
             .limit(batch)
         )
         # One statement (on SQLite it takes the write lock at once).
-        statement = delete(table).where(table.id.in_(doomed.scalar_subquery()))
+        statement = delete(table).where(table.c.id.in_(doomed.scalar_subquery()))
         async with transaction(self._engine) as connection:
             result = await connection.execute(statement)
         return int(result.rowcount or 0)
 
     async def release_server_claims(self, tag: str | None) -> int:
-        table = NotificationOutbox
+        table = notification_outbox
         async with transaction(self._engine) as connection:
             result = await connection.execute(
                 update(table)
-                .where(table.status == PENDING, server_owner(table.claimed_by, tag))
+                .where(table.c.status == PENDING, server_owner(table.c.claimed_by, tag))
                 .values(claimed_by=None, claimed_until=None)
             )
         return int(result.rowcount or 0)
@@ -350,9 +348,13 @@ class SqlNotificationFacts:
 
     async def recent_versions(self, collection_id: str, count: int) -> list[VersionFacts]:
         statement = (
-            select(BackupVersion.version_number, BackupVersion.filesize, BackupVersion.created_at)
-            .where(BackupVersion.collection_id == collection_id)
-            .order_by(BackupVersion.version_number.desc())
+            select(
+                backup_versions.c.version_number,
+                backup_versions.c.filesize,
+                backup_versions.c.created_at,
+            )
+            .where(backup_versions.c.collection_id == collection_id)
+            .order_by(backup_versions.c.version_number.desc())
             .limit(max(1, count))
         )
         async with transaction(self._engine) as connection:
@@ -363,11 +365,11 @@ class SqlNotificationFacts:
         self, collection_id: str, since: datetime, reasons: Sequence[str]
     ) -> int:
         statement = select(func.count()).where(
-            AuditEvent.collection_id == collection_id,
-            AuditEvent.action == "upload",
-            AuditEvent.outcome == "failure",
-            AuditEvent.reason.in_(list(reasons)),
-            AuditEvent.at >= since,
+            audit_events.c.collection_id == collection_id,
+            audit_events.c.action == "upload",
+            audit_events.c.outcome == "failure",
+            audit_events.c.reason.in_(list(reasons)),
+            audit_events.c.at >= since,
         )
         async with transaction(self._engine) as connection:
             return int((await connection.execute(statement)).scalar_one())

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, NoReturn, TypeVar, cast
+from typing import Any, Final, NoReturn, TypeVar
 
 from sqlalchemy import (
     CTE,
@@ -20,7 +20,6 @@ from sqlalchemy import (
     RowMapping,
     Select,
     String,
-    Table,
     TextClause,
     Update,
     and_,
@@ -38,12 +37,11 @@ from sqlalchemy import (
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Dialect, Engine
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.orm import aliased
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.sql.dml import UpdateBase
 
-from backup_repository.db.tables import GrantedAccess
+from backup_repository.db.engine import AsyncConnection, AsyncEngine
+from backup_repository.db.tables import granted_accesses
 from backup_repository.domain.errors import DependencyUnavailable
 from backup_repository.domain.identity import ObjectGrant
 from backup_repository.domain.sessions import may_refresh_from, scope_from_json, scope_to_json
@@ -54,19 +52,19 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _SESSION_COLUMNS: Final = (
-    GrantedAccess.id,
-    GrantedAccess.user_name,
-    GrantedAccess.access_key_name,
-    GrantedAccess.requester_ip,
-    GrantedAccess.description,
-    GrantedAccess.expires_at,
-    GrantedAccess.deactivated,
-    GrantedAccess.created_at,
-    GrantedAccess.updated_at,
-    GrantedAccess.single_use_collection,
-    GrantedAccess.family_id,
-    GrantedAccess.parent_id,
-    GrantedAccess.operations_scope,
+    granted_accesses.c.id,
+    granted_accesses.c.user_name,
+    granted_accesses.c.access_key_name,
+    granted_accesses.c.requester_ip,
+    granted_accesses.c.description,
+    granted_accesses.c.expires_at,
+    granted_accesses.c.deactivated,
+    granted_accesses.c.created_at,
+    granted_accesses.c.updated_at,
+    granted_accesses.c.single_use_collection,
+    granted_accesses.c.family_id,
+    granted_accesses.c.parent_id,
+    granted_accesses.c.operations_scope,
 )
 
 
@@ -115,7 +113,7 @@ class SqlSessionRepository:
                 return False
             values = _session_values(session)
             values["family_id"] = family
-            await connection.execute(insert(GrantedAccess).values(**values))
+            await connection.execute(insert(granted_accesses).values(**values))
         return True
 
     async def get(self, session_id: str) -> SessionRecord | None:
@@ -139,23 +137,25 @@ class SqlSessionRepository:
         if not _storable(user) or (access_key is not None and not _storable(access_key)):
             return []
         statement = select(*_SESSION_COLUMNS).where(
-            GrantedAccess.user_name == user, GrantedAccess.deleted_at.is_(None)
+            granted_accesses.c.user_name == user, granted_accesses.c.deleted_at.is_(None)
         )
         if access_key is not None:
-            statement = statement.where(GrantedAccess.access_key_name == access_key)
+            statement = statement.where(granted_accesses.c.access_key_name == access_key)
         if after is not None:
             if not _storable(after.id):
                 return []
             statement = statement.where(
                 or_(
-                    GrantedAccess.created_at < after.created_at,
+                    granted_accesses.c.created_at < after.created_at,
                     and_(
-                        GrantedAccess.created_at == after.created_at,
-                        GrantedAccess.id < after.id,
+                        granted_accesses.c.created_at == after.created_at,
+                        granted_accesses.c.id < after.id,
                     ),
                 )
             )
-        statement = statement.order_by(GrantedAccess.created_at.desc(), GrantedAccess.id.desc())
+        statement = statement.order_by(
+            granted_accesses.c.created_at.desc(), granted_accesses.c.id.desc()
+        )
         if limit is not None:
             statement = statement.limit(limit)
         async with transaction(self._engine) as connection:
@@ -167,8 +167,8 @@ class SqlSessionRepository:
         if not _storable(session_id):
             return False
         statement = (
-            update(GrantedAccess)
-            .where(GrantedAccess.id == session_id, GrantedAccess.deleted_at.is_(None))
+            update(granted_accesses)
+            .where(granted_accesses.c.id == session_id, granted_accesses.c.deleted_at.is_(None))
             .values(deactivated=True, updated_at=_utcnow())
         )
         async with transaction(self._engine) as connection:
@@ -186,37 +186,39 @@ class SqlSessionRepository:
         if not _storable(session_id):
             return RevokedSessions(session=False, descendants=0)
         now = _utcnow()
-        active = and_(GrantedAccess.deleted_at.is_(None), GrantedAccess.deactivated == false())
+        active = and_(
+            granted_accesses.c.deleted_at.is_(None), granted_accesses.c.deactivated == false()
+        )
         async with transaction(self._engine) as connection:
-            target = aliased(GrantedAccess)
+            target = granted_accesses.alias()
             root = (
-                select(func.coalesce(target.family_id, target.id))
-                .where(target.id == session_id, target.deleted_at.is_(None))
+                select(func.coalesce(target.c.family_id, target.c.id))
+                .where(target.c.id == session_id, target.c.deleted_at.is_(None))
                 .scalar_subquery()
             )
             await connection.execute(
-                update(GrantedAccess)
-                .where(GrantedAccess.id == root)
-                .values(updated_at=GrantedAccess.updated_at)
+                update(granted_accesses)
+                .where(granted_accesses.c.id == root)
+                .values(updated_at=granted_accesses.c.updated_at)
             )
             row = (
                 await connection.execute(
-                    select(GrantedAccess.id, GrantedAccess.family_id).where(
-                        GrantedAccess.id == session_id, GrantedAccess.deleted_at.is_(None)
+                    select(granted_accesses.c.id, granted_accesses.c.family_id).where(
+                        granted_accesses.c.id == session_id, granted_accesses.c.deleted_at.is_(None)
                     )
                 )
             ).one_or_none()
             if row is None:
                 return RevokedSessions(session=False, descendants=0)
             itself = await connection.execute(
-                update(GrantedAccess)
-                .where(GrantedAccess.id == session_id, active)
+                update(granted_accesses)
+                .where(granted_accesses.c.id == session_id, active)
                 .values(deactivated=True, updated_at=now)
             )
             descendants = _descendants(session_id, row[1] or session_id)
             below = await connection.execute(
-                update(GrantedAccess)
-                .where(GrantedAccess.id.in_(select(descendants.c.id)), active)
+                update(granted_accesses)
+                .where(granted_accesses.c.id.in_(select(descendants.c.id)), active)
                 .values(deactivated=True, updated_at=now)
             )
         return RevokedSessions(session=bool(itself.rowcount), descendants=int(below.rowcount or 0))
@@ -226,13 +228,13 @@ class SqlSessionRepository:
         revoked before it (the revocation is the row's last change). Their tokens are
         refused either way: a token without its session is not accepted."""
         doomed = (
-            select(GrantedAccess.id)
+            select(granted_accesses.c.id)
             .where(
                 or_(
-                    GrantedAccess.expires_at < older_than,
+                    granted_accesses.c.expires_at < older_than,
                     and_(
-                        GrantedAccess.deactivated == true(),
-                        GrantedAccess.updated_at < older_than,
+                        granted_accesses.c.deactivated == true(),
+                        granted_accesses.c.updated_at < older_than,
                     ),
                 )
             )
@@ -240,7 +242,9 @@ class SqlSessionRepository:
         )
         # One statement, so that on SQLite it takes the write lock at once (a read first
         # and a write after would fail at once when another connection wrote in between).
-        statement = delete(GrantedAccess).where(GrantedAccess.id.in_(doomed.scalar_subquery()))
+        statement = delete(granted_accesses).where(
+            granted_accesses.c.id.in_(doomed.scalar_subquery())
+        )
         async with transaction(self._engine) as connection:
             result = await connection.execute(statement)
         return int(result.rowcount or 0)
@@ -250,9 +254,9 @@ def _lock_row(session_id: str) -> Update:
     """A no-op UPDATE of one session row: it holds the row's lock (on SQLite the database's
     write lock) until the transaction ends."""
     return (
-        update(GrantedAccess)
-        .where(GrantedAccess.id == session_id)
-        .values(updated_at=GrantedAccess.updated_at)
+        update(granted_accesses)
+        .where(granted_accesses.c.id == session_id)
+        .values(updated_at=granted_accesses.c.updated_at)
     )
 
 
@@ -260,14 +264,16 @@ def _lineage(parent_id: str, family_id: str) -> Select[str, bool]:
     """The session ``parent_id``, the sessions it descends from and the family's root (ids
     and ``deactivated``), found by following ``parent_id`` upwards. ``UNION`` drops rows
     already found, so the walk ends even on a (corrupt) cycle."""
-    start = select(GrantedAccess.id, GrantedAccess.parent_id, GrantedAccess.deactivated).where(
-        GrantedAccess.id.in_([parent_id, family_id]), GrantedAccess.deleted_at.is_(None)
+    start = select(
+        granted_accesses.c.id, granted_accesses.c.parent_id, granted_accesses.c.deactivated
+    ).where(
+        granted_accesses.c.id.in_([parent_id, family_id]), granted_accesses.c.deleted_at.is_(None)
     )
     lineage = start.cte("lineage", recursive=True)
     step = (
-        select(GrantedAccess.id, GrantedAccess.parent_id, GrantedAccess.deactivated)
-        .join(lineage, GrantedAccess.id == lineage.c.parent_id)
-        .where(GrantedAccess.deleted_at.is_(None))
+        select(granted_accesses.c.id, granted_accesses.c.parent_id, granted_accesses.c.deactivated)
+        .join(lineage, granted_accesses.c.id == lineage.c.parent_id)
+        .where(granted_accesses.c.deleted_at.is_(None))
     )
     lineage = lineage.union(step)
     return select(lineage.c.id, lineage.c.deactivated)
@@ -276,12 +282,12 @@ def _lineage(parent_id: str, family_id: str) -> Select[str, bool]:
 def _descendants(session_id: str, family_id: str) -> CTE:
     """The sessions refreshed from ``session_id``, directly or through others, within its
     family (``session_id`` itself included as the start of the walk)."""
-    subtree = select(GrantedAccess.id).where(GrantedAccess.id == session_id)
+    subtree = select(granted_accesses.c.id).where(granted_accesses.c.id == session_id)
     tree = subtree.cte("subtree", recursive=True, nesting=True)
     step = (
-        select(GrantedAccess.id)
-        .join(tree, GrantedAccess.parent_id == tree.c.id)
-        .where(GrantedAccess.family_id == family_id)
+        select(granted_accesses.c.id)
+        .join(tree, granted_accesses.c.parent_id == tree.c.id)
+        .where(granted_accesses.c.family_id == family_id)
     )
     return tree.union(step)
 
@@ -659,12 +665,12 @@ def raise_if_unavailable(exc: BaseException) -> None:
 # The session lookup of every authenticated request.
 _SESSION_BY_ID: Final = SingleStatement(
     select(*_SESSION_COLUMNS).where(
-        GrantedAccess.id == bindparam("session_id"), GrantedAccess.deleted_at.is_(None)
+        granted_accesses.c.id == bindparam("session_id"), granted_accesses.c.deleted_at.is_(None)
     )
 )
 
 # The INSERT of a login's session (every value a bindparam of its column's type).
-_SESSIONS_TABLE: Final = cast(Table, GrantedAccess.__table__)
+_SESSIONS_TABLE: Final = granted_accesses
 _ADD_SESSION: Final = SingleStatement(
     insert(_SESSIONS_TABLE).values(
         {
@@ -733,7 +739,7 @@ def _check_session(session: SessionRecord) -> None:
 
 def _text_limits() -> dict[str, int]:
     """Longest value of each text field of SessionRecord, read from the table's columns."""
-    columns = GrantedAccess.__table__.c
+    columns = granted_accesses.c
     limits: dict[str, int] = {}
     for field, column in (
         ("id", "id"),

@@ -33,8 +33,8 @@ from typing import Any, Final, Protocol
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.engine import Dialect
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from backup_repository.db.engine import AsyncConnection, AsyncEngine
 from backup_repository.db.repositories import (
     SingleStatement,
     autocommit,

@@ -1,5 +1,6 @@
-"""Table models. Queries live in ``repositories.py``; schema changes go through a migration
-in ``migrations/versions/`` (see docs/database.md)."""
+"""The tables, declared with SQLAlchemy Core (``Table`` objects on one ``MetaData``; the
+server loads no ORM). Queries live in ``repositories.py`` and the modules beside it; schema
+changes go through a migration in ``migrations/versions/`` (see docs/database.md)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any, Final
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Column,
     DateTime,
     Dialect,
     ForeignKey,
@@ -16,11 +18,11 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
     false,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 # Constraint and index names are spelled out instead of left to each database, so that a
@@ -62,182 +64,182 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+metadata: Final = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-class GrantedAccess(Base):
-    """An issued token (a "session"); the reference project's ``granted_accesses``."""
-
-    __tablename__ = "granted_accesses"
-
+# An issued token (a "session"); the reference project's ``granted_accesses``.
+granted_accesses: Final = Table(
+    "granted_accesses",
+    metadata,
     # SHA-256 hex of the token.
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    user_name: Mapped[str] = mapped_column(String(255), index=True)
-    access_key_name: Mapped[str] = mapped_column(String(255), default="", server_default="")
-    requester_ip: Mapped[str] = mapped_column(String(64))
-    description: Mapped[str] = mapped_column(String(255))
-    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
-    deactivated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    Column("id", String(64), primary_key=True),
+    Column("user_name", String(255), index=True, nullable=False),
+    Column("access_key_name", String(255), default="", server_default="", nullable=False),
+    Column("requester_ip", String(64), nullable=False),
+    Column("description", String(255), nullable=False),
+    Column("expires_at", UTCDateTime(), index=True, nullable=False),
+    Column("deactivated", Boolean, default=False, server_default=false(), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("deleted_at", UTCDateTime()),
     # Single-use upload tokens: the collection of the one upload (migration 0005).
-    single_use_collection: Mapped[str | None] = mapped_column(String(255))
+    Column("single_use_collection", String(255)),
     # The token family (migration 0006): the session id of the login a refreshed token
     # descends from; NULL for a login and for older rows (a family of their own).
-    family_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    Column("family_id", String(64), index=True),
     # The session a refreshed token was refreshed from (migration 0006); NULL for a login
     # and for older rows. Revoking a session revokes its descendants through this column.
-    parent_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    Column("parent_id", String(64), index=True),
     # The operations scope the token carries, as JSON; NULL: not scoped (or not known).
-    operations_scope: Mapped[str | None] = mapped_column(Text)
+    Column("operations_scope", Text),
+)
 
 
-class CollectionState(Base):
-    """Per-collection bookkeeping shared by all replicas: the version counter (never goes
-    back, so numbers are never reused) and the upload lock, a lease with an owner and an
-    expiry that the uploading replica renews while it works."""
+# Per-collection bookkeeping shared by all replicas: the version counter (never goes back,
+# so numbers are never reused) and the upload lock, a lease with an owner and an expiry that
+# the uploading replica renews while it works.
+collection_states: Final = Table(
+    "collection_states",
+    metadata,
+    Column("collection_id", String(255), primary_key=True),
+    Column("last_version_number", Integer, default=0, server_default="0", nullable=False),
+    Column("lock_owner", String(64)),
+    Column("lock_expires_at", UTCDateTime()),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
 
-    __tablename__ = "collection_states"
 
-    collection_id: Mapped[str] = mapped_column(String(255), primary_key=True)
-    last_version_number: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    lock_owner: Mapped[str | None] = mapped_column(String(64))
-    lock_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
-
-
-class BackupVersion(Base):
-    """One uploaded file of a collection. Rotated versions keep their row with
-    ``deleted_at`` set (history); ``purged_at`` is set once the stored object is gone."""
-
-    __tablename__ = "backup_versions"
-    __table_args__ = (UniqueConstraint("collection_id", "version_number"),)
-
-    id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    collection_id: Mapped[str] = mapped_column(String(255), index=True)
-    version_number: Mapped[int] = mapped_column(Integer)
-    filename: Mapped[str] = mapped_column(String(512))
-    storage_key: Mapped[str] = mapped_column(String(1024))
-    filesize: Mapped[int] = mapped_column(BigInteger)
-    sha256: Mapped[str] = mapped_column(String(64))
-    uploaded_by_session_id: Mapped[str] = mapped_column(String(64))
-    user_name: Mapped[str] = mapped_column(String(255))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+# One uploaded file of a collection. Rotated versions keep their row with ``deleted_at`` set
+# (history); ``purged_at`` is set once the stored object is gone.
+backup_versions: Final = Table(
+    "backup_versions",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("collection_id", String(255), index=True, nullable=False),
+    Column("version_number", Integer, nullable=False),
+    Column("filename", String(512), nullable=False),
+    Column("storage_key", String(1024), nullable=False),
+    Column("filesize", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("uploaded_by_session_id", String(64), nullable=False),
+    Column("user_name", String(255), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("deleted_at", UTCDateTime()),
+    Column("purged_at", UTCDateTime()),
     # Kept outside of rotation and refused to deletion until unprotected (migration 0008).
-    protected: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    Column("protected", Boolean, default=False, server_default=false(), nullable=False),
     # The uploader's detached OpenPGP signature, ASCII-armoured, and the fingerprint of
     # the key that made it; NULL for an unsigned upload (migration 0008).
-    signer_fingerprint: Mapped[str | None] = mapped_column(Text)
-    signature: Mapped[str | None] = mapped_column(Text)
+    Column("signer_fingerprint", Text),
+    Column("signature", Text),
+    UniqueConstraint("collection_id", "version_number"),
+)
 
 
-class AuditEvent(Base):
-    """One recorded event of the audit log (services/audit.py). Rows are only ever added;
-    the id gives the order of recording (BIGINT on PostgreSQL; on SQLite an INTEGER
-    PRIMARY KEY, which is the 64-bit rowid)."""
+# One recorded event of the audit log (services/audit.py). Rows are only ever added; the id
+# gives the order of recording (BIGINT on PostgreSQL; on SQLite an INTEGER PRIMARY KEY,
+# which is the 64-bit rowid).
+audit_events: Final = Table(
+    "audit_events",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("at", UTCDateTime(), index=True, nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("user_name", String(255), index=True, nullable=False),
+    Column("access_key_name", String(255), nullable=False),
+    Column("client_ip", String(64), nullable=False),
+    Column("collection_id", String(255), index=True, nullable=False),
+    Column("version_number", Integer),
+    Column("size", BigInteger),
+    Column("reason", String(64), nullable=False),
+    Column("session", String(12), nullable=False),
+    Column("detail", String(1024), nullable=False),
+)
 
-    __tablename__ = "audit_events"
 
-    id: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
-    )
-    at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
-    action: Mapped[str] = mapped_column(String(32))
-    outcome: Mapped[str] = mapped_column(String(16))
-    user_name: Mapped[str] = mapped_column(String(255), index=True)
-    access_key_name: Mapped[str] = mapped_column(String(255))
-    client_ip: Mapped[str] = mapped_column(String(64))
-    collection_id: Mapped[str] = mapped_column(String(255), index=True)
-    version_number: Mapped[int | None] = mapped_column(Integer)
-    size: Mapped[int | None] = mapped_column(BigInteger)
-    reason: Mapped[str] = mapped_column(String(64))
-    session: Mapped[str] = mapped_column(String(12))
-    detail: Mapped[str] = mapped_column(String(1024))
-
-
-class VersionCheckRow(Base):
-    """The latest integrity check of a version (``backup-repository verify``): one row per
-    version, replaced at each check (migration 0004)."""
-
-    __tablename__ = "version_checks"
-
-    version_id: Mapped[str] = mapped_column(
-        String(36), ForeignKey("backup_versions.id", ondelete="CASCADE"), primary_key=True
-    )
-    collection_id: Mapped[str] = mapped_column(String(255), index=True)
-    version_number: Mapped[int] = mapped_column(Integer)
-    checked_at: Mapped[datetime] = mapped_column(UTCDateTime())
+# The latest integrity check of a version (``backup-repository verify``): one row per
+# version, replaced at each check (migration 0004).
+version_checks: Final = Table(
+    "version_checks",
+    metadata,
+    Column(
+        "version_id",
+        String(36),
+        ForeignKey("backup_versions.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("collection_id", String(255), index=True, nullable=False),
+    Column("version_number", Integer, nullable=False),
+    Column("checked_at", UTCDateTime(), nullable=False),
     # ok | corrupt | missing | unreadable (domain/integrity.py CheckStatus)
-    status: Mapped[str] = mapped_column(String(16))
-    detail: Mapped[str] = mapped_column(String(1024))
-    actual_size: Mapped[int | None] = mapped_column(BigInteger)
-    actual_sha256: Mapped[str | None] = mapped_column(String(64))
+    Column("status", String(16), nullable=False),
+    Column("detail", String(1024), nullable=False),
+    Column("actual_size", BigInteger),
+    Column("actual_sha256", String(64)),
+)
 
 
-class MaintenanceLease(Base):
-    """A named lease for work that one replica at a time should do (the scheduled integrity
-    check): taken with a compare-and-set, like the upload lock (migration 0004)."""
+# A named lease for work that one replica at a time should do (the scheduled integrity
+# check): taken with a compare-and-set, like the upload lock (migration 0004).
+maintenance_leases: Final = Table(
+    "maintenance_leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("owner", String(64)),
+    Column("expires_at", UTCDateTime()),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
 
-    __tablename__ = "maintenance_leases"
 
-    name: Mapped[str] = mapped_column(String(64), primary_key=True)
-    owner: Mapped[str | None] = mapped_column(String(64))
-    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
-
-
-class NotificationState(Base):
-    """The last judged state of one condition of one collection (services/notifications.py):
-    whether it is failing, since when, and what was announced last. Evaluators write it
-    with a compare-and-set on ``revision``, in the transaction that queues the announcement
-    (migration 0007)."""
-
-    __tablename__ = "notification_states"
-
-    collection_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+# The last judged state of one condition of one collection (services/notifications.py):
+# whether it is failing, since when, and what was announced last. Evaluators write it with a
+# compare-and-set on ``revision``, in the transaction that queues the announcement
+# (migration 0007).
+notification_states: Final = Table(
+    "notification_states",
+    metadata,
+    Column("collection_id", String(255), primary_key=True),
     # missing | shrunk | refusals | usage | extra-space | integrity (domain/notifications.py)
-    condition: Mapped[str] = mapped_column(String(32), primary_key=True)
-    failing: Mapped[bool] = mapped_column(Boolean)
-    since: Mapped[datetime] = mapped_column(UTCDateTime())
-    last_announced_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    last_event_id: Mapped[str | None] = mapped_column(String(36))
+    Column("condition", String(32), primary_key=True),
+    Column("failing", Boolean, nullable=False),
+    Column("since", UTCDateTime(), nullable=False),
+    Column("last_announced_at", UTCDateTime()),
+    Column("last_event_id", String(36)),
     # The figures of the verdict that last changed the row, as JSON.
-    facts: Mapped[str] = mapped_column(Text)
-    revision: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    Column("facts", Text, nullable=False),
+    Column("revision", Integer, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
 
 
-class NotificationOutbox(Base):
-    """One event to deliver to one channel, until it is delivered or given up (the outbox
-    of services/notifications.py; migration 0007). A dispatcher claims a due row by setting
-    ``claimed_by`` and ``claimed_until``; a claim that runs out is taken again."""
-
-    __tablename__ = "notification_outbox"
-    __table_args__ = (
-        UniqueConstraint("event_id", "channel"),
-        Index("ix_notification_outbox_status_next_attempt_at", "status", "next_attempt_at"),
-    )
-
-    id: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
-    )
-    event_id: Mapped[str] = mapped_column(String(36))
-    channel: Mapped[str] = mapped_column(String(255))
-    collection_id: Mapped[str] = mapped_column(String(255))
+# One event to deliver to one channel, until it is delivered or given up (the outbox of
+# services/notifications.py; migration 0007). A dispatcher claims a due row by setting
+# ``claimed_by`` and ``claimed_until``; a claim that runs out is taken again.
+notification_outbox: Final = Table(
+    "notification_outbox",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("event_id", String(36), nullable=False),
+    Column("channel", String(255), nullable=False),
+    Column("collection_id", String(255), nullable=False),
     # The NotificationEvent as JSON.
-    event: Mapped[str] = mapped_column(Text)
+    Column("event", Text, nullable=False),
     # pending | delivered | failed
-    status: Mapped[str] = mapped_column(String(16))
-    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    last_error: Mapped[str] = mapped_column(String(1024), default="", server_default="")
-    claimed_by: Mapped[str | None] = mapped_column(String(64))
-    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, default=0, server_default="0", nullable=False),
+    Column("next_attempt_at", UTCDateTime(), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("delivered_at", UTCDateTime()),
+    Column("last_error", String(1024), default="", server_default="", nullable=False),
+    Column("claimed_by", String(64)),
+    Column("claimed_until", UTCDateTime()),
+    UniqueConstraint("event_id", "channel"),
+    Index("ix_notification_outbox_status_next_attempt_at", "status", "next_attempt_at"),
+)

@@ -13,15 +13,15 @@ statements in autocommit mode on one connection (they need not commit together).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, cast
+from typing import Any, Final
 
 from sqlalchemy import (
     Insert,
     RowMapping,
-    Table,
     bindparam,
     false,
     func,
@@ -30,14 +30,14 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from backup_repository.db.audit import insert_steps
+from backup_repository.db.dialects import insert_on_conflict
+from backup_repository.db.engine import AsyncConnection, AsyncEngine
 from backup_repository.db.owners import server_owner
 from backup_repository.db.repositories import SingleStatement, transaction
 from backup_repository.db.statements import Step, Steps, in_one_transaction, statements
-from backup_repository.db.tables import BackupVersion, CollectionState, GrantedAccess
+from backup_repository.db.tables import backup_versions, collection_states, granted_accesses
 from backup_repository.services.events import Event
 from backup_repository.services.ports import (
     LockedCollection,
@@ -49,26 +49,26 @@ from backup_repository.services.ports import (
 # The access key of the uploading session, from its row while it exists (sessions are
 # purged --session-retention after they expire).
 _UPLOADING_KEY: Final = (
-    select(GrantedAccess.access_key_name)
-    .where(GrantedAccess.id == BackupVersion.uploaded_by_session_id)
+    select(granted_accesses.c.access_key_name)
+    .where(granted_accesses.c.id == backup_versions.c.uploaded_by_session_id)
     .scalar_subquery()
     .label("access_key_name")
 )
 _VERSION_COLUMNS: Final = (
-    BackupVersion.id,
-    BackupVersion.collection_id,
-    BackupVersion.version_number,
-    BackupVersion.filename,
-    BackupVersion.storage_key,
-    BackupVersion.filesize,
-    BackupVersion.sha256,
-    BackupVersion.uploaded_by_session_id,
-    BackupVersion.user_name,
-    BackupVersion.created_at,
-    BackupVersion.updated_at,
-    BackupVersion.deleted_at,
-    BackupVersion.protected,
-    BackupVersion.signer_fingerprint,
+    backup_versions.c.id,
+    backup_versions.c.collection_id,
+    backup_versions.c.version_number,
+    backup_versions.c.filename,
+    backup_versions.c.storage_key,
+    backup_versions.c.filesize,
+    backup_versions.c.sha256,
+    backup_versions.c.uploaded_by_session_id,
+    backup_versions.c.user_name,
+    backup_versions.c.created_at,
+    backup_versions.c.updated_at,
+    backup_versions.c.deleted_at,
+    backup_versions.c.protected,
+    backup_versions.c.signer_fingerprint,
     _UPLOADING_KEY,
 )
 
@@ -76,25 +76,22 @@ _VERSION_COLUMNS: Final = (
 # every call cost more than running it) and run in short transactions that on SQLite go to
 # the driver directly (db/statements.py). A write whose effect must be known returns a
 # column: a row back means a row changed.
-_STATES: Final = cast(Table, CollectionState.__table__)
-_VERSIONS: Final = cast(Table, BackupVersion.__table__)
-_SESSIONS: Final = cast(Table, GrantedAccess.__table__)
+_STATES: Final = collection_states
+_VERSIONS: Final = backup_versions
+_SESSIONS: Final = granted_accesses
 
 
-def _ensure_state(dialect: Any) -> Insert:
-    """The collection's state row, created unlocked when it does not exist yet."""
-    statement: Insert = (
-        dialect.insert(_STATES)
+@functools.cache
+def _ensure_state(dialect_name: str) -> SingleStatement:
+    """The collection's state row, created unlocked when it does not exist yet (built for
+    the database named ``dialect_name`` when it is first needed, then kept)."""
+    return SingleStatement(
+        insert_on_conflict(dialect_name, _STATES)
         .values(collection_id=bindparam("cid"), last_version_number=0, updated_at=bindparam("now"))
         .on_conflict_do_nothing()
     )
-    return statement
 
 
-_ENSURE_STATE: Final = {
-    "postgresql": SingleStatement(_ensure_state(postgresql)),
-    "sqlite": SingleStatement(_ensure_state(sqlite)),
-}
 _OURS: Final = (
     _STATES.c.collection_id == bindparam("cid"),
     _STATES.c.lock_owner == bindparam("owner"),
@@ -188,10 +185,10 @@ _MARK_PURGED: Final = SingleStatement(
 _NOT_PURGED: Final = SingleStatement(
     select(*_VERSION_COLUMNS)
     .where(
-        BackupVersion.collection_id == bindparam("cid"),
-        BackupVersion.purged_at.is_(None),
+        backup_versions.c.collection_id == bindparam("cid"),
+        backup_versions.c.purged_at.is_(None),
     )
-    .order_by(BackupVersion.version_number)
+    .order_by(backup_versions.c.version_number)
 )
 
 
@@ -268,7 +265,7 @@ class SqlVersionRepository:
             except _NotTaken:
                 if attempt:
                     return None
-                await _ENSURE_STATE[self._engine.dialect.name].rows(self._engine, params)
+                await _ensure_state(self._engine.dialect.name).rows(self._engine, params)
                 continue
             taken, rows = done.rows[len(purged) :]
             return _locked(int(taken[0][0]), rows)
@@ -287,7 +284,7 @@ class SqlVersionRepository:
         taken = await steps.rows(_LOCK, params)
         if not taken:
             # Held by someone else, or the collection's first upload: its state row first.
-            await steps.rows(_ENSURE_STATE[self._engine.dialect.name], params)
+            await steps.rows(_ensure_state(self._engine.dialect.name), params)
             taken = await steps.rows(_LOCK, params)
         return int(taken[0][0]) if taken else None
 
@@ -310,8 +307,8 @@ class SqlVersionRepository:
     async def release_server_locks(self, tag: str | None) -> int:
         async with transaction(self._engine) as connection:
             result = await connection.execute(
-                update(CollectionState)
-                .where(server_owner(CollectionState.lock_owner, tag))
+                update(collection_states)
+                .where(server_owner(collection_states.c.lock_owner, tag))
                 .values(lock_owner=None, lock_expires_at=None, updated_at=_now())
             )
         return int(result.rowcount or 0)
@@ -380,8 +377,8 @@ class SqlVersionRepository:
         async with transaction(self._engine) as connection:
             await _check_lock(connection, version_id, owner, now)
             changed = await connection.execute(
-                update(BackupVersion)
-                .where(BackupVersion.id == version_id, BackupVersion.deleted_at.is_(None))
+                update(backup_versions)
+                .where(backup_versions.c.id == version_id, backup_versions.c.deleted_at.is_(None))
                 .values(protected=protected, updated_at=now)
             )
         return bool(changed.rowcount == 1)
@@ -391,11 +388,11 @@ class SqlVersionRepository:
         async with transaction(self._engine) as connection:
             await _check_lock(connection, version_id, owner, now)
             deleted = await connection.execute(
-                update(BackupVersion)
+                update(backup_versions)
                 .where(
-                    BackupVersion.id == version_id,
-                    BackupVersion.deleted_at.is_(None),
-                    BackupVersion.protected == false(),
+                    backup_versions.c.id == version_id,
+                    backup_versions.c.deleted_at.is_(None),
+                    backup_versions.c.protected == false(),
                 )
                 .values(deleted_at=now, updated_at=now)
             )
@@ -405,11 +402,11 @@ class SqlVersionRepository:
         statement = (
             select(*_VERSION_COLUMNS)
             .where(
-                BackupVersion.collection_id == collection_id,
-                BackupVersion.deleted_at.is_not(None),
-                BackupVersion.purged_at.is_(None),
+                backup_versions.c.collection_id == collection_id,
+                backup_versions.c.deleted_at.is_not(None),
+                backup_versions.c.purged_at.is_(None),
             )
-            .order_by(BackupVersion.version_number)
+            .order_by(backup_versions.c.version_number)
         )
         async with transaction(self._engine) as connection:
             rows = (await connection.execute(statement)).mappings().all()
@@ -430,12 +427,12 @@ class SqlVersionRepository:
     async def usage(self) -> dict[str, tuple[int, int]]:
         statement = (
             select(
-                BackupVersion.collection_id,
-                func.count(BackupVersion.id),
-                func.coalesce(func.sum(BackupVersion.filesize), 0),
+                backup_versions.c.collection_id,
+                func.count(backup_versions.c.id),
+                func.coalesce(func.sum(backup_versions.c.filesize), 0),
             )
-            .where(BackupVersion.deleted_at.is_(None))
-            .group_by(BackupVersion.collection_id)
+            .where(backup_versions.c.deleted_at.is_(None))
+            .group_by(backup_versions.c.collection_id)
         )
         async with transaction(self._engine) as connection:
             rows = (await connection.execute(statement)).all()
@@ -444,8 +441,8 @@ class SqlVersionRepository:
     async def last_uploads(self) -> dict[str, datetime]:
         # Over every recorded version, rotated ones included: the newest is the last upload.
         statement = select(
-            BackupVersion.collection_id, func.max(BackupVersion.created_at)
-        ).group_by(BackupVersion.collection_id)
+            backup_versions.c.collection_id, func.max(backup_versions.c.created_at)
+        ).group_by(backup_versions.c.collection_id)
         async with transaction(self._engine) as connection:
             rows = (await connection.execute(statement)).all()
         return {str(r[0]): r[1] for r in rows if r[1] is not None}
@@ -457,11 +454,14 @@ async def _check_lock(
     """Within a transaction that changes the version ``version_id``: its collection's upload
     lock is ``owner``'s (the row stays locked until the transaction ends), or LockLost."""
     collection_id = (
-        select(BackupVersion.collection_id).where(BackupVersion.id == version_id)
+        select(backup_versions.c.collection_id).where(backup_versions.c.id == version_id)
     ).scalar_subquery()
     held = await connection.execute(
-        update(CollectionState)
-        .where(CollectionState.collection_id == collection_id, CollectionState.lock_owner == owner)
+        update(collection_states)
+        .where(
+            collection_states.c.collection_id == collection_id,
+            collection_states.c.lock_owner == owner,
+        )
         .values(updated_at=now)
     )
     if held.rowcount != 1:
@@ -471,22 +471,26 @@ async def _check_lock(
 # One version, as a download asks for it: its signature too (listings leave it out, it is
 # the larger part). One statement each, built once (on SQLite one trip to the driver).
 _ONE_VERSION: Final = SingleStatement(
-    select(*_VERSION_COLUMNS, BackupVersion.signature).where(
-        BackupVersion.collection_id == bindparam("cid"),
-        BackupVersion.version_number == bindparam("number"),
-        BackupVersion.deleted_at.is_(None),
+    select(*_VERSION_COLUMNS, backup_versions.c.signature).where(
+        backup_versions.c.collection_id == bindparam("cid"),
+        backup_versions.c.version_number == bindparam("number"),
+        backup_versions.c.deleted_at.is_(None),
     )
 )
 # The live versions of a collection, oldest first (listings, usage, retention).
 _LIVE: Final = SingleStatement(
     select(*_VERSION_COLUMNS)
-    .where(BackupVersion.collection_id == bindparam("cid"), BackupVersion.deleted_at.is_(None))
-    .order_by(BackupVersion.version_number)
+    .where(
+        backup_versions.c.collection_id == bindparam("cid"), backup_versions.c.deleted_at.is_(None)
+    )
+    .order_by(backup_versions.c.version_number)
 )
 _LATEST_VERSION: Final = SingleStatement(
-    select(*_VERSION_COLUMNS, BackupVersion.signature)
-    .where(BackupVersion.collection_id == bindparam("cid"), BackupVersion.deleted_at.is_(None))
-    .order_by(BackupVersion.version_number.desc())
+    select(*_VERSION_COLUMNS, backup_versions.c.signature)
+    .where(
+        backup_versions.c.collection_id == bindparam("cid"), backup_versions.c.deleted_at.is_(None)
+    )
+    .order_by(backup_versions.c.version_number.desc())
     .limit(1)
 )
 
@@ -514,7 +518,7 @@ def _to_record(row: RowMapping | Mapping[str, Any]) -> VersionRecord:
 
 def insert_version(version: VersionRecord) -> Insert:
     """The INSERT of one version row (an upload's, or an imported one's)."""
-    return insert(BackupVersion).values(**version_values(version))
+    return insert(backup_versions).values(**version_values(version))
 
 
 def version_values(version: VersionRecord) -> dict[str, Any]:

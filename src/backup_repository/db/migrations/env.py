@@ -8,7 +8,7 @@ from alembic import context
 from sqlalchemy import Connection
 
 from backup_repository.db.autogen import autogenerate_options
-from backup_repository.db.tables import Base
+from backup_repository.db.tables import metadata
 
 
 def run_migrations() -> None:
@@ -23,7 +23,7 @@ def run_migrations() -> None:
         )
     context.configure(
         connection=connection,
-        target_metadata=Base.metadata,
+        target_metadata=metadata,
         process_revision_directives=config.attributes.get("process_revision_directives"),
         **autogenerate_options(),
     )
