@@ -14,6 +14,7 @@ import os
 import secrets
 import stat
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,53 @@ async def test_a_write_takes_no_executor_hop_and_starts_no_thread(tmp_path: Path
     assert starts == []  # the previous write's thread does this one
 
 
+async def test_a_large_write_goes_to_the_file_in_batches_of_one_writev_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, every chunk was a hand-over to the thread and a write() of its own.
+    data = os.urandom(8 * 1024 * KiB + 5)
+    calls: list[int] = []
+    writev = os.writev
+
+    def slow_writev(fd: int, buffers: list[bytes]) -> int:
+        calls.append(len(buffers))
+        time.sleep(0.002)  # a thread busier than the network: the chunks queue up
+        return writev(fd, buffers)
+
+    monkeypatch.setattr(os, "writev", slow_writev)
+    digest = hashlib.sha256()
+    target = tmp_path / "c" / "f"
+    assert await put_local("c/f", target, chunks_of(data, 64 * KiB), digest.update) == len(data)
+    assert target.read_bytes() == data
+    assert digest.digest() == hashlib.sha256(data).digest()
+    chunks = len(range(0, len(data), 64 * KiB))  # 129
+    assert sum(calls) == chunks
+    assert len(calls) <= 1 + 16 + chunks // 16  # the first MiB chunk by chunk, then batches
+
+
+async def test_a_short_writev_is_continued_where_it_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = os.urandom(3 * 1024 * KiB + 7)
+    writev = os.writev
+
+    def short_writev(fd: int, buffers: list[bytes | memoryview]) -> int:
+        # At most 100,001 bytes per call: most calls stop inside a chunk.
+        taken: list[bytes | memoryview] = []
+        room = 100_001
+        for buffer in buffers:
+            if room <= 0:
+                break
+            taken.append(memoryview(buffer)[:room])
+            room -= len(taken[-1])
+        return writev(fd, taken)
+
+    monkeypatch.setattr(os, "writev", short_writev)
+    target = tmp_path / "c" / "f"
+    assert await put_local("c/f", target, chunks_of(data, 300 * KiB)) == len(data)
+    assert target.read_bytes() == data
+
+
 async def test_the_object_appears_after_the_file_fsync_the_rename_and_the_folder_fsync(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -132,14 +180,16 @@ async def test_a_folder_that_cannot_be_made_is_storage_unavailable(tmp_path: Pat
 
     async def chunks() -> AsyncIterator[bytes]:
         nonlocal pulled
-        for _ in range(100):
+        for _ in range(1000):
             pulled += 1
             yield b"x" * 1000
             await asyncio.sleep(0)
 
     with pytest.raises(StorageUnavailable, match="write of 'c/f' failed"):
         await put_local("c/f", tmp_path / "c" / "f", chunks())
-    assert pulled < 100  # the failed open stops the stream early
+    # The failed open stops the stream early: at the latest when the batches in flight
+    # (of 64 chunks this small) leave no room.
+    assert pulled < 1000
     assert (tmp_path / "c").read_bytes() == b"a file where the folder should be"
 
 

@@ -1,6 +1,6 @@
 """ChunkWorker: order, bounded chunks in flight, errors, how rarely its thread reports back
-to the event loop, the work before and after the chunks in the same thread, and the
-threads kept for reuse."""
+to the event loop, batches of chunks, the work before and after the chunks in the same
+thread, and the threads kept for reuse."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from backup_repository.streams import ChunkWorker, ThreadPool
+from backup_repository.streams import BATCH_CHUNKS, ChunkWorker, ThreadPool
 
 
 class Refused(Exception):
@@ -130,6 +130,97 @@ async def test_abort_skips_what_is_still_queued() -> None:
     async with asyncio.timeout(10):
         await aborting
     assert len(seen) <= 1  # at most the chunk the thread was already working on
+
+
+# -- batches ---------------------------------------------------------------------------------
+
+
+async def test_a_busy_thread_gets_the_chunks_in_batches_of_batch_bytes() -> None:
+    # Before, every chunk was a hand-over of its own: a queue put, and a wake-up of the
+    # thread (a futex call on each side and a GIL hand-over) whenever it slept.
+    batches: list[list[bytes]] = []
+
+    def work(batch: list[bytes]) -> None:
+        time.sleep(0.005)  # a thread busier than the network
+        batches.append(batch)
+
+    worker = ChunkWorker(batch_work=work, batch_bytes=1000, depth=2, name="test-batches")
+    chunks = [bytes([n]) * 100 for n in range(100)]
+    for chunk in chunks:
+        await worker.submit(chunk)
+        assert worker.in_flight <= 2
+    await worker.finish()
+    assert [chunk for batch in batches for chunk in batch] == chunks
+    # The first chunk went at once (the thread had nothing to do), then batches of 1,000
+    # bytes, and the rest at the end.
+    assert [len(batch) for batch in batches] == [1] + [10] * 9 + [9]
+
+
+async def test_an_idle_thread_gets_the_first_batch_bytes_chunk_by_chunk() -> None:
+    # A short upload's hashing and writing start with its first chunk and overlap the rest
+    # of it, instead of waiting for a whole batch.
+    sizes: list[int] = []
+    worker = ChunkWorker(
+        batch_work=lambda batch: sizes.append(len(batch)),
+        batch_bytes=1000,
+        depth=8,
+        name="test-idle",
+    )
+
+    def until_idle() -> None:
+        while worker.in_flight:
+            time.sleep(0.001)
+
+    for _ in range(10):
+        await worker.submit(b"x" * 100)
+        await asyncio.to_thread(until_idle)
+    # Past the first 1,000 bytes an idle thread no longer gets each chunk at once.
+    for _ in range(5):
+        await worker.submit(b"x" * 100)
+    await worker.finish()
+    assert sizes == [1] * 10 + [5]
+
+
+async def test_a_batch_holds_at_most_batch_chunks_chunks() -> None:
+    # A write of a batch is one writev, whose limit is 1,024 buffers.
+    sizes: list[int] = []
+    worker = ChunkWorker(
+        batch_work=lambda batch: sizes.append(len(batch)),
+        batch_bytes=1 << 30,
+        name="test-count",
+    )
+    for _ in range(3 * BATCH_CHUNKS + 1):
+        await worker.submit(b"x")
+    await worker.finish()
+    assert max(sizes) == BATCH_CHUNKS
+    assert sum(sizes) == 3 * BATCH_CHUNKS + 1
+
+
+async def test_an_error_of_a_batch_reaches_the_next_submit_or_finish() -> None:
+    def work(batch: list[bytes]) -> None:
+        raise Refused("batch")
+
+    worker = ChunkWorker(batch_work=work, batch_bytes=10, name="test-batch-error")
+
+    async def stream() -> None:
+        for _ in range(1000):
+            await worker.submit(b"x" * 10)
+            await asyncio.sleep(0.001)
+        await worker.finish()
+
+    with pytest.raises(Refused):
+        await stream()
+    await worker.abort()
+
+
+def test_work_or_batch_work_not_both() -> None:
+    async def make(**kwargs: Any) -> None:
+        ChunkWorker(name="test-args", **kwargs)
+
+    with pytest.raises(ValueError, match="either"):
+        asyncio.run(make())
+    with pytest.raises(ValueError, match="either"):
+        asyncio.run(make(work=lambda chunk: None, batch_work=lambda batch: None))
 
 
 def test_depth_must_be_positive() -> None:
