@@ -229,7 +229,8 @@ class ChunkWorker:
 
     @property
     def in_flight(self) -> int:
-        """Chunks submitted and not yet worked on."""
+        """Chunks (with ``batch_work``: batches) handed over and not yet worked on; a batch
+        still being filled is not among them."""
         return self._in_flight
 
     def _report_done(self) -> None:
