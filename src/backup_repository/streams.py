@@ -15,8 +15,9 @@ CPU time an upload spends outside hashing and the kernel's copies.
 
 A hand-over to a sleeping thread also wakes it: a futex call on each side and a hand-over
 of the GIL, which cost more when the two cores are busy with other work. The server
-receives a large upload in chunks of up to 408 KiB (a few dozen KiB when the client is slow
-to send, as on a loaded machine), so a file write hands them over in batches of about 1 MiB
+receives a large upload in chunks of up to 1 MiB (granian's read buffer, http/serve.py; far
+less when the client is slow to send, as on a loaded machine), so a file write hands them
+over in batches of about 1 MiB
 (``batch_work``): on a 2-vCPU machine shared with other work, the writer thread of a 512
 MiB upload went from about 6,000 voluntary context switches to 600, and the upload took
 4-24% less server CPU (docs/benchmarks.md).
@@ -252,6 +253,9 @@ class ChunkWorker:
                     self._work(item)
                 except BaseException as exc:  # handed to the event loop side
                     self._error = exc
+            # Not held while waiting for the next one: the bytes in memory stay those in
+            # flight.
+            del item
             waiter = None
             with self._lock:
                 self._in_flight -= 1
