@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -151,3 +154,64 @@ async def test_no_urls_is_permanent(sender: ChannelSender) -> None:
     with pytest.raises(DeliveryError) as caught:
         await sender.send(channel(), EVENT)
     assert caught.value.permanent
+
+
+# A fresh interpreter whose root logger keeps every record at DEBUG, as a server started
+# with --log-level=debug: the sender's first Apprise delivery imports Apprise, which logs
+# at its import (the locale it picked) and during the delivery.
+FIRST_DELIVERY = textwrap.dedent(
+    """
+    import asyncio, json, logging, sys
+
+    names = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            names.append(record.name)
+
+    logging.getLogger().addHandler(Keep())
+    logging.getLogger().setLevel(logging.DEBUG)
+
+    from datetime import timedelta
+
+    from backup_repository.domain.notification_channels import (
+        AppriseTarget, Channel, ChannelType, EventType, NotificationEvent,
+    )
+    from backup_repository.notify import build_sender
+
+    async def main():
+        sender = build_sender(server_name="backups.test")
+        target = AppriseTarget(urls=(sys.argv[1],), timeout=timedelta(seconds=5))
+        channel = Channel(name="chat", type=ChannelType.APPRISE, apprise=target)
+        event = NotificationEvent(
+            id="evt-1", type=EventType.INTEGRITY, condition="integrity",
+            collection="db-prod", occurred_at=__import__("datetime").datetime.now(),
+            summary="corrupt", facts={},
+        )
+        try:
+            await sender.send(channel, event)
+        finally:
+            await sender.aclose()
+
+    asyncio.run(main())
+    print(json.dumps({"apprise_imported": "apprise" in sys.modules, "names": names}))
+    """
+)
+
+
+def test_no_apprise_line_reaches_the_log_from_its_first_import(receiver: Recorder) -> None:
+    """Apprise's logger is quieted before Apprise is imported, whatever ran before in the
+    process: not even its import-time locale lines reach a server logging at DEBUG."""
+    receiver.clear()
+    answer = subprocess.run(
+        [sys.executable, "-c", FIRST_DELIVERY, f"ntfy://{base(receiver)}/{TOPIC}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert answer.returncode == 0, answer.stderr[-3000:]
+    result = json.loads(answer.stdout.strip().splitlines()[-1])
+    assert result["apprise_imported"]
+    assert len(receiver.taken()) == 1
+    assert [name for name in result["names"] if name.startswith("apprise")] == []

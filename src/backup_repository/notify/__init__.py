@@ -27,6 +27,7 @@ from backup_repository.domain.notification_channels import (
     DeliveryError,
     NotificationEvent,
 )
+from backup_repository.notify.apprise_log import quiet_apprise_logging
 from backup_repository.notify.payload import ServerInfo
 
 if TYPE_CHECKING:
@@ -102,6 +103,8 @@ class ChannelSender:
 
     async def _apprise_sender(self) -> AppriseSender:
         if self._apprise is None:
+            # Before Apprise's import, which logs already.
+            quiet_apprise_logging()
             await _import_off_the_loop("backup_repository.notify.apprise")
             from backup_repository.notify.apprise import AppriseSender
 

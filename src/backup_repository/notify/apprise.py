@@ -10,7 +10,8 @@ retryable, except a URL Apprise does not understand.
 Apprise URLs carry the services' tokens (often in the host or path: ``ntfy://<topic>``,
 ``tgram://<bot token>/<chat>``), and Apprise names them in its log lines (``Sent ntfy
 notification to '<url>'`` at INFO). So Apprise never writes to the server's log: its
-logger is kept at WARNING and does not propagate; what it reports about a failed delivery
+logger is kept at WARNING and does not propagate (set before Apprise is first imported,
+``notify/apprise_log.py``); what it reports about a failed delivery
 reaches the :class:`DeliveryError`'s reason, with every part of the channel's URLs
 replaced by ``[REDACTED]``.
 """
@@ -18,7 +19,6 @@ replaced by ``[REDACTED]``.
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 from collections.abc import Sequence
 from typing import Final
@@ -32,25 +32,14 @@ from backup_repository.domain.notification_channels import (
     NotificationEvent,
 )
 from backup_repository.logs import REDACTED, redact_text
+from backup_repository.notify.apprise_log import quiet_apprise_logging
 from backup_repository.notify.payload import AppriseMessage, ServerInfo, apprise_message
 
-APPRISE_LOGGER: Final = "apprise"
 # Time left to Apprise to give up by itself after its own deadline passed.
 _GRACE_SECONDS: Final = 2.0
 _SCHEME: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,31}")
 # Parts of a URL shorter than this, or short numbers (ports), are not redacted.
 _MIN_SECRET: Final = 4
-
-
-def quiet_apprise_logging() -> None:
-    """Keep Apprise's log lines (which name URLs and tokens) out of the server's log. Its
-    per-call capture, which the sender reads, still sees WARNING and above."""
-    log = logging.getLogger(APPRISE_LOGGER)
-    log.propagate = False
-    if not any(isinstance(h, logging.NullHandler) for h in log.handlers):
-        # Without a handler, Python would print WARNING lines to stderr itself.
-        log.addHandler(logging.NullHandler())
-    log.setLevel(logging.WARNING)
 
 
 def url_parts(url: str) -> set[str]:
