@@ -34,6 +34,7 @@ import functools
 import logging
 import os
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
@@ -175,8 +176,9 @@ class _Series(Protocol):
 S = TypeVar("S", bound=_Series)
 
 
-class _Family(Generic[S]):
-    """A metric: its series by label values, in the order they first appeared."""
+class _Family(ABC, Generic[S]):
+    """A metric: its series by label values, in the order they first appeared. Each kind
+    says how its new series is made (``_new``)."""
 
     kind = ""
 
@@ -186,8 +188,8 @@ class _Family(Generic[S]):
         self.labelnames = tuple(labelnames)
         self.series: dict[tuple[str, ...], S] = {}
 
-    def _new(self) -> S:
-        raise NotImplementedError
+    @abstractmethod
+    def _new(self) -> S: ...
 
     def labels(self, *values: object) -> S:
         key = tuple(str(value) for value in values)
