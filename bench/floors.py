@@ -47,7 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -72,6 +72,10 @@ from throughput import (
     Sequential,
     TestFile,
     Transfer,
+    _mibs,
+    _ms,
+    _rate,
+    _seconds,
     cpu_seconds,
     curl,
     curl_sha256,
@@ -83,6 +87,7 @@ from throughput import (
     human,
     machine_line,
     machine_load,
+    measures_parser,
     parse_media,
     parse_size,
     read_status,
@@ -90,6 +95,7 @@ from throughput import (
     rotate,
     settle,
     small_uploads_rest,
+    started,
     stop_on_signals,
     stop_process,
     tail,
@@ -173,18 +179,6 @@ class App:
 
     def stop(self) -> None:
         stop_process(self.process, signal.SIGTERM)
-
-
-@contextlib.contextmanager
-def started(processes: list[Any], process: Any, *start_args: Any) -> Iterator[Any]:
-    """Start ``process`` (an App or a RestServer), stopping it on the way out."""
-    processes.append(process)
-    try:
-        process.start(*start_args)
-        yield process
-    finally:
-        process.stop()
-        processes.remove(process)
 
 
 def tree_rss(pid: int) -> int:
@@ -446,22 +440,6 @@ class Row:
     leaves_room: bool | None
 
 
-def _mibs(value: float | None) -> str:
-    return "-" if value is None else f"{value / MiB:.1f} MiB/s"
-
-
-def _rate(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}/s"
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f} ms"
-
-
-def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f} s"
-
-
 def _mib(value: float | None) -> str:
     return "-" if value is None else f"{value / MiB:.1f} MiB"
 
@@ -476,10 +454,12 @@ def _ratio_row(
     floor: float | None,
     reference: float | None,
     shown: Callable[[float | None], str],
-    target: float,
+    target: float | None = None,
 ) -> Row:
+    """A row of the minimal app against rest-server: against the server's ``target`` (does
+    the minimal app leave room for it?), or reported only when there is none."""
     ratio = _ratio(floor, reference)
-    if ratio is None:
+    if ratio is None or target is None:
         room, leaves = "", None
     else:
         leaves = ratio >= target
@@ -490,29 +470,9 @@ def _ratio_row(
         shown(floor),
         shown(reference),
         "-" if ratio is None else f"{ratio:.2f}",
-        f">= {target:.1f}x",
+        "report" if target is None else f">= {target:.1f}x",
         room,
         leaves,
-    )
-
-
-def _report_row(
-    medium: MediumResults,
-    measure: str,
-    floor: float | None,
-    reference: float | None,
-    shown: Callable[[float | None], str],
-) -> Row:
-    ratio = _ratio(floor, reference)
-    return Row(
-        medium.name,
-        measure,
-        shown(floor),
-        shown(reference),
-        "-" if ratio is None else f"{ratio:.2f}",
-        "report",
-        "",
-        None,
     )
 
 
@@ -537,7 +497,7 @@ def rows_of(medium: MediumResults, options: dict[str, Any]) -> list[Row]:
         cpu = f"{measure} cpu"
         for side in sides:
             rows.append(
-                _report_row(
+                _ratio_row(
                     medium,
                     f"  server CPU per {measure.split()[1]}, {side}",
                     medium.median(cpu, side),
@@ -568,7 +528,7 @@ def rows_of(medium: MediumResults, options: dict[str, Any]) -> list[Row]:
             )
         for side in SMALL_SIDES:
             rows.append(
-                _report_row(
+                _ratio_row(
                     medium,
                     f"  server CPU per 1 MiB upload, {side}",
                     medium.median("small cpu", side),
@@ -686,16 +646,9 @@ def as_json(run: Run) -> dict[str, Any]:
 # --------------------------------------------------------------------------- options
 
 MEASURES = ("large", "small", "memory")
+parse_measures = measures_parser(MEASURES)
 QUICK: dict[str, Any] = {"media": ["tmpfs"], "rounds": 2, "size": 16 * MiB, "small_count": 20}
 FULL: dict[str, Any] = {"media": ["tmpfs"], "rounds": 5, "size": 512 * MiB, "small_count": 100}
-
-
-def parse_measures(text: str) -> list[str]:
-    chosen = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [m for m in chosen if m not in MEASURES]
-    if unknown or not chosen:
-        raise argparse.ArgumentTypeError(f"measures are {', '.join(MEASURES)}, not {text!r}")
-    return chosen
 
 
 def build_parser() -> argparse.ArgumentParser:

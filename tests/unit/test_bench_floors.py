@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import importlib.util
 import json
 import os
 import signal
@@ -22,7 +21,8 @@ from typing import Any
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from bench_modules import BENCH, load_bench
+
 MiB = 1024 * 1024
 APP_COMMAND = (sys.executable, str(BENCH / "floor_apps.py"))
 SCRIPT_COMMAND = (sys.executable, str(BENCH / "floors.py"))
@@ -30,17 +30,7 @@ SCRIPT_COMMAND = (sys.executable, str(BENCH / "floors.py"))
 
 @pytest.fixture(scope="module")
 def floors() -> ModuleType:
-    sys.path.insert(0, str(BENCH))  # its sibling, throughput.py
-    try:
-        spec = importlib.util.spec_from_file_location("bench_floors", BENCH / "floors.py")
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
+    return load_bench("floors")
 
 
 def a_medium(floors: ModuleType) -> Any:

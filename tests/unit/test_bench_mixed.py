@@ -5,29 +5,17 @@ itself is shown by running the script (bench/README.md)."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from bench_modules import load_bench
 
 
 @pytest.fixture(scope="module")
 def mixed() -> ModuleType:
-    sys.path.insert(0, str(BENCH))  # its sibling, throughput.py
-    try:
-        spec = importlib.util.spec_from_file_location("bench_mixed", BENCH / "mixed.py")
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
+    return load_bench("mixed")
 
 
 def test_the_default_mix_is_the_issues_32_clients(mixed: ModuleType) -> None:

@@ -6,30 +6,22 @@ running the script (bench/README.md)."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "throughput.py"
+from bench_modules import load_bench
+
 MiB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_throughput", BENCH)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("throughput")
 
 
 def medium_meeting_every_target(bench: ModuleType) -> Any:
